@@ -1,0 +1,36 @@
+"""ICID and DCID: unique, increasing integers shared by every listener and worker on every machine.
+
+MIDs are Message primary keys. On PostgreSQL, ICIDs and DCIDs come from real sequences (never blocked by another
+transaction); on SQLite from a counter row bumped with UPDATE ... RETURNING. Call these outside long transactions.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from django.db import connection
+
+Name = Literal["icid", "dcid"]
+
+
+def next_id(name: Name) -> int:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT nextval(%s)", [f"esaroutes_{name}_seq"])
+        else:
+            cursor.execute("UPDATE delivery_idcounter SET value = value + 1 WHERE name = %s RETURNING value", [name])
+        row = cursor.fetchone()
+    if row is None:  # pragma: no cover - the migration creates both counters
+        raise RuntimeError(f"the {name} counter is missing: run manage.py migrate")
+    return int(row[0])
+
+
+def current(name: Name) -> int:
+    """The last ID handed out (0 if none), for status pages."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM esaroutes_{name}_seq")
+        else:
+            cursor.execute("SELECT value FROM delivery_idcounter WHERE name = %s", [name])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,193 @@
+"""The queue. The database is the truth; the broker only says "look at message N now".
+
+A message (MID = primary key) and each recipient (RID 0, 1, ...) carry their own state, next attempt time and
+last reply; a worker owns a message while its lease runs (`leased_by`/`leased_until`, taken with a conditional
+UPDATE by `delivery.queue`). The raw bytes live in MessageBody so listing messages never drags the bodies along.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django_stubs_ext.db.models import TypedModelMeta
+
+
+class BounceProfile(models.Model):
+    """Retry schedule and bounce behaviour, as on the ESA's Network > Bounce Profiles. "Default" always exists."""
+
+    DEFAULT_NAME = "Default"
+
+    name = models.CharField(max_length=64, unique=True)
+    max_retries = models.PositiveIntegerField(default=100)
+    max_queue_lifetime = models.PositiveIntegerField(default=259_200, help_text="Seconds (72 hours)")
+    initial_retry = models.PositiveIntegerField(default=60, help_text="Seconds before the first retry")
+    max_retry_timeout = models.PositiveIntegerField(default=3600, help_text="Ceiling of the doubling retry wait")
+    send_bounces = models.BooleanField(default=True, help_text="Send a DSN to the envelope sender on hard bounce")
+
+    class Meta(TypedModelMeta):
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Message(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"  # at least one recipient still to deliver
+        DONE = "done", "Done"  # every recipient delivered, bounced, dropped or deleted
+
+    icid = models.BigIntegerField(default=0, db_index=True, help_text="0 = generated here (bounces)")
+    sender = models.CharField(max_length=998, blank=True, db_index=True, help_text="Envelope sender; '' is <>")
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    client_helo = models.CharField(max_length=255, blank=True)
+    auth_user = models.CharField(max_length=150, blank=True)
+    message_id = models.CharField(max_length=998, blank=True, db_index=True, help_text="Message-ID header")
+    subject = models.TextField(blank=True)
+    size = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(db_index=True)
+    bounce_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="generated_bounces"
+    )
+    state = models.CharField(max_length=8, choices=State.choices, default=State.QUEUED)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="Earliest due recipient")
+    leased_by = models.CharField(max_length=200, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TypedModelMeta):
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="message_due")]
+
+    def __str__(self) -> str:
+        return f"MID {self.pk}"
+
+
+class MessageBody(models.Model):
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="body")
+    data = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"body of MID {self.pk}"
+
+
+class Recipient(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"  # not attempted yet
+        DELAYED = "delayed", "Delayed"  # attempted, soft failure, waiting for its retry
+        DELIVERED = "delivered", "Delivered"
+        BOUNCED = "bounced", "Hard bounced"
+        DROPPED = "dropped", "Dropped (/dev/null)"
+        DELETED = "deleted", "Deleted"
+
+    ACTIVE = (State.QUEUED, State.DELAYED)
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients")
+    rid = models.PositiveIntegerField()
+    address = models.CharField(max_length=998, db_index=True)
+    domain = models.CharField(max_length=255, help_text="IDNA, lower-case")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_response = models.TextField(blank=True)
+    last_host = models.CharField(max_length=300, blank=True)
+    dsn_status = models.CharField(max_length=16, blank=True, help_text="Enhanced status code, e.g. 5.1.1")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["message_id", "rid"]
+        constraints = [models.UniqueConstraint(fields=["message", "rid"], name="unique_rid_per_message")]
+        indexes = [
+            models.Index(fields=["domain", "state"], name="recipient_domain_state"),
+            models.Index(fields=["state", "next_attempt_at"], name="recipient_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"MID {self.message_id} RID {self.rid} <{self.address}>"
+
+
+class DeliveryAttempt(models.Model):
+    """One recipient's outcome on one connection: the message tracking story."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        NEXT_HOST = "next_host", "Failed over to the next host"
+        DELAYED = "delayed", "Delayed"
+        BOUNCED = "bounced", "Hard bounced"
+        CONNECTION_ERROR = "connection_error", "Connection error"
+
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="attempts_made")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attempts")
+    dcid = models.BigIntegerField(db_index=True)
+    at = models.DateTimeField(db_index=True)
+    host = models.CharField(max_length=255)
+    ip = models.CharField(max_length=64, blank=True)
+    port = models.PositiveIntegerField(default=25)
+    code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response = models.TextField(blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+
+    class Meta(TypedModelMeta):
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"DCID {self.dcid} MID {self.message_id} {self.outcome}"
+
+
+class HostStatus(models.Model):
+    """Health of one destination host:port, shared by every worker on every machine."""
+
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=25)
+    down_until = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    delivered = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    connections_out = models.IntegerField(default=0)
+
+    class Meta(TypedModelMeta):
+        ordering = ["host", "port"]
+        verbose_name_plural = "host statuses"
+        constraints = [models.UniqueConstraint(fields=["host", "port"], name="unique_host_status")]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class IdCounter(models.Model):
+    """ICID and DCID counters on SQLite; PostgreSQL uses real sequences (see delivery.ids)."""
+
+    name = models.CharField(max_length=16, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
+
+
+class MailLogLine(models.Model):
+    """The mail log in the database: one ESA line each, indexed for the dashboard, tracking and the log page.
+
+    `text` is the line without its timestamp and level, exactly as written to mail.current.
+    """
+
+    class Level(models.TextChoices):
+        CRITICAL = "Critical", "Critical"
+        WARNING = "Warning", "Warning"
+        INFO = "Info", "Info"
+        DEBUG = "Debug", "Debug"
+
+    at = models.DateTimeField(db_index=True)
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    text = models.TextField()
+    mid = models.BigIntegerField(null=True, blank=True, db_index=True)
+    icid = models.BigIntegerField(null=True, blank=True, db_index=True)
+    dcid = models.BigIntegerField(null=True, blank=True, db_index=True)
+    domain = models.CharField(max_length=255, blank=True, db_index=True)
+    host = models.CharField(max_length=255, blank=True, db_index=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.text

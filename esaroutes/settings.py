@@ -1,0 +1,239 @@
+"""Settings for esaroutes: one file, everything from the environment (see the README's configuration table).
+
+With no environment at all this is the embedded default: SQLite and a filesystem Celery broker under ./var,
+no service to install. DATABASE_URL and REDIS_URL switch to PostgreSQL and Redis for production and scale-out.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from esaroutes import env
+
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env.env_path("ESAROUTES_DATA_DIR", BASE_DIR / "var")
+LOG_DIR = DATA_DIR / "log"
+MAIL_LOG_DIR = LOG_DIR / "mail_logs"
+BROKER_DIR = DATA_DIR / "broker"
+for _d in (DATA_DIR, LOG_DIR, MAIL_LOG_DIR, DATA_DIR / "static", BROKER_DIR / "queue", BROKER_DIR / "processed"):
+    _d.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated once and kept in the data directory (mode 0600)."""
+    key = os.environ.get("SECRET_KEY", "").strip()
+    if key:
+        if len(key) < 50 or len(set(key)) < 5:
+            raise ImproperlyConfigured("SECRET_KEY: use at least 50 random characters")
+        return key
+    path = DATA_DIR / "secret-key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(64))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.env_bool("DEBUG", False)
+ALLOWED_HOSTS = env.env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.env_list("ESAROUTES_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "esaroutes",
+    "routes",
+    "delivery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "esaroutes.middleware.security_headers",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "esaroutes.urls"
+WSGI_APPLICATION = "esaroutes.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------------------------
+DATABASE_URL = env.env_url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
+if DATABASE_URL:
+    DATABASES: dict[str, dict[str, Any]] = {"default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "esaroutes.sqlite3",
+            # Web, listener and workers are separate processes sharing one file: WAL lets readers run beside the
+            # writer, IMMEDIATE takes the write lock at BEGIN (no upgrade deadlocks) and the timeout makes a
+            # writer wait for another instead of failing with "database is locked".
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A named file, so threads of the test run (listener, live server, embedded worker) see the data.
+            "TEST": {"NAME": str(DATA_DIR / "test-esaroutes.sqlite3")},
+        }
+    }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("transaction_mode", "IMMEDIATE")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis and Celery -----------------------------------------------------------------------------------------
+REDIS_URL = env.env_url("REDIS_URL", ("redis", "rediss", "unix"))
+
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        # A task not acknowledged in this time is handed to another worker. Our tasks are short and idempotent
+        # (the lease in the database decides who works), so a short window only costs a harmless re-check.
+        "visibility_timeout": env.env_int("ESAROUTES_VISIBILITY_TIMEOUT", 300, minimum=30),
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    # The embedded default: kombu's filesystem transport needs no server. The database is the truth; the broker
+    # is only a doorbell, and the beat sweep rings again for anything the broker lost.
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_TIME_LIMIT = env.env_int("ESAROUTES_TASK_TIME_LIMIT", 900, minimum=10)
+CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+ESAROUTES_SWEEP_INTERVAL = env.env_float("ESAROUTES_SWEEP_INTERVAL", 5.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "sweep-queue": {"task": "delivery.tasks.sweep", "schedule": timedelta(seconds=ESAROUTES_SWEEP_INTERVAL)},
+    "worker-heartbeat": {"task": "esaroutes.tasks.heartbeat", "schedule": timedelta(seconds=15)},
+}
+
+# --- The mail relay -------------------------------------------------------------------------------------------
+ESAROUTES_HOSTNAME = env.env_str("ESAROUTES_HOSTNAME", socket.gethostname())
+ESAROUTES_WEB_LISTEN = env.env_listen("ESAROUTES_WEB_LISTEN", "127.0.0.1:8000")
+ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525")
+ESAROUTES_MAILLOG_MAX_BYTES = env.env_int("ESAROUTES_MAILLOG_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
+ESAROUTES_MAILLOG_MAX_AGE = env.env_float("ESAROUTES_MAILLOG_MAX_AGE", 86400.0, minimum=1.0)
+ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
+
+# --- Auth, sessions, security ---------------------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+ESAROUTES_HTTPS = env.env_bool("ESAROUTES_HTTPS", False)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env.env_int("ESAROUTES_SESSION_AGE", 8 * 3600, minimum=300)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+if ESAROUTES_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# --- Internationalisation, static files -------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+if DEBUG:
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+
+# --- Logging: the application log (tracebacks), never the mail log ---------------------------------------------
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d: %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "file": {
+            "class": "logging.handlers.WatchedFileHandler",
+            "filename": str(LOG_DIR / "esaroutes.log"),
+            "formatter": "plain",
+        },
+    },
+    "root": {"handlers": ["console", "file"], "level": env.env_str("ESAROUTES_LOG_LEVEL", "INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

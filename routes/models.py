@@ -1,0 +1,179 @@
+"""Configuration: SMTP routes and their destination hosts, outgoing auth profiles, inbound access rules, audit.
+
+Receiving domains are stored normalised (lower-case IDNA; `.partial` keeps its dot; the default route is `ALL`)
+by `routes.domains`; every write goes through `routes.services`, which validates, audits and bumps the route
+table version in one transaction.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django_stubs_ext.db.models import TypedModelMeta
+
+
+class AuthProfile(models.Model):
+    """Credentials for SMTP AUTH towards a route's hosts. The password is encrypted at rest, never shown back."""
+
+    name = models.CharField(max_length=64, unique=True)
+    username = models.CharField(max_length=255)
+    password_encrypted = models.TextField(blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Route(models.Model):
+    class Special(models.TextChoices):
+        NONE = "", "Destination hosts"
+        USEDNS = "usedns", "USEDNS (deliver by MX records)"
+        DEVNULL = "devnull", "/dev/null (accept and drop)"
+
+    class TLS(models.TextChoices):
+        OFF = "off", "Off"
+        OPPORTUNISTIC = "opportunistic", "Opportunistic (preferred)"
+        REQUIRED = "required", "Required"
+        REQUIRED_VERIFY = "required_verify", "Required and verified"
+
+    DEFAULT_DOMAIN = "ALL"
+
+    domain = models.CharField(max_length=255, unique=True, help_text="example.com, .example.com or ALL")
+    special = models.CharField(max_length=16, choices=Special.choices, default=Special.NONE, blank=True)
+    auth_profile = models.ForeignKey(
+        AuthProfile, null=True, blank=True, on_delete=models.PROTECT, related_name="routes"
+    )
+    bounce_profile = models.ForeignKey(
+        "delivery.BounceProfile", null=True, blank=True, on_delete=models.PROTECT, related_name="routes"
+    )
+    tls = models.CharField(max_length=16, choices=TLS.choices, default=TLS.OPPORTUNISTIC)
+    defer_on_4xx = models.BooleanField(
+        default=False,
+        help_text="On a 4xx after MAIL FROM, keep the recipients queued for their retry instead of trying the "
+        "next host at once.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["domain"]
+
+    def __str__(self) -> str:
+        return self.domain
+
+    @property
+    def is_default(self) -> bool:
+        return self.domain == self.DEFAULT_DOMAIN
+
+
+class DestinationHost(models.Model):
+    route = models.ForeignKey(Route, on_delete=models.CASCADE, related_name="hosts")
+    host = models.CharField(max_length=255, db_index=True, help_text="Hostname (IDNA), IPv4 or IPv6 address")
+    a_only = models.BooleanField(default=False, help_text="[host]: A/AAAA records only, no MX lookup")
+    port = models.PositiveIntegerField(default=25)
+    priority = models.PositiveIntegerField(default=0)
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order of entry, for display")
+
+    class Meta(TypedModelMeta):
+        ordering = ["priority", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["route", "host", "port"], name="unique_host_port_per_route"),
+            models.CheckConstraint(condition=models.Q(port__gte=1, port__lte=65535), name="port_range"),
+            models.CheckConstraint(condition=models.Q(priority__lte=65535), name="priority_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/pri={self.priority}"
+
+
+class RouteTableVersion(models.Model):
+    """One row; bumped in the transaction of every route change so workers know their cached table is stale."""
+
+    version = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"route table v{self.version}"
+
+
+class RecipientAccessRule(models.Model):
+    """Recipient Access Table: which receiving domains the listener accepts from any client."""
+
+    class Action(models.TextChoices):
+        ACCEPT = "accept", "Accept"
+        REJECT = "reject", "Reject"
+
+    domain = models.CharField(max_length=255, unique=True, help_text="example.com, .example.com or ALL")
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.ACCEPT)
+    comment = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["domain"]
+        verbose_name = "recipient access rule"
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.action.upper()}"
+
+
+class RelayNetwork(models.Model):
+    """Client networks allowed to relay to any domain (the ESA's RELAYLIST)."""
+
+    network = models.CharField(max_length=64, unique=True, help_text="CIDR, IPv4 or IPv6")
+    comment = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["network"]
+
+    def __str__(self) -> str:
+        return self.network
+
+
+class SmtpUser(models.Model):
+    """A user allowed to relay after SMTP AUTH on the listener. The password is hashed like Django's own."""
+
+    username = models.CharField(max_length=150, unique=True)
+    password = models.CharField(max_length=128)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["username"]
+        verbose_name = "SMTP AUTH user"
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class AuditEntry(models.Model):
+    """Who changed what, when: written by routes.services in the same transaction as the change."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "Create"
+        UPDATE = "update", "Update"
+        DELETE = "delete", "Delete"
+        IMPORT = "import", "Import"
+        CLEAR = "clear", "Clear"
+        ACTION = "action", "Action"
+
+    at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_name = models.CharField(max_length=150, help_text="Kept when the user is deleted; 'cli' for commands")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    object_type = models.CharField(max_length=64, db_index=True)
+    object_repr = models.CharField(max_length=300, db_index=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.object_type} {self.object_repr}"

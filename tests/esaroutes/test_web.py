@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("path", ["/", "/routes/"])
+def test_pages_need_login(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response.url.startswith("/login/?next=")
+
+
+def test_admin_needs_login(client):
+    assert client.get("/admin/").status_code == 302
+
+
+def test_login_page_is_public_and_has_csrf(client):
+    response = client.get("/login/")
+    assert response.status_code == 200
+    assert b"csrfmiddlewaretoken" in response.content
+
+
+def test_logged_in_user_sees_the_dashboard(client, alice):
+    assert client.login(username="alice", password=PASSWORD)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert b"Dashboard" in response.content
+    assert b"htmx" in response.content  # served from our static files, never a CDN
+    assert b"https://" not in response.content
+
+
+def test_security_headers(client):
+    response = client.get("/login/")
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["Referrer-Policy"] == "same-origin"
+
+
+def test_healthz_answers_without_login(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+
+
+def test_logout_is_a_post(client, alice):
+    client.login(username="alice", password=PASSWORD)
+    response = client.post("/logout/")
+    assert response.status_code == 302
+    assert client.get("/").status_code == 302
