@@ -26,7 +26,15 @@ DATA_DIR = env.env_path("ESAROUTES_DATA_DIR", BASE_DIR / "var")
 LOG_DIR = DATA_DIR / "log"
 MAIL_LOG_DIR = LOG_DIR / "mail_logs"
 BROKER_DIR = DATA_DIR / "broker"
-for _d in (DATA_DIR, LOG_DIR, MAIL_LOG_DIR, DATA_DIR / "static", BROKER_DIR / "queue", BROKER_DIR / "processed"):
+for _d in (
+    DATA_DIR,
+    LOG_DIR,
+    MAIL_LOG_DIR,
+    DATA_DIR / "static",
+    BROKER_DIR / "queue",
+    BROKER_DIR / "processed",
+    BROKER_DIR / "control",
+):
     _d.mkdir(parents=True, exist_ok=True)
 
 
@@ -141,6 +149,7 @@ else:
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.2,
     }
