@@ -197,6 +197,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+ESAROUTES_LOGIN_MAX_FAILURES = env.env_int("ESAROUTES_LOGIN_MAX_FAILURES", 5, minimum=1)
+ESAROUTES_LOGIN_LOCKOUT = env.env_int("ESAROUTES_LOGIN_LOCKOUT", 900, minimum=10)
+
 ESAROUTES_HTTPS = env.env_bool("ESAROUTES_HTTPS", False)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

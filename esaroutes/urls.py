@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
 
-from esaroutes import views
+from esaroutes import login, views
 
 admin.site.site_header = "esaroutes administration"
 admin.site.site_title = "esaroutes"
@@ -14,11 +14,7 @@ admin.site.index_title = "Routes, queue and mail log"
 urlpatterns = [
     path("", include("delivery.urls")),
     path("routes/", include("routes.urls")),
-    path(
-        "login/",
-        login_not_required(auth_views.LoginView.as_view(redirect_authenticated_user=True)),
-        name="login",
-    ),
+    path("login/", login_not_required(login.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),

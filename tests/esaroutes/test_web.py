@@ -50,3 +50,19 @@ def test_logout_is_a_post(client, alice):
     response = client.post("/logout/")
     assert response.status_code == 302
     assert client.get("/").status_code == 302
+
+
+def test_logins_are_refused_after_repeated_failures(client, alice, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.ESAROUTES_LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        assert client.post("/login/", {"username": "alice", "password": "nope"}).status_code == 200
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 429
+    assert b"Too many failed logins" in response.content
+    assert "_auth_user_id" not in client.session
+    cache.clear()
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302

@@ -36,6 +36,7 @@ class Command(BaseCommand):
             "-",
             "--graceful-timeout",
             "10",
+            "--no-control-socket",
         ]
         sys.stdout.flush()
         os.execv(gunicorn, argv)
