@@ -1,0 +1,215 @@
+"""The routes text file: parse an upload into rows plus line-numbered errors, preview the change, export.
+
+Pure: no Django, no files, no network; the views and the `smtproutes` command read and write the bytes. The
+format is the ESA's (one route a line, blank lines and `#` lines ignored, the receiving domain then the
+destination list in CLI syntax):
+
+    # File exported by esaroutes at 20240102T101500
+    example.com       mx1.example.com/pri=10, mx2.example.com:2525/pri=10, [10.0.0.9]/pri=20
+    .example.com      USEDNS
+    drop.example.com  /dev/null
+    ALL               smarthost.example.net:587
+
+An import replaces the whole table and is all-or-nothing, so `parse` reports every problem of a bad file at once,
+each as `line N: ...`, and the caller imports only when `errors` is empty. SMTP authentication profiles, bounce
+profiles and TLS settings are not part of the file: credentials are never written to it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from routes import domains
+
+MAX_FILE_BYTES = 5_000_000
+MAX_LINE_CHARS = 20_000
+_DOMAIN_COLUMN_MAX = 40  # one very long domain should not push every host list off the screen
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+FrozenDestination = tuple[domains.HostSpec, ...] | domains.Special  # a Row's: hashable, immutable
+
+
+@dataclass(frozen=True)
+class Row:
+    """One valid route read from the file; `line` is its 1-based line number, for messages."""
+
+    line: int
+    domain: str  # stored form
+    destination: FrozenDestination
+
+
+@dataclass
+class ParseResult:
+    rows: list[Row] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def routes(self) -> dict[str, FrozenDestination]:
+        """The rows as {stored domain: destination}, the shape `diff` compares."""
+        return {row.domain: row.destination for row in self.rows}
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What importing would do to the current table; domain lists are in export order."""
+
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def parse_bytes(data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> ParseResult:
+    """Parse an uploaded file: refuse oversized, binary or non-UTF-8 data with one clear error, else `parse`.
+
+    A UTF-8 byte order mark (as Windows editors write) is accepted.
+    """
+    if len(data) > max_bytes:
+        return ParseResult(
+            errors=[f"the file is {len(data):,} bytes; the limit is {max_bytes:,} bytes (split it or remove comments)"]
+        )
+    nul = data.find(b"\x00")
+    if nul != -1:
+        return ParseResult(
+            errors=[
+                f"line {_line_at(data, nul)}: NUL byte at byte offset {nul}: "
+                "this looks like a binary file, not a routes text file"
+            ]
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ParseResult(
+            errors=[
+                f"line {_line_at(data, exc.start)}: invalid UTF-8 at byte offset {exc.start}: "
+                "save the file as UTF-8 text"
+            ]
+        )
+    return parse(text)
+
+
+def _line_at(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def parse(text: str) -> ParseResult:
+    """Parse the routes file text into valid rows and every error, each prefixed `line N:`.
+
+    Each route line goes through `domains.normalize_receiving_domain`, `domains.parse_hosts` and
+    `domains.validate_route`, the same checks as the form and the CLI; a domain routed twice (`ALL` included)
+    is an error naming the first line.
+    """
+    result = ParseResult()
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(_LINE_BREAK.split(text.removeprefix("\ufeff")), start=1):
+        if len(raw) > MAX_LINE_CHARS:
+            result.errors.append(
+                f"line {number}: the line is {len(raw):,} characters long (the limit is {MAX_LINE_CHARS:,})"
+            )
+            continue
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        token, *rest = line.split(None, 1)
+        domain, destination, errors = _parse_route(token, rest[0] if rest else "")
+        if domain is not None:
+            earlier = first_line.setdefault(domain, number)
+            if earlier != number and domain == domains.DEFAULT_ROUTE:
+                errors.append(f"there is already a default route (ALL) on line {earlier}")
+            elif earlier != number:
+                errors.append(f'"{token}" is already routed on line {earlier}')
+        if errors or domain is None or destination is None:
+            result.errors += [f"line {number}: {message}" for message in errors]
+        else:
+            result.rows.append(Row(line=number, domain=domain, destination=destination))
+    return result
+
+
+def _parse_route(token: str, hosts: str) -> tuple[str | None, FrozenDestination | None, list[str]]:
+    """One route line's stored domain and destination (None where unreadable) and all its problems."""
+    errors: list[str] = []
+    domain: str | None = None
+    destination: FrozenDestination | None = None
+    try:
+        domain = domains.normalize_receiving_domain(token)
+    except domains.DomainError as exc:
+        errors.append(str(exc))
+    if not hosts:
+        errors.append(f'"{token}" has no destination hosts')
+    else:
+        try:
+            parsed = domains.parse_hosts(hosts)
+        except domains.HostListError as exc:
+            errors += exc.errors
+        else:
+            destination = parsed if isinstance(parsed, domains.Special) else tuple(parsed)
+    if domain is not None and destination is not None:
+        errors += domains.validate_route(domain, destination)
+    return domain, destination, errors
+
+
+def canonical(destination: domains.Destination) -> str:
+    """The destination list as written in the file; equal texts mean equal routes (host order included)."""
+    if isinstance(destination, domains.Special):
+        return destination.value
+    return ", ".join(host.format() for host in destination)
+
+
+def export_order(domain: str) -> tuple[bool, tuple[str, ...], bool]:
+    """Sort key: by the domain's labels read from the right, so a domain's routes sit together
+    (`example.com`, `.example.com`, `a.example.com`, then `example.net`), `ALL` last."""
+    partial = domain.startswith(".")
+    labels = tuple(reversed(domain.removeprefix(".").split(".")))
+    return domain == domains.DEFAULT_ROUTE, labels, partial
+
+
+def diff(current: Mapping[str, domains.Destination], incoming: Mapping[str, domains.Destination]) -> Diff:
+    """The import preview: which routes the file adds, changes (another destination list) or removes.
+
+    Both sides are keyed by stored domain; destinations are compared by their canonical text, so hosts
+    listed in another order count as a change (the order decides which equal-priority host is tried first).
+    """
+    added = [domain for domain in incoming if domain not in current]
+    removed = [domain for domain in current if domain not in incoming]
+    changed = [
+        domain for domain in incoming if domain in current and canonical(incoming[domain]) != canonical(current[domain])
+    ]
+    unchanged = len(incoming) - len(added) - len(changed)
+    return Diff(
+        added=tuple(sorted(added, key=export_order)),
+        changed=tuple(sorted(changed, key=export_order)),
+        removed=tuple(sorted(removed, key=export_order)),
+        unchanged=unchanged,
+    )
+
+
+def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: datetime) -> str:
+    """The export file for (stored domain, destination) pairs: a header, then one aligned line per route.
+
+    Routes are in `export_order` (`ALL` last); domains and host names stay in their ASCII (IDNA) form so the
+    file survives any editor. `parse(format_table(rows))` gives the same routes back.
+    """
+    ordered = sorted(rows, key=lambda row: export_order(row[0]))
+    seen: set[str] = set()
+    for domain, _ in ordered:
+        if domain in seen:
+            raise ValueError(f"the receiving domain {domain} appears twice")
+        seen.add(domain)
+    width = min(max((len(domain) for domain, _ in ordered), default=0), _DOMAIN_COLUMN_MAX)
+    lines = [
+        f"# File exported by esaroutes at {now:%Y%m%dT%H%M%S}",
+        "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N])",
+        "# SMTP authentication profiles, bounce profiles and TLS settings are not part of this file.",
+    ]
+    lines += [f"{domain.ljust(width)}  {canonical(destination)}" for domain, destination in ordered]
+    return "\n".join(lines) + "\n"
