@@ -185,6 +185,12 @@ ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525"
 ESAROUTES_MAILLOG_MAX_BYTES = env.env_int("ESAROUTES_MAILLOG_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 ESAROUTES_MAILLOG_MAX_AGE = env.env_float("ESAROUTES_MAILLOG_MAX_AGE", 86400.0, minimum=1.0)
 ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
+# Routes: outgoing SMTP AUTH passwords are encrypted at rest with this Fernet key (urlsafe base64 of 32 bytes,
+# `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`); unset, a key is
+# derived from SECRET_KEY, so changing SECRET_KEY then makes stored passwords unreadable (re-enter them).
+ESAROUTES_ENCRYPTION_KEY = env.env_str("ESAROUTES_ENCRYPTION_KEY", "")
+# Seconds a worker trusts its cached route table before checking the table version again.
+ESAROUTES_ROUTE_REFRESH = env.env_float("ESAROUTES_ROUTE_REFRESH", 2.0, minimum=0.0)
 
 # --- Auth, sessions, security ---------------------------------------------------------------------------------
 LOGIN_URL = "login"

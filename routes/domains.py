@@ -374,6 +374,26 @@ def _host_name(host: str) -> str:
 # Route rules
 
 
+@dataclass
+class RouteProblems:
+    """Every reason a route cannot be saved, sorted by where a form shows it.
+
+    `domain`: the receiving domain's; `hosts`: by index into the host list (a duplicate is reported at its second
+    occurrence); `route`: the route as a whole (no hosts, too many, USEDNS on ALL).
+    """
+
+    domain: list[str]
+    hosts: dict[int, list[str]]
+    route: list[str]
+
+    def all(self) -> list[str]:
+        """The flat list, in the order a person reads them: domain, route, then host by host."""
+        return self.domain + self.route + [message for index in sorted(self.hosts) for message in self.hosts[index]]
+
+    def __bool__(self) -> bool:
+        return bool(self.domain or self.route or any(self.hosts.values()))
+
+
 def validate_route(domain: str, hosts: Destination) -> list[str]:
     """Every reason the route `domain → hosts` cannot be saved; empty when it can.
 
@@ -381,38 +401,57 @@ def validate_route(domain: str, hosts: Destination) -> list[str]:
     admin, a form row editor): the domain is valid; USEDNS is not the default route's destination (with no
     route, mail already goes by MX); a route has 1 to 100 hosts; each host is well formed with port and
     priority in range; a host appears once, with one port (the ESA's own wording for the latter).
+    `route_problems` gives the same messages sorted by field, for forms.
     """
-    errors: list[str] = []
+    return route_problems(domain, hosts).all()
+
+
+def route_problems(domain: str, hosts: Destination) -> RouteProblems:
+    """`validate_route`'s checks, with each message attached to the domain, a host (by index) or the route."""
+    problems = RouteProblems(domain=[], hosts={}, route=[])
     try:
         domain = normalize_receiving_domain(domain)
     except DomainError as exc:
-        errors.append(str(exc))
+        problems.domain.append(str(exc))
     if isinstance(hosts, Special):
         if hosts is Special.USEDNS and domain == DEFAULT_ROUTE:
-            errors.append(
+            problems.route.append(
                 "USEDNS cannot be the destination of the default route (ALL): "
                 "mail for domains without a route is already delivered by MX records"
             )
-        return errors
+        return problems
     if not hosts:
-        errors.append("a route needs at least one destination host")
+        problems.route.append("a route needs at least one destination host")
     if len(hosts) > MAX_HOSTS_PER_ROUTE:
-        errors.append(
+        problems.route.append(
             f"a route may not contain more than {MAX_HOSTS_PER_ROUTE} destination hosts (this one has {len(hosts)})"
         )
     first_seen: dict[str, HostSpec] = {}
-    for spec in hosts:
-        errors.extend(_host_problems(spec))
+    for index, spec in enumerate(hosts):
+        errors = _host_problems(spec)
         earlier = first_seen.setdefault(spec.host, spec)
-        if earlier is spec:
-            continue
-        if earlier.port == spec.port:
-            errors.append(f'"{spec.host}:{spec.port}" is listed more than once')
-        elif earlier.port == DEFAULT_PORT:
-            errors.append(f"The host {spec.host} is already using the standard port.")
-        else:
-            errors.append(f"The host {spec.host} already has an alternate port ({earlier.port}).")
-    return errors
+        if earlier is not spec:
+            if earlier.port == spec.port:
+                errors.append(f'"{spec.host}:{spec.port}" is listed more than once')
+            elif earlier.port == DEFAULT_PORT:
+                errors.append(f"The host {spec.host} is already using the standard port.")
+            else:
+                errors.append(f"The host {spec.host} already has an alternate port ({earlier.port}).")
+        if errors:
+            problems.hosts[index] = errors
+    return problems
+
+
+def parse_port(text: str) -> int:
+    """A port typed in its own field (a form's Port column): 1-65535, empty means 25; ValueError says why."""
+    text = text.strip()
+    return DEFAULT_PORT if not text else _number(text, "port", 1, MAX_PORT)
+
+
+def parse_priority(text: str) -> int:
+    """A priority typed in its own field: 0-65535, empty means 0; ValueError says why."""
+    text = text.strip()
+    return 0 if not text else _number(text, "priority", 0, MAX_PRIORITY)
 
 
 def _host_problems(spec: HostSpec) -> list[str]:

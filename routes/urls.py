@@ -8,4 +8,13 @@ app_name = "routes"
 
 urlpatterns = [
     path("", views.route_list, name="route-list"),
+    path("add/", views.route_add, name="route-add"),
+    path("<int:pk>/", views.route_edit, name="route-edit"),
+    path("host-row/", views.host_row, name="host-row"),
+    path("delete/", views.route_delete, name="route-delete"),
+    path("clear/", views.routes_clear, name="routes-clear"),
+    path("test/", views.route_test, name="route-test"),
+    path("test/send/", views.route_send_test, name="route-send-test"),
+    path("export/", views.routes_export, name="routes-export"),
+    path("import/", views.routes_import, name="routes-import"),
 ]

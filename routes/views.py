@@ -1,14 +1,416 @@
+"""SMTP routes in the browser: list and search, add/edit with a host table, delete, clear, test, import, export.
+
+Views are thin: they read with plain queries, validate with `routes.forms` (which uses `routes.domains`) and write
+only through `routes.services`. htmx requests get the page's partial (`template.html#partial-name`, the partial's
+root id is its hx-target); an invalid form comes back with status 422.
+"""
+
 from __future__ import annotations
 
-from django.http import HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+import asyncio
+import contextlib
+import hashlib
+import importlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.paginator import Paginator
+from django.db.models import Q, prefetch_related_objects
+from django.http import HttpResponse, HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from delivery.models import HostStatus
 from esaroutes.types import AuthedHtmxRequest
-from routes.models import Route
+from routes import domains, forms, importexport, matching, probe, services, snapshot
+from routes.models import DestinationHost, Route
+
+PER_PAGE = 50
+SORTS = {
+    "domain": ("domain",),
+    "-domain": ("-domain",),
+    "updated": ("updated_at", "domain"),
+    "-updated": ("-updated_at", "domain"),
+}
+KINDS = {
+    "all": Q(),
+    "exact": ~Q(domain__startswith=".") & Q(special=""),
+    "partial": Q(domain__startswith=".") & Q(special=""),
+    "special": ~Q(special=""),
+    "auth": Q(auth_profile__isnull=False),
+}
+IMPORT_TTL = timedelta(hours=1)
+
+can_view = permission_required("routes.view_route", raise_exception=True)
+can_add = permission_required("routes.add_route", raise_exception=True)
+can_change = permission_required("routes.change_route", raise_exception=True)
+can_delete = permission_required("routes.delete_route", raise_exception=True)
+
+
+def _partial(request: AuthedHtmxRequest, template: str, name: str) -> str:
+    """The partial for an htmx request (the full page for a history restore), else the page."""
+    if request.htmx and not request.htmx.history_restore_request:
+        return f"{template}#{name}"
+    return template
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# List
 
 
 @require_GET
+@can_view
 def route_list(request: AuthedHtmxRequest) -> HttpResponse:
-    routes = Route.objects.prefetch_related("hosts").order_by("domain")[:100]
-    return render(request, "routes/route_list.html", {"routes": routes})
+    q = request.GET.get("q", "").strip()[:300]
+    sort = request.GET.get("sort", "domain")
+    sort = sort if sort in SORTS else "domain"
+    kind = request.GET.get("kind", "all")
+    kind = kind if kind in KINDS else "all"
+    routes = Route.objects.exclude(domain=domains.DEFAULT_ROUTE).filter(KINDS[kind])
+    if q:
+        routes = routes.filter(_search(q))
+    routes = routes.select_related("auth_profile").order_by(*SORTS[sort])
+    page = Paginator(routes, PER_PAGE).get_page(request.GET.get("page"))
+    rows = list(page.object_list)
+    prefetch_related_objects(rows, "hosts")  # this page's hosts only: one query
+    default = Route.objects.select_related("auth_profile").prefetch_related("hosts").filter(domain="ALL").first()
+    context = {
+        "page": page,
+        "routes": rows,
+        "default_route": default,
+        "q": q,
+        "sort": sort,
+        "kind": kind,
+        "kinds": [
+            ("all", "All"),
+            ("exact", "Exact"),
+            ("partial", "Partial"),
+            ("special", "USEDNS or /dev/null"),
+            ("auth", "With SMTP AUTH"),
+        ],
+        "query": _query(q=q, sort=sort, kind=kind),
+        "total": Route.objects.count(),
+    }
+    return render(request, _partial(request, "routes/route_list.html", "route-table"), context)
+
+
+def _search(q: str) -> Q:
+    """Routes whose domain or one of whose hosts contains the text (typed in Unicode or punycode)."""
+    terms = {q.lower()}
+    with contextlib.suppress(ValueError, UnicodeError):
+        terms.add(domains.to_ascii_name(q.strip(".")).lower())
+    condition = Q()
+    for term in terms:
+        hosts = DestinationHost.objects.filter(host__contains=term).values("route_id")
+        condition |= Q(domain__contains=term) | Q(pk__in=hosts)
+    return condition
+
+
+def _query(**params: str) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode(
+        {
+            k: v
+            for k, v in params.items()
+            if v and not (k == "sort" and v == "domain") and not (k == "kind" and v == "all")
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Add and edit
+
+
+@require_http_methods(["GET", "POST"])
+@can_add
+def route_add(request: AuthedHtmxRequest) -> HttpResponse:
+    domain = request.GET.get("domain", "")
+    editor = forms.RouteEditor(request.POST if request.method == "POST" else None)
+    if request.method == "GET" and domain:
+        editor.form.initial["domain"] = domain
+    return _save(request, editor, None)
+
+
+@require_http_methods(["GET", "POST"])
+@can_change
+def route_edit(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    route = get_object_or_404(Route.objects.prefetch_related("hosts"), pk=pk)
+    editor = forms.RouteEditor(request.POST if request.method == "POST" else None, route=route)
+    return _save(request, editor, route)
+
+
+def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | None) -> HttpResponse:
+    template = _partial(request, "routes/route_form.html", "route-form")
+    context = {"editor": editor, "route": route}
+    if request.method != "POST":
+        return render(request, "routes/route_form.html", context)
+    if editor.is_valid() and editor.data is not None:
+        try:
+            if route is None:
+                saved = services.route_create(data=editor.data, actor=request.user)
+                messages.success(request, f"Route {domains.display_domain(saved.domain)} added.")
+            else:
+                saved = services.route_update(route_id=route.pk, data=editor.data, actor=request.user)
+                messages.success(request, f"Route {domains.display_domain(saved.domain)} saved.")
+        except services.RouteInvalid as exc:
+            editor.apply_problems(exc.problems)
+        else:
+            url = reverse("routes:route-list")
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    return render(request, template, context, status=422)
+
+
+@require_GET
+@can_add
+def host_row(request: AuthedHtmxRequest) -> HttpResponse:
+    """One more empty host row for the add/edit table, and the formset's TOTAL_FORMS counter out of band."""
+    try:
+        index = int(request.GET.get(f"{forms.RouteEditor.prefix}-TOTAL_FORMS", "0"))
+    except ValueError:
+        return HttpResponseBadRequest("bad row count")
+    if not 0 <= index < domains.MAX_HOSTS_PER_ROUTE * 2:
+        return HttpResponseBadRequest("too many rows")
+    row = forms.HostRowForm(prefix=f"{forms.RouteEditor.prefix}-{index}", initial={"priority": "0", "port": "25"})
+    return render(
+        request,
+        "routes/_host_row.html",
+        {"row": row, "total": index + 1, "prefix": forms.RouteEditor.prefix, "oob": True},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Delete and clear
+
+
+@require_http_methods(["GET", "POST"])
+@can_delete
+def route_delete(request: AuthedHtmxRequest) -> HttpResponse:
+    source = request.POST if request.method == "POST" else request.GET
+    ids = [int(i) for i in source.getlist("ids") if i.isdigit()][: PER_PAGE * 20]
+    routes = list(Route.objects.filter(pk__in=ids).order_by("domain"))
+    if request.method == "POST" and routes:
+        deleted = services.routes_delete(route_ids=[r.pk for r in routes], actor=request.user)
+        messages.success(request, f"Deleted {len(deleted)} route{'s' if len(deleted) != 1 else ''}.")
+        return redirect("routes:route-list")
+    if not routes:
+        messages.info(request, "Select the routes to delete first.")
+        return redirect("routes:route-list")
+    return render(request, "routes/route_delete.html", {"routes": routes})
+
+
+@require_http_methods(["GET", "POST"])
+@can_delete
+def routes_clear(request: AuthedHtmxRequest) -> HttpResponse:
+    if request.method == "POST":
+        count = services.routes_clear(actor=request.user)
+        messages.success(request, f"Cleared the route table ({count} routes deleted).")
+        return redirect("routes:route-list")
+    return render(request, "routes/routes_clear.html", {"count": Route.objects.count()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Test route
+
+
+@dataclass(frozen=True)
+class PlannedHost:
+    spec: domains.HostSpec
+    down_until: Any = None
+    last_error: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.spec.format()
+
+
+@require_http_methods(["GET", "POST"])
+@can_view
+def route_test(request: AuthedHtmxRequest) -> HttpResponse:
+    source = request.POST if request.method == "POST" else request.GET
+    address = source.get("address", "").strip()[:320]
+    context: dict[str, Any] = {"address": address, "send_available": _send_test_message() is not None}
+    if address:
+        context.update(_plan(address))
+        context["rows"] = [(p, None) for p in context.get("hosts", [])]
+        if request.method == "POST" and source.get("connect") and context.get("hosts"):
+            targets = [(p.spec.host, p.spec.port) for p in context["hosts"]]
+            context["probes"] = asyncio.run(
+                probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=_probe_timeout())
+            )
+            context["rows"] = list(zip(context["hosts"], context["probes"], strict=True))
+    return render(request, _partial(request, "routes/route_test.html", "test-result"), context)
+
+
+def _probe_timeout() -> float:
+    return float(getattr(settings, "ESAROUTES_PROBE_TIMEOUT", 5.0))
+
+
+def _plan(address: str) -> dict[str, Any]:
+    domain = matching.recipient_domain(address)
+    table = snapshot.current_table(max_age=0)
+    entry = table.lookup(address)
+    plan: dict[str, Any] = {"domain": domain, "entry": entry, "table_version": table.version}
+    if entry is None:
+        return plan
+    plan["display"] = (
+        "All other domains" if entry.domain == domains.DEFAULT_ROUTE else domains.display_domain(entry.domain)
+    )
+    if entry.special:
+        return plan
+    # The order delivery will try: lowest priority first. Equal priorities take turns per connection; the
+    # current round-robin position belongs to the delivery engine (delivery/hosts.py), which this page will ask
+    # once it exists; until then equal-priority hosts are listed in the order of entry.
+    ordered = sorted(entry.hosts, key=lambda h: h.priority)
+    now = timezone.now()
+    status = {
+        (s.host, s.port): s for s in HostStatus.objects.filter(host__in={h.host for h in ordered}, down_until__gt=now)
+    }
+    plan["hosts"] = [
+        PlannedHost(
+            spec=h,
+            down_until=status[(h.host, h.port)].down_until if (h.host, h.port) in status else None,
+            last_error=status[(h.host, h.port)].last_error if (h.host, h.port) in status else "",
+        )
+        for h in ordered
+    ]
+    return plan
+
+
+def _send_test_message() -> Any:
+    try:
+        listener = importlib.import_module("delivery.listener")
+    except ImportError:
+        return None
+    return getattr(listener, "send_test_message", None)
+
+
+@require_POST
+@can_change
+def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
+    address = request.POST.get("address", "").strip()[:320]
+    send = _send_test_message()
+    if send is None or not address:
+        return HttpResponseBadRequest("sending a test message is not available")
+    try:
+        result = send(address)
+    except Exception as exc:  # the listener's errors are shown to the admin, not turned into a 500
+        text = f"Not sent: {exc}"
+    else:
+        text = f"Test message queued for {address}" + (f" ({result})" if result else ".")
+    return render(request, "routes/route_test.html#send-result", {"send_result": text})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export and import
+
+
+@require_GET
+@can_view
+def routes_export(request: AuthedHtmxRequest) -> HttpResponse:
+    now = timezone.now()
+    response = HttpResponse(services.export_text(now=now), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="smtp-routes-{now:%Y%m%dT%H%M%S}.txt"'
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+@can_change
+def routes_import(request: AuthedHtmxRequest) -> HttpResponse:
+    """Upload → preview (nothing changes) → confirm (applied all or nothing, one audit entry)."""
+    if request.method == "GET":
+        return render(request, "routes/route_import.html", {"mode": "replace"})
+    mode: services.ImportMode = "merge" if request.POST.get("mode") == "merge" else "replace"
+    token = request.POST.get("token", "")
+    template = _partial(request, "routes/route_import.html", "import-preview")
+    if token:  # the confirmation
+        data = _stored_upload(token)
+        if data is None:
+            return render(
+                request, template, {"mode": mode, "errors": ["The preview expired: upload the file again."]}, status=422
+            )
+        parsed = importexport.parse_bytes(data)
+        if not parsed.ok:
+            return render(request, template, {"mode": mode, "errors": parsed.errors}, status=422)
+        if request.POST.get("version") != str(services.current_version()):
+            preview = services.import_preview(parsed.routes(), mode)
+            context: dict[str, Any] = {
+                "mode": mode,
+                "preview": preview,
+                "token": token,
+                "version": services.current_version(),
+                "stale": True,
+                "count": len(parsed.rows),
+            }
+            return render(request, template, context, status=409)
+        summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=request.user)
+        _drop_upload(token)
+        messages.success(
+            request,
+            f"Imported ({mode}): {len(summary.added)} added, {len(summary.changed)} changed, "
+            f"{len(summary.removed)} removed, {summary.unchanged} unchanged.",
+        )
+        url = reverse("routes:route-list")
+        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    upload = request.FILES.get("file")
+    if upload is None:
+        return render(request, template, {"mode": mode, "errors": ["Choose a routes file to upload."]}, status=422)
+    limit = importexport.MAX_FILE_BYTES
+    if upload.size is not None and upload.size > limit:
+        errors = [f"The file is {upload.size:,} bytes; the limit is {limit:,} bytes. Nothing was changed."]
+        return render(request, template, {"mode": mode, "errors": errors}, status=422)
+    data = upload.read(limit + 1)
+    parsed = importexport.parse_bytes(data)
+    if not parsed.ok:
+        return render(request, template, {"mode": mode, "errors": parsed.errors, "filename": upload.name}, status=422)
+    token = _store_upload(data)
+    preview = services.import_preview(parsed.routes(), mode)
+    context = {
+        "mode": mode,
+        "preview": preview,
+        "token": token,
+        "version": services.current_version(),
+        "filename": upload.name,
+        "count": len(parsed.rows),
+    }
+    return render(request, template, context)
+
+
+def _upload_dir() -> Any:
+    path = settings.DATA_DIR / "route-imports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _store_upload(data: bytes) -> str:
+    cutoff = (timezone.now() - IMPORT_TTL).timestamp()
+    for old in _upload_dir().glob("*.txt"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+    token = secrets.token_urlsafe(18) + "-" + hashlib.sha256(data).hexdigest()[:12]
+    (_upload_dir() / f"{token}.txt").write_bytes(data)
+    return token
+
+
+def _stored_upload(token: str) -> bytes | None:
+    if not token.replace("-", "").replace("_", "").isalnum() or len(token) > 80:
+        return None
+    path = _upload_dir() / f"{token}.txt"
+    try:
+        return bytes(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _drop_upload(token: str) -> None:
+    with contextlib.suppress(OSError):
+        (_upload_dir() / f"{token}.txt").unlink()

@@ -1,0 +1,234 @@
+"""The route editor: a route form plus a formset of destination host rows (Priority | Destination | Port | Remove).
+
+Validation is `routes.domains`' (the same code as the admin, the importer and the `smtproutes` command); this
+module only parses the cells and puts each message at the field it is about: a bad port at that row's Port, a
+duplicate host at its second row's Destination, "USEDNS on ALL" above the host table. Bound forms re-render
+what was typed, never a cleaned value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.forms.formsets import BaseFormSet, formset_factory
+
+from delivery.models import BounceProfile
+from routes import domains, services
+from routes.models import AuthProfile, Route
+
+SPECIAL_HELP = "Type USEDNS (deliver by MX records) or /dev/null (accept and drop) alone in the first row."
+
+
+class RouteForm(forms.Form):
+    domain = forms.CharField(
+        label="Receiving domain",
+        max_length=300,
+        help_text="example.com (that domain only), .example.com (its subdomains) or ALL (all other domains). "
+        "Unicode names are fine.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+    auth_profile = forms.ModelChoiceField(
+        AuthProfile.objects.all(),
+        required=False,
+        empty_label="None",
+        label="Outgoing SMTP authentication",
+    )
+    bounce_profile = forms.ModelChoiceField(
+        BounceProfile.objects.all(), required=False, empty_label="Default", label="Bounce profile"
+    )
+    tls = forms.ChoiceField(choices=Route.TLS.choices, initial=Route.TLS.OPPORTUNISTIC, label="TLS")
+    defer_on_4xx = forms.BooleanField(
+        required=False,
+        label="Keep recipients queued on a 4xx after MAIL FROM",
+        help_text="Instead of trying the next host at once.",
+    )
+
+    def clean_domain(self) -> str:
+        text: str = self.cleaned_data["domain"]
+        try:
+            return domains.normalize_receiving_domain(text)
+        except domains.DomainError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class HostRowForm(forms.Form):
+    priority = forms.CharField(
+        required=False,
+        initial="0",
+        max_length=20,
+        widget=forms.TextInput(attrs={"size": 6, "inputmode": "numeric", "aria-label": "Priority"}),
+    )
+    destination = forms.CharField(
+        required=False,
+        max_length=300,
+        widget=forms.TextInput(
+            attrs={"size": 36, "autocomplete": "off", "spellcheck": "false", "aria-label": "Destination"}
+        ),
+    )
+    port = forms.CharField(
+        required=False,
+        initial="25",
+        max_length=20,
+        widget=forms.TextInput(attrs={"size": 6, "inputmode": "numeric", "aria-label": "Port"}),
+    )
+
+    def clean_priority(self) -> int:
+        return _cell(domains.parse_priority, self.cleaned_data["priority"])
+
+    def clean_port(self) -> int:
+        return _cell(domains.parse_port, self.cleaned_data["port"])
+
+    def clean_destination(self) -> str:
+        value: str = self.cleaned_data["destination"]
+        return value.strip()
+
+    @property
+    def is_blank(self) -> bool:
+        """A row left empty (an unused "Add row"): ignored rather than an error."""
+        return not (self.data.get(self.add_prefix("destination")) or "").strip()
+
+    @property
+    def is_removed(self) -> bool:
+        return bool(self.data.get(self.add_prefix("DELETE")))
+
+
+def _cell(parse: Any, text: str) -> int:
+    try:
+        value: int = parse(text)
+    except ValueError as exc:
+        raise forms.ValidationError(str(exc)[:1].upper() + str(exc)[1:]) from None
+    return value
+
+
+class BaseHostFormSet(BaseFormSet[HostRowForm]):
+    pass
+
+
+HostFormSet = formset_factory(HostRowForm, formset=BaseHostFormSet, extra=0, can_delete=True)
+
+
+def parse_row(destination: str, port: int, priority: int) -> domains.HostSpec:
+    """One table row as a HostSpec; the Destination cell is a host name, `[name]`, IPv4 or IPv6 address.
+
+    Raises ValueError when the cell is not a host, or carries a port or priority of its own (they have columns).
+    """
+    if "/" in destination:
+        raise ValueError("write the priority in the Priority column, not after the host")
+    try:
+        spec = domains.parse_host(destination)
+    except domains.HostListError as exc:
+        raise ValueError("; ".join(exc.errors)) from None
+    if spec.port != domains.DEFAULT_PORT:
+        raise ValueError(f"write the port ({spec.port}) in the Port column, not after the host")
+    return domains.HostSpec(host=spec.host, port=port, priority=priority, a_only=spec.a_only)
+
+
+def rows_destination(
+    rows: list[tuple[str, int, int]],
+) -> tuple[domains.Destination | None, dict[int, str]]:
+    """The destination of (destination, port, priority) rows: a Special typed alone, or HostSpecs.
+
+    Returns (destination or None, {row index: problem}).
+    """
+    if len(rows) == 1 and rows[0][0].upper() == "USEDNS":
+        return domains.Special.USEDNS, {}
+    if len(rows) == 1 and rows[0][0] == "/dev/null":
+        return domains.Special.DEVNULL, {}
+    specs: list[domains.HostSpec] = []
+    problems: dict[int, str] = {}
+    for index, (text, port, priority) in enumerate(rows):
+        if text.upper() == "USEDNS" or text == "/dev/null":
+            problems[index] = f"{text} must be the only destination of a route: remove the other rows"
+            continue
+        try:
+            specs.append(parse_row(text, port, priority))
+        except ValueError as exc:
+            problems[index] = str(exc)
+    return (None if problems else specs), problems
+
+
+class RouteEditor:
+    """The add/edit page's form and host rows, validated together through `routes.domains`."""
+
+    prefix = "hosts"
+
+    def __init__(self, data: Any = None, *, route: Route | None = None) -> None:
+        self.route = route
+        initial: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = [{"priority": "0", "destination": "", "port": "25"}]
+        if route is not None:
+            initial = {
+                "domain": domains.display_domain(route.domain),
+                "auth_profile": route.auth_profile_id,
+                "bounce_profile": route.bounce_profile_id,
+                "tls": route.tls,
+                "defer_on_4xx": route.defer_on_4xx,
+            }
+            destination = services.route_destination(route)
+            if isinstance(destination, domains.Special):
+                rows = [{"priority": "0", "destination": destination.value, "port": "25"}]
+            else:
+                rows = [
+                    {"priority": str(h.priority), "destination": _host_text(h), "port": str(h.port)}
+                    for h in destination
+                ] or rows
+        self.form = RouteForm(data, initial=initial)
+        self.hosts = HostFormSet(data, prefix=self.prefix, initial=rows)
+        self.route_errors: list[str] = []
+        self.data: services.RouteData | None = None
+
+    @property
+    def has_auth_profiles(self) -> bool:
+        return AuthProfile.objects.exists()
+
+    def is_valid(self) -> bool:
+        form_ok = self.form.is_valid()
+        hosts_ok = self.hosts.is_valid()
+        live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
+        if not hosts_ok:
+            return False
+        rows = [(f.cleaned_data["destination"], f.cleaned_data["port"], f.cleaned_data["priority"]) for f in live]
+        destination, problems = rows_destination(rows)
+        for index, message in problems.items():
+            live[index].add_error("destination", message)
+        if destination is None or not form_ok:
+            return False
+        domain: str = self.form.cleaned_data["domain"]
+        self.apply_problems(domains.route_problems(domain, destination), live)
+        if self.route_errors or any(f.errors for f in live) or self.form.errors:
+            return False
+        auth = self.form.cleaned_data["auth_profile"]
+        bounce = self.form.cleaned_data["bounce_profile"]
+        self.data = services.RouteData(
+            domain=domain,
+            destination=destination,
+            auth_profile_id=auth.pk if auth else None,
+            bounce_profile_id=bounce.pk if bounce else None,
+            tls=self.form.cleaned_data["tls"],
+            defer_on_4xx=self.form.cleaned_data["defer_on_4xx"],
+        )
+        return True
+
+    def apply_problems(self, problems: domains.RouteProblems, live: list[HostRowForm] | None = None) -> None:
+        """Put `domains.route_problems` messages (or a service's `RouteInvalid.problems`) at their fields."""
+        if live is None:
+            live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
+        for message in problems.domain:
+            self.form.add_error("domain", _sentence(message))
+        self.route_errors += [_sentence(m) for m in problems.route]
+        for index, messages in problems.hosts.items():
+            for message in messages:
+                if index < len(live):
+                    live[index].add_error("destination", _sentence(message))
+                else:
+                    self.route_errors.append(_sentence(message))
+
+
+def _host_text(spec: domains.HostSpec) -> str:
+    name = domains.display_domain(spec.host) if spec.ip is None else spec.host
+    return f"[{name}]" if spec.a_only else name
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] if message else message

@@ -1,0 +1,452 @@
+"""Every write to the route table: validated by `routes.domains`, audited, and seen by the delivery side.
+
+Each public function runs in one transaction that does the change, writes its `AuditEntry` (who, when, before
+and after) and bumps `RouteTableVersion`, so a worker's cached table (`routes.snapshot`) is replaced within
+`ESAROUTES_ROUTE_REFRESH` seconds, and nothing is ever changed without its audit row. Views, the admin, the
+`smtproutes` command and the importer call these functions and nothing else to write routes.
+
+Actors: a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the command line).
+
+Outgoing SMTP AUTH passwords are encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256) under
+`ESAROUTES_ENCRYPTION_KEY`, or, when that is not set, a key derived from `SECRET_KEY`. They are never shown back;
+`auth_credentials` is the only way out, for the delivery side.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from cryptography.fernet import Fernet, InvalidToken
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.db.models import F, Prefetch
+from django.utils import timezone
+
+from routes import domains, importexport
+from routes.models import AuditEntry, AuthProfile, DestinationHost, Route, RouteTableVersion
+
+Actor = User | AnonymousUser | str
+ImportMode = Literal["replace", "merge"]
+_CHUNK = 500  # ids or domains per IN (...) clause: far below SQLite's variable limit
+
+
+class RouteInvalid(ValueError):
+    """The route cannot be saved; `problems` says why, field by field (see `domains.RouteProblems`)."""
+
+    def __init__(self, problems: domains.RouteProblems) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems.all()))
+
+
+class RouteNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class RouteData:
+    """What a route is, as the services take it. `domain` may be typed (any case, Unicode): it is normalised."""
+
+    domain: str
+    destination: domains.Destination
+    auth_profile_id: int | None = None
+    bounce_profile_id: int | None = None
+    tls: str = Route.TLS.OPPORTUNISTIC
+    defer_on_4xx: bool = False
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    mode: ImportMode
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+    version: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+@dataclass
+class _Audit:
+    action: str
+    object_type: str
+    object_repr: str
+    before: Any = None
+    after: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Routes
+
+
+def route_create(*, data: RouteData, actor: Actor) -> Route:
+    domain = _validated(data)
+    with transaction.atomic():
+        if Route.objects.filter(domain=domain).exists():
+            raise RouteInvalid(_exists(domain))
+        route = Route.objects.create(
+            domain=domain,
+            special=_special_code(data.destination),
+            auth_profile_id=data.auth_profile_id,
+            bounce_profile_id=data.bounce_profile_id,
+            tls=data.tls,
+            defer_on_4xx=data.defer_on_4xx,
+        )
+        _write_hosts(route.pk, data.destination)
+        after = route_state(route)
+        _record(actor, _Audit(AuditEntry.Action.CREATE, "route", domain, None, after))
+        _bump()
+    return route
+
+
+def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
+    """Replace a route's domain (renaming is allowed), destination and settings."""
+    domain = _validated(data)
+    with transaction.atomic():
+        route = _locked_route(route_id)
+        before = route_state(route)
+        if domain != route.domain and Route.objects.filter(domain=domain).exists():
+            raise RouteInvalid(_exists(domain))
+        route.domain = domain
+        route.special = _special_code(data.destination)
+        route.auth_profile_id = data.auth_profile_id
+        route.bounce_profile_id = data.bounce_profile_id
+        route.tls = data.tls
+        route.defer_on_4xx = data.defer_on_4xx
+        route.save()
+        DestinationHost.objects.filter(route_id=route.pk).delete()
+        _write_hosts(route.pk, data.destination)
+        after = route_state(route)
+        if after != before:
+            _record(actor, _Audit(AuditEntry.Action.UPDATE, "route", domain, before, after))
+            _bump()
+    return route
+
+
+def routes_delete(*, route_ids: Iterable[int], actor: Actor) -> list[str]:
+    """Delete routes by id, one audit entry each; returns the deleted domains. Unknown ids are ignored."""
+    ids = sorted(set(route_ids))
+    deleted: list[str] = []
+    with transaction.atomic():
+        for chunk in _chunks(ids):
+            routes = list(Route.objects.filter(pk__in=chunk).select_related("auth_profile", "bounce_profile"))
+            _prefetch_hosts(routes)
+            for route in routes:
+                _record(actor, _Audit(AuditEntry.Action.DELETE, "route", route.domain, route_state(route), None))
+                deleted.append(route.domain)
+            Route.objects.filter(pk__in=[route.pk for route in routes]).delete()
+        if deleted:
+            _bump()
+    return deleted
+
+
+def routes_clear(*, actor: Actor) -> int:
+    """Delete every route (the ESA's CLEAR), audited as one entry listing what was there."""
+    with transaction.atomic():
+        before = table_text()
+        count = Route.objects.count()
+        DestinationHost.objects.all().delete()
+        Route.objects.all().delete()
+        _record(actor, _Audit(AuditEntry.Action.CLEAR, "route table", f"{count} routes", before, {}))
+        _bump()
+    return count
+
+
+def routes_import(
+    *, incoming: Mapping[str, importexport.FrozenDestination], mode: ImportMode, actor: Actor
+) -> ImportSummary:
+    """Apply a parsed routes file (`importexport.ParseResult.routes()`), all or nothing, as one audit entry.
+
+    `replace` (the ESA's behaviour) makes the table exactly the file; `merge` adds and changes routes but removes
+    none. Changed routes keep their row, so their auth profile, bounce profile and TLS settings survive (the file
+    does not carry them); added routes get the defaults. The entries are re-validated here, so a caller cannot
+    skip the checks.
+    """
+    problems = [
+        f"{domain}: {message}"
+        for domain, destination in incoming.items()
+        for message in domains.validate_route(domain, destination)
+    ]
+    if problems:
+        raise ValueError("; ".join(problems[:20]))
+    with transaction.atomic():
+        RouteTableVersion.objects.select_for_update().filter(pk=1).first()  # one import at a time (PostgreSQL)
+        current = current_destinations()
+        plan = importexport.diff(current, incoming)
+        removed = plan.removed if mode == "replace" else ()
+        for chunk in _chunks(list(removed)):
+            Route.objects.filter(domain__in=chunk).delete()
+        ids: dict[str, int] = {}
+        for chunk in _chunks(list(plan.changed)):
+            ids.update(Route.objects.filter(domain__in=chunk).values_list("domain", "pk"))
+        for chunk in _chunks(list(ids.values())):
+            DestinationHost.objects.filter(route_id__in=chunk).delete()
+        for domain, pk in ids.items():
+            Route.objects.filter(pk=pk).update(special=_special_code(incoming[domain]), updated_at=timezone.now())
+        created = Route.objects.bulk_create(
+            [Route(domain=domain, special=_special_code(incoming[domain])) for domain in plan.added],
+            batch_size=1000,
+        )
+        ids.update((route.domain, route.pk) for route in created)
+        if any(route.pk is None for route in created):  # a backend that cannot return ids from bulk inserts
+            ids.update(Route.objects.filter(domain__in=plan.added).values_list("domain", "pk"))
+        DestinationHost.objects.bulk_create(
+            [host for domain, pk in ids.items() for host in _host_rows(pk, incoming[domain])], batch_size=2000
+        )
+        before = {domain: importexport.canonical(current[domain]) for domain in (*plan.changed, *removed)}
+        after = {domain: importexport.canonical(incoming[domain]) for domain in (*plan.added, *plan.changed)}
+        summary = ImportSummary(
+            mode=mode, added=plan.added, changed=plan.changed, removed=removed, unchanged=plan.unchanged
+        )
+        note = f"{mode}: {len(plan.added)} added, {len(plan.changed)} changed, {len(removed)} removed"
+        if not summary.is_empty:
+            _record(actor, _Audit(AuditEntry.Action.IMPORT, "route table", note, before, after))
+            version = _bump()
+            summary = ImportSummary(
+                mode=mode,
+                added=plan.added,
+                changed=plan.changed,
+                removed=removed,
+                unchanged=plan.unchanged,
+                version=version,
+            )
+    return summary
+
+
+def import_preview(incoming: Mapping[str, importexport.FrozenDestination], mode: ImportMode) -> ImportSummary:
+    """What `routes_import` would do now, without doing it."""
+    plan = importexport.diff(current_destinations(), incoming)
+    return ImportSummary(
+        mode=mode,
+        added=plan.added,
+        changed=plan.changed,
+        removed=plan.removed if mode == "replace" else (),
+        unchanged=plan.unchanged,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading (for the services' own audit, the export and the import preview)
+
+
+def route_destination(route: Route) -> domains.Destination:
+    """A route's destination from its prefetched `hosts` (order of entry) or its special code."""
+    special = domains.Special.from_code(route.special)
+    if special is not None:
+        return special
+    return [
+        domains.HostSpec(host=h.host, port=h.port, priority=h.priority, a_only=h.a_only)
+        for h in sorted(route.hosts.all(), key=lambda h: (h.position, h.pk))
+    ]
+
+
+def route_state(route: Route) -> dict[str, Any]:
+    """The audit log's picture of a route: JSON, no secrets (an auth profile by name)."""
+    return {
+        "domain": route.domain,
+        "destination": importexport.canonical(route_destination(route)),
+        "auth_profile": route.auth_profile.name if route.auth_profile_id and route.auth_profile else None,
+        "bounce_profile": route.bounce_profile.name if route.bounce_profile_id and route.bounce_profile else None,
+        "tls": route.tls,
+        "defer_on_4xx": route.defer_on_4xx,
+    }
+
+
+def current_destinations() -> dict[str, domains.Destination]:
+    """The whole table as {stored domain: destination}: two queries, whatever its size."""
+    hosts: dict[int, list[domains.HostSpec]] = {}
+    for route_id, host, port, priority, a_only in DestinationHost.objects.order_by(
+        "route_id", "position", "id"
+    ).values_list("route_id", "host", "port", "priority", "a_only"):
+        hosts.setdefault(route_id, []).append(domains.HostSpec(host=host, port=port, priority=priority, a_only=a_only))
+    table: dict[str, domains.Destination] = {}
+    for pk, domain, special in Route.objects.values_list("pk", "domain", "special"):
+        code = domains.Special.from_code(special)
+        table[domain] = code if code is not None else hosts.get(pk, [])
+    return table
+
+
+def table_text() -> dict[str, str]:
+    return {domain: importexport.canonical(dest) for domain, dest in current_destinations().items()}
+
+
+def export_text(*, now: datetime | None = None) -> str:
+    return importexport.format_table(current_destinations().items(), now=now or timezone.now())
+
+
+def current_version() -> int:
+    return RouteTableVersion.objects.filter(pk=1).values_list("version", flat=True).first() or 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outgoing SMTP AUTH profiles
+
+
+def auth_profile_save(
+    *, profile_id: int | None, name: str, username: str, password: str | None, actor: Actor
+) -> AuthProfile:
+    """Create (profile_id None) or update a profile. `password` None or "" keeps the stored one on update."""
+    with transaction.atomic():
+        if profile_id is None:
+            profile = AuthProfile(name=name, username=username)
+            before = None
+        else:
+            profile = AuthProfile.objects.select_for_update().get(pk=profile_id)
+            before = _profile_state(profile)
+        profile.name = name
+        profile.username = username
+        if password:
+            profile.password_encrypted = encrypt_password(password)
+        profile.full_clean()
+        profile.save()
+        after = _profile_state(profile)
+        if before is None or after != before or password:
+            if password and before is not None:
+                after["password"] = "changed"
+            action = AuditEntry.Action.CREATE if before is None else AuditEntry.Action.UPDATE
+            _record(actor, _Audit(action, "auth profile", profile.name, before, after))
+            _bump()  # routes using it see the new credentials
+    return profile
+
+
+def auth_profile_delete(*, profile_id: int, actor: Actor) -> None:
+    """Delete a profile no route uses (the database refuses otherwise: `ProtectedError`)."""
+    with transaction.atomic():
+        profile = AuthProfile.objects.select_for_update().get(pk=profile_id)
+        before = _profile_state(profile)
+        profile.delete()
+        _record(actor, _Audit(AuditEntry.Action.DELETE, "auth profile", before["name"], before, None))
+        _bump()
+
+
+def auth_credentials(profile_id: int) -> tuple[str, str] | None:
+    """(username, password) of an auth profile for SMTP AUTH, or None when it is gone or has no password.
+
+    For the delivery side only; never log or show the result.
+    """
+    row = AuthProfile.objects.filter(pk=profile_id).values_list("username", "password_encrypted").first()
+    if row is None or not row[1]:
+        return None
+    return row[0], decrypt_password(row[1])
+
+
+def encrypt_password(password: str) -> str:
+    return _fernet().encrypt(password.encode("utf-8")).decode("ascii")
+
+
+def decrypt_password(token: str) -> str:
+    try:
+        return _fernet().decrypt(token.encode("ascii")).decode("utf-8")
+    except InvalidToken:
+        raise ImproperlyConfigured(
+            "a stored SMTP AUTH password cannot be decrypted: ESAROUTES_ENCRYPTION_KEY (or SECRET_KEY, when the "
+            "former is not set) changed since it was saved; enter the password again"
+        ) from None
+
+
+def _fernet() -> Fernet:
+    key = settings.ESAROUTES_ENCRYPTION_KEY
+    if not key:
+        digest = hashlib.sha256(b"esaroutes auth profile passwords\x00" + settings.SECRET_KEY.encode()).digest()
+        key = base64.urlsafe_b64encode(digest).decode("ascii")
+    try:
+        return Fernet(key)
+    except (ValueError, TypeError):
+        raise ImproperlyConfigured(
+            "ESAROUTES_ENCRYPTION_KEY: expected a Fernet key (32 bytes in urlsafe base64, 44 characters)"
+        ) from None
+
+
+def _profile_state(profile: AuthProfile) -> dict[str, Any]:
+    return {"name": profile.name, "username": profile.username, "password": "set" if profile.password_encrypted else ""}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _validated(data: RouteData) -> str:
+    problems = domains.route_problems(data.domain, data.destination)
+    if problems:
+        raise RouteInvalid(problems)
+    return domains.normalize_receiving_domain(data.domain)
+
+
+def _exists(domain: str) -> domains.RouteProblems:
+    shown = "The default route (ALL)" if domain == domains.DEFAULT_ROUTE else f"The value {domain}"
+    return domains.RouteProblems(domain=[f"{shown} is already in the routing table."], hosts={}, route=[])
+
+
+def _locked_route(route_id: int) -> Route:
+    route = (
+        Route.objects.select_for_update(of=("self",))
+        .select_related("auth_profile", "bounce_profile")
+        .filter(pk=route_id)
+        .first()
+    )
+    if route is None:
+        raise RouteNotFound(f"route {route_id} does not exist")
+    _prefetch_hosts([route])
+    return route
+
+
+def _prefetch_hosts(routes: Sequence[Route]) -> None:
+    from django.db.models import prefetch_related_objects
+
+    prefetch_related_objects(list(routes), Prefetch("hosts", queryset=DestinationHost.objects.all()))
+
+
+def _special_code(destination: domains.Destination) -> str:
+    return destination.code if isinstance(destination, domains.Special) else ""
+
+
+def _host_rows(route_id: int, destination: domains.Destination) -> list[DestinationHost]:
+    if isinstance(destination, domains.Special):
+        return []
+    return [
+        DestinationHost(
+            route_id=route_id, host=h.host, a_only=h.a_only, port=h.port, priority=h.priority, position=position
+        )
+        for position, h in enumerate(destination)
+    ]
+
+
+def _write_hosts(route_id: int, destination: domains.Destination) -> None:
+    DestinationHost.objects.bulk_create(_host_rows(route_id, destination))
+
+
+def _record(actor: Actor, audit: _Audit) -> None:
+    user = actor if isinstance(actor, User) else None
+    name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
+    AuditEntry.objects.create(
+        at=timezone.now(),
+        actor=user,
+        actor_name=name[:150],
+        action=audit.action,
+        object_type=audit.object_type,
+        object_repr=audit.object_repr[:300],
+        before=audit.before,
+        after=audit.after,
+    )
+
+
+def _bump() -> int:
+    """Next route table version, in the caller's transaction."""
+    if not RouteTableVersion.objects.filter(pk=1).update(version=F("version") + 1, changed_at=timezone.now()):
+        RouteTableVersion.objects.create(pk=1, version=1)
+    return current_version()
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

@@ -1,0 +1,28 @@
+"""Showing stored (IDNA) domains and hosts to people, in Unicode."""
+
+from __future__ import annotations
+
+from django import template
+
+from routes import domains
+from routes.models import DestinationHost
+
+register = template.Library()
+
+
+@register.filter
+def unicode_domain(stored: str) -> str:
+    """`.xn--bcher-kva.example` → `.bücher.example`; `ALL` and IP addresses unchanged."""
+    return domains.display_domain(stored)
+
+
+@register.filter
+def host_label(host: DestinationHost | domains.HostSpec) -> str:
+    """`mx.bücher.example:2525`, `[mx.example.com]`, `[2001:db8::1]:587`: host and port as the admin types them."""
+    ip = domains.HostSpec(host=host.host).ip
+    if ip is None:
+        text = domains.display_domain(host.host)
+        text = f"[{text}]" if host.a_only else text
+    else:
+        text = f"[{host.host}]" if ip.version == 6 and host.port != domains.DEFAULT_PORT else host.host
+    return text if host.port == domains.DEFAULT_PORT else f"{text}:{host.port}"

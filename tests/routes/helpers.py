@@ -1,0 +1,31 @@
+"""Small builders for route tests (no factory library)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from routes import domains, services
+
+
+def make_route(domain: str = "example.com", hosts: str = "mx1.example.com", *, actor: Any = "test", **kw: Any):
+    return services.route_create(
+        data=services.RouteData(domain=domain, destination=domains.parse_hosts(hosts), **kw), actor=actor
+    )
+
+
+def form_data(domain: str, rows: list[tuple[str, str, str]], **extra: Any) -> dict[str, Any]:
+    """POST data for the add/edit form: rows of (priority, destination, port)."""
+    data: dict[str, Any] = {
+        "domain": domain,
+        "tls": "opportunistic",
+        "hosts-TOTAL_FORMS": str(len(rows)),
+        "hosts-INITIAL_FORMS": "0",
+        "hosts-MIN_NUM_FORMS": "0",
+        "hosts-MAX_NUM_FORMS": "1000",
+    }
+    for i, (priority, destination, port) in enumerate(rows):
+        data[f"hosts-{i}-priority"] = priority
+        data[f"hosts-{i}-destination"] = destination
+        data[f"hosts-{i}-port"] = port
+    data.update(extra)
+    return data
