@@ -126,6 +126,7 @@ def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
         route.save()
         DestinationHost.objects.filter(route_id=route.pk).delete()
         _write_hosts(route.pk, data.destination)
+        route = _locked_route(route_id)  # the hosts as written, not the prefetched ones
         after = route_state(route)
         if after != before:
             _record(actor, _Audit(AuditEntry.Action.UPDATE, "route", domain, before, after))

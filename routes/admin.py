@@ -1,0 +1,297 @@
+"""The Django admin for routes, auth profiles and the audit log.
+
+Validation is the route editor's (`routes.forms` cells, `routes.domains.route_problems`), and every write goes
+through `routes.services`, so a change made here is validated, audited and seen by the delivery side exactly like
+one made on the Routes page or with `smtproutes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+from typing import Any
+
+from django import forms as djforms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from routes import domains, forms, services
+from routes.models import AuditEntry, AuthProfile, DestinationHost, Route
+
+if importlib.util.find_spec("routes.access_admin") is not None:  # the listener engineer's access-rule admin
+    from routes import access_admin  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
+
+
+def _actor(request: HttpRequest) -> services.Actor:
+    user: services.Actor = request.user
+    return user
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Routes
+
+
+class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
+    priority = djforms.CharField(required=False, initial="0", max_length=20)
+    destination = djforms.CharField(
+        required=False, max_length=300, help_text="Host name, [host name] (A/AAAA only), IPv4 or IPv6"
+    )
+    port = djforms.CharField(required=False, initial="25", max_length=20)
+
+    class Meta:
+        model = DestinationHost
+        fields = ("priority", "port")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            spec = domains.HostSpec(self.instance.host, a_only=self.instance.a_only)
+            self.initial["destination"] = f"[{spec.host}]" if spec.a_only else spec.host
+
+    def clean_priority(self) -> int:
+        return forms._cell(domains.parse_priority, self.cleaned_data["priority"])
+
+    def clean_port(self) -> int:
+        return forms._cell(domains.parse_port, self.cleaned_data["port"])
+
+    def clean_destination(self) -> str:
+        value: str = self.cleaned_data["destination"]
+        return value.strip()
+
+
+class DestinationHostFormSet(BaseInlineFormSet[DestinationHost, Route, DestinationHostAdminForm]):
+    """Checks the rows with the route editor's code; the result is `self.destination` for `save_related`."""
+
+    destination: domains.Destination | None = None
+
+    def clean(self) -> None:
+        super().clean()
+        if any(f.errors for f in self.forms):
+            return  # a cell is unreadable: its message is at the cell; the route checks need every cell
+        live = [
+            f
+            for f in self.forms
+            if f.cleaned_data and not f.cleaned_data.get("DELETE") and f.cleaned_data.get("destination")
+        ]
+        rows = [(f.cleaned_data["destination"], f.cleaned_data["port"], f.cleaned_data["priority"]) for f in live]
+        special = domains.Special.from_code(self.instance.special)
+        if special is not None:
+            if rows:
+                raise djforms.ValidationError(
+                    f"{special.value} must be the only destination of a route: remove the host rows, "
+                    "or choose “Destination hosts”."
+                )
+            destination: domains.Destination | None = special
+        else:
+            destination, problems = forms.rows_destination(rows)
+            for index, message in problems.items():
+                live[index].add_error("destination", message)
+        if destination is None or not self.instance.domain:
+            return
+        found = domains.route_problems(self.instance.domain, destination)
+        for index, messages_ in found.hosts.items():
+            for message in messages_:
+                live[index].add_error("destination", message[:1].upper() + message[1:])
+        if found.route or found.domain:
+            raise djforms.ValidationError([m[:1].upper() + m[1:] for m in found.route + found.domain])
+        self.destination = destination
+
+
+class DestinationHostInline(admin.TabularInline[DestinationHost, Route]):
+    model = DestinationHost
+    form = DestinationHostAdminForm
+    formset = DestinationHostFormSet  # type: ignore[assignment]
+    fields = ("priority", "destination", "port")
+    extra = 1
+    max_num = domains.MAX_HOSTS_PER_ROUTE
+
+
+class RouteAdminForm(djforms.ModelForm[Route]):
+    class Meta:
+        model = Route
+        fields = ("domain", "special", "auth_profile", "bounce_profile", "tls", "defer_on_4xx")
+        labels = {"special": "Deliver to"}
+
+    def clean_domain(self) -> str:
+        try:
+            domain = domains.normalize_receiving_domain(self.cleaned_data["domain"])
+        except domains.DomainError as exc:
+            raise djforms.ValidationError(str(exc)) from None
+        if Route.objects.filter(domain=domain).exclude(pk=self.instance.pk).exists():
+            shown = "The default route (ALL)" if domain == domains.DEFAULT_ROUTE else f"The value {domain}"
+            raise djforms.ValidationError(f"{shown} is already in the routing table.")
+        return domain
+
+
+class KindFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("exact", "Exact domain"), ("partial", "Partial (.domain)"), ("default", "Default (ALL)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "partial":
+            return queryset.filter(domain__startswith=".")
+        if self.value() == "default":
+            return queryset.filter(domain=domains.DEFAULT_ROUTE)
+        if self.value() == "exact":
+            return queryset.exclude(domain__startswith=".").exclude(domain=domains.DEFAULT_ROUTE)
+        return queryset
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin[Route]):
+    form = RouteAdminForm
+    inlines = [DestinationHostInline]
+    list_display = ("shown_domain", "destinations", "auth_profile", "tls", "updated_at")
+    list_filter = (KindFilter, "special", "tls", "auth_profile", "bounce_profile", "defer_on_4xx")
+    search_fields = ("domain", "hosts__host")
+    list_select_related = ("auth_profile",)
+    list_per_page = 100
+    show_full_result_count = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Route]:
+        return super().get_queryset(request).prefetch_related("hosts")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Route], search_term: str
+    ) -> tuple[QuerySet[Route], bool]:
+        term = search_term.strip()
+        if term and not term.isascii():
+            with contextlib.suppress(ValueError):
+                term = domains.to_ascii_name(term.strip("."))
+        return super().get_search_results(request, queryset, term.lower())
+
+    @admin.display(description="Receiving domain", ordering="domain")
+    def shown_domain(self, route: Route) -> str:
+        return "All other domains (ALL)" if route.is_default else domains.display_domain(route.domain)
+
+    @admin.display(description="Destination hosts")
+    def destinations(self, route: Route) -> str:
+        from routes import importexport
+
+        return importexport.canonical(services.route_destination(route))
+
+    # Writes go through the services (validated again, audited, version bumped).
+    def save_model(self, request: HttpRequest, obj: Route, form: Any, change: bool) -> None:
+        pass  # saved with its hosts in save_related, where the inline rows are known
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        hosts = next(f for f in formsets if isinstance(f, DestinationHostFormSet))
+        assert hosts.destination is not None  # set by a valid formset
+        data = services.RouteData(
+            domain=form.cleaned_data["domain"],
+            destination=hosts.destination,
+            auth_profile_id=form.cleaned_data["auth_profile"].pk if form.cleaned_data["auth_profile"] else None,
+            bounce_profile_id=form.cleaned_data["bounce_profile"].pk if form.cleaned_data["bounce_profile"] else None,
+            tls=form.cleaned_data["tls"],
+            defer_on_4xx=form.cleaned_data["defer_on_4xx"],
+        )
+        if change:
+            route = services.route_update(route_id=form.instance.pk, data=data, actor=_actor(request))
+        else:
+            route = services.route_create(data=data, actor=_actor(request))
+        form.instance.pk = route.pk
+
+    def construct_change_message(self, request: HttpRequest, form: Any, formsets: Any, add: bool = False) -> Any:
+        return [{"added": {}}] if add else [{"changed": {"fields": sorted(form.changed_data)}}]
+
+    def delete_model(self, request: HttpRequest, obj: Route) -> None:
+        services.routes_delete(route_ids=[obj.pk], actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        services.routes_delete(route_ids=list(queryset.values_list("pk", flat=True)), actor=_actor(request))
+
+    @admin.action(description="Clear ALL routes (the whole table, not only the selected ones)", permissions=["delete"])
+    def clear_all_routes(self, request: HttpRequest, queryset: QuerySet[Route]) -> None:
+        count = services.routes_clear(actor=_actor(request))
+        self.message_user(request, f"Cleared the route table ({count} routes deleted).", messages.SUCCESS)
+
+    actions = ["clear_all_routes"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Outgoing SMTP AUTH profiles
+
+
+class AuthProfileAdminForm(djforms.ModelForm[AuthProfile]):
+    password = djforms.CharField(
+        required=False,
+        widget=djforms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown. Leave empty to keep the current password.",
+    )
+
+    class Meta:
+        model = AuthProfile
+        fields = ("name", "username")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.instance.pk and not data.get("password"):
+            self.add_error("password", "A new profile needs a password.")
+        return data
+
+
+@admin.register(AuthProfile)
+class AuthProfileAdmin(admin.ModelAdmin[AuthProfile]):
+    form = AuthProfileAdminForm
+    list_display = ("name", "username", "has_password", "updated_at")
+    search_fields = ("name", "username")
+
+    @admin.display(description="Password", boolean=True)
+    def has_password(self, profile: AuthProfile) -> bool:
+        return bool(profile.password_encrypted)
+
+    def save_model(self, request: HttpRequest, obj: AuthProfile, form: Any, change: bool) -> None:
+        saved = services.auth_profile_save(
+            profile_id=obj.pk if change else None,
+            name=form.cleaned_data["name"],
+            username=form.cleaned_data["username"],
+            password=form.cleaned_data.get("password") or None,
+            actor=_actor(request),
+        )
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: AuthProfile) -> None:
+        services.auth_profile_delete(profile_id=obj.pk, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AuthProfile]) -> None:
+        for pk in queryset.values_list("pk", flat=True):
+            services.auth_profile_delete(profile_id=pk, actor=_actor(request))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audit log (read-only)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin[AuditEntry]):
+    list_display = ("at", "actor_name", "action", "object_type", "object_repr")
+    list_filter = ("action", "object_type", "actor_name")
+    search_fields = ("object_repr", "actor_name")
+    date_hierarchy = "at"
+    fields = ("at", "actor_name", "action", "object_type", "object_repr", "before_json", "after_json")
+    readonly_fields = fields
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+    @admin.display(description="Before")
+    def before_json(self, entry: AuditEntry) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(entry.before, indent=2, ensure_ascii=False)[:200_000])
+
+    @admin.display(description="After")
+    def after_json(self, entry: AuditEntry) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(entry.after, indent=2, ensure_ascii=False)[:200_000])
