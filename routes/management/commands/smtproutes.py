@@ -1,0 +1,166 @@
+"""`manage.py smtproutes`: the ESA's `smtproutes` as sub-commands, with the same validation and audit as the web UI.
+
+    smtproutes print
+    smtproutes new DOMAIN HOSTS            e.g. new example.com "mx1.example.com/pri=10, [10.0.0.9]:2525/pri=20"
+    smtproutes edit DOMAIN HOSTS [--rename NEW]
+    smtproutes delete DOMAIN
+    smtproutes import FILE [--replace]     (default: merge; --replace makes the table exactly the file)
+    smtproutes export FILE                 (- for standard output)
+    smtproutes clear [--yes]
+
+Changes are recorded in the audit log as "cli:<unix user>". Errors go to stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from routes import domains, importexport, services
+from routes.models import Route
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}"
+
+
+class Command(BaseCommand):
+    help = "Add, edit, delete, print, import, export and clear SMTP routes (like the ESA's smtproutes)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="operation", required=True, metavar="OPERATION")
+        sub.add_parser("print", help="print the route table in the import/export format")
+        new = sub.add_parser("new", help="add a route")
+        new.add_argument("domain", help="example.com, .example.com or ALL")
+        new.add_argument("hosts", help='"host[:port][/pri=N], ...", or USEDNS, or /dev/null')
+        edit = sub.add_parser("edit", help="replace the destination hosts of a route (and optionally rename it)")
+        edit.add_argument("domain")
+        edit.add_argument("hosts")
+        edit.add_argument("--rename", metavar="NEW", help="new receiving domain")
+        delete = sub.add_parser("delete", help="delete a route")
+        delete.add_argument("domain")
+        imp = sub.add_parser("import", help="import a routes file (all or nothing)")
+        imp.add_argument("file", help="path, or - for standard input")
+        imp.add_argument("--replace", action="store_true", help="remove the routes that are not in the file")
+        exp = sub.add_parser("export", help="write the route table to a file")
+        exp.add_argument("file", help="path, or - for standard output")
+        clear = sub.add_parser("clear", help="delete every route")
+        clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        operation = options["operation"]
+        getattr(self, f"do_{operation}")(options)
+
+    # --- operations -------------------------------------------------------------------------------------------
+
+    def do_print(self, options: dict[str, Any]) -> None:
+        self.stdout.write(services.export_text(), ending="")
+
+    def do_new(self, options: dict[str, Any]) -> None:
+        domain = self._domain(options["domain"])
+        destination = self._hosts(options["hosts"])
+        try:
+            route = services.route_create(
+                data=services.RouteData(domain=domain, destination=destination), actor=_actor()
+            )
+        except services.RouteInvalid as exc:
+            raise CommandError(_problems(exc.problems)) from None
+        self.stdout.write(f"Added {route.domain}: {importexport.canonical(destination)}")
+
+    def do_edit(self, options: dict[str, Any]) -> None:
+        route = self._route(options["domain"])
+        destination = self._hosts(options["hosts"])
+        new_domain = self._domain(options["rename"]) if options["rename"] else route.domain
+        data = services.RouteData(
+            domain=new_domain,
+            destination=destination,
+            auth_profile_id=route.auth_profile_id,
+            bounce_profile_id=route.bounce_profile_id,
+            tls=route.tls,
+            defer_on_4xx=route.defer_on_4xx,
+        )
+        try:
+            saved = services.route_update(route_id=route.pk, data=data, actor=_actor())
+        except services.RouteInvalid as exc:
+            raise CommandError(_problems(exc.problems)) from None
+        renamed = f" (renamed from {route.domain})" if saved.domain != route.domain else ""
+        self.stdout.write(f"Changed {saved.domain}{renamed}: {importexport.canonical(destination)}")
+
+    def do_delete(self, options: dict[str, Any]) -> None:
+        route = self._route(options["domain"])
+        services.routes_delete(route_ids=[route.pk], actor=_actor())
+        self.stdout.write(f"Deleted {route.domain}")
+
+    def do_import(self, options: dict[str, Any]) -> None:
+        name = options["file"]
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            raise CommandError(f"Error reading file {name}: {exc.strerror or exc}") from None
+        parsed = importexport.parse_bytes(data)
+        if not parsed.ok:
+            lines = "\n".join(f"  {name}: {error}" for error in parsed.errors)
+            raise CommandError(f"Import failed, nothing was changed ({len(parsed.errors)} errors):\n{lines}")
+        mode: services.ImportMode = "replace" if options["replace"] else "merge"
+        summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=_actor())
+        self.stdout.write(
+            f"Imported {len(parsed.rows)} routes ({mode}): {len(summary.added)} added, {len(summary.changed)} "
+            f"changed, {len(summary.removed)} removed, {summary.unchanged} unchanged"
+        )
+
+    def do_export(self, options: dict[str, Any]) -> None:
+        text = services.export_text()
+        name = options["file"]
+        if name == "-":
+            self.stdout.write(text, ending="")
+            return
+        try:
+            Path(name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"Error writing file {name}: {exc.strerror or exc}") from None
+        self.stdout.write(f"Exported {Route.objects.count()} routes to {name}")
+
+    def do_clear(self, options: dict[str, Any]) -> None:
+        if not options["yes"]:
+            if not sys.stdin.isatty():
+                raise CommandError("Refusing to clear without confirmation: add --yes")
+            count = Route.objects.count()
+            answer = input(f"Are you sure you want to delete all of the configured routes ({count})? [N]> ")
+            if answer.strip().lower() not in ("y", "yes"):
+                self.stdout.write("Nothing was changed.")
+                return
+        deleted = services.routes_clear(actor=_actor())
+        self.stdout.write(f"Cleared the route table ({deleted} routes deleted)")
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _domain(self, text: str) -> str:
+        try:
+            return domains.normalize_receiving_domain(text)
+        except domains.DomainError as exc:
+            raise CommandError(str(exc)) from None
+
+    def _hosts(self, text: str) -> domains.Destination:
+        try:
+            return domains.parse_hosts(text)
+        except domains.HostListError as exc:
+            raise CommandError("; ".join(exc.errors)) from None
+
+    def _route(self, text: str) -> Route:
+        domain = self._domain(text)
+        route = Route.objects.filter(domain=domain).first()
+        if route is None:
+            raise CommandError(f'"{text}": that entry does not appear to be in the routing table')
+        return route
+
+
+def _problems(problems: domains.RouteProblems) -> str:
+    return "; ".join(problems.all())
