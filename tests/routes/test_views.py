@@ -277,3 +277,25 @@ def test_read_only_user_cannot_edit(client, django_user_model):
     nobody = django_user_model.objects.create_user("hal", password="x" * 12)
     client.force_login(nobody)
     assert client.get(reverse("routes:route-list")).status_code == 403
+
+
+def test_route_test_connects_to_each_host_when_asked(client_alice):
+    from aiosmtpd.controller import Controller
+
+    from tests.routes.test_services import _closed_port
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=_closed_port(), server_hostname="peer.test")
+    controller.start()
+    try:
+        make_route("loop.test", f"127.0.0.1:{controller.port}, 127.0.0.1:{_closed_port()}/pri=10")
+        body = client_alice.post(
+            reverse("routes:route-test"), {"address": "u@loop.test", "connect": "1"}, **HTMX
+        ).content.decode()
+    finally:
+        controller.stop()
+    assert "220 peer.test" in body and "221" in body
+    assert "answered" in body and "failed" in body and "no answer" in body

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from routes import domains, importexport, probe, services, snapshot
+from routes.models import AuditEntry, AuthProfile, Route
+from tests.routes.helpers import make_route
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create_validates_through_domains_and_writes_nothing_when_invalid():
+    with pytest.raises(services.RouteInvalid) as info:
+        make_route("ALL", "USEDNS")
+    assert "USEDNS cannot be the destination" in info.value.problems.route[0]
+    with pytest.raises(services.RouteInvalid) as info:
+        services.route_create(
+            data=services.RouteData(
+                domain="example.com",
+                destination=[domains.HostSpec("mx.example.com", 25), domains.HostSpec("mx.example.com", 2525)],
+            ),
+            actor="test",
+        )
+    assert info.value.problems.hosts == {1: ["The host mx.example.com is already using the standard port."]}
+    assert not Route.objects.exists() and not AuditEntry.objects.exists()
+    assert services.current_version() == 0
+
+
+def test_every_change_is_audited_and_bumps_the_version(alice):
+    route = make_route("example.com", "mx1.example.com", actor=alice)
+    assert services.current_version() == 1
+    services.route_update(
+        route_id=route.pk,
+        data=services.RouteData(domain="example.com", destination=domains.parse_hosts("mx2.example.com/pri=5")),
+        actor="cli:bob",
+    )
+    services.routes_delete(route_ids=[route.pk], actor=alice)
+    services.routes_import(incoming={"a.example": domains.Special.DEVNULL}, mode="replace", actor=alice)
+    services.routes_clear(actor=alice)
+    entries = list(AuditEntry.objects.order_by("id"))
+    assert [(e.action, e.actor_name) for e in entries] == [
+        ("create", "alice"),
+        ("update", "cli:bob"),
+        ("delete", "alice"),
+        ("import", "alice"),
+        ("clear", "alice"),
+    ]
+    assert entries[1].before["destination"] == "mx1.example.com"
+    assert entries[1].after["destination"] == "mx2.example.com/pri=5"
+    assert entries[2].after is None and entries[4].before == {"a.example": "/dev/null"}
+    assert services.current_version() == 5
+
+
+def test_an_update_that_changes_nothing_is_not_audited():
+    route = make_route("example.com", "mx1.example.com")
+    services.route_update(
+        route_id=route.pk,
+        data=services.RouteData(domain="EXAMPLE.com", destination=domains.parse_hosts("mx1.example.com")),
+        actor="test",
+    )
+    assert AuditEntry.objects.count() == 1
+
+
+def test_import_replace_keeps_the_settings_of_changed_routes_and_merge_removes_nothing():
+    profile = services.auth_profile_save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
+    make_route("a.example", "old.example.net", auth_profile_id=profile.pk, tls="required")
+    make_route("b.example", "mx.b.example")
+    merged = services.routes_import(
+        incoming={"a.example": (domains.HostSpec("new.example.net"),), "c.example": domains.Special.USEDNS},
+        mode="merge",
+        actor="t",
+    )
+    assert (merged.added, merged.changed, merged.removed) == (("c.example",), ("a.example",), ())
+    a = Route.objects.get(domain="a.example")
+    assert a.auth_profile == profile and a.tls == "required"
+    replaced = services.routes_import(incoming={"c.example": domains.Special.USEDNS}, mode="replace", actor="t")
+    assert sorted(replaced.removed) == ["a.example", "b.example"] and replaced.unchanged == 1
+    assert services.table_text() == {"c.example": "USEDNS"}
+
+
+def test_import_round_trip_through_the_text_format():
+    text = "example.com mx1.example.com/pri=10, [10.0.0.9]:2525\n.example.com USEDNS\nALL smart.example.net:587\n"
+    parsed = importexport.parse(text)
+    services.routes_import(incoming=parsed.routes(), mode="replace", actor="t")
+    again = importexport.parse(services.export_text())
+    assert again.ok and again.routes() == parsed.routes()
+
+
+def test_snapshot_follows_the_version_within_the_refresh(settings):
+    settings.ESAROUTES_ROUTE_REFRESH = 0
+    snapshot.invalidate()
+    assert snapshot.current_table().lookup("u@example.com") is None
+    make_route("example.com", "mx1.example.com:2525/pri=5")
+    entry = snapshot.current_table().lookup("u@EXAMPLE.com")
+    assert entry is not None and entry.hosts == (domains.HostSpec("mx1.example.com", 2525, 5),)
+    settings.ESAROUTES_ROUTE_REFRESH = 3600
+    table = snapshot.current_table()
+    make_route(".example.com", "USEDNS")
+    assert snapshot.current_table() is table  # trusted for ESAROUTES_ROUTE_REFRESH seconds
+    assert snapshot.current_table(max_age=0).lookup("x.example.com").special == "usedns"
+
+
+def test_snapshot_builds_with_two_queries(django_assert_num_queries):
+    for i in range(30):
+        make_route(f"d{i}.example", f"a{i}.example.net, b{i}.example.net/pri=10")
+    with django_assert_num_queries(3):  # version, routes, hosts
+        table = snapshot.build_table()
+    assert len(table) == 30 and table.lookup("x@d7.example").hosts[1].priority == 10
+
+
+def test_auth_profile_passwords_are_encrypted_and_only_auth_credentials_reads_them(settings):
+    profile = services.auth_profile_save(profile_id=None, name="o365", username="relay", password="pässword", actor="t")
+    stored = AuthProfile.objects.get().password_encrypted
+    assert "pässword" not in stored and stored.startswith("gAAAA")
+    assert services.auth_credentials(profile.pk) == ("relay", "pässword")
+    assert services.auth_credentials(profile.pk + 1) is None
+    assert all("pässword" not in str(e.after) for e in AuditEntry.objects.all())
+    from cryptography.fernet import Fernet
+
+    settings.ESAROUTES_ENCRYPTION_KEY = Fernet.generate_key().decode()
+    with pytest.raises(ImproperlyConfigured, match="enter the password again"):
+        services.auth_credentials(profile.pk)
+    services.auth_profile_save(profile_id=profile.pk, name="o365", username="relay", password="new-one", actor="t")
+    assert services.auth_credentials(profile.pk) == ("relay", "new-one")
+    settings.ESAROUTES_ENCRYPTION_KEY = "not a key"
+    with pytest.raises(ImproperlyConfigured, match="ESAROUTES_ENCRYPTION_KEY"):
+        services.auth_credentials(profile.pk)
+
+
+def test_auth_profile_in_use_cannot_be_deleted():
+    from django.db.models import ProtectedError
+
+    profile = services.auth_profile_save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
+    make_route("a.example", auth_profile_id=profile.pk)
+    with pytest.raises(ProtectedError):
+        services.auth_profile_delete(profile_id=profile.pk, actor="t")
+
+
+# --- the live probe, against loopback peers only ---------------------------------------------------------------
+
+
+@pytest.fixture
+def loopback_smtp():
+    """A real aiosmtpd server on 127.0.0.1 (tests/peers.py was not there yet when this was written)."""
+    from aiosmtpd.controller import Controller
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 OK"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=_closed_port(), server_hostname="peer.test")
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_probe_reports_greeting_ehlo_and_quit_or_the_failure(loopback_smtp):
+    port = loopback_smtp.port
+    dead = _closed_port()
+    ok, refused = asyncio.run(probe.probe_all([("127.0.0.1", port), ("127.0.0.1", dead)], helo="relay.test", seconds=3))
+    assert ok.ok and ok.lines[0].startswith("220") and ok.lines[1].startswith("250") and ok.lines[2].startswith("221")
+    assert not refused.ok and refused.lines[0].startswith("no answer")
+
+
+def test_probe_times_out_on_a_silent_peer():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
+    try:
+        result = asyncio.run(probe.probe("127.0.0.1", port, helo="relay.test", seconds=0.5))
+    finally:
+        for conn in accepted:
+            conn.close()
+        server.close()
+    assert not result.ok and "no answer" in result.lines[0] and result.seconds < 3
