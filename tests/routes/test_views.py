@@ -291,7 +291,7 @@ def test_route_test_connects_to_each_host_when_asked(client_alice):
     controller = Controller(Sink(), hostname="127.0.0.1", port=_closed_port(), server_hostname="peer.test")
     controller.start()
     try:
-        make_route("loop.test", f"127.0.0.1:{controller.port}, 127.0.0.1:{_closed_port()}/pri=10")
+        make_route("loop.test", f"127.0.0.1:{controller.port}, 127.0.0.2:{_closed_port()}/pri=10")
         body = client_alice.post(
             reverse("routes:route-test"), {"address": "u@loop.test", "connect": "1"}, **HTMX
         ).content.decode()
