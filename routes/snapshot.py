@@ -19,12 +19,13 @@ from routes.models import DestinationHost, Route, RouteTableVersion
 
 _lock = threading.Lock()
 _table: matching.RouteTable | None = None
+_key: tuple[int, object] | None = None  # (version, changed_at): also right after a database restore
 _checked_at = 0.0
 
 
 def current_table(*, max_age: float | None = None) -> matching.RouteTable:
     """The route table, at most `max_age` (default `ESAROUTES_ROUTE_REFRESH`) seconds behind the database."""
-    global _table, _checked_at
+    global _table, _key, _checked_at
     refresh = settings.ESAROUTES_ROUTE_REFRESH if max_age is None else max_age
     table = _table
     now = time.monotonic()
@@ -33,9 +34,10 @@ def current_table(*, max_age: float | None = None) -> matching.RouteTable:
     with _lock:
         if _table is not None and time.monotonic() - _checked_at < refresh:
             return _table
-        version = _version()
-        if _table is None or _table.version != version:
-            _table = build_table(version)
+        key = _version_key()
+        if _table is None or _key != key:
+            _table = build_table(key[0])
+            _key = key
         _checked_at = time.monotonic()
         return _table
 
@@ -70,10 +72,16 @@ def build_table(version: int | None = None) -> matching.RouteTable:
 
 def invalidate() -> None:
     """Forget the cached table (tests; a process that just wrote and must read its own change at once)."""
-    global _table, _checked_at
+    global _table, _key, _checked_at
     with _lock:
         _table = None
+        _key = None
         _checked_at = 0.0
+
+
+def _version_key() -> tuple[int, object]:
+    row = RouteTableVersion.objects.filter(pk=1).values_list("version", "changed_at").first()
+    return (row[0], row[1]) if row else (0, None)
 
 
 def _version() -> int:
