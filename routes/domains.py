@@ -36,6 +36,8 @@ MAX_NAME_LENGTH = 253
 # IDNA 2003 treats the ideographic and full-width full stops as dots too (RFC 3490 §3.1).
 _DOTS = re.compile("[.\u3002\uff0e\uff61]")
 _LDH = re.compile(r"[a-z0-9-]+")
+_PLAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_NAME = re.compile(rf"(?:{_PLAIN_LABEL}\.)*{_PLAIN_LABEL}")
 _PRIORITY_OPTION = re.compile(r"pri\s*=\s*(?P<value>.*)", re.IGNORECASE)
 
 
@@ -162,6 +164,10 @@ def to_ascii_name(name: str) -> str:
         name = name[:-1]
     if not name:
         raise ValueError("it is empty")
+    if len(name) <= MAX_NAME_LENGTH and name.isascii():
+        lowered = name.lower()
+        if "xn--" not in lowered and _PLAIN_NAME.fullmatch(lowered) and not lowered.rpartition(".")[2].isdigit():
+            return lowered  # the common case, checked at once: plain letters-digits-hyphens labels
     labels = [_label_to_ascii(label) for label in _DOTS.split(name)]
     ascii_name = ".".join(labels)
     if len(ascii_name) > MAX_NAME_LENGTH:
@@ -239,6 +245,8 @@ def _quote(text: str) -> str:
 
 
 def _parse_ip(text: str) -> IPAddress | None:
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return None  # neither IPv6 nor dotted digits: a name, no need to ask ipaddress
     try:
         return ipaddress.ip_address(text)
     except ValueError:
