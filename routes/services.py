@@ -214,6 +214,8 @@ def routes_import(
         summary = ImportSummary(
             mode=mode, added=plan.added, changed=plan.changed, removed=removed, unchanged=plan.unchanged
         )
+        if len(plan.added) + len(removed) > 1000:
+            transaction.on_commit(_analyze)  # fresh planner statistics at once, not at autovacuum's next pass
         note = f"{mode}: {len(plan.added)} added, {len(plan.changed)} changed, {len(removed)} removed"
         if not summary.is_empty:
             _record(actor, _Audit(AuditEntry.Action.IMPORT, "route table", note, before, after))
@@ -425,6 +427,13 @@ def _host_rows(route_id: int, destination: domains.Destination) -> list[Destinat
         )
         for position, h in enumerate(destination)
     ]
+
+
+def _analyze() -> None:
+    """Refresh the query planner's statistics of the route tables after a bulk change."""
+    with connection.cursor() as cursor:
+        for model in (Route, DestinationHost):
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
 
 
 def _insert_routes(rows: Sequence[tuple[str, str]]) -> None:
