@@ -14,7 +14,7 @@ No entry at all: None, and the caller delivers by MX records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from routes import domains
@@ -63,6 +63,13 @@ class RouteTable:
             if key in index:
                 raise ValueError(f"the receiving domain {entry.domain} appears twice in one route table")
             index[key] = entry
+
+    def entries(self) -> Iterator[RouteEntry]:
+        """Every entry: exact, then partial, then the default route."""
+        yield from self.exact.values()
+        yield from self.partial.values()
+        if self.default is not None:
+            yield self.default
 
     def __len__(self) -> int:
         return len(self.exact) + len(self.partial) + (self.default is not None)

@@ -272,15 +272,12 @@ def route_state(route: Route) -> dict[str, Any]:
 
 def current_destinations() -> dict[str, domains.Destination]:
     """The whole table as {stored domain: destination}: two queries, whatever its size."""
-    hosts: dict[int, list[domains.HostSpec]] = {}
-    for route_id, host, port, priority, a_only in DestinationHost.objects.order_by(
-        "route_id", "position", "id"
-    ).values_list("route_id", "host", "port", "priority", "a_only"):
-        hosts.setdefault(route_id, []).append(domains.HostSpec(host=host, port=port, priority=priority, a_only=a_only))
+    from routes import snapshot  # snapshot reads models only; imported here to keep the import graph one-way
+
     table: dict[str, domains.Destination] = {}
-    for pk, domain, special in Route.objects.values_list("pk", "domain", "special"):
-        code = domains.Special.from_code(special)
-        table[domain] = code if code is not None else hosts.get(pk, [])
+    for entry in snapshot.build_table(version=0).entries():
+        special = domains.Special.from_code(entry.special)
+        table[entry.domain] = special if special is not None else list(entry.hosts)
     return table
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
+from django.db import connection
+from django.db.models import Model
 
 from routes import domains, matching
 from routes.models import DestinationHost, Route, RouteTableVersion
@@ -43,15 +47,19 @@ def current_table(*, max_age: float | None = None) -> matching.RouteTable:
 
 
 def build_table(version: int | None = None) -> matching.RouteTable:
-    """A fresh table from the database: one query for the routes, one for their hosts."""
+    """A fresh table from the database: one query for the routes, one for their hosts.
+
+    Plain cursor rows rather than `values_list`: at 40,000 routes and 100,000 hosts the ORM's per-value
+    converters (booleans on SQLite) cost more than everything else together.
+    """
     if version is None:
         version = _version()
     hosts: dict[int, list[domains.HostSpec]] = {}
-    rows = DestinationHost.objects.order_by("route_id", "position", "id").values_list(
-        "route_id", "host", "port", "priority", "a_only"
-    )
-    for route_id, host, port, priority, a_only in rows.iterator(chunk_size=5000):
-        hosts.setdefault(route_id, []).append(domains.HostSpec(host, port, priority, a_only))
+    spec = domains.HostSpec
+    for route_id, host, port, priority, a_only in _rows(
+        DestinationHost, ("route_id", "host", "port", "priority", "a_only"), ("route_id", "position", "id")
+    ):
+        hosts.setdefault(route_id, []).append(spec(host, port, priority, bool(a_only)))
     entries = [
         matching.RouteEntry(
             id=pk,
@@ -61,13 +69,24 @@ def build_table(version: int | None = None) -> matching.RouteTable:
             auth_profile_id=auth_profile_id,
             bounce_profile_id=bounce_profile_id,
             tls=tls,
-            defer_on_4xx=defer_on_4xx,
+            defer_on_4xx=bool(defer_on_4xx),
         )
-        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx in Route.objects.values_list(
-            "pk", "domain", "special", "auth_profile_id", "bounce_profile_id", "tls", "defer_on_4xx"
-        ).iterator(chunk_size=5000)
+        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx in _rows(
+            Route, ("id", "domain", "special", "auth_profile_id", "bounce_profile_id", "tls", "defer_on_4xx"), ()
+        )
     ]
     return matching.RouteTable(entries, version=version)
+
+
+def _rows(model: type[Model], columns: Sequence[str], order: Sequence[str]) -> list[tuple[Any, ...]]:
+    """SELECT columns FROM model's table [ORDER BY order]: raw tuples, no per-value conversion."""
+    quote = connection.ops.quote_name
+    sql = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(model._meta.db_table)}"
+    if order:
+        sql += f" ORDER BY {', '.join(quote(c) for c in order)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
 
 
 def invalidate() -> None:
