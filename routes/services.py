@@ -456,6 +456,15 @@ def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int]]) -> None:
 def _insert_many(sql: str, rows: Sequence[tuple[Any, ...]], per_statement: int = 800) -> None:
     """Run `INSERT ... VALUES (%s, ...)` for many rows, `per_statement` rows per statement (multi-row VALUES)."""
     head, _, values = sql.partition(" VALUES ")
+    if connection.vendor == "postgresql" and len(rows) > per_statement:
+        # COPY: no per-statement parsing or parameter binding; several times faster for a 40,000-route import.
+        with (
+            connection.cursor() as cursor,
+            cursor.cursor.copy(f"COPY {head.removeprefix('INSERT INTO ')} FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        return
     with connection.cursor() as cursor:
         for chunk in _chunks(rows, per_statement):
             statement = f"{head} VALUES " + ", ".join([values] * len(chunk))

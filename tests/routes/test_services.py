@@ -187,3 +187,16 @@ def test_probe_times_out_on_a_silent_peer():
             conn.close()
         server.close()
     assert not result.ok and "no answer" in result.lines[0] and result.seconds < 3
+
+
+def test_a_large_import_takes_the_bulk_path_and_round_trips():
+    text = "".join(
+        f"d{i}.example mx{i}.example.net/pri={i % 3}, [10.0.{i // 250}.{i % 250 + 1}]:2525\n" for i in range(1200)
+    )
+    parsed = importexport.parse(text)
+    summary = services.routes_import(incoming=parsed.routes(), mode="replace", actor="t")
+    assert len(summary.added) == 1200
+    assert importexport.parse(services.export_text()).routes() == parsed.routes()
+    route = Route.objects.get(domain="d7.example")
+    assert (route.tls, route.defer_on_4xx, route.auth_profile_id) == ("opportunistic", False, None)
+    assert route.created_at is not None and route.hosts.count() == 2
