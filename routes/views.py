@@ -15,10 +15,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q, prefetch_related_objects
 from django.http import HttpResponse, HttpResponseBadRequest
@@ -115,8 +117,6 @@ def _search(q: str) -> Q:
 
 
 def _query(**params: str) -> str:
-    from urllib.parse import urlencode
-
     return urlencode(
         {
             k: v
@@ -170,7 +170,7 @@ def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | 
 
 
 @require_GET
-@can_add
+@can_view
 def host_row(request: AuthedHtmxRequest) -> HttpResponse:
     """One more empty host row for the add/edit table, and the formset's TOTAL_FORMS counter out of band."""
     try:
@@ -242,6 +242,8 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
         context.update(_plan(address))
         context["rows"] = [(p, None) for p in context.get("hosts", [])]
         if request.method == "POST" and source.get("connect") and context.get("hosts"):
+            if not request.user.has_perm("routes.change_route"):
+                raise PermissionDenied("opening SMTP connections needs the permission to change routes")
             targets = [(p.spec.host, p.spec.port) for p in context["hosts"]]
             context["probes"] = asyncio.run(
                 probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=_probe_timeout())

@@ -299,3 +299,13 @@ def test_route_test_connects_to_each_host_when_asked(client_alice):
         controller.stop()
     assert "220 peer.test" in body and "221" in body
     assert "answered" in body and "failed" in body and "no answer" in body
+
+
+def test_read_only_user_may_look_up_but_not_connect(client, django_user_model):
+    viewer = django_user_model.objects.create_user("rita", password="x" * 12)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_route"))
+    client.force_login(viewer)
+    make_route("example.com", "127.0.0.1:1")
+    assert client.get(reverse("routes:route-test"), {"address": "a@example.com"}).status_code == 200
+    response = client.post(reverse("routes:route-test"), {"address": "a@example.com", "connect": "1"})
+    assert response.status_code == 403
