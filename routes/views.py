@@ -226,6 +226,7 @@ class PlannedHost:
     spec: domains.HostSpec
     down_until: Any = None
     last_error: str = ""
+    skipped: bool = False
 
     @property
     def label(self) -> str:
@@ -268,23 +269,51 @@ def _plan(address: str) -> dict[str, Any]:
     )
     if entry.special:
         return plan
-    # The order delivery will try: lowest priority first. Equal priorities take turns per connection; the
-    # current round-robin position belongs to the delivery engine (delivery/hosts.py), which this page will ask
-    # once it exists; until then equal-priority hosts are listed in the order of entry.
-    ordered = sorted(entry.hosts, key=lambda h: h.priority)
     now = timezone.now()
     status = {
-        (s.host, s.port): s for s in HostStatus.objects.filter(host__in={h.host for h in ordered}, down_until__gt=now)
+        (s.host, s.port): s
+        for s in HostStatus.objects.filter(host__in={h.host for h in entry.hosts}, down_until__gt=now)
     }
+    ordered = _try_order(entry.hosts, set(status))
+    # Hosts the engine leaves out (down, while another host of the route is up) are listed last, flagged.
+    skipped = [h for h in sorted(entry.hosts, key=lambda h: h.priority) if h not in ordered]
     plan["hosts"] = [
         PlannedHost(
             spec=h,
             down_until=status[(h.host, h.port)].down_until if (h.host, h.port) in status else None,
             last_error=status[(h.host, h.port)].last_error if (h.host, h.port) in status else "",
+            skipped=h in skipped,
         )
-        for h in ordered
+        for h in [*ordered, *skipped]
     ]
     return plan
+
+
+def _try_order(hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]]) -> list[domains.HostSpec]:
+    """The order a new connection would try the hosts now, by the delivery engine's own rule when present.
+
+    The round-robin position (which equal-priority host goes first) is a shared counter of the delivery side
+    (delivery/hosts.py); until that module exists this page uses position 0, i.e. the order of entry.
+    """
+    try:
+        from delivery import engine
+
+        by_key = {(h.host, h.port): h for h in hosts}
+        order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(), down)
+        return [by_key[h.key] for h in order]
+    except (ImportError, AttributeError, TypeError, KeyError):
+        return sorted((h for h in hosts if (h.host, h.port) not in down), key=lambda h: h.priority) or sorted(
+            hosts, key=lambda h: h.priority
+        )
+
+
+def _rr_offset() -> int:
+    try:
+        hosts_module = importlib.import_module("delivery.hosts")
+    except ImportError:
+        return 0
+    value = getattr(hosts_module, "current_rr_offset", None)
+    return int(value()) if callable(value) else 0
 
 
 def _send_test_message() -> Any:
