@@ -53,10 +53,10 @@ class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
             self.initial["destination"] = f"[{spec.host}]" if spec.a_only else spec.host
 
     def clean_priority(self) -> int:
-        return forms._cell(domains.parse_priority, self.cleaned_data["priority"])
+        return forms.parse_cell(domains.parse_priority, self.cleaned_data["priority"])
 
     def clean_port(self) -> int:
-        return forms._cell(domains.parse_port, self.cleaned_data["port"])
+        return forms.parse_cell(domains.parse_port, self.cleaned_data["port"])
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]

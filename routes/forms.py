@@ -8,6 +8,7 @@ what was typed, never a cleaned value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -74,10 +75,10 @@ class HostRowForm(forms.Form):
     )
 
     def clean_priority(self) -> int:
-        return _cell(domains.parse_priority, self.cleaned_data["priority"])
+        return parse_cell(domains.parse_priority, self.cleaned_data["priority"])
 
     def clean_port(self) -> int:
-        return _cell(domains.parse_port, self.cleaned_data["port"])
+        return parse_cell(domains.parse_port, self.cleaned_data["port"])
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]
@@ -93,7 +94,8 @@ class HostRowForm(forms.Form):
         return bool(self.data.get(self.add_prefix("DELETE")))
 
 
-def _cell(parse: Any, text: str) -> int:
+def parse_cell(parse: Callable[[str], int], text: str) -> int:
+    """A Priority or Port cell through its `domains` parser; the parser's message becomes the field error."""
     try:
         value: int = parse(text)
     except ValueError as exc:
