@@ -25,7 +25,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
@@ -94,14 +94,18 @@ def route_create(*, data: RouteData, actor: Actor) -> Route:
     with transaction.atomic():
         if Route.objects.filter(domain=domain).exists():
             raise RouteInvalid(_exists(domain))
-        route = Route.objects.create(
-            domain=domain,
-            special=_special_code(data.destination),
-            auth_profile_id=data.auth_profile_id,
-            bounce_profile_id=data.bounce_profile_id,
-            tls=data.tls,
-            defer_on_4xx=data.defer_on_4xx,
-        )
+        try:
+            with transaction.atomic():  # another writer may add the same domain between the check and here
+                route = Route.objects.create(
+                    domain=domain,
+                    special=_special_code(data.destination),
+                    auth_profile_id=data.auth_profile_id,
+                    bounce_profile_id=data.bounce_profile_id,
+                    tls=data.tls,
+                    defer_on_4xx=data.defer_on_4xx,
+                )
+        except IntegrityError:
+            raise RouteInvalid(_exists(domain)) from None
         _write_hosts(route.pk, data.destination)
         after = route_state(route)
         _record(actor, _Audit(AuditEntry.Action.CREATE, "route", domain, None, after))
@@ -123,7 +127,11 @@ def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
         route.bounce_profile_id = data.bounce_profile_id
         route.tls = data.tls
         route.defer_on_4xx = data.defer_on_4xx
-        route.save()
+        try:
+            with transaction.atomic():
+                route.save()
+        except IntegrityError:
+            raise RouteInvalid(_exists(domain)) from None
         DestinationHost.objects.filter(route_id=route.pk).delete()
         _write_hosts(route.pk, data.destination)
         route = _locked_route(route_id)  # the hosts as written, not the prefetched ones
