@@ -17,4 +17,5 @@ urlpatterns = [
     path("test/send/", views.route_send_test, name="route-send-test"),
     path("export/", views.routes_export, name="routes-export"),
     path("import/", views.routes_import, name="routes-import"),
+    path("changes/", views.audit_list, name="audit-list"),
 ]

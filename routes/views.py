@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from delivery.models import HostStatus
 from esaroutes.types import AuthedHtmxRequest
 from routes import domains, forms, importexport, matching, probe, services, snapshot
-from routes.models import DestinationHost, Route
+from routes.models import AuditEntry, DestinationHost, Route
 
 PER_PAGE = 50
 SORTS = {
@@ -445,3 +445,26 @@ def _stored_upload(token: str) -> bytes | None:
 def _drop_upload(token: str) -> None:
     with contextlib.suppress(OSError):
         (_upload_dir() / f"{token}.txt").unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audit log
+
+
+@require_GET
+@can_view
+def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
+    """The latest changes to the route table (who, when, before and after), newest first; ?q= filters by name."""
+    q = request.GET.get("q", "").strip()[:300]
+    entries = AuditEntry.objects.all()
+    if q:
+        term = q.lower()
+        with contextlib.suppress(ValueError, UnicodeError):
+            term = domains.to_ascii_name(term.strip(".")) if not term.isascii() else term
+        entries = entries.filter(Q(object_repr__contains=term) | Q(actor_name__contains=q))
+    page = Paginator(entries.order_by("-at", "-id"), PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        _partial(request, "routes/audit_list.html", "audit-table"),
+        {"page": page, "entries": page.object_list, "q": q},
+    )

@@ -309,3 +309,15 @@ def test_read_only_user_may_look_up_but_not_connect(client, django_user_model):
     assert client.get(reverse("routes:route-test"), {"address": "a@example.com"}).status_code == 200
     response = client.post(reverse("routes:route-test"), {"address": "a@example.com", "connect": "1"})
     assert response.status_code == 403
+
+
+def test_changes_page_lists_the_audit_log_and_filters(client_alice):
+    make_route("xn--bcher-kva.example", "mx.example.com")
+    make_route("other.example", "mx.example.com", actor="cli:bob")
+    page = client_alice.get(reverse("routes:route-list")).content.decode()
+    assert reverse("routes:audit-list") in page
+    body = client_alice.get(reverse("routes:audit-list")).content.decode()
+    assert "cli:bob" in body and "xn--bcher-kva.example" in body
+    filtered = client_alice.get(reverse("routes:audit-list"), {"q": "bücher"}, **HTMX).content.decode()
+    assert filtered.lstrip().startswith('<section id="audit-table"')
+    assert "xn--bcher-kva.example" in filtered and "other.example" not in filtered
