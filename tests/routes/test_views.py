@@ -321,3 +321,27 @@ def test_changes_page_lists_the_audit_log_and_filters(client_alice):
     filtered = client_alice.get(reverse("routes:audit-list"), {"q": "bücher"}, **HTMX).content.decode()
     assert filtered.lstrip().startswith('<section id="audit-table"')
     assert "xn--bcher-kva.example" in filtered and "other.example" not in filtered
+
+
+def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, monkeypatch):
+    from routes import views
+
+    sent: list[str] = []
+
+    def fake_send(to: str) -> str:
+        sent.append(to)
+        return "250 ok queued as 42"
+
+    monkeypatch.setattr(views, "_send_test_message", lambda: fake_send)
+    make_route("example.com", "mx.example.com")
+    page = client_alice.get(reverse("routes:route-test"), {"address": "u@example.com"}).content.decode()
+    assert "Send test message" in page
+    body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
+    assert sent == ["u@example.com"] and "250 ok queued as 42" in body
+
+    def failing(to: str) -> str:
+        raise RuntimeError("554 no thanks")
+
+    monkeypatch.setattr(views, "_send_test_message", lambda: failing)
+    body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
+    assert "Not sent: 554 no thanks" in body
