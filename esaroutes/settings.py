@@ -182,6 +182,21 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 ESAROUTES_HOSTNAME = env.env_str("ESAROUTES_HOSTNAME", socket.gethostname())
 ESAROUTES_WEB_LISTEN = env.env_listen("ESAROUTES_WEB_LISTEN", "127.0.0.1:8000")
 ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525")
+# The inbound SMTP listener (manage.py smtpd): ESA-like limits; see the README's "SMTP listener" section.
+ESAROUTES_SMTP_INTERFACE = env.env_str("ESAROUTES_SMTP_INTERFACE", "Data 1")
+ESAROUTES_SMTP_MAX_MESSAGE_SIZE = env.env_int("ESAROUTES_SMTP_MAX_MESSAGE_SIZE", 10 * 1024 * 1024, minimum=1024)
+ESAROUTES_SMTP_MAX_RECIPIENTS = env.env_int("ESAROUTES_SMTP_MAX_RECIPIENTS", 1000, minimum=1)
+ESAROUTES_SMTP_MAX_CONNECTIONS = env.env_int("ESAROUTES_SMTP_MAX_CONNECTIONS", 300, minimum=1)
+ESAROUTES_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.env_int("ESAROUTES_SMTP_MAX_CONNECTIONS_PER_CLIENT", 50, minimum=1)
+ESAROUTES_SMTP_COMMAND_TIMEOUT = env.env_float("ESAROUTES_SMTP_COMMAND_TIMEOUT", 300.0, minimum=0.1)
+ESAROUTES_SMTP_DATA_TIMEOUT = env.env_float("ESAROUTES_SMTP_DATA_TIMEOUT", 300.0, minimum=0.1)
+ESAROUTES_SMTP_MAX_ERRORS = env.env_int("ESAROUTES_SMTP_MAX_ERRORS", 20, minimum=1)
+ESAROUTES_SMTP_AUTH_WITHOUT_TLS = env.env_bool("ESAROUTES_SMTP_AUTH_WITHOUT_TLS", False)
+ESAROUTES_SMTP_REVERSE_DNS = env.env_bool("ESAROUTES_SMTP_REVERSE_DNS", False)
+ESAROUTES_SMTP_TLS_CERT = env.env_str("ESAROUTES_SMTP_TLS_CERT", "")
+ESAROUTES_SMTP_TLS_KEY = env.env_str("ESAROUTES_SMTP_TLS_KEY", "")
+ESAROUTES_SMTP_DB_THREADS = env.env_int("ESAROUTES_SMTP_DB_THREADS", 8, minimum=1, maximum=64)
+ESAROUTES_SMTP_ACCESS_REFRESH = env.env_float("ESAROUTES_SMTP_ACCESS_REFRESH", 1.0, minimum=0.05)
 ESAROUTES_MAILLOG_MAX_BYTES = env.env_int("ESAROUTES_MAILLOG_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 ESAROUTES_MAILLOG_MAX_AGE = env.env_float("ESAROUTES_MAILLOG_MAX_AGE", 86400.0, minimum=1.0)
 ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
@@ -253,5 +268,8 @@ LOGGING: dict[str, Any] = {
         },
     },
     "root": {"handlers": ["console", "file"], "level": env.env_str("ESAROUTES_LOG_LEVEL", "INFO").upper()},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "mail.log": {"level": "WARNING"},  # aiosmtpd logs every SMTP command at INFO; ours is the ESA mail log
+    },
 }

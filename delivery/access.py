@@ -1,0 +1,237 @@
+"""Who may send what through the listener: relay networks, the Recipient Access Table and SMTP AUTH users.
+
+The decisions are pure functions of an `AccessSnapshot` (plain values, safe to share between threads): the
+listener loads one with `load_snapshot()` in a worker thread at most once a second and answers every RCPT from
+memory, so the hot path never queries the database.
+
+The rules, in order, for one recipient:
+1. a client in a relay network (the ESA's RELAYLIST) or authenticated with SMTP AUTH may send to any domain;
+2. anyone else only to a domain the Recipient Access Table accepts: an explicit exact row, else the longest
+   `.partial` row (strict subdomains), else, when no row names the domain, any domain that has a route other
+   than `ALL` is accepted, else the `ALL` row, which is REJECT unless an admin changed it;
+3. for those clients, source routes (`<@a:b@c>`), the percent hack (`a%b@c`), bang paths (`a!b@c`) and address
+   literals (`b@[192.0.2.1]`) are refused outright: a default route to `ALL` can never make this an open relay,
+   because the route table only widens step 2 for named domains.
+
+`audit()` is the one place the access pages, the admin and the commands record a change (AuditEntry row, same
+transaction as the change).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.hashers import check_password, make_password
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from routes import domains, matching, snapshot
+from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Actor = User | AnonymousUser | str
+
+RELAY_GROUP = "RELAYLIST"
+ACCEPT_GROUP = "UNKNOWNLIST"
+ALL = domains.DEFAULT_ROUTE
+
+# Characters that have no place in an envelope address we accept: C0 controls, DEL, and the surrogates that
+# aiosmtpd uses to carry bytes that were not UTF-8.
+_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_SOURCE_ROUTE = re.compile(r"^\s*<?\s*@")
+MAX_ADDRESS_LENGTH = 256  # RFC 5321 §4.5.3.1.3: a path, brackets included
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str  # for the application log and tests: "relay network", "RAT .example.com", "route example.com"
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is Verdict.ACCEPT
+
+
+@dataclass(frozen=True)
+class AccessSnapshot:
+    """Everything the listener needs to decide, read at one moment. `rat` maps stored domains to accept flags."""
+
+    relay_networks: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    rat: Mapping[str, bool] = field(default_factory=dict)
+    routes: matching.RouteTable = field(default_factory=lambda: matching.RouteTable([]))
+    users: Mapping[str, str] = field(default_factory=dict)  # active username -> password hash
+    key: tuple[Any, ...] = ()
+    loaded_at: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _key() -> tuple[Any, ...]:
+    """A cheap fingerprint of the three access tables: when it has not moved, the snapshot is still right."""
+    rat = RecipientAccessRule.objects.aggregate(n=Count("id"), m=Max("updated_at"), i=Max("id"))
+    relays = tuple(RelayNetwork.objects.order_by("network").values_list("network", flat=True))
+    users = tuple(SmtpUser.objects.filter(is_active=True).order_by("username").values_list("username", "password"))
+    return (rat["n"], rat["m"], rat["i"], relays, users)
+
+
+def load_snapshot(previous: AccessSnapshot | None = None) -> AccessSnapshot:
+    """A snapshot from the database; `previous` is returned unchanged (bar the route table) when nothing moved.
+
+    Runs in a worker thread (it queries the database). The route table comes from `routes.snapshot`, which
+    rebuilds only when the route table version moved.
+    """
+    key = _key()
+    table = snapshot.current_table()
+    if previous is not None and previous.key == key:
+        if previous.routes is table:
+            return previous
+        return AccessSnapshot(previous.relay_networks, previous.rat, table, previous.users, key, time.monotonic())
+    networks = []
+    for text in key[3]:
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:  # pragma: no cover - the form and the admin validate; a bad row is skipped
+            continue
+    rat = {domain: action == RecipientAccessRule.Action.ACCEPT for domain, action in _rat_rows()}
+    return AccessSnapshot(tuple(networks), rat, table, dict(key[4]), key, time.monotonic())
+
+
+def _rat_rows() -> Iterable[tuple[str, str]]:
+    return RecipientAccessRule.objects.values_list("domain", "action")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decisions
+
+
+def relay_match(snap: AccessSnapshot, address: str) -> Network | None:
+    """The relay network that holds the client address (IPv4-mapped IPv6 counts as IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for net in snap.relay_networks:
+        if ip.version == net.version and ip in net:
+            return net
+    return None
+
+
+def address_problem(address: str) -> str | None:
+    """Why an envelope address cannot be accepted from anyone (control characters, NUL, length), else None."""
+    if _BAD_ADDRESS_CHARS.search(address):
+        return "control character in address"
+    if len(address.encode("utf-8", "surrogateescape")) > MAX_ADDRESS_LENGTH:
+        return "address too long"
+    return None
+
+
+def recipient_domain(address: str) -> str:
+    """The stored form of the recipient's domain: IDNA lower case, `[192.0.2.1]` kept as is, "" when none."""
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        return ""
+    if domain.startswith("["):
+        return domain.lower()
+    return matching.recipient_domain(domain) or ""
+
+
+def check_recipient(snap: AccessSnapshot, address: str, *, raw: str = "", relay: bool) -> Decision:
+    """May this recipient be accepted in this session? `raw` is the RCPT argument as the client sent it."""
+    if relay:
+        return Decision(Verdict.ACCEPT, "relay")
+    if _SOURCE_ROUTE.match(raw):
+        return Decision(Verdict.DENY, "source route")
+    local = address.rpartition("@")[0]
+    if "%" in local or "!" in local:
+        return Decision(Verdict.DENY, "percent hack or bang path")
+    domain = recipient_domain(address)
+    if not domain or domain.startswith("["):
+        return Decision(Verdict.DENY, "no domain name")
+    return rat_decision(snap, domain)
+
+
+def rat_decision(snap: AccessSnapshot, domain: str) -> Decision:
+    """The Recipient Access Table's answer for a stored-form domain (see the module docstring for the order)."""
+    exact = snap.rat.get(domain)
+    if exact is not None:
+        return Decision(Verdict.ACCEPT if exact else Verdict.DENY, f"RAT {domain}")
+    dot = domain.find(".")
+    while dot != -1:
+        partial = snap.rat.get(domain[dot:])
+        if partial is not None:
+            return Decision(Verdict.ACCEPT if partial else Verdict.DENY, f"RAT {domain[dot:]}")
+        dot = domain.find(".", dot + 1)
+    entry = snap.routes.lookup(domain)
+    if entry is not None and entry.domain != ALL:
+        return Decision(Verdict.ACCEPT, f"route {entry.domain}")
+    if snap.rat.get(ALL):
+        return Decision(Verdict.ACCEPT, "RAT ALL")
+    return Decision(Verdict.DENY, "RAT ALL")
+
+
+def check_login(snap: AccessSnapshot, username: str, password: str) -> bool:
+    """SMTP AUTH: an active user with this password. Slow on purpose (password hashing): call it off the loop."""
+    encoded = snap.users.get(username)
+    if encoded is None:
+        make_password(password)  # the same hashing work as a real check: no user-name oracle by timing
+        return False
+    return check_password(password, encoded)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Audit
+
+
+def audit(
+    actor: Actor,
+    action: str,
+    obj: RecipientAccessRule | RelayNetwork | SmtpUser,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """One AuditEntry for a change to an access table. Call it inside the transaction that makes the change."""
+    if isinstance(actor, str):
+        user, name = None, actor
+    elif isinstance(actor, User):
+        user, name = actor, actor.get_username()
+    else:
+        user, name = None, "anonymous"
+    return AuditEntry.objects.create(
+        at=timezone.now(),
+        actor=user,
+        actor_name=name[:150],
+        action=action,
+        object_type=type(obj).__name__,
+        object_repr=str(obj)[:300],
+        before=before,
+        after=after,
+    )
+
+
+def describe(obj: RecipientAccessRule | RelayNetwork | SmtpUser) -> dict[str, Any]:
+    """The audited fields of an access row (never a password hash)."""
+    if isinstance(obj, RecipientAccessRule):
+        return {"domain": obj.domain, "action": obj.action, "comment": obj.comment}
+    if isinstance(obj, RelayNetwork):
+        return {"network": obj.network, "comment": obj.comment}
+    return {"username": obj.username, "is_active": obj.is_active}

@@ -1,0 +1,157 @@
+"""Durable acceptance: the sync functions the listener runs in its worker threads, one transaction each.
+
+`accept()` stores a message, its body, its recipients (RID 0, 1, ...) and every inbound mail-log line of the
+message in one transaction; the listener answers `250` only after it returns, and `451 4.3.0` if it raises, in
+which case the transaction was rolled back and nothing of the message remains. After commit the delivery
+doorbell is rung (`delivery.tasks.deliver.delay(mid)`) from a background thread, so neither a slow nor a dead
+broker delays a `250`: the beat sweep sends whatever is due, so a lost doorbell costs a delay, never a message.
+
+Connection lines (`New SMTP ICID`, the `RELAY`/`ACCEPT` policy line, TLS, `Rejected by RAT`) are buffered by the
+listener and written in the transaction of the connection's next message, or with `ICID n close` by
+`log_lines()` when the connection ends: one transaction per message, none per connection except its close.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from delivery import ids, maillog
+from delivery.models import Message, MessageBody, Recipient
+
+logger = logging.getLogger("delivery.intake")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message as the listener received it. `sender` is "" for the null sender `<>`."""
+
+    icid: int
+    sender: str
+    recipients: tuple[tuple[str, str], ...]  # (address, stored-form domain)
+    data: bytes
+    client_address: str | None = None
+    client_helo: str = ""
+    auth_user: str = ""
+    message_id: str = ""
+    subject: str = ""
+    pending_lines: tuple[maillog.Line, ...] = ()  # the connection's buffered lines, written first
+
+
+def accept(incoming: Incoming, *, now: datetime | None = None) -> int:
+    """Store the message and its log lines in one transaction; return its MID. Raises on any failure."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        message = Message.objects.create(
+            icid=incoming.icid,
+            sender=incoming.sender,
+            client_address=incoming.client_address,
+            client_helo=incoming.client_helo[:255],
+            auth_user=incoming.auth_user[:150],
+            message_id=incoming.message_id[:998],
+            subject=incoming.subject,
+            size=len(incoming.data),
+            received_at=now,
+            state=Message.State.QUEUED,
+            next_attempt_at=now,
+        )
+        mid = message.pk
+        MessageBody.objects.create(message=message, data=incoming.data)
+        Recipient.objects.bulk_create(
+            [
+                Recipient(
+                    message=message,
+                    rid=rid,
+                    address=address,
+                    domain=domain[:255],
+                    state=Recipient.State.QUEUED,
+                    next_attempt_at=now,
+                )
+                for rid, (address, domain) in enumerate(incoming.recipients)
+            ]
+        )
+        icid = incoming.icid
+        lines = [
+            *incoming.pending_lines,
+            maillog.start_mid(mid, icid),
+            maillog.mid_from(mid, icid, incoming.sender),
+            *(
+                maillog.mid_to(mid, icid, rid, address, domain)
+                for rid, (address, domain) in enumerate(incoming.recipients)
+            ),
+        ]
+        if incoming.message_id:
+            lines.append(maillog.message_id(mid, incoming.message_id))
+        if incoming.subject:
+            lines.append(maillog.subject(mid, incoming.subject))
+        lines += [maillog.ready(mid, len(incoming.data), incoming.sender), maillog.queued(mid)]
+        maillog.write(lines, at=now)
+        transaction.on_commit(lambda: ring(mid))
+    return int(mid)
+
+
+def log_lines(lines: Sequence[maillog.Line], *, now: datetime | None = None) -> None:
+    """Write connection lines (and `ICID n close`) in their own small transaction."""
+    if not lines:
+        return
+    with transaction.atomic():
+        maillog.write(lines, at=now or timezone.now())
+
+
+def new_icid() -> int:
+    return ids.next_id("icid")
+
+
+def stamp(line: maillog.Line, at: datetime | None = None) -> maillog.Line:
+    """The line with its event time fixed now, for lines buffered until a later transaction."""
+    return replace(line, at=at or timezone.now())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The doorbell
+
+
+_doorbell: queue.SimpleQueue[int] = queue.SimpleQueue()
+_doorbell_thread: threading.Thread | None = None
+_doorbell_lock = threading.Lock()
+
+
+def ring(mid: int) -> None:
+    """Ask a worker to deliver MID now: queued for the doorbell thread, so the broker never delays a reply."""
+    global _doorbell_thread
+    if _doorbell_thread is None or not _doorbell_thread.is_alive():
+        with _doorbell_lock:
+            if _doorbell_thread is None or not _doorbell_thread.is_alive():
+                _doorbell_thread = threading.Thread(target=_doorbell_loop, name="esaroutes-doorbell", daemon=True)
+                _doorbell_thread.start()
+    _doorbell.put(mid)
+
+
+def _doorbell_loop() -> None:
+    while True:
+        mid = _doorbell.get()
+        _ring(mid)
+
+
+def _ring(mid: int) -> None:
+    """Send the Celery task; log (never raise) a missing task module or a broker error: the sweep re-sends."""
+    try:
+        from delivery import tasks  # type: ignore[attr-defined,unused-ignore]  # lazy: written by the delivery side
+
+        tasks.deliver.apply_async((mid,), retry=False)
+    except ImportError:
+        logger.debug("MID %s: delivery.tasks is not installed; the queue sweep will pick the message up", mid)
+    except Exception:
+        logger.warning("MID %s: delivery doorbell not sent (the queue sweep will pick it up)", mid, exc_info=True)
+
+
+def close_connection() -> None:
+    """Close this thread's database connection (worker threads at shutdown, and after a database error)."""
+    connection.close()

@@ -1,0 +1,765 @@
+"""The inbound SMTP listener: aiosmtpd on `ESAROUTES_SMTP_LISTEN`, never an open relay, nothing lost after 250.
+
+Shape
+- `Listener` owns the asyncio server (`loop.create_server`, IPv4 or IPv6), the per-client connection counts,
+  the cached `access.AccessSnapshot` (refreshed in the background at most every `ESAROUTES_SMTP_ACCESS_REFRESH`
+  seconds, never on the RCPT path) and a bounded `ThreadPoolExecutor` (`ESAROUTES_SMTP_DB_THREADS`) for the ORM.
+  Every database call is one sync function from `delivery.intake` (one transaction each) run in that pool: not
+  `sync_to_async`'s default single thread, which would serialise every session's commit behind the others;
+  several commits in flight let PostgreSQL group their WAL flushes. A failed job closes its thread's connection,
+  so a restarted database is reconnected on the next job, and `stop()` closes every thread's connection.
+- `Session` (an aiosmtpd `SMTP` subclass, one per connection) adds what aiosmtpd lacks: connection limits (`421`
+  before the greeting), a data timeout that restarts on every packet of DATA (aiosmtpd's own timer only restarts
+  on commands), an error budget (`421` and disconnect after `ESAROUTES_SMTP_MAX_ERRORS` 5xx replies), the raw RCPT
+  argument (aiosmtpd strips source routes before the handler sees the address), and the `ICID n close` line.
+- `Handler` holds the SMTP decisions: relay or RAT at RCPT, recipient limit, AUTH checked off the loop, and the
+  durable DATA: `250 2.0.0 Ok: queued as <MID>` only once `intake.accept` committed, `451 4.3.0` otherwise.
+
+Log lines: `New SMTP ICID` and the policy line are buffered at connect (an ICID costs one sequence call, before
+the greeting) and written in the transaction of the connection's first message, or with `ICID n close` when it
+ends; every message's lines are written in the transaction that stores it.
+
+Also here: `send_test_message()` (the route test page, `manage.py sendtest`) and `ListenerThread` (tests, bench).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import email.utils
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from email.header import decode_header, make_header
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import Session as SmtpSession
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from delivery import access, intake, maillog
+
+logger = logging.getLogger("delivery.listener")
+
+R = TypeVar("R")
+
+LOCAL_ERROR = "451 4.3.0 Local error, try again later"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 2525
+    hostname: str = "localhost"
+    interface: str = "Data 1"
+    max_message_size: int = 10 * 1024 * 1024
+    max_recipients: int = 1000
+    max_connections: int = 300
+    max_connections_per_client: int = 50
+    command_timeout: float = 300.0
+    data_timeout: float = 300.0
+    max_errors: int = 20
+    auth_without_tls: bool = False
+    reverse_dns: bool = False
+    reverse_dns_timeout: float = 2.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    db_threads: int = 8
+    access_refresh: float = 1.0
+    shutdown_grace: float = 5.0
+
+
+def config_from_settings(**overrides: Any) -> Config:
+    """The listener's configuration from the `ESAROUTES_SMTP_*` settings, with overrides (tests, bench)."""
+    host, port = settings.ESAROUTES_SMTP_LISTEN
+    base = Config(
+        host=host,
+        port=port,
+        hostname=settings.ESAROUTES_HOSTNAME,
+        interface=settings.ESAROUTES_SMTP_INTERFACE,
+        max_message_size=settings.ESAROUTES_SMTP_MAX_MESSAGE_SIZE,
+        max_recipients=settings.ESAROUTES_SMTP_MAX_RECIPIENTS,
+        max_connections=settings.ESAROUTES_SMTP_MAX_CONNECTIONS,
+        max_connections_per_client=settings.ESAROUTES_SMTP_MAX_CONNECTIONS_PER_CLIENT,
+        command_timeout=settings.ESAROUTES_SMTP_COMMAND_TIMEOUT,
+        data_timeout=settings.ESAROUTES_SMTP_DATA_TIMEOUT,
+        max_errors=settings.ESAROUTES_SMTP_MAX_ERRORS,
+        auth_without_tls=settings.ESAROUTES_SMTP_AUTH_WITHOUT_TLS,
+        reverse_dns=settings.ESAROUTES_SMTP_REVERSE_DNS,
+        tls_cert=settings.ESAROUTES_SMTP_TLS_CERT,
+        tls_key=settings.ESAROUTES_SMTP_TLS_KEY,
+        db_threads=settings.ESAROUTES_SMTP_DB_THREADS,
+        access_refresh=settings.ESAROUTES_SMTP_ACCESS_REFRESH,
+    )
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TLS
+
+
+def tls_context(config: Config) -> ssl.SSLContext:
+    """The STARTTLS context: the configured certificate, else a self-signed one made once in the data directory."""
+    if config.tls_cert:
+        cert, key = Path(config.tls_cert), Path(config.tls_key or config.tls_cert)
+    else:
+        cert, key = ensure_self_signed(settings.DATA_DIR / "tls", config.hostname)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """A self-signed certificate and key for `hostname` (10 years), generated on first use, key mode 0600."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    cert_path, key_path = directory / "smtpd-cert.pem", directory / "smtpd-key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname or "localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    tmp = key_path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    tmp.replace(key_path)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The listener
+
+
+class Listener:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.snapshot = access.AccessSnapshot()
+        self.sessions: set[Session] = set()
+        self.per_client: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+        self.tls: ssl.SSLContext | None = None
+        self.handler = Handler(self)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.db_threads, thread_name_prefix="smtpd-db"
+        )
+        self._background: set[asyncio.Task[Any]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set whenever no session is open
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None and self.server.sockets
+        sockname = self.server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tls = tls_context(self.config)
+        self.snapshot = await self.db(access.load_snapshot, None)
+        if self.snapshot.rat.get(access.ALL):
+            logger.warning("the Recipient Access Table accepts ALL domains: any client may send to any domain")
+        self.server = await loop.create_server(
+            lambda: Session(self), self.config.host, self.config.port, reuse_address=True
+        )
+        self._refresher = loop.create_task(self._refresh_loop())
+        logger.info("SMTP listener on %s port %s", *self.address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let sessions finish for `grace` seconds, then drop them and release the database."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        if self.server is not None:
+            self.server.close()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for session in list(self.sessions):
+            session.drop()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self._close_db_connections)
+        self._executor.shutdown(wait=True)
+
+    def _close_db_connections(self) -> None:
+        """Run `connection.close()` once in every worker thread (a barrier makes each thread take one job)."""
+        n = self.config.db_threads
+        barrier = threading.Barrier(n)
+
+        def close() -> None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=5)
+            intake.close_connection()
+
+        for future in [self._executor.submit(close) for _ in range(n)]:
+            future.result()
+
+    async def db(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run one sync ORM function (one transaction) in the worker pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _job, fn, args)
+
+    def spawn(self, coro: Any) -> None:
+        """A background job (close lines) that `stop()` waits for."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def refresh_access(self) -> None:
+        self.snapshot = await self.db(access.load_snapshot, self.snapshot)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.access_refresh)
+            try:
+                await self.refresh_access()
+            except Exception:
+                logger.warning("access rules not refreshed (keeping the previous ones)", exc_info=True)
+
+    async def reverse_dns(self, ip: str) -> tuple[str, bool]:
+        """(PTR name, verified by a forward lookup), or ("unknown", False); never longer than the timeout."""
+        if not self.config.reverse_dns:
+            return "unknown", False
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.reverse_dns_timeout):
+                name, _ = await loop.getnameinfo((ip, 0), socket.NI_NAMEREQD)
+                infos = await loop.getaddrinfo(name, None)
+        except (OSError, TimeoutError, UnicodeError):
+            return "unknown", False
+        return name, any(info[4][0] == ip for info in infos)
+
+
+def _job(fn: Callable[..., R], args: tuple[Any, ...]) -> R:
+    try:
+        return fn(*args)
+    except BaseException:
+        # The connection may be dead (database restarted, backend killed): drop it, the next job reconnects.
+        with contextlib.suppress(Exception):
+            connection.close()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One connection
+
+
+@dataclass
+class Conn:
+    """What the listener knows about one connection, across STARTTLS (which resets aiosmtpd's `session`)."""
+
+    ip: str = ""
+    icid: int = 0
+    rdns: str = "unknown"
+    relay: bool = False
+    helo: str = ""
+    tls: bool = False
+    auth_user: str = ""
+    messages: int = 0
+    errors: int = 0
+    pending: list[maillog.Line] = field(default_factory=list)
+
+    def log(self, line: maillog.Line) -> None:
+        self.pending.append(intake.stamp(line))
+
+
+class Session(SMTP):
+    def __init__(self, listener: Listener) -> None:
+        config = listener.config
+        super().__init__(
+            listener.handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.hostname,
+            ident="ESMTP esaroutes",
+            tls_context=listener.tls,
+            timeout=config.command_timeout,
+            auth_require_tls=not config.auth_without_tls,
+            authenticator=_capture_credentials,
+            loop=asyncio.get_running_loop(),
+        )
+        self.listener = listener
+        self.conn = Conn()
+        self.rcpt_raw = ""
+        self._admitted = False
+        self._counted = False
+        self._in_data = False
+        self._closing = False
+        self._ended = False
+
+    # --- connection life -------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        if first:
+            peer = transport.get_extra_info("peername")
+            self.conn.ip = str(peer[0]) if peer else ""
+            listener = self.listener
+            total = len(listener.sessions)
+            mine = listener.per_client.get(self.conn.ip, 0)
+            cfg = listener.config
+            self._admitted = total < cfg.max_connections and mine < cfg.max_connections_per_client
+            listener.sessions.add(self)
+            listener._idle.clear()
+            listener.per_client[self.conn.ip] = mine + 1
+            self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._uncount()
+            if self.conn.icid:
+                lines = [*self.conn.pending, intake.stamp(maillog.icid_close(self.conn.icid))]
+                self.conn.pending = []
+                self.listener.spawn(self._write_close(lines))
+        super().connection_lost(error)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.listener.sessions.discard(self)
+            left = self.listener.per_client.get(self.conn.ip, 1) - 1
+            if left > 0:
+                self.listener.per_client[self.conn.ip] = left
+            else:
+                self.listener.per_client.pop(self.conn.ip, None)
+            if not self.listener.sessions:
+                self.listener._idle.set()
+
+    async def _write_close(self, lines: list[maillog.Line]) -> None:
+        try:
+            await self.listener.db(intake.log_lines, lines)
+        except Exception:
+            logger.warning("ICID %s: close lines not written", self.conn.icid, exc_info=True)
+
+    def drop(self) -> None:
+        """Shutdown: close the connection now (the client retries a message it has not had a 250 for)."""
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self._writer.write(b"421 4.3.2 Service shutting down\r\n")
+            self.transport.close()
+
+    async def _handle_client(self) -> None:
+        if not self._admitted:
+            logger.info("refused %s: too many connections", self.conn.ip)
+            await self.push(TOO_MANY_CONNECTIONS)
+            self._close()
+            return
+        try:
+            await self._open()
+        except Exception:
+            logger.exception("connection from %s: cannot start a session", self.conn.ip)
+            await self.push("421 4.3.0 Service not available, try again later")
+            self._close()
+            return
+        await super()._handle_client()
+
+    async def _open(self) -> None:
+        assert self.transport is not None
+        listener = self.listener
+        conn = self.conn
+        conn.icid = await listener.db(intake.new_icid)
+        conn.rdns, verified = await listener.reverse_dns(conn.ip)
+        sockname = self.transport.get_extra_info("sockname")
+        local_ip = str(sockname[0]) if sockname else ""
+        network = access.relay_match(listener.snapshot, conn.ip)
+        conn.relay = network is not None
+        conn.log(maillog.new_icid(conn.icid, listener.config.interface, local_ip, conn.ip, conn.rdns, verified))
+        if network is not None:
+            conn.log(maillog.icid_policy(conn.icid, "RELAY", access.RELAY_GROUP, str(network)))
+        else:
+            conn.log(maillog.icid_policy(conn.icid, "ACCEPT", access.ACCEPT_GROUP, "ALL"))
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- timeouts --------------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_data and self.transport is not None:
+            self._reset_timeout(self.listener.config.data_timeout)
+        super().data_received(data)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        self._reset_timeout(self.listener.config.data_timeout)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+            if self.transport is not None:
+                self._reset_timeout()
+
+    def hold_timeout(self) -> None:
+        """While a commit is in flight the client is waiting on us: no timer may drop it then."""
+        self._in_data = False
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    # --- replies ---------------------------------------------------------------------------------------------
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.rcpt_raw = arg or ""
+        await super().smtp_RCPT(arg)
+
+    async def push(self, status: Any) -> None:
+        await super().push(status)
+        code = status[:1] if isinstance(status, str | bytes) else ""
+        if code in ("5", b"5") and not self._closing:
+            self.conn.errors += 1
+            if self.conn.errors >= self.listener.config.max_errors:
+                self._closing = True
+                logger.info("ICID %s: too many errors, disconnecting %s", self.conn.icid, self.conn.ip)
+                await super().push("421 4.7.0 Too many errors, closing connection")
+                self._close()
+
+
+def _capture_credentials(
+    server: SMTP, session: SmtpSession, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """aiosmtpd's authenticator is synchronous; pass the credentials on to `Handler._auth` to check off the loop."""
+    return AuthResult(success=True, auth_data=auth_data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SMTP decisions
+
+
+_HELO_OK = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class Handler:
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    async def handle_exception(self, error: Exception) -> str:
+        logger.error("SMTP session error", exc_info=error)
+        return LOCAL_ERROR
+
+    async def handle_HELO(self, server: Session, session: SmtpSession, envelope: Envelope, hostname: str) -> str:
+        if not _HELO_OK.fullmatch(hostname):
+            return "501 5.5.4 Invalid HELO name"
+        session.host_name = hostname
+        server.conn.helo = hostname
+        return f"250 {self.listener.config.hostname}"
+
+    async def handle_EHLO(
+        self, server: Session, session: SmtpSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        if not _HELO_OK.fullmatch(hostname):
+            session.host_name = None
+            return ["501 5.5.4 Invalid EHLO name"]
+        session.host_name = hostname
+        server.conn.helo = hostname
+        out = [r for r in responses if r != "250 HELP"]
+        out.append("250-PIPELINING")
+        out.append("250 ENHANCEDSTATUSCODES")
+        return out
+
+    def handle_STARTTLS(self, server: Session, session: SmtpSession, envelope: Envelope) -> bool:
+        """Called by aiosmtpd (synchronously) once the TLS handshake is done: note it for Received and the log."""
+        conn = server.conn
+        conn.tls = True
+        ssl_object = (session.ssl or {}).get("ssl_object")
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            conn.log(maillog.icid_tls(conn.icid, ssl_object.version() or "", cipher[0] if cipher else ""))
+        return True
+
+    async def handle_MAIL(
+        self, server: Session, session: SmtpSession, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address
+        problem = access.address_problem(sender)
+        if problem:
+            return "553 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address  # "<>" kept as is: aiosmtpd tests mail_from for truth
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: Session, session: SmtpSession, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        conn = server.conn
+        if access.address_problem(address) or "@" not in address or not address.rpartition("@")[0]:
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.listener.config.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        relay = conn.relay or bool(session.authenticated)
+        decision = access.check_recipient(self.listener.snapshot, address, raw=server.rcpt_raw, relay=relay)
+        if not decision.accepted:
+            conn.log(maillog.rejected_by_rat(conn.icid, address))
+            return f"550 5.7.1 <{address}>... Relaying denied"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: Session, session: SmtpSession, envelope: Envelope) -> str:
+        conn = server.conn
+        conn.messages += 1
+        raw = envelope.original_content or b""
+        assert isinstance(raw, bytes)
+        now = timezone.now()
+        sender = "" if envelope.mail_from in ("<>", None) else str(envelope.mail_from)
+        recipients = tuple((r, access.recipient_domain(r)) for r in envelope.rcpt_tos)
+        headers = header_values(raw)
+        data = received_header(self.listener.config, conn, session, envelope.rcpt_tos, now) + raw
+        pending, conn.pending = conn.pending, []
+        incoming = intake.Incoming(
+            icid=conn.icid,
+            sender=sender,
+            recipients=recipients,
+            data=data,
+            client_address=_ip_or_none(conn.ip),
+            client_helo=conn.helo,
+            auth_user=conn.auth_user,
+            message_id=headers.get("message-id", ""),
+            subject=decode_subject(headers.get("subject", "")),
+            pending_lines=tuple(pending),
+        )
+        server.hold_timeout()
+        try:
+            mid = await self.listener.db(intake.accept, incoming)
+        except (DatabaseError, OSError):
+            conn.pending[:0] = pending
+            logger.exception("ICID %s: message not stored, answered 451", conn.icid)
+            return "451 4.3.0 Temporary failure storing the message, try again later"
+        except Exception:
+            conn.pending[:0] = pending
+            raise
+        return f"250 2.0.0 Ok: queued as {mid}"
+
+    # --- AUTH: aiosmtpd parses, we check the password in the worker pool ----------------------------------
+
+    async def auth_PLAIN(self, server: Session, args: list[str]) -> AuthResult:
+        return await self._auth(server, await server.auth_PLAIN(None, args))
+
+    async def auth_LOGIN(self, server: Session, args: list[str]) -> AuthResult:
+        return await self._auth(server, await server.auth_LOGIN(None, args))
+
+    async def _auth(self, server: Session, parsed: AuthResult) -> AuthResult:
+        if not parsed.success or not isinstance(parsed.auth_data, LoginPassword):
+            return parsed
+        username = parsed.auth_data.login.decode("utf-8", "replace")
+        password = parsed.auth_data.password.decode("utf-8", "replace")
+        ok = await self.listener.db(access.check_login, self.listener.snapshot, username, password)
+        if not ok:
+            logger.info("ICID %s: SMTP AUTH failed for %r", server.conn.icid, username)
+            return AuthResult(success=False, handled=False)
+        server.conn.auth_user = username
+        return AuthResult(success=True, auth_data=parsed.auth_data)
+
+
+def _ip_or_none(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Message helpers (pure)
+
+
+_FOLD = re.compile(rb"\r?\n[ \t]")
+_LINE = re.compile(rb"\r?\n")
+
+
+def header_values(data: bytes, names: tuple[str, ...] = ("subject", "message-id")) -> dict[str, str]:
+    """The first value of each named header, unfolded, from the header block only (never the body)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head = data if end < 0 else data[:end]
+    out: dict[str, str] = {}
+    for line in _LINE.split(_FOLD.sub(b" ", head)):
+        name, sep, value = line.partition(b":")
+        key = name.strip().decode("ascii", "replace").lower()
+        if sep and key in names and key not in out:
+            out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+def decode_subject(raw: str) -> str:
+    """A Subject with its RFC 2047 encoded words decoded; the raw text when they do not decode."""
+    if "=?" not in raw:
+        return raw[:998]
+    try:
+        return str(make_header(decode_header(raw)))[:998]
+    except (ValueError, LookupError, UnicodeError):
+        return raw[:998]
+
+
+_HEADER_SAFE = re.compile(r"[^\x21-\x7e]")
+
+
+def received_header(config: Config, conn: Conn, session: SmtpSession, rcpts: list[str], now: dt.datetime) -> bytes:
+    """The RFC 5321 trace header we prepend: `from HELO (rdns [ip]) by us with ESMTP[S][A] id ...; date`."""
+    helo = _HEADER_SAFE.sub("?", conn.helo or "unknown")[:255]
+    try:
+        ip = ipaddress.ip_address(conn.ip)
+        literal = f"IPv6:{ip}" if ip.version == 6 else str(ip)
+    except ValueError:
+        literal = "unknown"
+    protocol = "ESMTP" if session.extended_smtp else "SMTP"
+    if conn.tls:
+        protocol += "S"
+    if session.authenticated:
+        protocol += "A"
+    text = (
+        f"Received: from {helo} ({_HEADER_SAFE.sub('?', conn.rdns)} [{literal}])\r\n"
+        f"\tby {config.hostname} (esaroutes) with {protocol} id {conn.icid}.{conn.messages}"
+    )
+    if len(rcpts) == 1 and not _HEADER_SAFE.search(rcpts[0]):
+        text += f"\r\n\tfor <{rcpts[0]}>"
+    text += f";\r\n\t{email.utils.format_datetime(now.astimezone())}\r\n"
+    return text.encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running it
+
+
+async def serve(config: Config, stop: asyncio.Event, *, ready: Callable[[Listener], None] | None = None) -> None:
+    """Run the listener until `stop` is set, then stop gracefully (see `Listener.stop`)."""
+    listener = Listener(config)
+    await listener.start()
+    if ready is not None:
+        ready(listener)
+    try:
+        await stop.wait()
+    finally:
+        await listener.stop()
+
+
+class ListenerThread:
+    """A listener in a background thread with its own event loop (tests, bench): `start()`, `.port`, `stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listener: Listener | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="smtpd", daemon=True)
+
+    def start(self, timeout: float = 30) -> ListenerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("the listener did not start")
+        if self._error is not None:
+            raise RuntimeError("the listener did not start") from self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return self.listener.address[1]
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the listener's loop and wait for its result."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(listener: Listener) -> None:
+                self.listener = listener
+                self._ready.set()
+
+            await serve(self.config, self._stop, ready=ready)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+            logger.exception("listener thread failed")
+        finally:
+            self._ready.set()
+
+
+def send_test_message(to: str, *, sender: str | None = None, subject: str | None = None) -> str:
+    """Inject a small message through the real listener (`ESAROUTES_SMTP_LISTEN`); return the 250 reply text.
+
+    Raises `RuntimeError` with the server's reply or the connection error when the message was not accepted.
+    Safe to call from sync code, even from a thread that runs an event loop.
+    """
+    import aiosmtplib
+
+    host, port = settings.ESAROUTES_SMTP_LISTEN
+    sender = sender if sender is not None else f"postmaster@{settings.ESAROUTES_HOSTNAME}"
+    now = timezone.now()
+    body = (
+        f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject or 'esaroutes test message'}\r\n"
+        f"Date: {email.utils.format_datetime(now)}\r\n"
+        f"Message-ID: {email.utils.make_msgid(domain=settings.ESAROUTES_HOSTNAME)}\r\n\r\n"
+        f"Test message sent by esaroutes at {now.isoformat()}.\r\n"
+    ).encode()
+
+    async def send() -> str:
+        smtp = aiosmtplib.SMTP(hostname=host, port=port, timeout=30, start_tls=False)
+        try:
+            await smtp.connect()
+            errors, reply = await smtp.sendmail(sender, [to], body)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            raise RuntimeError(f"{refused.code} {refused.message}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            raise RuntimeError(f"{exc.code} {exc.message}") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise RuntimeError(f"cannot talk to the listener on {host} port {port}: {exc}") from None
+        finally:
+            smtp.close()
+        if errors:
+            code, text = next(iter(errors.values()))
+            raise RuntimeError(f"{code} {text}")
+        return reply
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(send())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, send()).result()
