@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -46,55 +47,79 @@ class Incoming:
 
 
 def accept(incoming: Incoming, *, now: datetime | None = None) -> int:
-    """Store the message and its log lines in one transaction; return its MID. Raises on any failure."""
+    """Store one message and its log lines in one transaction; return its MID. Raises on any failure."""
+    return accept_many([incoming], now=now)[0]
+
+
+def accept_many(
+    incomings: Sequence[Incoming], lines: Sequence[maillog.Line] = (), *, now: datetime | None = None
+) -> list[int]:
+    """Store several messages (and loose connection lines) in ONE transaction: the listener's group commit.
+
+    All or nothing: on any failure nothing of any of them remains and the exception propagates. The MIDs come
+    back in order. A multi-row INSERT per table (messages, bodies, recipients, log lines) whatever the batch size.
+    """
     now = now or timezone.now()
     with transaction.atomic():
-        message = Message.objects.create(
-            icid=incoming.icid,
-            sender=incoming.sender,
-            client_address=incoming.client_address,
-            client_helo=incoming.client_helo[:255],
-            auth_user=incoming.auth_user[:150],
-            message_id=incoming.message_id[:998],
-            subject=incoming.subject,
-            size=len(incoming.data),
-            received_at=now,
-            state=Message.State.QUEUED,
-            next_attempt_at=now,
+        messages = Message.objects.bulk_create(
+            [
+                Message(
+                    icid=inc.icid,
+                    sender=inc.sender,
+                    client_address=inc.client_address,
+                    client_helo=inc.client_helo[:255],
+                    auth_user=inc.auth_user[:150],
+                    message_id=inc.message_id[:998],
+                    subject=inc.subject,
+                    size=len(inc.data),
+                    received_at=now,
+                    state=Message.State.QUEUED,
+                    next_attempt_at=now,
+                )
+                for inc in incomings
+            ]
         )
-        mid = message.pk
-        MessageBody.objects.create(message=message, data=incoming.data)
+        mids = [int(m.pk) for m in messages]
+        MessageBody.objects.bulk_create(
+            [MessageBody(message_id=mid, data=inc.data) for mid, inc in zip(mids, incomings, strict=True)]
+        )
         Recipient.objects.bulk_create(
             [
                 Recipient(
-                    message=message,
+                    message_id=mid,
                     rid=rid,
                     address=address,
                     domain=domain[:255],
                     state=Recipient.State.QUEUED,
                     next_attempt_at=now,
                 )
-                for rid, (address, domain) in enumerate(incoming.recipients)
+                for mid, inc in zip(mids, incomings, strict=True)
+                for rid, (address, domain) in enumerate(inc.recipients)
             ]
         )
-        icid = incoming.icid
-        lines = [
-            *incoming.pending_lines,
-            maillog.start_mid(mid, icid),
-            maillog.mid_from(mid, icid, incoming.sender),
-            *(
-                maillog.mid_to(mid, icid, rid, address, domain)
-                for rid, (address, domain) in enumerate(incoming.recipients)
-            ),
-        ]
-        if incoming.message_id:
-            lines.append(maillog.message_id(mid, incoming.message_id))
-        if incoming.subject:
-            lines.append(maillog.subject(mid, incoming.subject))
-        lines += [maillog.ready(mid, len(incoming.data), incoming.sender), maillog.queued(mid)]
-        maillog.write(lines, at=now)
-        transaction.on_commit(lambda: ring(mid))
-    return int(mid)
+        out = list(lines)
+        for mid, inc in zip(mids, incomings, strict=True):
+            out += message_lines(mid, inc)
+        maillog.write(out, at=now)
+        transaction.on_commit(lambda: ring_many(mids))
+    return mids
+
+
+def message_lines(mid: int, inc: Incoming) -> list[maillog.Line]:
+    """The connection's buffered lines, then the message's: Start MID ... queued for delivery."""
+    icid = inc.icid
+    lines = [
+        *inc.pending_lines,
+        maillog.start_mid(mid, icid),
+        maillog.mid_from(mid, icid, inc.sender),
+        *(maillog.mid_to(mid, icid, rid, address, domain) for rid, (address, domain) in enumerate(inc.recipients)),
+    ]
+    if inc.message_id:
+        lines.append(maillog.message_id(mid, inc.message_id))
+    if inc.subject:
+        lines.append(maillog.subject(mid, inc.subject))
+    lines += [maillog.ready(mid, len(inc.data), inc.sender), maillog.queued(mid)]
+    return lines
 
 
 def log_lines(lines: Sequence[maillog.Line], *, now: datetime | None = None) -> None:
@@ -123,6 +148,11 @@ _doorbell_thread: threading.Thread | None = None
 _doorbell_lock = threading.Lock()
 
 
+def ring_many(mids: Sequence[int]) -> None:
+    for mid in mids:
+        ring(mid)
+
+
 def ring(mid: int) -> None:
     """Ask a worker to deliver MID now: queued for the doorbell thread, so the broker never delays a reply."""
     global _doorbell_thread
@@ -140,14 +170,23 @@ def _doorbell_loop() -> None:
         _ring(mid)
 
 
+_tasks_missing_since: float | None = None
+
+
 def _ring(mid: int) -> None:
     """Send the Celery task; log (never raise) a missing task module or a broker error: the sweep re-sends."""
+    global _tasks_missing_since
+    if _tasks_missing_since is not None and time.monotonic() - _tasks_missing_since < 30:
+        return  # a failed import costs a walk of sys.path: try again in a while, not per message
     try:
         from delivery import tasks  # type: ignore[attr-defined,unused-ignore]  # lazy: written by the delivery side
-
-        tasks.deliver.apply_async((mid,), retry=False)
     except ImportError:
-        logger.debug("MID %s: delivery.tasks is not installed; the queue sweep will pick the message up", mid)
+        _tasks_missing_since = time.monotonic()
+        logger.warning("delivery.tasks is not importable; queued messages wait for the queue sweep")
+        return
+    _tasks_missing_since = None
+    try:
+        tasks.deliver.apply_async((mid,), retry=False)
     except Exception:
         logger.warning("MID %s: delivery doorbell not sent (the queue sweep will pick it up)", mid, exc_info=True)
 
