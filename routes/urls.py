@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routes import views
+from routes import access_views, views
 
 app_name = "routes"
 
@@ -18,4 +18,11 @@ urlpatterns = [
     path("export/", views.routes_export, name="routes-export"),
     path("import/", views.routes_import, name="routes-import"),
     path("changes/", views.audit_list, name="audit-list"),
+    path("access/", access_views.access_list, name="access-list"),
+    path("access/rat/", access_views.rat_save, name="access-rat-save"),
+    path("access/rat/<int:pk>/delete/", access_views.rat_delete, name="access-rat-delete"),
+    path("access/relay/", access_views.relay_add, name="access-relay-add"),
+    path("access/relay/<int:pk>/delete/", access_views.relay_delete, name="access-relay-delete"),
+    path("access/users/", access_views.user_save, name="access-user-save"),
+    path("access/users/<int:pk>/delete/", access_views.user_delete, name="access-user-delete"),
 ]

@@ -1,0 +1,112 @@
+"""Access rules in the browser: the Recipient Access Table, relay networks and SMTP AUTH users, on one page.
+
+Each table is a partial (`access-rat`, `access-relay`, `access-users`: the partial's root id is its hx-target);
+a form posts to its view, which validates with `routes.access_forms`, writes through `routes.access_services`
+(audited) and returns the table's partial, or the partial with the form's errors and status 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import permission_required
+from django.http import HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from esaroutes.types import AuthedHtmxRequest
+from routes import access_forms, access_services
+from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
+
+TEMPLATE = "routes/access_list.html"
+can_view = permission_required("routes.view_recipientaccessrule", raise_exception=True)
+can_change_rat = permission_required("routes.change_recipientaccessrule", raise_exception=True)
+can_change_relay = permission_required("routes.change_relaynetwork", raise_exception=True)
+can_change_users = permission_required("routes.change_smtpuser", raise_exception=True)
+
+
+def _context(**forms: Any) -> dict[str, Any]:
+    return {
+        "rules": RecipientAccessRule.objects.order_by("domain"),
+        "has_all_rule": RecipientAccessRule.objects.filter(domain="ALL").exists(),
+        "relays": RelayNetwork.objects.order_by("network"),
+        "users": SmtpUser.objects.order_by("username"),
+        "rat_form": forms.get("rat_form") or access_forms.RatForm(),
+        "relay_form": forms.get("relay_form") or access_forms.RelayForm(),
+        "user_form": forms.get("user_form") or access_forms.SmtpUserForm(),
+    }
+
+
+def _partial(request: AuthedHtmxRequest, name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    template = f"{TEMPLATE}#{name}" if request.htmx and not request.htmx.history_restore_request else TEMPLATE
+    return render(request, template, context, status=status)
+
+
+@require_GET
+@can_view
+def access_list(request: AuthedHtmxRequest) -> HttpResponse:
+    return render(request, TEMPLATE, _context())
+
+
+@require_POST
+@can_change_rat
+def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
+    form = access_forms.RatForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        access_services.rat_save(request.user, data["domain"], data["action"], data["comment"])
+        return _partial(request, "access-rat", _context())
+    return _partial(request, "access-rat", _context(rat_form=form), status=422)
+
+
+@require_POST
+@can_change_rat
+def rat_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    if RecipientAccessRule.objects.filter(pk=pk).exists():
+        access_services.rat_delete(request.user, pk)
+    return _partial(request, "access-rat", _context())
+
+
+@require_POST
+@can_change_relay
+def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
+    form = access_forms.RelayForm(request.POST)
+    if form.is_valid():
+        try:
+            access_services.relay_add(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
+        except access_services.AccessInvalid as exc:
+            form.add_error("network", str(exc))
+        else:
+            return _partial(request, "access-relay", _context())
+    return _partial(request, "access-relay", _context(relay_form=form), status=422)
+
+
+@require_POST
+@can_change_relay
+def relay_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    if RelayNetwork.objects.filter(pk=pk).exists():
+        access_services.relay_delete(request.user, pk)
+    return _partial(request, "access-relay", _context())
+
+
+@require_POST
+@can_change_users
+def user_save(request: AuthedHtmxRequest) -> HttpResponse:
+    form = access_forms.SmtpUserForm(request.POST)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            access_services.user_save(request.user, data["username"], data["password"] or None, data["is_active"])
+        except access_services.AccessInvalid as exc:
+            form.add_error("password" if "password" in str(exc) or "characters" in str(exc) else "username", str(exc))
+        else:
+            return _partial(request, "access-users", _context())
+    return _partial(request, "access-users", _context(user_form=form), status=422)
+
+
+@require_POST
+@can_change_users
+def user_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    if SmtpUser.objects.filter(pk=pk).exists():
+        access_services.user_delete(request.user, pk)
+    return _partial(request, "access-users", _context())
