@@ -1,18 +1,303 @@
+"""Operator pages: dashboard, mail log, message tracking, queue, hosts, domain status, audit log.
+
+Thin views: a form validates the URL's filters (400 on nonsense), `delivery.selectors` reads, `delivery.queue`
+changes state, and each view declares the capability it needs (`esaroutes.permissions`; 403 otherwise).
+Regions htmx refreshes are partials named like their root element's id.
+"""
+
 from __future__ import annotations
 
-from django.db.models import Count
-from django.http import HttpResponse
-from django.shortcuts import render
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+)
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET
 
-from delivery.models import MailLogLine, Recipient
+from delivery import forms, maillog, selectors
+from delivery.models import Message
+from esaroutes import permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
+from routes.models import AuditEntry
+
+PER_PAGE = 50
+
+
+def _template(request: AuthedHtmxRequest, template: str, partial: str) -> str:
+    """The partial for an htmx request, the whole page otherwise (and for a history restore)."""
+    if request.htmx and not request.htmx.history_restore_request:
+        return f"{template}#{partial}"
+    return template
+
+
+def _bad_request(form: Any) -> HttpResponse:
+    """A filter that is not a filter (a letter in a MID, a date that is not one): 400, with the reasons."""
+    reasons = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
+    return HttpResponseBadRequest(f"bad filter: {reasons}\n", content_type="text/plain")
+
+
+# --- Dashboard -------------------------------------------------------------------------------------------------
+
+
+def heartbeat(now: datetime) -> dict[str, Any] | None:
+    """When a worker last ran the heartbeat task (esaroutes.tasks.heartbeat), or None if never."""
+    value = cache.get(tasks.HEARTBEAT_KEY)
+    if not isinstance(value, dict) or not isinstance(value.get("at"), str):
+        return None
+    at = parse_datetime(value["at"])
+    if at is None:
+        return None
+    age = max(0, int((now - at).total_seconds()))
+    return {"at": at, "age": age, "host": str(value.get("host", "")), "stale": age > 60}
 
 
 @require_GET
 def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
-    counts = dict(Recipient.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
-    lines = list(MailLogLine.objects.order_by("-id")[:20])[::-1]
-    template = "delivery/dashboard.html#dashboard-panel" if request.htmx else "delivery/dashboard.html"
-    state_counts = [(value, label, counts.get(value, 0)) for value, label in Recipient.State.choices]
-    return render(request, template, {"state_counts": state_counts, "lines": lines})
+    """The home page (Monitor > Delivery Status and `status detail`); help desk users land on tracking."""
+    if not permissions.can(request.user, "dashboard.view"):
+        if permissions.can(request.user, "tracking.view"):
+            return HttpResponseRedirect(reverse("delivery:tracking"))
+        permissions.check(request.user, "dashboard.view")
+    now = timezone.now()
+    sort = request.GET.get("sort", "active")
+    if sort not in selectors.DESTINATION_SORTS:
+        sort = "active"
+    ctx = {
+        "now": now,
+        "counters": selectors.counters(now),
+        "windows": selectors.WINDOWS,
+        "chart": selectors.per_minute_chart(now),
+        "destinations": selectors.destinations(now, sort=sort),
+        "sorts": selectors.DESTINATION_SORTS,
+        "sort": sort,
+        "lines": selectors.newest_lines(),
+        "heartbeat": heartbeat(now),
+    }
+    return render(request, _template(request, "delivery/dashboard.html", "dashboard-panel"), ctx)
+
+
+# --- Mail log --------------------------------------------------------------------------------------------------
+
+
+@require_GET
+@permissions.require("maillog.view")
+def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
+    """The mail log, newest at the bottom, following live with a keyset cursor (`?after=<last id>`).
+
+    The page shows the newest lines matching the filters (or the ones before `?before=<id>`); a sentinel element
+    at the end polls for the lines after the last one shown and replaces itself with them and a new sentinel.
+    """
+    form = forms.LogFilterForm(request.GET)
+    if not form.is_valid():
+        return _bad_request(form)
+    now = timezone.now()
+    limit = settings.ESAROUTES_LOG_PAGE_ROWS
+    filters, bounded = form.filters(now, settings.ESAROUTES_LOG_SEARCH_HOURS)
+    after = form.cleaned_data.get("after")
+    before = form.cleaned_data.get("before")
+    follow = before is None and filters.until is None
+    base_query = form.query_without("after", "before")
+    if after is not None and request.htmx:
+        lines = selectors.log_after(filters, after, limit)
+        if not lines:
+            return HttpResponse(status=204)  # nothing new: htmx keeps the sentinel (and its cursor) as it is
+        ctx = {"lines": lines, "cursor": lines[-1].pk, "base_query": base_query, "tail": True}
+        return render(request, "delivery/maillog.html#log-tail", ctx)
+    if before is not None:
+        lines = selectors.log_before(filters, before, limit)
+    elif after is not None:
+        lines = selectors.log_after(filters, after, limit)
+    else:
+        lines = selectors.log_newest(filters, limit)
+    # The cursor of the tail: the last line shown, else the newest line of the whole log (nothing older can come).
+    cursor = lines[-1].pk if lines else selectors.max_log_id()
+    ctx = {
+        "form": form,
+        "lines": lines,
+        "cursor": cursor,
+        "first_id": lines[0].pk if lines else None,
+        "has_older": len(lines) >= limit,
+        "base_query": base_query,
+        "follow": follow,
+        "bounded": bounded,
+        "search_hours": settings.ESAROUTES_LOG_SEARCH_HOURS,
+        "levels": maillog,
+        "files": _log_files(),
+    }
+    return render(request, _template(request, "delivery/maillog.html", "log-view"), ctx)
+
+
+def _log_files() -> list[dict[str, Any]]:
+    log = maillog.log_file()
+    paths = [*reversed(log.saved_files())]
+    if log.path.exists():
+        paths.insert(0, log.path)
+    return [{"name": p.name, "size": p.stat().st_size} for p in paths if p.exists()]
+
+
+@require_GET
+@permissions.require("maillog.view")
+def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
+    """mail.current or a rolled-over file, by name (only names that the log directory lists)."""
+    log = maillog.log_file()
+    allowed: dict[str, Path] = {p.name: p for p in log.saved_files()}
+    allowed[log.path.name] = log.path
+    path = allowed.get(name)
+    if path is None or not path.exists():
+        raise Http404("no such log file")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=name, content_type="text/plain")
+
+
+# --- Message tracking ------------------------------------------------------------------------------------------
+
+
+@require_GET
+@permissions.require("tracking.view")
+def tracking(request: AuthedHtmxRequest) -> HttpResponse:
+    form = forms.TrackingForm(request.GET)
+    if not form.is_valid():
+        return _bad_request(form)
+    now = timezone.now()
+    qs = selectors.tracking_queryset(**form.search_kwargs(now))
+    searched = any(k in request.GET for k in form.fields)
+    page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page")) if searched else None
+    query = request.GET.copy()
+    query.pop("page", None)
+    ctx = {
+        "form": form,
+        "page": page,
+        "rows": selectors.tracking_rows(list(page.object_list)) if page else [],
+        "query": query.urlencode(),
+        "searched": searched,
+    }
+    return render(request, _template(request, "delivery/tracking.html", "tracking-results"), ctx)
+
+
+@require_GET
+@permissions.require("tracking.view")
+def message_detail(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
+    message = get_object_or_404(Message.objects.select_related("bounce_of"), pk=mid)
+    story = selectors.message_story(message)
+    return render(request, "delivery/message_detail.html", {"story": story, "message": message})
+
+
+@require_GET
+@permissions.require("tracking.view", "message.raw")
+def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
+    """The stored message as received (administrators only), as a download, never rendered by the browser."""
+    message = get_object_or_404(Message.objects.select_related("body"), pk=mid)
+    try:
+        data = bytes(message.body.data)
+    except Message.body.RelatedObjectDoesNotExist:
+        raise Http404("the message body is gone") from None
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="mid-{message.pk}.eml"'
+    return response
+
+
+# --- Hosts -----------------------------------------------------------------------------------------------------
+
+
+@require_GET
+@permissions.require("hosts.view")
+def host_list(request: AuthedHtmxRequest) -> HttpResponse:
+    q = request.GET.get("q", "").strip()[:255]
+    qs = selectors.host_list()
+    if q:
+        qs = qs.filter(Q(host__icontains=q) | Q(last_error__icontains=q))
+    if request.GET.get("down") == "1":
+        qs = qs.filter(down_until__gt=timezone.now())
+    page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    ctx = {"page": page, "hosts": page.object_list, "q": q, "now": timezone.now(), "query": query.urlencode()}
+    return render(request, _template(request, "delivery/host_list.html", "host-table"), ctx)
+
+
+@require_GET
+@permissions.require("hosts.view")
+def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
+    """`hoststatus <domain>`: counters, gauges, hosts, the latest 5xx error and the route for the domain."""
+    now = timezone.now()
+    status = selectors.domain_status(domain, now)
+    route = None
+    try:
+        from routes import snapshot
+
+        route = snapshot.current_table().lookup(domain)
+    except Exception:  # the route table is a nicety here; the status page must not fail with it
+        route = None
+    return render(
+        request,
+        "delivery/domain_detail.html",
+        {"status": status, "domain": domain.lower(), "route": route, "now": now},
+        status=200 if status else 404,
+    )
+
+
+# --- Audit log -------------------------------------------------------------------------------------------------
+
+
+@require_GET
+@permissions.require("audit.view")
+def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
+    """Who changed what, when: every audited change (routes, access rules, queue actions), newest first."""
+    form = forms.AuditFilterForm(request.GET)
+    if not form.is_valid():
+        return HttpResponseBadRequest("bad filter")
+    qs = AuditEntry.objects.all()
+    q = form.cleaned_data.get("q") or ""
+    if q:
+        qs = qs.filter(Q(object_repr__icontains=q) | Q(actor_name__icontains=q))
+    if form.cleaned_data.get("action"):
+        qs = qs.filter(action=form.cleaned_data["action"])
+    if form.cleaned_data.get("object_type"):
+        qs = qs.filter(object_type=form.cleaned_data["object_type"])
+    page = Paginator(qs.order_by("-at", "-id"), PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    ctx = {
+        "form": form,
+        "page": page,
+        "entries": page.object_list,
+        "query": query.urlencode(),
+        "actions": AuditEntry.Action.choices,
+        "object_types": list(AuditEntry.objects.values_list("object_type", flat=True).distinct().order_by()[:50]),
+    }
+    return render(request, _template(request, "audit/audit_list.html", "audit-table"), ctx)
+
+
+# --- Queue -----------------------------------------------------------------------------------------------------
+
+
+@require_GET
+@permissions.require("queue.view")
+def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
+    """`showrecipients`: queued and delayed recipients by destination, oldest first, next attempt, last reply."""
+    domain = request.GET.get("domain", "").strip().lower()[:255]
+    page = Paginator(selectors.queue_recipients(domain), PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    ctx = {
+        "domains": selectors.queue_domains(),
+        "domain": domain,
+        "page": page,
+        "recipients": page.object_list,
+        "query": query.urlencode(),
+        "now": timezone.now(),
+    }
+    return render(request, _template(request, "delivery/queue.html", "queue-table"), ctx)

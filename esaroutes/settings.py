@@ -100,6 +100,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "esaroutes.permissions.capabilities",
             ],
         },
     },
@@ -206,6 +207,13 @@ ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
 ESAROUTES_ENCRYPTION_KEY = env.env_str("ESAROUTES_ENCRYPTION_KEY", "")
 # Seconds a worker trusts its cached route table before checking the table version again.
 ESAROUTES_ROUTE_REFRESH = env.env_float("ESAROUTES_ROUTE_REFRESH", 2.0, minimum=0.0)
+
+# Operator views: /metrics answers clients in these networks, or any client presenting this bearer token.
+ESAROUTES_METRICS_NETWORKS = env.env_networks("ESAROUTES_METRICS_NETWORKS", ["127.0.0.0/8", "::1/128"])
+ESAROUTES_METRICS_TOKEN = env.env_str("ESAROUTES_METRICS_TOKEN", "")
+# Rows per response of the mail log page, and how far back a search without a "from" time reaches.
+ESAROUTES_LOG_PAGE_ROWS = env.env_int("ESAROUTES_LOG_PAGE_ROWS", 500, minimum=10, maximum=5000)
+ESAROUTES_LOG_SEARCH_HOURS = env.env_int("ESAROUTES_LOG_SEARCH_HOURS", 24, minimum=1)
 
 # --- Auth, sessions, security ---------------------------------------------------------------------------------
 LOGIN_URL = "login"

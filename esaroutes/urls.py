@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
 
+from delivery import metrics
 from esaroutes import login, views
 
 admin.site.site_header = "esaroutes administration"
@@ -17,5 +18,6 @@ urlpatterns = [
     path("login/", login_not_required(login.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

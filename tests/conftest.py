@@ -50,3 +50,29 @@ def celery_worker_thread(transactional_db: None) -> Iterator[Any]:
 
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10) as worker:
         yield worker
+
+
+def _member(django_user_model: Any, name: str, role: str) -> Any:
+    from django.contrib.auth.models import Group
+
+    user = django_user_model.objects.create_user(name, f"{name}@example.test", PASSWORD)
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    """Bob is an Operator: routes, access rules and queue actions; no users."""
+    return _member(django_user_model, "bob", "Operator")
+
+
+@pytest.fixture
+def carol(django_user_model: Any) -> Any:
+    """Carol is a Read-only operator: sees everything, changes nothing."""
+    return _member(django_user_model, "carol", "Read-only operator")
+
+
+@pytest.fixture
+def dave(django_user_model: Any) -> Any:
+    """Dave is on the Help desk: message tracking and the mail log only."""
+    return _member(django_user_model, "dave", "Help desk")

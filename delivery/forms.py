@@ -1,0 +1,122 @@
+"""Forms of the operator pages. Filters come from the URL (GET), so every view is shareable and the back button
+works; a bad parameter is a 400, never a 500."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import forms
+
+from delivery import selectors
+from delivery.models import MailLogLine
+
+TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), ("empty", "is empty"))
+RECIPIENT_HOW = TEXT_HOW[:3]
+
+
+class LogFilterForm(forms.Form):
+    mid = forms.IntegerField(required=False, min_value=0, label="MID")
+    icid = forms.IntegerField(required=False, min_value=0, label="ICID")
+    dcid = forms.IntegerField(required=False, min_value=0, label="DCID")
+    domain = forms.CharField(required=False, max_length=255)
+    host = forms.CharField(required=False, max_length=255)
+    level = forms.ChoiceField(required=False, choices=[("", "any"), *MailLogLine.Level.choices])
+    since = forms.DateTimeField(required=False, label="From (UTC)")
+    until = forms.DateTimeField(required=False, label="To (UTC)")
+    q = forms.CharField(required=False, max_length=200, label="Text", strip=True)
+    after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+    def filters(self, now: datetime, search_hours: int) -> tuple[selectors.LogFilters, bool]:
+        """The filters, and whether a text search was bounded to the last `search_hours` hours by default."""
+        d: dict[str, Any] = self.cleaned_data
+        since = d.get("since")
+        bounded = False
+        if d.get("q") and since is None:
+            since = now - timedelta(hours=search_hours)
+            bounded = True
+        return (
+            selectors.LogFilters(
+                mid=d.get("mid"),
+                icid=d.get("icid"),
+                dcid=d.get("dcid"),
+                domain=(d.get("domain") or "").strip(),
+                host=(d.get("host") or "").strip(),
+                level=d.get("level") or "",
+                since=since,
+                until=d.get("until"),
+                q=d.get("q") or "",
+            ),
+            bounded,
+        )
+
+    def query_without(self, *names: str) -> str:
+        """The current filters as a query string, minus the given keys (for cursor links)."""
+        from django.http import QueryDict
+
+        qd = QueryDict(mutable=True)
+        for key, value in self.data.items():
+            if key not in names and key in self.fields and value not in ("", None):
+                qd[key] = value
+        return qd.urlencode()
+
+
+RECEIVED = (("hour", "last hour"), ("day", "last day"), ("week", "last week"), ("all", "any time"), ("custom", "range"))
+
+
+class TrackingForm(forms.Form):
+    sender_how = forms.ChoiceField(required=False, choices=TEXT_HOW, label="Envelope sender")
+    sender = forms.CharField(required=False, max_length=320)
+    recipient_how = forms.ChoiceField(required=False, choices=RECIPIENT_HOW, label="Envelope recipient")
+    recipient = forms.CharField(required=False, max_length=320)
+    subject_how = forms.ChoiceField(required=False, choices=TEXT_HOW, label="Subject")
+    subject = forms.CharField(required=False, max_length=500)
+    message_id = forms.CharField(required=False, max_length=998, label="Message-ID")
+    mid = forms.IntegerField(required=False, min_value=0, label="MID")
+    domain = forms.CharField(required=False, max_length=255, label="Recipient domain")
+    received = forms.ChoiceField(required=False, choices=RECEIVED, label="Received")
+    since = forms.DateTimeField(required=False, label="From (UTC)")
+    until = forms.DateTimeField(required=False, label="To (UTC)")
+    outcome = forms.MultipleChoiceField(
+        required=False, choices=selectors.TrackingOutcome.CHOICES, widget=forms.CheckboxSelectMultiple
+    )
+
+    def search_kwargs(self, now: datetime) -> dict[str, Any]:
+        d = self.cleaned_data
+        received = d.get("received") or ("all" if d.get("mid") is not None else "week")
+        since, until = d.get("since"), d.get("until")
+        if received in ("hour", "day", "week"):
+            since = now - {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}[received]
+            until = None
+        elif received == "all":
+            since = until = None
+        return {
+            "sender": (d.get("sender") or "").strip(),
+            "sender_how": d.get("sender_how") or "contains",
+            "recipient": (d.get("recipient") or "").strip(),
+            "recipient_how": d.get("recipient_how") or "contains",
+            "subject": (d.get("subject") or "").strip(),
+            "subject_how": d.get("subject_how") or "contains",
+            "message_id": (d.get("message_id") or "").strip(),
+            "mid": d.get("mid"),
+            "domain": (d.get("domain") or "").strip(),
+            "since": since,
+            "until": until,
+            "outcomes": d.get("outcome") or [],
+        }
+
+
+class AuditFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=300, label="Object or user")
+    action = forms.CharField(required=False, max_length=16)
+    object_type = forms.CharField(required=False, max_length=64)
+
+
+def int_list(values: list[str], *, limit: int = 10_000) -> list[int] | None:
+    """Recipient ids from a form's checkboxes; None when one is not a number."""
+    try:
+        out = [int(v) for v in values[:limit]]
+    except ValueError:
+        return None
+    return out if all(v > 0 for v in out) else None

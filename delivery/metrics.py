@@ -1,0 +1,166 @@
+"""`/metrics` in the Prometheus text format, computed from the database at scrape time.
+
+Why from the database and not from in-process counters: the web server, the listener and every Celery worker
+are separate processes (often on several machines), and each restarts on its own. prometheus-client counters
+kept in one process would only count that process's events and restart from zero; the database already holds
+every message, recipient, attempt and host, and is what the dashboard shows, so /metrics agrees with it. Each
+scrape runs a handful of grouped queries (about as costly as one dashboard refresh): scrape every 15-60 s.
+
+The counters are "since the history began" (rows the database still holds); Prometheus' `rate()` and
+`increase()` handle a decrease after old rows are purged like a counter reset.
+
+Access: clients in `ESAROUTES_METRICS_NETWORKS` (default loopback), or any client sending
+`Authorization: Bearer <ESAROUTES_METRICS_TOKEN>`. Nothing else, and no login.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from delivery import selectors
+from delivery.models import DeliveryAttempt, HostStatus, Message, Recipient
+
+LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)  # seconds
+
+
+class DatabaseCollector:
+    """A prometheus-client collector reading the queue tables (registered on a fresh registry per scrape)."""
+
+    def collect(self) -> Iterator[Metric]:
+        now = timezone.now()
+        received = CounterMetricFamily(
+            "esaroutes_recipients_received", "Recipients received, by destination domain", labels=["domain"]
+        )
+        delivered = CounterMetricFamily(
+            "esaroutes_recipients_delivered", "Recipients delivered, by destination domain", labels=["domain"]
+        )
+        bounced = CounterMetricFamily(
+            "esaroutes_recipients_bounced", "Recipients hard bounced, by destination domain", labels=["domain"]
+        )
+        delayed = GaugeMetricFamily(
+            "esaroutes_recipients_delayed",
+            "Recipients waiting for a retry after a temporary failure, by destination domain",
+            labels=["domain"],
+        )
+        by_domain: dict[str, dict[str, int]] = {}
+        for domain, state, n in Recipient.objects.values_list("domain", "state").annotate(n=Count("id")).order_by():
+            by_domain.setdefault(domain, {})[state] = n
+        for domain, states in sorted(by_domain.items()):
+            received.add_metric([domain], sum(states.values()))
+            delivered.add_metric([domain], states.get(Recipient.State.DELIVERED, 0))
+            bounced.add_metric([domain], states.get(Recipient.State.BOUNCED, 0))
+            delayed.add_metric([domain], states.get(Recipient.State.DELAYED, 0))
+        yield received
+        yield delivered
+        yield bounced
+        yield delayed
+
+        messages = CounterMetricFamily("esaroutes_messages_received", "Messages received (and generated bounces)")
+        messages.add_metric([], Message.objects.count())
+        yield messages
+
+        soft = CounterMetricFamily(
+            "esaroutes_delivery_attempts", "Delivery attempts per recipient, by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(DeliveryAttempt.objects.values_list("outcome").annotate(n=Count("id")).order_by()):
+            soft.add_metric([outcome], n)
+        yield soft
+
+        conn_errors = CounterMetricFamily(
+            "esaroutes_host_failures", "Failed connections or sessions, by destination host", labels=["host", "port"]
+        )
+        host_delivered = CounterMetricFamily(
+            "esaroutes_host_delivered", "Recipients delivered, by destination host", labels=["host", "port"]
+        )
+        host_down = GaugeMetricFamily("esaroutes_host_down", "1 while a host is marked down", labels=["host", "port"])
+        host_conns = GaugeMetricFamily(
+            "esaroutes_host_connections_out", "Open outbound connections", labels=["host", "port"]
+        )
+        for h in HostStatus.objects.order_by("host", "port"):
+            labels = [h.host, str(h.port)]
+            conn_errors.add_metric(labels, h.failed)
+            host_delivered.add_metric(labels, h.delivered)
+            host_down.add_metric(labels, 1 if h.down_until and h.down_until > now else 0)
+            host_conns.add_metric(labels, max(0, h.connections_out))
+        yield conn_errors
+        yield host_delivered
+        yield host_down
+        yield host_conns
+
+        depth, oldest_age = selectors.queue_depth(now)
+        g = GaugeMetricFamily("esaroutes_queue_recipients", "Recipients queued or delayed (queue depth)")
+        g.add_metric([], depth)
+        yield g
+        g = GaugeMetricFamily("esaroutes_queue_oldest_age_seconds", "Age of the oldest queued message, 0 if none")
+        g.add_metric([], oldest_age or 0.0)
+        yield g
+
+        yield latency_histogram()
+
+
+def latency_histogram() -> HistogramMetricFamily:
+    """Seconds from reception to delivery of each delivered recipient, in cumulative buckets (one query)."""
+    latency = ExpressionWrapper(F("at") - F("message__received_at"), output_field=DurationField())
+    qs = DeliveryAttempt.objects.filter(outcome=DeliveryAttempt.Outcome.DELIVERED).annotate(latency=latency)
+    aggregates: dict[str, Any] = {
+        f"le_{b}": Count("id", filter=Q(latency__lte=timedelta(seconds=b))) for b in LATENCY_BUCKETS
+    }
+    row = qs.aggregate(total=Count("id"), **aggregates)
+    total_seconds = _latency_sum(qs)
+    buckets = [(str(float(b)), row[f"le_{b}"]) for b in LATENCY_BUCKETS] + [("+Inf", row["total"])]
+    h = HistogramMetricFamily(
+        "esaroutes_delivery_latency_seconds", "Seconds from reception to delivery, per delivered recipient"
+    )
+    h.add_metric([], buckets, sum_value=total_seconds)
+    return h
+
+
+def _latency_sum(qs: Any) -> float:
+    from django.db.models import Sum
+
+    value = qs.aggregate(s=Sum("latency"))["s"]
+    if value is None:
+        return 0.0
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value) / 1_000_000  # SQLite returns microseconds
+
+
+def allowed(request: HttpRequest) -> bool:
+    token = settings.ESAROUTES_METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    if token and header.startswith("Bearer "):
+        return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    try:
+        client = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(client in net for net in settings.ESAROUTES_METRICS_NETWORKS)
+
+
+@require_GET
+@login_not_required
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not allowed(request):
+        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

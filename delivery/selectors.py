@@ -1,0 +1,516 @@
+"""Read-side queries of the operator pages: counters, rates, destinations, log search, tracking, queue, hosts.
+
+Every query here is bounded: by an index range on a time column (`received_at`, `DeliveryAttempt.at`,
+`MailLogLine.at`), by a keyset cursor on the mail log ("lines after id N", never an OFFSET), or by a LIMIT.
+Counts "since start" read the queue tables themselves (the database is the truth; several processes write it),
+grouped on indexed columns.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
+
+from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+
+Outcome = DeliveryAttempt.Outcome
+SOFT_OUTCOMES = (Outcome.DELAYED, Outcome.NEXT_HOST, Outcome.CONNECTION_ERROR)
+WINDOWS = (1, 5, 15)  # minutes
+
+# --- Dashboard -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    label: str
+    key: str
+    total: int | None  # since start
+    windows: tuple[int | None, ...]  # last 1, 5, 15 minutes; None for a gauge
+    gauge: bool = False
+
+
+def counters(now: datetime) -> list[CounterRow]:
+    """`status detail`: events since start and in the last 1/5/15 minutes, plus the two queue gauges.
+
+    Received counts messages (indexed `received_at`); delivered, soft and hard bounced count delivery attempts by
+    outcome (indexed `at`): soft bounced are attempts that failed without a permanent answer (delayed, failed
+    over to the next host, connection errors), delayed are the attempts that put a recipient back to wait.
+    """
+    oldest = now - timedelta(minutes=max(WINDOWS))
+    received_total = Message.objects.count()
+    received = Message.objects.filter(received_at__gte=oldest).aggregate(
+        **{f"m{m}": Count("id", filter=Q(received_at__gte=now - timedelta(minutes=m))) for m in WINDOWS}
+    )
+    attempts_total = dict(DeliveryAttempt.objects.values_list("outcome").annotate(n=Count("id")).order_by())
+    recent = {
+        row["outcome"]: [row[f"m{m}"] for m in WINDOWS]
+        for row in DeliveryAttempt.objects.filter(at__gte=oldest)
+        .values("outcome")
+        .annotate(**{f"m{m}": Count("id", filter=Q(at__gte=now - timedelta(minutes=m))) for m in WINDOWS})
+        .order_by()
+    }
+    states = recipient_state_counts()
+
+    def attempt_windows(outcomes: Sequence[str]) -> tuple[int, ...]:
+        return tuple(sum(recent.get(o, [0] * len(WINDOWS))[i] for o in outcomes) for i in range(len(WINDOWS)))
+
+    def attempt_total(outcomes: Sequence[str]) -> int:
+        return sum(attempts_total.get(o, 0) for o in outcomes)
+
+    delivered = (Outcome.DELIVERED,)
+    hard = (Outcome.BOUNCED,)
+    delayed = (Outcome.DELAYED,)
+    return [
+        CounterRow("Received", "received", received_total, tuple(received[f"m{m}"] for m in WINDOWS)),
+        CounterRow("Delivered", "delivered", attempt_total(delivered), attempt_windows(delivered)),
+        CounterRow("Soft bounced", "soft_bounced", attempt_total(SOFT_OUTCOMES), attempt_windows(SOFT_OUTCOMES)),
+        CounterRow("Hard bounced", "hard_bounced", attempt_total(hard), attempt_windows(hard)),
+        CounterRow("Delayed", "delayed", attempt_total(delayed), attempt_windows(delayed)),
+        CounterRow(
+            "Active recipients",
+            "active",
+            states.get(Recipient.State.QUEUED, 0) + states.get(Recipient.State.DELAYED, 0),
+            (None, None, None),
+            gauge=True,
+        ),
+        CounterRow(
+            "Delayed recipients", "delayed_now", states.get(Recipient.State.DELAYED, 0), (None, None, None), gauge=True
+        ),
+    ]
+
+
+def recipient_state_counts() -> dict[str, int]:
+    return dict(Recipient.objects.values_list("state").annotate(n=Count("id")).order_by())
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Messages per minute over the last hour as SVG geometry, drawn by the template (no script needed)."""
+
+    minutes: list[dict[str, Any]]
+    peak: int
+    width: int = 720
+    height: int = 120
+    series: tuple[str, ...] = ("delivered", "delayed", "bounced")
+
+
+def per_minute_chart(now: datetime, minutes: int = 60) -> Chart:
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = end - timedelta(minutes=minutes)
+    rows = (
+        DeliveryAttempt.objects.filter(at__gte=start, at__lt=end)
+        .annotate(minute=TruncMinute("at"))
+        .values_list("minute", "outcome")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    buckets: dict[datetime, dict[str, int]] = defaultdict(lambda: {"delivered": 0, "delayed": 0, "bounced": 0})
+    for minute, outcome, n in rows:
+        kind = {"delivered": "delivered", "bounced": "bounced"}.get(outcome, "delayed")
+        buckets[minute][kind] += n
+    out = []
+    peak = max((sum(b.values()) for b in buckets.values()), default=0)
+    scale = 100 / peak if peak else 0
+    bar = 720 / minutes
+    for i in range(minutes):
+        minute = start + timedelta(minutes=i)
+        b = buckets.get(minute, {"delivered": 0, "delayed": 0, "bounced": 0})
+        y = 110.0
+        rects = []
+        for kind in ("delivered", "delayed", "bounced"):
+            h = b[kind] * scale
+            y -= h
+            if h:
+                rects.append({"kind": kind, "y": round(y, 2), "h": round(h, 2)})
+        out.append({"at": minute, "x": round(i * bar, 2), "w": round(bar - 1, 2), "rects": rects, **b})
+    return Chart(minutes=out, peak=peak)
+
+
+@dataclass
+class Destination:
+    domain: str
+    active: int = 0
+    delivered: int = 0
+    hard_bounced: int = 0
+    soft_bounced: int = 0
+    connections_out: int = 0
+    host: str = ""
+    host_up: bool | None = None
+    hosts: list[HostStatus] = field(default_factory=list)
+
+
+DESTINATION_SORTS = {
+    "active": "active recipients",
+    "connections": "connections out",
+    "delivered": "delivered",
+    "soft": "soft bounced",
+    "hard": "hard bounced",
+}
+
+
+def destinations(now: datetime, *, sort: str = "active", limit: int = 20) -> list[Destination]:
+    """`tophosts`: the destination domains with their recipients by state and their latest host status."""
+    by_domain: dict[str, Destination] = {}
+    for domain, state, n in Recipient.objects.values_list("domain", "state").annotate(n=Count("id")).order_by():
+        d = by_domain.setdefault(domain, Destination(domain))
+        if state in Recipient.ACTIVE:
+            d.active += n
+        elif state == Recipient.State.DELIVERED:
+            d.delivered = n
+        elif state == Recipient.State.BOUNCED:
+            d.hard_bounced = n
+    soft = (
+        DeliveryAttempt.objects.filter(outcome__in=SOFT_OUTCOMES)
+        .values_list("recipient__domain")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for domain, n in soft:
+        by_domain.setdefault(domain, Destination(domain)).soft_bounced = n
+    hosts = _latest_hosts(list(by_domain))
+    for domain, host_list in hosts.items():
+        d = by_domain[domain]
+        d.hosts = host_list
+        d.connections_out = sum(h.connections_out for h in host_list)
+        if host_list:
+            latest = host_list[0]
+            d.host = f"{latest.host}:{latest.port}"
+            d.host_up = not (latest.down_until and latest.down_until > now)
+    attr = {
+        "active": "active",
+        "connections": "connections_out",
+        "delivered": "delivered",
+        "soft": "soft_bounced",
+        "hard": "hard_bounced",
+    }.get(sort, "active")
+
+    def key(d: Destination) -> int:
+        return int(getattr(d, attr))
+
+    ordered = sorted(by_domain.values(), key=lambda d: (-key(d), d.domain))
+    return ordered[:limit]
+
+
+def _latest_hosts(domain_names: Sequence[str]) -> dict[str, list[HostStatus]]:
+    """Per domain, the host statuses of the hosts its latest connections went to (newest first)."""
+    if not domain_names:
+        return {}
+    # The newest "New SMTP DCID" line per domain names the host (indexed by (domain, id)).
+    latest_ids = (
+        MailLogLine.objects.filter(domain__in=domain_names, dcid__isnull=False)
+        .exclude(host="")
+        .values_list("domain")
+        .annotate(last=Max("id"))
+        .order_by()
+    )
+    last_by_domain = dict(latest_ids)
+    lines = dict(MailLogLine.objects.filter(id__in=last_by_domain.values()).values_list("id", "host"))
+    wanted = {lines[i] for i in last_by_domain.values() if i in lines}
+    statuses: dict[str, list[HostStatus]] = defaultdict(list)
+    for hs in HostStatus.objects.filter(host__in=wanted):
+        statuses[hs.host].append(hs)
+    return {d: statuses.get(lines.get(i, ""), []) for d, i in last_by_domain.items()}
+
+
+def newest_lines(limit: int = 15) -> list[MailLogLine]:
+    return list(MailLogLine.objects.order_by("-id")[:limit])[::-1]
+
+
+# --- Mail log --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    mid: int | None = None
+    icid: int | None = None
+    dcid: int | None = None
+    domain: str = ""
+    host: str = ""
+    level: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    q: str = ""
+
+
+def log_queryset(f: LogFilters) -> QuerySet[MailLogLine]:
+    qs = MailLogLine.objects.all()
+    if f.mid is not None:
+        qs = qs.filter(mid=f.mid)
+    if f.icid is not None:
+        qs = qs.filter(icid=f.icid)
+    if f.dcid is not None:
+        qs = qs.filter(dcid=f.dcid)
+    if f.domain:
+        qs = qs.filter(domain=f.domain.lower())
+    if f.host:
+        qs = qs.filter(host=f.host)
+    if f.level:
+        qs = qs.filter(level=f.level)
+    if f.since:
+        qs = qs.filter(at__gte=f.since)
+    if f.until:
+        qs = qs.filter(at__lt=f.until)
+    if f.q:
+        qs = qs.filter(text__icontains=f.q)
+    return qs
+
+
+def log_newest(f: LogFilters, limit: int) -> list[MailLogLine]:
+    """The newest `limit` lines matching, oldest first (the page's first view)."""
+    return list(log_queryset(f).order_by("-id")[:limit])[::-1]
+
+
+def log_after(f: LogFilters, after: int, limit: int) -> list[MailLogLine]:
+    """Lines after id `after`, oldest first: the live tail's keyset cursor."""
+    return list(log_queryset(f).filter(id__gt=after).order_by("id")[:limit])
+
+
+def log_before(f: LogFilters, before: int, limit: int) -> list[MailLogLine]:
+    """The `limit` lines before id `before`, oldest first: paging back through history."""
+    return list(log_queryset(f).filter(id__lt=before).order_by("-id")[:limit])[::-1]
+
+
+def max_log_id() -> int:
+    return MailLogLine.objects.aggregate(m=Max("id"))["m"] or 0
+
+
+# --- Message tracking ------------------------------------------------------------------------------------------
+
+
+class TrackingOutcome:
+    DELIVERED = "delivered"
+    SOFT_BOUNCED = "soft_bounced"
+    HARD_BOUNCED = "hard_bounced"
+    QUEUED = "queued"
+    CHOICES = (
+        (DELIVERED, "Delivered"),
+        (SOFT_BOUNCED, "Soft bounced"),
+        (HARD_BOUNCED, "Hard bounced"),
+        (QUEUED, "Queued"),
+    )
+
+
+def _text_q(field_name: str, value: str, how: str) -> Q:
+    lookup = {"is": "iexact", "begins": "istartswith", "contains": "icontains", "empty": "exact"}.get(how, "icontains")
+    if how == "empty":
+        return Q(**{field_name: ""})
+    return Q(**{f"{field_name}__{lookup}": value})
+
+
+def tracking_queryset(
+    *,
+    sender: str = "",
+    sender_how: str = "contains",
+    recipient: str = "",
+    recipient_how: str = "contains",
+    subject: str = "",
+    subject_how: str = "contains",
+    message_id: str = "",
+    mid: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    outcomes: Sequence[str] = (),
+    domain: str = "",
+) -> QuerySet[Message]:
+    qs = Message.objects.all()
+    if mid is not None:
+        qs = qs.filter(pk=mid)
+    if since:
+        qs = qs.filter(received_at__gte=since)
+    if until:
+        qs = qs.filter(received_at__lt=until)
+    if sender or sender_how == "empty":
+        qs = qs.filter(_text_q("sender", sender, sender_how))
+    if subject or subject_how == "empty":
+        qs = qs.filter(_text_q("subject", subject, subject_how))
+    if message_id:
+        value = message_id.strip()
+        qs = qs.filter(Q(message_id=value) | Q(message_id=f"<{value.strip('<>')}>"))
+    rcpt = Recipient.objects.all()
+    rcpt_filtered = False
+    if recipient:
+        rcpt = rcpt.filter(_text_q("address", recipient, recipient_how))
+        rcpt_filtered = True
+    if domain:
+        rcpt = rcpt.filter(domain=domain.lower())
+        rcpt_filtered = True
+    if outcomes:
+        cond = Q()
+        if TrackingOutcome.DELIVERED in outcomes:
+            cond |= Q(state=Recipient.State.DELIVERED)
+        if TrackingOutcome.HARD_BOUNCED in outcomes:
+            cond |= Q(state=Recipient.State.BOUNCED)
+        if TrackingOutcome.QUEUED in outcomes:
+            cond |= Q(state__in=Recipient.ACTIVE)
+        if TrackingOutcome.SOFT_BOUNCED in outcomes:
+            soft_ids = DeliveryAttempt.objects.filter(outcome__in=SOFT_OUTCOMES).values("recipient_id")
+            cond |= Q(pk__in=soft_ids)
+        rcpt = rcpt.filter(cond)
+        rcpt_filtered = True
+    if rcpt_filtered:
+        qs = qs.filter(pk__in=rcpt.values("message_id"))
+    return qs.order_by("-received_at", "-id")
+
+
+def tracking_rows(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Per result row: the message and a short summary of its recipients' states (one query for the page)."""
+    ids = [m.pk for m in messages]
+    by_message: dict[int, list[Recipient]] = defaultdict(list)
+    for r in Recipient.objects.filter(message_id__in=ids).only(
+        "id", "message_id", "rid", "address", "domain", "state", "last_code", "attempts"
+    ):
+        by_message[r.message_id].append(r)
+    return [{"message": m, "recipients": by_message.get(m.pk, [])} for m in messages]
+
+
+@dataclass(frozen=True)
+class MessageStory:
+    message: Message
+    headers: list[tuple[str, str]]
+    recipients: list[Recipient]
+    attempts: list[DeliveryAttempt]
+    lines: list[MailLogLine]
+    bounces: list[Message]
+    lines_capped: bool
+
+
+def message_story(message: Message, *, max_lines: int = 2000) -> MessageStory:
+    """Everything tracking shows about one message: headers, recipients, attempts, log lines, generated bounces.
+
+    The log lines are the MID's own, plus its ICID's connection lines and its DCIDs' connection lines (which name
+    no MID), in log order.
+    """
+    headers = parse_headers(message)
+    recipients = list(message.recipients.order_by("rid"))
+    attempts = list(message.attempts.select_related("recipient").order_by("at", "id"))
+    dcids = {a.dcid for a in attempts}
+    cond = Q(mid=message.pk)
+    if message.icid:
+        cond |= Q(icid=message.icid, mid__isnull=True)
+    if dcids:
+        cond |= Q(dcid__in=dcids, mid__isnull=True)
+    lines = list(MailLogLine.objects.filter(cond).order_by("id")[: max_lines + 1])
+    bounces = list(message.generated_bounces.order_by("id"))
+    return MessageStory(
+        message, headers, recipients, attempts, lines[:max_lines], bounces, lines_capped=len(lines) > max_lines
+    )
+
+
+def parse_headers(message: Message, max_bytes: int = 256 * 1024) -> list[tuple[str, str]]:
+    """The header fields of the stored message, decoded for reading (never HTML: the template escapes them)."""
+    try:
+        data = bytes(message.body.data)
+    except Message.body.RelatedObjectDoesNotExist:
+        return []
+    head = data[:max_bytes]
+    end = head.find(b"\r\n\r\n")
+    if end == -1:
+        end = head.find(b"\n\n")
+    if end != -1:
+        head = head[: end + 2]
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    out = []
+    for name, value in parsed.items():
+        try:
+            text = str(value)
+        except Exception:  # a malformed encoded word: show the raw form rather than fail the page
+            text = str(parsed.get_all(name, [""])[0])
+        out.append((name, text))
+    return out
+
+
+# --- Queue and hosts -------------------------------------------------------------------------------------------
+
+
+def queue_domains() -> list[dict[str, Any]]:
+    """Active recipients per destination domain with the oldest message and the next attempt (`showrecipients`)."""
+    return list(
+        Recipient.objects.filter(state__in=Recipient.ACTIVE)
+        .values("domain")
+        .annotate(
+            active=Count("id"),
+            delayed=Count("id", filter=Q(state=Recipient.State.DELAYED)),
+            oldest=Min("message__received_at"),
+            next_attempt=Min("next_attempt_at"),
+        )
+        .order_by("oldest", "domain")
+    )
+
+
+def queue_recipients(domain: str = "") -> QuerySet[Recipient]:
+    """Queued and delayed recipients, oldest message first."""
+    qs = Recipient.objects.filter(state__in=Recipient.ACTIVE).select_related("message")
+    if domain:
+        qs = qs.filter(domain=domain.lower())
+    return qs.order_by("message__received_at", "message_id", "rid")
+
+
+def queue_depth(now: datetime) -> tuple[int, float | None]:
+    """Active recipients and the age in seconds of the oldest queued message."""
+    active = Recipient.objects.filter(state__in=Recipient.ACTIVE).count()
+    oldest = Message.objects.filter(state=Message.State.QUEUED).aggregate(m=Min("received_at"))["m"]
+    return active, ((now - oldest).total_seconds() if oldest else None)
+
+
+def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
+    """`hoststatus <domain>`: counters, gauges, the hosts tried, the latest 5xx error. None if never seen."""
+    domain = domain.lower()
+    recipients = Recipient.objects.filter(domain=domain)
+    states = dict(recipients.values_list("state").annotate(n=Count("id")).order_by())
+    if not states:
+        return None
+    attempts = DeliveryAttempt.objects.filter(recipient__domain=domain)
+    soft = attempts.filter(outcome__in=SOFT_OUTCOMES).count()
+    active = recipients.filter(state__in=Recipient.ACTIVE)
+    gauges = active.aggregate(
+        active=Count("id"),
+        unattempted=Count("id", filter=Q(attempts=0)),
+        oldest=Min("message__received_at"),
+    )
+    host_names = set(attempts.values_list("host", flat=True).distinct()[:50])
+    host_names |= set(
+        MailLogLine.objects.filter(domain=domain, dcid__isnull=False)
+        .exclude(host="")
+        .values_list("host", flat=True)[:50]
+    )
+    hosts = list(HostStatus.objects.filter(host__in=host_names))
+    last_activity = attempts.aggregate(m=Max("at"))["m"]
+    last_5xx = attempts.filter(code__gte=500).order_by("-at", "-id").first()
+    delivered = states.get(Recipient.State.DELIVERED, 0)
+    hard = states.get(Recipient.State.BOUNCED, 0)
+    deleted = states.get(Recipient.State.DELETED, 0)
+    return {
+        "domain": domain,
+        "now": now,
+        "up": not any(h.down_until and h.down_until > now for h in hosts) if hosts else None,
+        "soft_bounced": soft,
+        "completed": delivered + hard + deleted + states.get(Recipient.State.DROPPED, 0),
+        "hard_bounced": hard,
+        "delivered": delivered,
+        "deleted": deleted,
+        "active": gauges["active"],
+        "unattempted": gauges["unattempted"],
+        "attempted": gauges["active"] - gauges["unattempted"],
+        "connections_out": sum(h.connections_out for h in hosts),
+        "oldest": gauges["oldest"],
+        "last_activity": last_activity,
+        "hosts": hosts,
+        "last_5xx": last_5xx,
+    }
+
+
+def host_list() -> QuerySet[HostStatus]:
+    return HostStatus.objects.order_by("host", "port")
+
+
+def now() -> datetime:
+    return timezone.now()
