@@ -27,7 +27,9 @@ def make_message(
 ) -> Message:
     at = at or timezone.now()
     icid = next(_ids) if icid is None else icid
-    body = f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n\r\nHi\r\n"
+    body = (
+        f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n\r\nHi\r\n"
+    )
     with transaction.atomic():
         m = Message.objects.create(
             icid=icid,
@@ -78,8 +80,16 @@ def attempt(
         lines.append(maillog.delivery_start(dcid, message.pk, [r.rid for r in recipients]))
         for r in recipients:
             DeliveryAttempt.objects.create(
-                recipient=r, message=message, dcid=dcid, at=at, host=host, ip=host, port=port, code=code,
-                response=reply, outcome=outcome,
+                recipient=r,
+                message=message,
+                dcid=dcid,
+                at=at,
+                host=host,
+                ip=host,
+                port=port,
+                code=code,
+                response=reply,
+                outcome=outcome,
             )
             r.attempts += 1
             r.last_code, r.last_response, r.last_host = code, reply, host
@@ -90,13 +100,35 @@ def attempt(
                 r.state = Recipient.State.BOUNCED
                 r.finished_at = at
                 lines.append(
-                    maillog.bounced(dcid, message.pk, message.sender, r.address, r.rid, "5.1.0", "Unknown address error", code, reply, domain=r.domain)
+                    maillog.bounced(
+                        dcid,
+                        message.pk,
+                        message.sender,
+                        r.address,
+                        r.rid,
+                        "5.1.0",
+                        "Unknown address error",
+                        code,
+                        reply,
+                        domain=r.domain,
+                    )
                 )
             elif outcome == DeliveryAttempt.Outcome.DELAYED:
                 r.state = Recipient.State.DELAYED
                 r.next_attempt_at = at + timedelta(minutes=1)
                 lines.append(
-                    maillog.delayed(dcid, message.pk, message.sender, r.address, r.rid, "4.0.0", "Unknown address error", code, reply, domain=r.domain)
+                    maillog.delayed(
+                        dcid,
+                        message.pk,
+                        message.sender,
+                        r.address,
+                        r.rid,
+                        "4.0.0",
+                        "Unknown address error",
+                        code,
+                        reply,
+                        domain=r.domain,
+                    )
                 )
             r.save()
         if outcome == DeliveryAttempt.Outcome.DELIVERED:
