@@ -27,6 +27,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET
+from django.views.decorators.vary import vary_on_headers
 
 from delivery import forms, maillog, selectors
 from delivery.models import Message
@@ -35,6 +36,8 @@ from esaroutes.types import AuthedHtmxRequest
 from routes.models import AuditEntry
 
 PER_PAGE = 50
+# A page and its htmx partial share a URL: the browser's cache must keep them apart (or "back" shows a fragment).
+vary_on_htmx = vary_on_headers("HX-Request", "HX-History-Restore-Request")
 
 
 def _template(request: AuthedHtmxRequest, template: str, partial: str) -> str:
@@ -66,6 +69,7 @@ def heartbeat(now: datetime) -> dict[str, Any] | None:
 
 
 @require_GET
+@vary_on_htmx
 def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
     """The home page (Monitor > Delivery Status and `status detail`); help desk users land on tracking."""
     if not permissions.can(request.user, "dashboard.view"):
@@ -94,6 +98,7 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
 
 
 @require_GET
+@vary_on_htmx
 @permissions.require("maillog.view")
 def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
     """The mail log, newest at the bottom, following live with a keyset cursor (`?after=<last id>`).
@@ -166,6 +171,7 @@ def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
 
 
 @require_GET
+@vary_on_htmx
 @permissions.require("tracking.view")
 def tracking(request: AuthedHtmxRequest) -> HttpResponse:
     form = forms.TrackingForm(request.GET)
@@ -213,6 +219,7 @@ def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
 
 
 @require_GET
+@vary_on_htmx
 @permissions.require("hosts.view")
 def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:255]
@@ -253,6 +260,7 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
 
 
 @require_GET
+@vary_on_htmx
 @permissions.require("audit.view")
 def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     """Who changed what, when: every audited change (routes, access rules, queue actions), newest first."""
@@ -285,6 +293,7 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
 
 
 @require_GET
+@vary_on_htmx
 @permissions.require("queue.view")
 def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
     """`showrecipients`: queued and delayed recipients by destination, oldest first, next attempt, last reply."""

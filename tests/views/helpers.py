@@ -64,7 +64,7 @@ def attempt(
     *,
     host: str,
     port: int = 25,
-    code: int = 250,
+    code: int | None = 250,
     reply: str = "2.0.0 Ok: queued",
     outcome: str = DeliveryAttempt.Outcome.DELIVERED,
     at: datetime | None = None,

@@ -67,7 +67,7 @@ def test_polling_returns_the_panel_only(as_user):
     response = as_user("alice").get("/", headers={"HX-Request": "true"})
     body = response.content.decode()
     assert body.lstrip().startswith('<section id="dashboard-panel"') and "<html" not in body
-    assert 'hx-trigger="every 3s' in body
+    assert 'hx-trigger="every 3s"' in body
 
 
 def test_history_restore_gets_the_full_page(as_user):
