@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,7 @@ class CounterRow:
     gauge: bool = False
 
 
-def counters(now: datetime) -> list[CounterRow]:
+def counters(now: datetime, states: dict[str, int] | None = None) -> list[CounterRow]:
     """`status detail`: events since start and in the last 1/5/15 minutes, plus the two queue gauges.
 
     Received counts messages (indexed `received_at`); delivered, soft and hard bounced count delivery attempts by
@@ -58,7 +58,7 @@ def counters(now: datetime) -> list[CounterRow]:
         .annotate(**{f"m{m}": Count("id", filter=Q(at__gte=now - timedelta(minutes=m))) for m in WINDOWS})
         .order_by()
     }
-    states = recipient_state_counts()
+    states = recipient_state_counts() if states is None else states
 
     def attempt_windows(outcomes: Sequence[str]) -> tuple[int, ...]:
         return tuple(sum(recent.get(o, [0] * len(WINDOWS))[i] for o in outcomes) for i in range(len(WINDOWS)))
@@ -90,6 +90,18 @@ def counters(now: datetime) -> list[CounterRow]:
 
 def recipient_state_counts() -> dict[str, int]:
     return dict(Recipient.objects.values_list("state").annotate(n=Count("id")).order_by())
+
+
+def recipient_domain_states() -> list[tuple[str, str, int]]:
+    """(domain, state, recipients): one grouped scan that feeds both the counters and the destinations."""
+    return list(Recipient.objects.values_list("domain", "state").annotate(n=Count("id")).order_by())
+
+
+def state_totals(domain_states: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for _, state, n in domain_states:
+        out[state] += n
+    return dict(out)
 
 
 @dataclass(frozen=True)
@@ -157,10 +169,16 @@ DESTINATION_SORTS = {
 }
 
 
-def destinations(now: datetime, *, sort: str = "active", limit: int = 20) -> list[Destination]:
+def destinations(
+    now: datetime,
+    *,
+    sort: str = "active",
+    limit: int = 20,
+    domain_states: Iterable[tuple[str, str, int]] | None = None,
+) -> list[Destination]:
     """`tophosts`: the destination domains with their recipients by state and their latest host status."""
     by_domain: dict[str, Destination] = {}
-    for domain, state, n in Recipient.objects.values_list("domain", "state").annotate(n=Count("id")).order_by():
+    for domain, state, n in recipient_domain_states() if domain_states is None else domain_states:
         d = by_domain.setdefault(domain, Destination(domain))
         if state in Recipient.ACTIVE:
             d.active += n
@@ -168,23 +186,6 @@ def destinations(now: datetime, *, sort: str = "active", limit: int = 20) -> lis
             d.delivered = n
         elif state == Recipient.State.BOUNCED:
             d.hard_bounced = n
-    soft = (
-        DeliveryAttempt.objects.filter(outcome__in=SOFT_OUTCOMES)
-        .values_list("recipient__domain")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for domain, n in soft:
-        by_domain.setdefault(domain, Destination(domain)).soft_bounced = n
-    hosts = _latest_hosts(list(by_domain))
-    for domain, host_list in hosts.items():
-        d = by_domain[domain]
-        d.hosts = host_list
-        d.connections_out = sum(h.connections_out for h in host_list)
-        if host_list:
-            latest = host_list[0]
-            d.host = f"{latest.host}:{latest.port}"
-            d.host_up = not (latest.down_until and latest.down_until > now)
     attr = {
         "active": "active",
         "connections": "connections_out",
@@ -193,32 +194,50 @@ def destinations(now: datetime, *, sort: str = "active", limit: int = 20) -> lis
         "hard": "hard_bounced",
     }.get(sort, "active")
 
-    def key(d: Destination) -> int:
-        return int(getattr(d, attr))
+    def key(d: Destination) -> tuple[int, str]:
+        return (-int(getattr(d, attr)), d.domain)
 
-    ordered = sorted(by_domain.values(), key=lambda d: (-key(d), d.domain))
-    return ordered[:limit]
+    # Soft bounces and host statuses cost a query per set of domains: compute them for the rows shown only
+    # (for every domain only when sorting by them).
+    shown = list(by_domain.values())
+    soft = DeliveryAttempt.objects.filter(outcome__in=SOFT_OUTCOMES)
+    if attr != "soft_bounced":
+        if attr != "connections_out":
+            shown = sorted(shown, key=key)[:limit]
+        soft = soft.filter(recipient__domain__in=[d.domain for d in shown])
+    for domain, n in soft.values_list("recipient__domain").annotate(n=Count("id")).order_by():
+        by_domain[domain].soft_bounced = n
+    if attr == "soft_bounced":
+        shown = sorted(shown, key=key)[:limit]
+    for domain, host_list in _latest_hosts([d.domain for d in shown]).items():
+        d = by_domain[domain]
+        d.hosts = host_list
+        d.connections_out = sum(h.connections_out for h in host_list)
+        if host_list:
+            latest = host_list[0]
+            d.host = f"{latest.host}:{latest.port}"
+            d.host_up = not (latest.down_until and latest.down_until > now)
+    return sorted(shown, key=key)[:limit]
 
 
 def _latest_hosts(domain_names: Sequence[str]) -> dict[str, list[HostStatus]]:
-    """Per domain, the host statuses of the hosts its latest connections went to (newest first)."""
-    if not domain_names:
-        return {}
-    # The newest "New SMTP DCID" line per domain names the host (indexed by (domain, id)).
-    latest_ids = (
-        MailLogLine.objects.filter(domain__in=domain_names, dcid__isnull=False)
-        .exclude(host="")
-        .values_list("domain")
-        .annotate(last=Max("id"))
-        .order_by()
-    )
-    last_by_domain = dict(latest_ids)
-    lines = dict(MailLogLine.objects.filter(id__in=last_by_domain.values()).values_list("id", "host"))
-    wanted = {lines[i] for i in last_by_domain.values() if i in lines}
+    """Per domain, the status of the host its newest connection went to (one index probe per domain on
+    MailLogLine (domain, id): the "New SMTP DCID" line names the host)."""
+    latest: dict[str, str] = {}
+    for domain in domain_names:
+        host = (
+            MailLogLine.objects.filter(domain=domain, dcid__isnull=False)
+            .exclude(host="")
+            .order_by("-id")
+            .values_list("host", flat=True)
+            .first()
+        )
+        if host:
+            latest[domain] = host
     statuses: dict[str, list[HostStatus]] = defaultdict(list)
-    for hs in HostStatus.objects.filter(host__in=wanted):
+    for hs in HostStatus.objects.filter(host__in=set(latest.values())):
         statuses[hs.host].append(hs)
-    return {d: statuses.get(lines.get(i, ""), []) for d, i in last_by_domain.items()}
+    return {d: statuses.get(h, []) for d, h in latest.items()}
 
 
 def newest_lines(limit: int = 15) -> list[MailLogLine]:
@@ -299,6 +318,9 @@ class TrackingOutcome:
     )
 
 
+RESOLVE_IDS = 5000
+
+
 def _text_q(field_name: str, value: str, how: str) -> Q:
     lookup = {"is": "iexact", "begins": "istartswith", "contains": "icontains", "empty": "exact"}.get(how, "icontains")
     if how == "empty":
@@ -357,7 +379,10 @@ def tracking_queryset(
         rcpt = rcpt.filter(cond)
         rcpt_filtered = True
     if rcpt_filtered:
-        qs = qs.filter(pk__in=rcpt.values("message_id"))
+        # A selective recipient filter (the usual case: one address) is resolved first, so the planner looks the
+        # few messages up by key instead of walking every message of the period against a subquery.
+        ids = list(rcpt.values_list("message_id", flat=True)[: RESOLVE_IDS + 1])
+        qs = qs.filter(pk__in=ids) if len(ids) <= RESOLVE_IDS else qs.filter(pk__in=rcpt.values("message_id"))
     return qs.order_by("-received_at", "-id")
 
 
@@ -431,8 +456,9 @@ def parse_headers(message: Message, max_bytes: int = 256 * 1024) -> list[tuple[s
 # --- Queue and hosts -------------------------------------------------------------------------------------------
 
 
-def queue_domains() -> list[dict[str, Any]]:
-    """Active recipients per destination domain with the oldest message and the next attempt (`showrecipients`)."""
+def queue_domains(limit: int = 100) -> list[dict[str, Any]]:
+    """Active recipients per destination domain with the oldest message and the next attempt (`showrecipients`),
+    the `limit` domains with the oldest messages first."""
     return list(
         Recipient.objects.filter(state__in=Recipient.ACTIVE)
         .values("domain")
@@ -442,7 +468,7 @@ def queue_domains() -> list[dict[str, Any]]:
             oldest=Min("message__received_at"),
             next_attempt=Min("next_attempt_at"),
         )
-        .order_by("oldest", "domain")
+        .order_by("oldest", "domain")[:limit]
     )
 
 

@@ -80,12 +80,13 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
     sort = request.GET.get("sort", "active")
     if sort not in selectors.DESTINATION_SORTS:
         sort = "active"
+    domain_states = selectors.recipient_domain_states()
     ctx = {
         "now": now,
-        "counters": selectors.counters(now),
+        "counters": selectors.counters(now, selectors.state_totals(domain_states)),
         "windows": selectors.WINDOWS,
         "chart": selectors.per_minute_chart(now),
-        "destinations": selectors.destinations(now, sort=sort),
+        "destinations": selectors.destinations(now, sort=sort, domain_states=domain_states),
         "sorts": selectors.DESTINATION_SORTS,
         "sort": sort,
         "lines": selectors.newest_lines(),
