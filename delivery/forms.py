@@ -113,10 +113,37 @@ class AuditFilterForm(forms.Form):
     object_type = forms.CharField(required=False, max_length=64)
 
 
-def int_list(values: list[str], *, limit: int = 10_000) -> list[int] | None:
-    """Recipient ids from a form's checkboxes; None when one is not a number."""
-    try:
-        out = [int(v) for v in values[:limit]]
-    except ValueError:
-        return None
-    return out if all(v > 0 for v in out) else None
+class DeliverNowForm(forms.Form):
+    """`delivernow`: one message, one destination domain, or everything queued."""
+
+    scope = forms.ChoiceField(choices=(("message", "message"), ("domain", "domain"), ("all", "all")))
+    mid = forms.IntegerField(required=False, min_value=1)
+    domain = forms.CharField(required=False, max_length=255)
+
+    def clean(self) -> dict[str, Any]:
+        d = super().clean() or {}
+        if d.get("scope") == "message" and not d.get("mid"):
+            raise forms.ValidationError("Which message?")
+        if d.get("scope") == "domain" and not (d.get("domain") or "").strip():
+            raise forms.ValidationError("Which domain?")
+        return d
+
+
+class RecipientsActionForm(forms.Form):
+    """`bouncerecipients` / `deleterecipients`: the chosen recipients, or every active one of a domain."""
+
+    recipient = forms.TypedMultipleChoiceField(required=False, coerce=int, choices=())
+    domain = forms.CharField(required=False, max_length=255)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Any positive id is acceptable here; queue functions skip ids that are gone or no longer active.
+        field = self.fields["recipient"]
+        assert isinstance(field, forms.TypedMultipleChoiceField)
+        field.valid_value = lambda value: str(value).isdigit() and int(value) > 0  # type: ignore[method-assign]
+
+    def clean(self) -> dict[str, Any]:
+        d = super().clean() or {}
+        if not d.get("recipient") and not (d.get("domain") or "").strip():
+            raise forms.ValidationError("Choose recipients or a domain.")
+        return d

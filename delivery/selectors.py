@@ -418,12 +418,17 @@ def message_story(message: Message, *, max_lines: int = 2000) -> MessageStory:
     recipients = list(message.recipients.order_by("rid"))
     attempts = list(message.attempts.select_related("recipient").order_by("at", "id"))
     dcids = {a.dcid for a in attempts}
-    cond = Q(mid=message.pk)
+    # Three index lookups merged in Python: an OR across three columns defeats SQLite's planner.
+    parts = [Q(mid=message.pk)]
     if message.icid:
-        cond |= Q(icid=message.icid, mid__isnull=True)
+        parts.append(Q(icid=message.icid, mid__isnull=True))
     if dcids:
-        cond |= Q(dcid__in=dcids, mid__isnull=True)
-    lines = list(MailLogLine.objects.filter(cond).order_by("id")[: max_lines + 1])
+        parts.append(Q(dcid__in=dcids, mid__isnull=True))
+    found: dict[int, MailLogLine] = {}
+    for cond in parts:
+        for line in MailLogLine.objects.filter(cond).order_by("id")[: max_lines + 1]:
+            found[line.pk] = line
+    lines = [found[k] for k in sorted(found)][: max_lines + 1]
     bounces = list(message.generated_bounces.order_by("id"))
     return MessageStory(
         message, headers, recipients, attempts, lines[:max_lines], bounces, lines_capped=len(lines) > max_lines
