@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -123,8 +123,8 @@ def latency_histogram() -> HistogramMetricFamily:
     aggregates: dict[str, Any] = {
         f"le_{b}": Count("id", filter=Q(latency__lte=timedelta(seconds=b))) for b in LATENCY_BUCKETS
     }
-    row = qs.aggregate(total=Count("id"), **aggregates)
-    total_seconds = _latency_sum(qs)
+    row = qs.aggregate(total=Count("id"), latency_sum=Sum("latency"), **aggregates)
+    total_seconds = _seconds(row["latency_sum"])
     buckets = [(str(float(b)), row[f"le_{b}"]) for b in LATENCY_BUCKETS] + [("+Inf", row["total"])]
     h = HistogramMetricFamily(
         "esaroutes_delivery_latency_seconds", "Seconds from reception to delivery, per delivered recipient"
@@ -133,15 +133,12 @@ def latency_histogram() -> HistogramMetricFamily:
     return h
 
 
-def _latency_sum(qs: Any) -> float:
-    from django.db.models import Sum
-
-    value = qs.aggregate(s=Sum("latency"))["s"]
+def _seconds(value: Any) -> float:
     if value is None:
         return 0.0
     if isinstance(value, timedelta):
         return value.total_seconds()
-    return float(value) / 1_000_000  # SQLite returns microseconds
+    return float(value) / 1_000_000  # SQLite sums durations as microseconds
 
 
 def allowed(request: HttpRequest) -> bool:
