@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max, Min, Q, QuerySet
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
@@ -358,10 +358,10 @@ def tracking_queryset(
         value = message_id.strip()
         qs = qs.filter(Q(message_id=value) | Q(message_id=f"<{value.strip('<>')}>"))
     rcpt = Recipient.objects.all()
-    rcpt_filtered = False
+    rcpt_filtered = selective = False
     if recipient:
         rcpt = rcpt.filter(_text_q("address", recipient, recipient_how))
-        rcpt_filtered = True
+        rcpt_filtered = selective = True
     if domain:
         rcpt = rcpt.filter(domain=domain.lower())
         rcpt_filtered = True
@@ -378,6 +378,10 @@ def tracking_queryset(
             cond |= Q(pk__in=soft_ids)
         rcpt = rcpt.filter(cond)
         rcpt_filtered = True
+    if rcpt_filtered and not selective:
+        # By outcome or domain only: walk the period's messages (received_at index) and probe each one's
+        # recipients (message_id index); resolving every bounced recipient of all time first would cost more.
+        return qs.filter(Exists(rcpt.filter(message_id=OuterRef("pk")))).order_by("-received_at", "-id")
     if rcpt_filtered:
         # A selective recipient filter (the usual case: one address) is resolved first, so the planner looks the
         # few messages up by key instead of walking every message of the period against a subquery.
