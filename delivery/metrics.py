@@ -18,12 +18,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterator
-from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
+from django.db import connection
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -117,28 +116,32 @@ class DatabaseCollector:
 
 
 def latency_histogram() -> HistogramMetricFamily:
-    """Seconds from reception to delivery of each delivered recipient, in cumulative buckets (one query)."""
-    latency = ExpressionWrapper(F("at") - F("message__received_at"), output_field=DurationField())
-    qs = DeliveryAttempt.objects.filter(outcome=DeliveryAttempt.Outcome.DELIVERED).annotate(latency=latency)
-    aggregates: dict[str, Any] = {
-        f"le_{b}": Count("id", filter=Q(latency__lte=timedelta(seconds=b))) for b in LATENCY_BUCKETS
-    }
-    row = qs.aggregate(total=Count("id"), latency_sum=Sum("latency"), **aggregates)
-    total_seconds = _seconds(row["latency_sum"])
-    buckets = [(str(float(b)), row[f"le_{b}"]) for b in LATENCY_BUCKETS] + [("+Inf", row["total"])]
+    """Seconds from reception to delivery of each delivered recipient, in cumulative buckets (one query).
+
+    Plain SQL per vendor: Django's duration arithmetic on SQLite runs a Python function per row and expression
+    (seconds at 100,000 messages); julianday() and EXTRACT(EPOCH ...) keep it in the database engine.
+    """
+    if connection.vendor == "postgresql":
+        latency = "EXTRACT(EPOCH FROM (a.at - m.received_at))"
+    else:
+        latency = "(julianday(a.at) - julianday(m.received_at)) * 86400.0"
+    buckets_sql = ", ".join(f"SUM(CASE WHEN lat <= {float(b)} THEN 1 ELSE 0 END)" for b in LATENCY_BUCKETS)
+    sql = (
+        f"SELECT COUNT(*), COALESCE(SUM(lat), 0), {buckets_sql} FROM ("  # table names and numbers only
+        f"SELECT {latency} AS lat FROM {DeliveryAttempt._meta.db_table} a "
+        f"JOIN {Message._meta.db_table} m ON m.id = a.message_id WHERE a.outcome = %s) t"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [DeliveryAttempt.Outcome.DELIVERED.value])
+        row = cursor.fetchone()
+    total, total_seconds, *counts = row
+    buckets = [(str(float(b)), int(n or 0)) for b, n in zip(LATENCY_BUCKETS, counts, strict=True)]
+    buckets.append(("+Inf", int(total)))
     h = HistogramMetricFamily(
         "esaroutes_delivery_latency_seconds", "Seconds from reception to delivery, per delivered recipient"
     )
-    h.add_metric([], buckets, sum_value=total_seconds)
+    h.add_metric([], buckets, sum_value=float(total_seconds))
     return h
-
-
-def _seconds(value: Any) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return float(value) / 1_000_000  # SQLite sums durations as microseconds
 
 
 def allowed(request: HttpRequest) -> bool:

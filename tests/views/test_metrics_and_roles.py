@@ -72,3 +72,18 @@ def test_role_of(alice, bob, carol, dave):
 def test_unknown_capability_is_a_programming_error(alice):
     with pytest.raises(ValueError):
         permissions.can(alice, "queue.explode")
+
+
+def test_latency_histogram_buckets(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    m = make_message(at=now - timedelta(minutes=10))
+    attempt(m, host="mx1.dest.test", at=now)
+    text = client.get("/metrics").content.decode()
+    assert 'esaroutes_delivery_latency_seconds_bucket{le="300.0"} 0.0' in text
+    assert 'esaroutes_delivery_latency_seconds_bucket{le="900.0"} 1.0' in text
+    total = next(line for line in text.splitlines() if line.startswith("esaroutes_delivery_latency_seconds_sum"))
+    assert abs(float(total.split()[-1]) - 600) < 1
