@@ -67,3 +67,9 @@ def test_audit_log_lists_and_filters(as_user, alice):
     assert "example.com" not in body and "10.0.0.0/8" in body
     body = client.get("/audit/?object_type=route", headers={"HX-Request": "true"}).content.decode()
     assert body.lstrip().startswith('<section id="audit-table">') and "10.0.0.0/8" not in body
+
+
+@pytest.mark.parametrize("who", ["alice", "bob", "carol"])
+def test_hosts_page_with_a_down_host_for_every_role(as_user, who):
+    HostStatus.objects.create(host="mx.down.test", down_until=timezone.now() + timedelta(minutes=5), failed=3)
+    assert as_user(who).get("/hosts/").status_code == 200
