@@ -1,0 +1,312 @@
+"""Pure delivery decisions: host order, what a reply means, retry and host-down schedules, DSN phrases.
+
+No I/O, no clock, no Django: every time and offset is passed in, so each rule is a table in
+tests/delivery/test_engine.py. The semantics follow Cisco ESA "SMTP Routes" (see reference/esa.md §2, §3):
+
+* hosts: lowest priority number first; equal priorities round-robin per *connection*; down hosts skipped
+  unless all are down;
+* a failure of the host itself (no connection, no reply, TLS, a 4xx/5xx to the greeting, EHLO or AUTH) moves
+  the same recipients to the next host at once;
+* after MAIL FROM, a 4xx moves the recipients concerned to the next host (or, with ``defer_on_4xx``, keeps
+  them queued for their retry) and a 5xx bounces them;
+* retries and host-down periods double from an initial wait up to a ceiling.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from operator import attrgetter
+
+
+class Stage(enum.Enum):
+    """Where in the SMTP conversation something happened."""
+
+    CONNECT = "connect"  # TCP connect
+    GREETING = "greeting"  # the 220 banner
+    TLS = "tls"  # STARTTLS command and handshake, or a required STARTTLS that was not offered
+    EHLO = "ehlo"  # EHLO (and the HELO fallback), before and after STARTTLS
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"  # the DATA command *and* the reply to the final dot
+
+
+#: Stages at which any failure is the host's, never a recipient's.
+CONNECTION_STAGES = frozenset({Stage.CONNECT, Stage.GREETING, Stage.TLS, Stage.EHLO, Stage.AUTH})
+#: Stages of the mail transaction proper, where replies concern the recipients.
+TRANSACTION_STAGES = frozenset({Stage.MAIL, Stage.RCPT, Stage.DATA})
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"  # 2xx/3xx: this step succeeded (at DATA: the host took responsibility)
+    NEXT_HOST = "next_host"  # try the next host now, same recipients
+    BOUNCE = "bounce"  # permanent for the recipients concerned: no other host, DSN to the sender
+    DEFER = "defer"  # keep queued until the recipient's next retry (defer_on_4xx routes only)
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """One destination host of a route. ``address`` is an IP literal (no brackets) or a host name."""
+
+    address: str
+    port: int = 25
+    priority: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What host-down state is kept under."""
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}/pri={self.priority}"
+
+
+# --- host order -------------------------------------------------------------------------------------------
+
+
+def order_hosts(hosts: Sequence[Host], rr_offset: int, down: Collection[tuple[str, int]] = ()) -> list[Host]:
+    """The order in which one new connection should try the hosts of a route.
+
+    Lowest priority number first. Within a priority, the hosts that are up are rotated by ``rr_offset``
+    (the caller increments a shared counter per *connection*), so successive connections start at
+    successive hosts and a down host does not hand its turns to its neighbour. Down hosts (keys in ``down``)
+    are left out, unless every host of the route is down: then all of them are tried, in the same order,
+    because holding mail for a down timer when nothing else can take it gains nothing.
+    """
+    up = [h for h in hosts if h.key not in down]
+    candidates = up or list(hosts)
+    by_priority = sorted(candidates, key=attrgetter("priority"))  # stable: ties keep the configured order
+    ordered: list[Host] = []
+    for _, group in itertools.groupby(by_priority, key=attrgetter("priority")):
+        members = list(group)
+        k = rr_offset % len(members)
+        ordered += members[k:] + members[:k]
+    return ordered
+
+
+# --- what a reply means -----------------------------------------------------------------------------------
+
+
+def verdict(stage: Stage, code: int | None, *, defer_on_4xx: bool = False) -> Verdict:
+    """What a reply (``code``; ``None`` = no reply at all) at ``stage`` means for the recipients concerned.
+
+    ======================================  =====================================================
+    no reply (refused, timeout, dropped)    NEXT_HOST at any stage, whatever ``defer_on_4xx`` says
+    2xx / 3xx                               DELIVERED (this step went through)
+    anything else at CONNECT..AUTH          NEXT_HOST: the host failed, not the recipients
+    4xx at MAIL / RCPT / DATA               NEXT_HOST, or DEFER when the route sets defer_on_4xx
+    5xx at MAIL / RCPT / DATA               BOUNCE
+    garbage (not 2xx-5xx) at MAIL..DATA     NEXT_HOST: not a reply we can act on
+    ======================================  =====================================================
+    """
+    if code is None:
+        return Verdict.NEXT_HOST
+    if 200 <= code < 400:
+        return Verdict.DELIVERED
+    if stage in CONNECTION_STAGES:
+        return Verdict.NEXT_HOST
+    if 500 <= code < 600:
+        return Verdict.BOUNCE
+    if 400 <= code < 500:
+        return Verdict.DEFER if defer_on_4xx else Verdict.NEXT_HOST
+    return Verdict.NEXT_HOST
+
+
+def marks_host_down(stage: Stage, code: int | None, *, reused_connection: bool = False) -> bool:
+    """Whether a failure should put the host in the down state (its timer from :func:`host_down_for`).
+
+    Yes for: no reply at all at any stage (refused, timed out, dropped, TLS handshake failure) and any
+    rejection of the greeting, STARTTLS or EHLO. No for replies to AUTH (our credentials, not the host)
+    and to MAIL/RCPT/DATA (about this mail, not the host). One exception: a reused connection found dead
+    at MAIL (the peer closed it while idle) says nothing about the host.
+    """
+    if code is None:
+        return not (reused_connection and stage is Stage.MAIL)
+    return stage in (Stage.GREETING, Stage.TLS, Stage.EHLO)
+
+
+CONNECTION_CANCELED = "connection canceled"
+NETWORK_ERROR = "network error"
+CONNECTION_TIMED_OUT = "connection timed out"
+UNEXPECTED_SMTP_RESPONSE = "unexpected SMTP response"
+TLS_FAILED = "TLS failed"
+
+
+def connection_error_reason(stage: Stage, code: int | None, *, timed_out: bool = False) -> str:
+    """The ``reason:`` word of the ESA ``Connection Error:`` line for a host failure."""
+    if timed_out:
+        return CONNECTION_TIMED_OUT
+    if code is not None:
+        return UNEXPECTED_SMTP_RESPONSE
+    if stage is Stage.TLS:
+        return TLS_FAILED
+    return NETWORK_ERROR
+
+
+# --- schedules --------------------------------------------------------------------------------------------
+
+
+def _doubling(n: int, initial: timedelta, maximum: timedelta) -> timedelta:
+    """initial, 2·initial, 4·initial, ... for n = 1, 2, 3, ..., never above maximum."""
+    if initial <= timedelta(0):
+        return min(timedelta(0), maximum)
+    delay = initial
+    for _ in range(n - 1):  # at most log2(maximum / initial) turns: it stops at the ceiling
+        if delay >= maximum:
+            break
+        delay *= 2
+    return min(delay, maximum)
+
+
+def retry_delay(
+    attempts: int,
+    initial: timedelta = timedelta(seconds=60),
+    maximum: timedelta = timedelta(seconds=3600),
+) -> timedelta:
+    """How long a recipient waits after its ``attempts``-th failed attempt (1 = the first delivery try).
+
+    Bounce-profile ``initial_retry`` / ``max_retry_timeout``: 60 s, 120 s, 240 s, ... capped at 3600 s.
+    """
+    return _doubling(attempts, initial, maximum)
+
+
+def is_expired(
+    first_queued_at: datetime,
+    attempts: int,
+    now: datetime,
+    max_retries: int = 100,
+    max_lifetime: timedelta = timedelta(hours=72),
+) -> bool:
+    """Whether a recipient must hard-bounce (5.4.7) instead of being attempted again.
+
+    Call it when the recipient is due, before the attempt. ``attempts`` counts the attempts already made,
+    the first one included, so ``max_retries`` retries means ``max_retries + 1`` attempts in all. Cisco's
+    worked examples: retries=2 → attempts at t=0, 60, 120, then bounce; lifetime 100 s → attempts at t=0,
+    60, then bounce when the t=120 attempt comes due.
+    """
+    return attempts > max_retries or now - first_queued_at >= max_lifetime
+
+
+def host_down_for(
+    consecutive_failures: int,
+    initial: timedelta = timedelta(seconds=60),
+    maximum: timedelta = timedelta(hours=1),
+) -> timedelta:
+    """How long a host stays down after its ``consecutive_failures``-th failure in a row (0 → not down)."""
+    if consecutive_failures <= 0:
+        return timedelta(0)
+    return _doubling(consecutive_failures, initial, maximum)
+
+
+# --- enhanced status codes (RFC 3463 and its registry) ----------------------------------------------------
+
+EXPIRED = ("5.4.7", "Delivery expired (message too old)")
+
+# Subject.detail → phrase. Where the ESA mail log shows its own wording it is used (marked ESA); the rest are
+# the RFC 3463 / IANA registry texts.
+_PHRASES: dict[str, str] = {
+    "0.0": "Other undefined status",
+    "1.0": "Unknown address error",  # ESA
+    "1.1": "Bad destination email address",  # ESA
+    "1.2": "Bad destination host",  # ESA
+    "1.3": "Bad destination mailbox address syntax",
+    "1.4": "Destination mailbox address ambiguous",
+    "1.5": "Destination address valid",
+    "1.6": "Destination mailbox has moved, no forwarding address",
+    "1.7": "Bad sender's mailbox address syntax",
+    "1.8": "Bad sender's system address",
+    "1.10": "Recipient address has null MX",
+    "2.0": "Other or undefined mailbox status",
+    "2.1": "Mailbox disabled, not accepting messages",
+    "2.2": "Mailbox full",
+    "2.3": "Message length exceeds administrative limit",
+    "2.4": "Mailing list expansion problem",
+    "3.0": "Other or undefined mail system status",
+    "3.1": "Mail system full",  # ESA and RFC
+    "3.2": "Not accepting messages at this time",  # ESA
+    "3.3": "System not capable of selected features",
+    "3.4": "Message too big for system",
+    "3.5": "System incorrectly configured",
+    "4.0": "Other network problem",  # ESA
+    "4.1": "No answer from host",
+    "4.2": "Bad connection",
+    "4.3": "Directory server failure",
+    "4.4": "Unable to route",
+    "4.5": "Mail system congestion",
+    "4.6": "Routing loop detected",
+    "4.7": "Delivery expired (message too old)",  # ESA
+    "5.0": "Other or undefined protocol status",
+    "5.1": "Invalid command",
+    "5.2": "Syntax error",
+    "5.3": "Too many recipients",
+    "5.4": "Invalid command arguments",
+    "5.5": "Wrong protocol version",
+    "6.0": "Other or undefined media error",
+    "6.1": "Media not supported",
+    "6.2": "Conversion required and prohibited",
+    "6.3": "Conversion required but not supported",
+    "6.4": "Conversion with loss performed",
+    "6.5": "Conversion failed",
+    "6.7": "Non-ASCII addresses not permitted for that sender/recipient",
+    "6.8": "UTF-8 string reply is required, but not permitted by the SMTP client",
+    "6.9": "UTF-8 header message cannot be transferred to one or more recipients",
+    "7.0": "Other or undefined security status",
+    "7.1": "Delivery not authorized, message refused",
+    "7.2": "Mailing list expansion prohibited",
+    "7.3": "Security conversion required but not possible",
+    "7.4": "Security features not supported",
+    "7.5": "Cryptographic failure",
+    "7.6": "Cryptographic algorithm not supported",
+    "7.7": "Message integrity failure",
+    "7.8": "Authentication credentials invalid",
+    "7.9": "Authentication mechanism is too weak",
+    "7.10": "Encryption needed",
+    "7.11": "Encryption required for requested authentication mechanism",
+    "7.13": "User account disabled",
+    "7.14": "Trust relationship required",
+}
+_SUBJECT_PHRASES: dict[str, str] = {
+    "0": "Other undefined status",
+    "1": "Unknown address error",
+    "2": "Other or undefined mailbox status",
+    "3": "Other or undefined mail system status",
+    "4": "Other network problem",
+    "5": "Other or undefined protocol status",
+    "6": "Other or undefined media error",
+    "7": "Other or undefined security status",
+}
+# class "." subject (1-3 digits) "." detail (1-3 digits), at the start of the reply text (RFC 3463 §2)
+_ENHANCED = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+
+
+def status_phrase(status: str) -> str:
+    """The phrase for an x.y.z code; unknown details fall back to their subject's "other" phrase."""
+    _, subject, detail = status.split(".")
+    return _PHRASES.get(f"{subject}.{detail}") or _SUBJECT_PHRASES.get(subject, "Other undefined status")
+
+
+def enhanced_status(code: int | None, text: str) -> tuple[str, str]:
+    """The x.y.z status of a reply and its phrase, for ``Delayed:``/``Bounced:`` lines and DSNs.
+
+    The code at the start of the reply text is used when present and its class agrees with the reply code
+    (RFC 3463 §2 requires it; a ``550 4.2.2`` is taken as 5.0.0). Otherwise it is derived from the reply
+    code: 2xx → 2.0.0, 4xx → 4.0.0, 5xx → 5.0.0, a malformed reply → 4.5.0. With no reply at all (``code``
+    None) a code in ``text`` still counts (local decisions such as 5.6.7 are written that way), else 4.4.0
+    "Other network problem".
+    """
+    m = _ENHANCED.match(text)
+    reply_class = str(code)[0] if code is not None and 200 <= code < 600 else None
+    if m and (code is None or m.group(1) == reply_class):
+        status = f"{m.group(1)}.{int(m.group(2))}.{int(m.group(3))}"
+    elif code is None:
+        status = "4.4.0"
+    elif reply_class in ("2", "4", "5"):
+        status = f"{reply_class}.0.0"
+    else:  # 1xx, 3xx as a final reply, or aiosmtplib's -1 for an unparsable one
+        status = "4.5.0"
+    return status, status_phrase(status)

@@ -1,0 +1,638 @@
+"""One outgoing SMTP connection to one destination host, reusable for several messages.
+
+Frozen dataclasses in and out, aiosmtplib only, no ORM, no clock: ``asyncio.run()`` on it is safe from a task,
+a command or a test. The orchestration (which host next, host-down state, logging, the queue) drives it:
+
+    async with smtp_client.HostSession(destination) as session:
+        if session.failure:                       # the host failed: log Connection Error, try the next one
+            ...
+        while session.usable and todo:            # connection reuse, at most destination.max_messages
+            result = await session.send(todo.pop(0))   # per-recipient outcomes, never raises for SMTP trouble
+
+Decisions worth knowing (details in the docstrings):
+
+* The TCP connection is made here, not by aiosmtplib, so CONNECT and GREETING failures are told apart and the
+  peer IP is known even when the greeting fails. A name is resolved with getaddrinfo and each address tried
+  in turn (MX lookup is not this module's job).
+* Replies never raise: MAIL, RCPT and DATA go through ``execute_command`` and their codes are read here.
+  Transport trouble (refused, timeout, drop, TLS) raises inside aiosmtplib or asyncio and is translated in one
+  place, :func:`_translate`.
+* DATA is split in two: the DATA command, then the body and the final dot written on the protocol. A
+  connection lost (or a timeout) after the dot went out and before the reply is *possible delivery*: the
+  recipients go to the next host (a possible duplicate, never a lost message) and the result says
+  ``possible_delivery=True`` so the caller can log it distinctly.
+* A 250 to the dot is delivery: QUIT happens later, in :meth:`HostSession.close`, under suppress.
+* Opportunistic TLS: STARTTLS when offered, no certificate check, old protocol versions allowed; a failed
+  handshake fails the connection (a host failure), it never falls back to clear text on the same connection.
+  Only a 4xx reply to the STARTTLS command itself (before any handshake) goes on in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import re
+import socket
+import ssl
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiosmtplib
+
+from delivery import engine
+from delivery.engine import Stage, Verdict
+
+
+class TlsPolicy(enum.StrEnum):
+    """Per-route STARTTLS policy; the values are those of ``routes.models.Route.TLS``."""
+
+    OFF = "off"
+    OPPORTUNISTIC = "opportunistic"  # if offered; no verification; handshake failure = host failure
+    REQUIRED = "required"  # must be offered and negotiated; no verification
+    REQUIRED_VERIFY = "required_verify"  # and the certificate must verify for the host's name or IP
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. Defaults follow RFC 5321 §4.5.3.2 for commands (5 min) and the final dot (10 min)."""
+
+    connect: float = 30.0  # TCP connect, per address
+    command: float = 300.0  # each reply: greeting, EHLO, STARTTLS (+handshake), AUTH, MAIL, RCPT, DATA, RSET, QUIT
+    data: float = 600.0  # the reply to the final dot
+    transaction: float = 1800.0  # cap on the whole session setup, and on each message transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    host: engine.Host
+    helo: str  # our EHLO name (never socket.getfqdn())
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    auth: tuple[str, str] | None = field(default=None, repr=False)  # (username, password), after STARTTLS
+    timeouts: Timeouts = Timeouts()
+    defer_on_4xx: bool = False  # a 4xx after MAIL FROM keeps the recipients queued instead of trying the next host
+    max_messages: int = 50  # per connection
+    ca_file: str | None = None  # trust anchors for REQUIRED_VERIFY; None = the system store
+    source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice
+
+    def __post_init__(self) -> None:
+        if not self.helo or not self.helo.isascii() or any(c.isspace() for c in self.helo):
+            raise ValueError(f"bad EHLO name {self.helo!r}")
+        if self.max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mid: int
+    sender: str  # "" is the null sender <>
+    recipients: tuple[tuple[int, str], ...]  # (rid, address)
+    body: bytes  # the message as received: headers, blank line, body; any line endings
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The connection failed, or broke: what the ``Connection Error:`` line and the host-down state need."""
+
+    stage: Stage
+    code: int | None  # None: no SMTP reply (refused, timed out, dropped, TLS handshake)
+    text: str  # the reply text, or what went wrong ("details:" of the ESA line)
+    peer_ip: str = ""  # the address tried last ("" if the name did not resolve)
+    local_ip: str = ""
+    timed_out: bool = False
+    tls_required: bool = False  # the policy required TLS and it could not be negotiated
+    reused: bool = False  # the connection had already carried a message
+
+    @property
+    def reason(self) -> str:
+        return engine.connection_error_reason(self.stage, self.code, timed_out=self.timed_out)
+
+    @property
+    def marks_host_down(self) -> bool:
+        return engine.marks_host_down(self.stage, self.code, reused_connection=self.reused)
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What a successfully opened session knows: for ``New SMTP DCID`` and ``DCID n TLS success`` lines."""
+
+    peer_ip: str
+    peer_port: int
+    local_ip: str
+    greeting: str
+    extensions: frozenset[str]  # lower-case ESMTP keywords of the last EHLO (empty after a HELO fallback)
+    tls_protocol: str | None = None  # "TLSv1.3"
+    tls_cipher: str | None = None  # "TLS_AES_256_GCM_SHA384"
+    tls_verified: bool = False
+    authenticated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    rid: int
+    address: str
+    verdict: Verdict
+    stage: Stage  # where the verdict was reached
+    code: int | None
+    text: str
+
+    @property
+    def status(self) -> tuple[str, str]:
+        """(x.y.z, phrase) for the Delayed:/Bounced: line."""
+        return engine.enhanced_status(self.code, self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    mid: int
+    outcomes: tuple[RecipientOutcome, ...]  # one per recipient of the envelope, in envelope order
+    failure: Failure | None = None  # the connection broke during this transaction (the session is now closed)
+    possible_delivery: bool = False  # lost after the final dot was sent, before its reply (see module doc)
+    data_reply: str = ""  # text of the 250 to the dot, for the "Response" line
+
+    def having(self, verdict: Verdict) -> tuple[RecipientOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.verdict is verdict)
+
+    @property
+    def delivered(self) -> tuple[RecipientOutcome, ...]:
+        return self.having(Verdict.DELIVERED)
+
+
+# --- the one place where exceptions become (code, text, timed_out) ----------------------------------------
+
+_TRANSPORT_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError, EOFError)
+
+
+def _translate(exc: BaseException) -> tuple[int | None, str, bool]:
+    """(reply code or None, details text, timed out?) for anything aiosmtplib, asyncio or ssl raise."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 0:
+        return exc.code, exc.message, False
+    if isinstance(exc, TimeoutError):  # SMTPTimeoutError, asyncio.timeout(), socket timeouts
+        return None, "timeout", True
+    if isinstance(exc, ssl.SSLError):
+        return None, f"TLS handshake failed: {exc.reason or exc}", False
+    if isinstance(exc, aiosmtplib.SMTPException):
+        return None, exc.message, False
+    return None, str(exc) or type(exc).__name__, False
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def wire_body(body: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, dot-stuffed, with the terminating CRLF.CRLF."""
+    data = _LINE_END.sub(b"\r\n", body)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+
+
+_QUOTED_LOCAL_PART = re.compile(r'^"(?:[^"\\\x00-\x1f\x7f]|\\[\x20-\x7e])*"(?=@)')
+_UNSAFE_IN_PATH = re.compile(r'[\x00-\x20\x7f<>"\\]')
+
+
+def smtp_path(address: str) -> str:
+    """``<address>`` for MAIL FROM / RCPT TO, the address sent exactly as queued ("" gives ``<>``).
+
+    Raises ValueError for what cannot go on a command line: controls, spaces, angle brackets, quotes and
+    backslashes outside a quoted local part. Not aiosmtplib's quote_address: that runs the address through
+    email.utils.parseaddr, which silently *rewrites* some malformed addresses (``a@b>\r\nRSET`` becomes
+    ``a@b``) instead of refusing them.
+    """
+    rest = _QUOTED_LOCAL_PART.sub("", address, count=1)
+    if _UNSAFE_IN_PATH.search(rest):
+        raise ValueError(f"address {address!r} cannot be sent in an SMTP command")
+    return f"<{address}>"
+
+
+def needs_8bitmime(body: bytes) -> bool:
+    return any(b > 0x7F for b in body)
+
+
+def needs_smtputf8(envelope: Envelope) -> bool:
+    return not envelope.sender.isascii() or not all(a.isascii() for _, a in envelope.recipients)
+
+
+@functools.cache
+def tls_context(policy: TlsPolicy, ca_file: str | None = None) -> ssl.SSLContext:
+    """One shared client context per policy (contexts are thread-safe and costly to build)."""
+    if policy is TlsPolicy.REQUIRED_VERIFY:
+        return ssl.create_default_context(cafile=ca_file)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if policy is TlsPolicy.OPPORTUNISTIC:
+        # Without verification TLS only defeats passive listening; an old cipher still beats clear text, and
+        # a handshake failure would fail the whole host. REQUIRED keeps OpenSSL's defaults.
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+# --- the session ------------------------------------------------------------------------------------------
+
+
+class HostSession:
+    """One SMTP connection to one host: open (connect, greeting, EHLO, STARTTLS, AUTH), then send messages.
+
+    ``open()`` (or ``async with``) never raises for network or SMTP trouble: it sets ``connection`` or
+    ``failure``. ``send()`` never raises for them either; it raises ``RuntimeError`` if called when
+    ``usable`` is false (a bug in the caller), and ``ValueError`` for an envelope without recipients.
+    Create, use and close a session inside one event loop.
+    """
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self.connection: Connection | None = None
+        self.failure: Failure | None = None
+        self.messages_sent = 0
+        self._smtp: aiosmtplib.SMTP | None = None
+        self._sock: socket.socket | None = None
+        self._raw_transport: asyncio.BaseTransport | None = None  # the TCP one, under TLS if any
+        self._peer_ip = ""
+        self._local_ip = ""
+        self._stage = Stage.CONNECT  # how far open() got
+
+    async def __aenter__(self) -> HostSession:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            await self.close()
+        else:  # cancelled or a bug: no QUIT, just drop the connection
+            self._drop()
+
+    @property
+    def usable(self) -> bool:
+        """Open, still connected, and under the per-connection message limit."""
+        return self._smtp is not None and self._smtp.is_connected and self.messages_sent < self.destination.max_messages
+
+    # --- opening ------------------------------------------------------------------------------------------
+
+    async def open(self) -> Connection | Failure:
+        if self._smtp is not None or self.failure is not None:
+            raise RuntimeError("a HostSession opens once")
+        t = self.destination.timeouts
+        self._stage = Stage.CONNECT
+        try:
+            async with asyncio.timeout(t.transaction):
+                sock = await self._connect_socket()
+                self._stage = Stage.GREETING
+                self._smtp = aiosmtplib.SMTP(
+                    hostname=self.destination.host.address,
+                    local_hostname=self.destination.helo,
+                    timeout=t.command,
+                    start_tls=False,  # the policy is applied below, explicitly
+                    sock=sock,
+                )
+                greeting = await self._smtp.connect(timeout=t.command)
+                self._raw_transport = self._smtp.transport
+                self._stage = Stage.EHLO
+                await self._ehlo()
+                tls = await self._starttls()  # moves the stage to TLS, and back to EHLO after it
+                self._stage = Stage.AUTH
+                authenticated = await self._auth()
+        except _TRANSPORT_ERRORS as exc:
+            return self._fail_open(self._stage, exc)
+        smtp = self._smtp
+        self.connection = Connection(
+            peer_ip=self._peer_ip,
+            peer_port=self.destination.host.port,
+            local_ip=self._local_ip,
+            greeting=greeting.message,
+            extensions=frozenset(smtp.esmtp_extensions),
+            tls_protocol=tls[0] if tls else None,
+            tls_cipher=tls[1] if tls else None,
+            tls_verified=bool(tls) and self.destination.tls is TlsPolicy.REQUIRED_VERIFY,
+            authenticated=authenticated,
+        )
+        return self.connection
+
+    async def _connect_socket(self) -> socket.socket:
+        """TCP connect to each address of the host in turn; raises the last error."""
+        host = self.destination.host
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
+        last: BaseException = OSError(f"no address for {host.address}")
+        for family, type_, proto, _, sockaddr in infos:
+            sock = socket.socket(family, type_, proto)
+            sock.setblocking(False)
+            self._peer_ip = str(sockaddr[0])
+            try:
+                if self.destination.source_address:
+                    sock.bind((self.destination.source_address, 0))
+                async with asyncio.timeout(self.destination.timeouts.connect):
+                    await loop.sock_connect(sock, sockaddr)
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:  # cancelled (the session's own cap included): no socket left behind
+                sock.close()
+                raise
+            self._local_ip = str(sock.getsockname()[0])
+            self._sock = sock
+            return sock
+        raise last
+
+    async def _ehlo(self) -> None:
+        """EHLO; on a 5xx (an old HELO-only server) fall back to HELO. Any other failure raises."""
+        assert self._smtp is not None
+        try:
+            await self._smtp.ehlo()
+        except aiosmtplib.SMTPHeloError as exc:
+            if not (500 <= exc.code < 600 and self._smtp.is_connected):
+                raise
+            try:
+                await self._smtp.helo()
+            except aiosmtplib.SMTPHeloError:
+                raise exc from None  # report the EHLO reply, it is the informative one
+
+    async def _starttls(self) -> tuple[str, str] | None:
+        """Apply the TLS policy; returns (protocol, cipher) when TLS is up."""
+        assert self._smtp is not None
+        policy = self.destination.tls
+        if policy is TlsPolicy.OFF:
+            return None
+        offered = self._smtp.supports_extension("starttls")
+        if not offered:
+            if policy is TlsPolicy.OPPORTUNISTIC:
+                return None
+            self._stage = Stage.TLS
+            raise _PolicyFailure("STARTTLS not offered", tls_required=True)
+        self._stage = Stage.TLS
+        try:
+            await self._smtp.starttls(
+                server_hostname=self.destination.host.address,
+                tls_context=tls_context(policy, self.destination.ca_file),
+                timeout=self.destination.timeouts.command,
+            )
+        except aiosmtplib.SMTPResponseException as exc:
+            if policy is TlsPolicy.OPPORTUNISTIC and 400 <= exc.code < 500 and self._smtp.is_connected:
+                return None  # "454 TLS not available": refused before any handshake, the session is still clean
+            raise _PolicyFailure(cause=exc, tls_required=policy is not TlsPolicy.OPPORTUNISTIC) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _PolicyFailure(cause=exc, tls_required=policy is not TlsPolicy.OPPORTUNISTIC) from exc
+        ssl_object = self._smtp.get_transport_info("ssl_object")
+        self._stage = Stage.EHLO
+        await self._ehlo()  # RFC 3207 §4.2: forget what was learnt before TLS
+        if isinstance(ssl_object, ssl.SSLObject):
+            cipher = ssl_object.cipher()
+            return (ssl_object.version() or "", cipher[0] if cipher else "")
+        return ("", "")
+
+    async def _auth(self) -> bool:
+        assert self._smtp is not None
+        if self.destination.auth is None:
+            return False
+        if not self._smtp.supports_extension("auth"):
+            raise _PolicyFailure("AUTH not offered")
+        username, password = self.destination.auth
+        await self._smtp.login(username, password, timeout=self.destination.timeouts.command)
+        return True
+
+    def _fail_open(self, stage: Stage, exc: BaseException) -> Failure:
+        if isinstance(exc, _PolicyFailure):
+            code, text, timed_out = _translate(exc.cause) if exc.cause else (None, exc.message, False)
+            tls_required = exc.tls_required
+        else:
+            (code, text, timed_out), tls_required = _translate(exc), False
+        self.failure = Failure(
+            stage=stage,
+            code=code,
+            text=text,
+            peer_ip=self._peer_ip,
+            local_ip=self._local_ip,
+            timed_out=timed_out,
+            tls_required=tls_required,
+        )
+        self._drop()
+        return self.failure
+
+    # --- sending ------------------------------------------------------------------------------------------
+
+    async def send(self, envelope: Envelope) -> TransactionResult:
+        """One mail transaction for all the envelope's recipients; outcomes per recipient.
+
+        Needs an extension the peer lacks (SMTPUTF8 for a non-ASCII address → 5.6.7, 8BITMIME for an 8-bit
+        body → 5.6.3): every recipient bounces and nothing is sent; the session stays usable. An address that
+        cannot go on a command line (see :func:`smtp_path`) bounces with 5.1.3, alone (5.1.7 for the sender:
+        everyone).
+        """
+        if not envelope.recipients:
+            raise ValueError("an envelope needs at least one recipient")
+        if not self.usable:
+            raise RuntimeError("send() on a session that is not usable")
+        assert self._smtp is not None
+        refusal = self._local_refusal(envelope)
+        if refusal is not None:
+            return refusal
+        self.messages_sent += 1
+        reused = self.messages_sent > 1
+        tx = _Transaction(envelope, self.destination)
+        try:
+            async with asyncio.timeout(self.destination.timeouts.transaction):
+                await tx.run(self._smtp)
+        except _TRANSPORT_ERRORS as exc:
+            code, text, timed_out = _translate(exc)
+            tx.broke(
+                Failure(
+                    stage=tx.stage,
+                    code=code,
+                    text=text,
+                    peer_ip=self._peer_ip,
+                    local_ip=self._local_ip,
+                    timed_out=timed_out,
+                    reused=reused,
+                )
+            )
+        if tx.failure is not None or tx.rset_failed:
+            self._drop()
+        return tx.result()
+
+    def _local_refusal(self, envelope: Envelope) -> TransactionResult | None:
+        """Bounce everything, without a word to the peer, when the message cannot be sent as it is."""
+        assert self._smtp is not None
+        name = self.destination.host.address
+        text: str | None = None
+        if needs_smtputf8(envelope) and not self._smtp.supports_extension("smtputf8"):
+            text = f"5.6.7 SMTPUTF8 is required, but was not offered by host {name}"
+        elif needs_8bitmime(envelope.body) and not self._smtp.supports_extension("8bitmime"):
+            text = f"5.6.3 8BITMIME is required, but was not offered by host {name}"
+        else:
+            try:
+                smtp_path(envelope.sender)
+            except ValueError:
+                text = f"5.1.7 Bad sender address syntax: {envelope.sender!r}"
+        if text is not None:
+            outcomes = tuple(
+                RecipientOutcome(rid, address, Verdict.BOUNCE, Stage.MAIL, None, text)
+                for rid, address in envelope.recipients
+            )
+            return TransactionResult(envelope.mid, outcomes)
+        bad: dict[int, str] = {}
+        for rid, address in envelope.recipients:
+            try:
+                smtp_path(address)
+            except ValueError:
+                bad[rid] = f"5.1.3 Bad recipient address syntax: {address!r}"
+        if len(bad) == len(envelope.recipients):
+            outcomes = tuple(
+                RecipientOutcome(rid, address, Verdict.BOUNCE, Stage.RCPT, None, bad[rid])
+                for rid, address in envelope.recipients
+            )
+            return TransactionResult(envelope.mid, outcomes)
+        return None  # a few bad recipients are refused inside the transaction, see _Transaction
+
+    # --- closing ------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """QUIT politely (a failure here changes nothing), then close the connection."""
+        smtp = self._smtp
+        if smtp is not None and smtp.is_connected:
+            with contextlib.suppress(*_TRANSPORT_ERRORS):
+                async with asyncio.timeout(self.destination.timeouts.command):
+                    await smtp.quit()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close now. Closing a TLS transport only starts a close_notify exchange that a dead or hostile peer
+        may never finish, so the TCP transport underneath is aborted too (nothing is left to say on it)."""
+        if self._smtp is not None:
+            self._smtp.close()
+        if isinstance(self._raw_transport, asyncio.Transport):
+            self._raw_transport.abort()
+        elif self._sock is not None:  # aiosmtplib never got as far as wrapping it in a transport
+            self._sock.close()
+
+
+class _PolicyFailure(aiosmtplib.SMTPException):
+    """A failure decided here (STARTTLS or AUTH not offered) or re-labelled (TLS handshake)."""
+
+    def __init__(self, message: str = "", *, cause: BaseException | None = None, tls_required: bool = False) -> None:
+        super().__init__(message or str(cause))
+        self.cause = cause
+        self.tls_required = tls_required
+
+
+class _Transaction:
+    """The state of one MAIL..DATA exchange, so that a break at any point still yields every outcome."""
+
+    def __init__(self, envelope: Envelope, destination: Destination) -> None:
+        self.envelope = envelope
+        self.destination = destination
+        self.stage = Stage.MAIL
+        self.outcomes: dict[int, RecipientOutcome] = {}
+        self.accepted: list[tuple[int, str]] = []
+        self.failure: Failure | None = None
+        self.dot_sent = False
+        self.data_reply = ""
+        self.rset_failed = False
+
+    def _decide(self, rid: int, address: str, code: int | None, text: str) -> None:
+        v = engine.verdict(self.stage, code, defer_on_4xx=self.destination.defer_on_4xx)
+        self.outcomes[rid] = RecipientOutcome(rid, address, v, self.stage, code, text)
+
+    def _all_pending(self, code: int | None, text: str) -> None:
+        """Every recipient without an outcome yet gets this reply (or this absence of reply)."""
+        for rid, address in self.envelope.recipients:
+            if rid not in self.outcomes:
+                self._decide(rid, address, code, text)
+
+    async def run(self, smtp: aiosmtplib.SMTP) -> None:
+        env, t = self.envelope, self.destination.timeouts
+        utf8 = needs_smtputf8(env)
+        encoding = "utf-8" if utf8 else "ascii"
+        payload = wire_body(env.body)
+        options: list[bytes] = []
+        if smtp.supports_extension("size"):
+            options.append(b"SIZE=%d" % (len(payload) - 3))
+        if needs_8bitmime(env.body):
+            options.append(b"BODY=8BITMIME")
+        if utf8:
+            options.append(b"SMTPUTF8")
+
+        self.stage = Stage.MAIL
+        reply = await smtp.execute_command(
+            b"MAIL", b"FROM:" + smtp_path(env.sender).encode(encoding), *options, timeout=t.command
+        )
+        if reply.code != 250:
+            self._all_pending(reply.code, reply.message)
+            return self._after_reply(smtp, reply.code, reply.message)
+
+        self.stage = Stage.RCPT
+        for rid, address in env.recipients:
+            try:
+                mailbox = smtp_path(address).encode(encoding)
+            except ValueError:
+                self.outcomes[rid] = RecipientOutcome(
+                    rid, address, Verdict.BOUNCE, Stage.RCPT, None, f"5.1.3 Bad recipient address syntax: {address!r}"
+                )
+                continue
+            reply = await smtp.execute_command(b"RCPT", b"TO:" + mailbox, timeout=t.command)
+            if reply.code in (250, 251):
+                self.accepted.append((rid, address))
+            else:
+                self._decide(rid, address, reply.code, reply.message)
+            if not smtp.is_connected:  # a 421 closes the channel: the rest share its fate
+                self._all_pending(reply.code, reply.message)
+                return self._after_reply(smtp, reply.code, reply.message)
+        if not self.accepted:
+            await self._rset(smtp)
+            return None
+
+        self.stage = Stage.DATA
+        reply = await smtp.execute_command(b"DATA", timeout=t.command)
+        if reply.code != 354:
+            self._all_pending(reply.code, reply.message)
+            if smtp.is_connected:
+                await self._rset(smtp)
+            return self._after_reply(smtp, reply.code, reply.message)
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        protocol.write(payload)
+        self.dot_sent = True
+        reply = await protocol.read_response(timeout=t.data)
+        if reply.code == 250:
+            self.data_reply = reply.message
+        self._all_pending(reply.code, reply.message)
+        # after the reply to the dot the transaction is over either way: no RSET needed
+        return self._after_reply(smtp, reply.code, reply.message)
+
+    def _after_reply(self, smtp: aiosmtplib.SMTP, code: int, text: str) -> None:
+        """A refusal that also closed the connection (a 421, say) ends the session: say so."""
+        if not smtp.is_connected and not 200 <= code < 400 and self.failure is None:
+            self.failure = Failure(stage=self.stage, code=code, text=text)
+
+    async def _rset(self, smtp: aiosmtplib.SMTP) -> None:
+        """Clear the envelope after a refused transaction; a failure only ends the connection's reuse."""
+        try:
+            reply = await smtp.execute_command(b"RSET", timeout=self.destination.timeouts.command)
+        except _TRANSPORT_ERRORS:
+            self.rset_failed = True
+        else:
+            self.rset_failed = reply.code != 250
+
+    def broke(self, failure: Failure) -> None:
+        """The connection broke (no reply): whoever is still open goes to the next host."""
+        self.failure = failure
+        self._all_pending(failure.code, failure.text)
+
+    def result(self) -> TransactionResult:
+        outcomes = tuple(self.outcomes[rid] for rid, _ in self.envelope.recipients)
+        lost_after_dot = self.dot_sent and self.failure is not None and self.failure.code is None
+        return TransactionResult(
+            mid=self.envelope.mid,
+            outcomes=outcomes,
+            failure=self.failure,
+            possible_delivery=lost_after_dot,
+            data_reply=self.data_reply,
+        )

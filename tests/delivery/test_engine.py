@@ -1,0 +1,300 @@
+"""The pure delivery rules, as tables. No network, no database, no clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from delivery import engine
+from delivery.engine import Host, Stage, Verdict
+
+A = Host("10.0.0.1", priority=10)
+B = Host("10.0.0.2", priority=10)
+C = Host("10.0.0.3", priority=10)
+BACKUP = Host("10.0.0.9", priority=20)
+PRIMARY = Host("10.0.0.5", priority=0)
+
+
+def names(hosts: list[Host]) -> list[str]:
+    return [h.address.rsplit(".", 1)[1] for h in hosts]
+
+
+# --- order_hosts ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "rr", "down", "expected"),
+    [
+        ([A], 0, (), ["1"]),
+        ([A], 7, (), ["1"]),
+        # lowest priority number first, whatever the configured order
+        ([BACKUP, PRIMARY], 0, (), ["5", "9"]),
+        # equal priority: each connection starts one host further on
+        ([A, B, C], 0, (), ["1", "2", "3"]),
+        ([A, B, C], 1, (), ["2", "3", "1"]),
+        ([A, B, C], 2, (), ["3", "1", "2"]),
+        ([A, B, C], 3, (), ["1", "2", "3"]),
+        ([A, B, C], -1, (), ["3", "1", "2"]),
+        # the rotation stays inside its priority group; backups keep their place
+        ([BACKUP, A, B, PRIMARY], 1, (), ["5", "2", "1", "9"]),
+        # down hosts are skipped...
+        ([A, B, C], 0, {B.key}, ["1", "3"]),
+        # ...and the round-robin shares the turns among the hosts that are up
+        ([A, B, C], 1, {B.key}, ["3", "1"]),
+        ([PRIMARY, A, B], 0, {PRIMARY.key}, ["1", "2"]),
+        # every host down: try them all anyway, in the usual order
+        ([A, B, BACKUP], 1, {A.key, B.key, BACKUP.key}, ["2", "1", "9"]),
+        # a down entry for another port of the same address is another host
+        ([A, B], 0, {("10.0.0.1", 2525)}, ["1", "2"]),
+        ([], 3, (), []),
+    ],
+)
+def test_order_hosts(hosts: list[Host], rr: int, down: set[tuple[str, int]], expected: list[str]) -> None:
+    assert names(engine.order_hosts(hosts, rr, down)) == expected
+
+
+def test_round_robin_spreads_first_connections_evenly() -> None:
+    firsts = [engine.order_hosts([A, B, C, BACKUP], rr, ())[0] for rr in range(300)]
+    assert {h: firsts.count(h) for h in (A, B, C)} == {A: 100, B: 100, C: 100}
+
+
+# --- verdict ----------------------------------------------------------------------------------------------
+
+CONNECTION = [Stage.CONNECT, Stage.GREETING, Stage.TLS, Stage.EHLO, Stage.AUTH]
+TRANSACTION = [Stage.MAIL, Stage.RCPT, Stage.DATA]
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.parametrize("defer", [False, True])
+def test_no_reply_always_fails_over(stage: Stage, defer: bool) -> None:
+    assert engine.verdict(stage, None, defer_on_4xx=defer) is Verdict.NEXT_HOST
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+@pytest.mark.parametrize("code", [220, 235, 250, 251, 354])
+def test_positive_reply_goes_on(stage: Stage, code: int) -> None:
+    assert engine.verdict(stage, code) is Verdict.DELIVERED
+
+
+@pytest.mark.parametrize("stage", CONNECTION)
+@pytest.mark.parametrize("code", [421, 450, 452, 454, 500, 502, 530, 535, 550, 554])
+@pytest.mark.parametrize("defer", [False, True])
+def test_any_refusal_before_mail_is_a_host_failure(stage: Stage, code: int, defer: bool) -> None:
+    assert engine.verdict(stage, code, defer_on_4xx=defer) is Verdict.NEXT_HOST
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "defer", "expected"),
+    [
+        (Stage.MAIL, 451, False, Verdict.NEXT_HOST),
+        (Stage.RCPT, 452, False, Verdict.NEXT_HOST),
+        (Stage.RCPT, 421, False, Verdict.NEXT_HOST),
+        (Stage.DATA, 451, False, Verdict.NEXT_HOST),
+        (Stage.MAIL, 451, True, Verdict.DEFER),
+        (Stage.RCPT, 452, True, Verdict.DEFER),
+        (Stage.DATA, 451, True, Verdict.DEFER),
+        (Stage.MAIL, 553, False, Verdict.BOUNCE),
+        (Stage.RCPT, 550, False, Verdict.BOUNCE),
+        (Stage.RCPT, 550, True, Verdict.BOUNCE),
+        (Stage.DATA, 554, False, Verdict.BOUNCE),
+        (Stage.DATA, 552, True, Verdict.BOUNCE),
+        # not an SMTP reply we can act on (aiosmtplib's -1 for garbage, a 6xx, a stray 1xx)
+        (Stage.RCPT, -1, False, Verdict.NEXT_HOST),
+        (Stage.DATA, 600, True, Verdict.NEXT_HOST),
+        (Stage.MAIL, 199, False, Verdict.NEXT_HOST),
+    ],
+)
+def test_replies_after_mail(stage: Stage, code: int, defer: bool, expected: Verdict) -> None:
+    assert engine.verdict(stage, code, defer_on_4xx=defer) is expected
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "reused", "down"),
+    [
+        (Stage.CONNECT, None, False, True),
+        (Stage.GREETING, None, False, True),
+        (Stage.GREETING, 421, False, True),
+        (Stage.GREETING, 554, False, True),
+        (Stage.TLS, None, False, True),
+        (Stage.TLS, 454, False, True),
+        (Stage.EHLO, 502, False, True),
+        (Stage.AUTH, 535, False, False),  # our credentials, not the host
+        (Stage.AUTH, None, False, True),  # dropped during AUTH
+        (Stage.MAIL, 451, False, False),
+        (Stage.RCPT, 452, False, False),
+        (Stage.DATA, 554, False, False),
+        (Stage.RCPT, None, False, True),  # dropped mid-transaction
+        (Stage.DATA, None, True, True),  # dropped after the dot, even on a reused connection
+        (Stage.MAIL, None, False, True),
+        (Stage.MAIL, None, True, False),  # an idle reused connection the peer had closed
+    ],
+)
+def test_marks_host_down(stage: Stage, code: int | None, reused: bool, down: bool) -> None:
+    assert engine.marks_host_down(stage, code, reused_connection=reused) is down
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "timed_out", "reason"),
+    [
+        (Stage.CONNECT, None, False, "network error"),
+        (Stage.CONNECT, None, True, "connection timed out"),
+        (Stage.GREETING, None, True, "connection timed out"),
+        (Stage.GREETING, 421, False, "unexpected SMTP response"),
+        (Stage.EHLO, 554, False, "unexpected SMTP response"),
+        (Stage.TLS, None, False, "TLS failed"),
+        (Stage.TLS, None, True, "connection timed out"),
+        (Stage.TLS, 454, False, "unexpected SMTP response"),
+        (Stage.AUTH, 535, False, "unexpected SMTP response"),
+        (Stage.RCPT, None, False, "network error"),
+        (Stage.DATA, None, True, "connection timed out"),
+    ],
+)
+def test_connection_error_reason(stage: Stage, code: int | None, timed_out: bool, reason: str) -> None:
+    assert engine.connection_error_reason(stage, code, timed_out=timed_out) == reason
+
+
+# --- schedules --------------------------------------------------------------------------------------------
+
+MIN = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "seconds"),
+    [(0, 60), (1, 60), (2, 120), (3, 240), (4, 480), (6, 1920), (7, 3600), (8, 3600), (100, 3600), (10**6, 3600)],
+)
+def test_retry_delay_doubles_up_to_the_maximum(attempts: int, seconds: int) -> None:
+    assert engine.retry_delay(attempts, MIN, HOUR) == timedelta(seconds=seconds)
+    assert engine.retry_delay(attempts) == timedelta(seconds=seconds)  # the bounce profile defaults
+
+
+@pytest.mark.parametrize(
+    ("attempts", "initial", "maximum", "seconds"),
+    [
+        (1, 60, 60, 60),
+        (5, 60, 60, 60),
+        (3, 10, 1000, 40),
+        (2, 300, 200, 200),  # a maximum below the initial wait wins
+    ],
+)
+def test_retry_delay_other_profiles(attempts: int, initial: int, maximum: int, seconds: int) -> None:
+    got = engine.retry_delay(attempts, timedelta(seconds=initial), timedelta(seconds=maximum))
+    assert got == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("failures", "seconds"),
+    [(-1, 0), (0, 0), (1, 60), (2, 120), (3, 240), (6, 1920), (7, 3600), (50, 3600), (10**6, 3600)],
+)
+def test_host_down_for(failures: int, seconds: int) -> None:
+    assert engine.host_down_for(failures) == timedelta(seconds=seconds)
+    assert engine.host_down_for(failures, MIN, HOUR) == timedelta(seconds=seconds)
+
+
+def test_host_down_for_is_configurable() -> None:
+    assert engine.host_down_for(3, timedelta(seconds=5), timedelta(seconds=15)) == timedelta(seconds=15)
+    assert engine.host_down_for(2, timedelta(seconds=5), timedelta(seconds=15)) == timedelta(seconds=10)
+
+
+T0 = datetime(2024, 1, 9, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "elapsed", "max_retries", "lifetime", "expired"),
+    [
+        (1, 0, 100, 259_200, False),
+        (100, 3600, 100, 259_200, False),
+        (101, 3600, 100, 259_200, True),  # the first attempt plus 100 retries
+        (5, 259_199, 100, 259_200, False),
+        (5, 259_200, 100, 259_200, True),  # 72 hours in the queue
+        # Cisco's worked example 1: retries=2 → attempts at t=0, 60, 120, then bounce
+        (1, 60, 2, 259_200, False),
+        (2, 120, 2, 259_200, False),
+        (3, 180, 2, 259_200, True),
+        # Cisco's worked example 2: lifetime 100 s → attempts at t=0 and 60; bounce when t=120 comes due
+        (1, 60, 100, 100, False),
+        (2, 120, 100, 100, True),
+        (0, 0, 0, 259_200, False),  # max_retries 0: one attempt, no retry
+        (1, 0, 0, 259_200, True),
+    ],
+)
+def test_is_expired(attempts: int, elapsed: int, max_retries: int, lifetime: int, expired: bool) -> None:
+    now = T0 + timedelta(seconds=elapsed)
+    assert engine.is_expired(T0, attempts, now, max_retries, timedelta(seconds=lifetime)) is expired
+
+
+def test_is_expired_defaults_are_the_default_bounce_profile() -> None:
+    assert not engine.is_expired(T0, 100, T0 + timedelta(hours=71))
+    assert engine.is_expired(T0, 101, T0)
+    assert engine.is_expired(T0, 1, T0 + timedelta(hours=72))
+
+
+# --- enhanced status codes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "status", "phrase"),
+    [
+        # parsed from the reply (the ESA samples of reference/esa.md §2.2 and §5.3)
+        (452, "4.3.1 Insufficient system resources", "4.3.1", "Mail system full"),
+        (421, "4.3.2 try again later", "4.3.2", "Not accepting messages at this time"),
+        (550, "5.1.1 <bob@example.test>: Recipient address rejected", "5.1.1", "Bad destination email address"),
+        (550, "5.1.0 Address rejected", "5.1.0", "Unknown address error"),
+        (553, "5.1.2 Unknown mail server", "5.1.2", "Bad destination host"),
+        (552, "5.2.2 Over quota", "5.2.2", "Mailbox full"),
+        (554, "5.7.1 Relay access denied", "5.7.1", "Delivery not authorized, message refused"),
+        (535, "5.7.8 Authentication credentials invalid", "5.7.8", "Authentication credentials invalid"),
+        (250, "2.0.0 Ok: queued as 4XyZ", "2.0.0", "Other undefined status"),
+        (250, "2.1.5 Ok", "2.1.5", "Destination address valid"),
+        (550, "5.1.10 null MX", "5.1.10", "Recipient address has null MX"),
+        # leading zeros and multi-line replies: only the first line counts
+        (451, "4.03.000 odd\n4.4.1 second line", "4.3.0", "Other or undefined mail system status"),
+        # unknown detail: its subject's "other" phrase
+        (550, "5.1.99 nonesuch", "5.1.99", "Unknown address error"),
+        (450, "4.4.42 whatever", "4.4.42", "Other network problem"),
+        (550, "5.9.9 unknown subject", "5.9.9", "Other undefined status"),
+        # derived from the reply code when the text has none...
+        (550, "Relaying denied", "5.0.0", "Other undefined status"),
+        (452, "Insufficient system resources", "4.0.0", "Other undefined status"),
+        (250, "Ok", "2.0.0", "Other undefined status"),
+        # ...or when its class contradicts the reply code (RFC 3463 §2)
+        (550, "4.2.2 mailbox full", "5.0.0", "Other undefined status"),
+        (451, "5.7.1 denied", "4.0.0", "Other undefined status"),
+        # not a code: a version number, an IP
+        (550, "5.1.1.1 nope", "5.0.0", "Other undefined status"),
+        (451, "10.0.0.1 busy", "4.0.0", "Other undefined status"),
+        # no reply at all
+        (None, "Connection reset by peer", "4.4.0", "Other network problem"),
+        (None, "timeout", "4.4.0", "Other network problem"),
+        (None, "", "4.4.0", "Other network problem"),
+        # our own decisions, written as a status in the text with no reply code
+        (None, "5.6.7 SMTPUTF8 is required", "5.6.7", "Non-ASCII addresses not permitted for that sender/recipient"),
+        (None, "5.6.3 8BITMIME is required", "5.6.3", "Conversion required but not supported"),
+        (None, "5.4.7 timeout", "5.4.7", "Delivery expired (message too old)"),
+        # garbage reply codes
+        (-1, "Malformed SMTP response line", "4.5.0", "Other or undefined protocol status"),
+        (354, "go ahead", "4.5.0", "Other or undefined protocol status"),
+    ],
+)
+def test_enhanced_status(code: int | None, text: str, status: str, phrase: str) -> None:
+    assert engine.enhanced_status(code, text) == (status, phrase)
+
+
+def test_expired_constant_matches_the_esa_line() -> None:
+    assert engine.EXPIRED == ("5.4.7", "Delivery expired (message too old)")
+    assert engine.status_phrase("5.4.7") == engine.EXPIRED[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"), [("4.4.0", "Other network problem"), ("5.3.4", "Message too big for system")]
+)
+def test_status_phrase(status: str, phrase: str) -> None:
+    assert engine.status_phrase(status) == phrase
+
+
+def test_host_key_and_str() -> None:
+    h = Host("mx1.example.test", 2525, 10)
+    assert h.key == ("mx1.example.test", 2525)
+    assert str(h) == "mx1.example.test:2525/pri=10"
+    assert Host("::1") == Host("::1", 25, 0)
