@@ -6,6 +6,7 @@ no service to install. DATABASE_URL and REDIS_URL switch to PostgreSQL and Redis
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -207,6 +208,18 @@ ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
 ESAROUTES_ENCRYPTION_KEY = env.env_str("ESAROUTES_ENCRYPTION_KEY", "")
 # Seconds a worker trusts its cached route table before checking the table version again.
 ESAROUTES_ROUTE_REFRESH = env.env_float("ESAROUTES_ROUTE_REFRESH", 2.0, minimum=0.0)
+# Delivery DNS (MX lookups for USEDNS routes and unrouted domains): servers as IP, IP:PORT or [IPv6]:PORT, none =
+# the system resolver (/etc/resolv.conf); the timeout bounds one domain's lookup, all its queries together.
+ESAROUTES_DNS_SERVERS = env.env_list("ESAROUTES_DNS_SERVERS", [])
+for _server in ESAROUTES_DNS_SERVERS:
+    _with_port = _server.startswith("[") or _server.count(":") == 1  # a bare IPv6 address has several colons
+    try:
+        ipaddress.ip_address(env.parse_listen(_server)[0] if _with_port else _server)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"ESAROUTES_DNS_SERVERS: {_server!r} is not an IP address, IP:PORT or [IPv6]:PORT"
+        ) from None
+ESAROUTES_DNS_TIMEOUT = env.env_float("ESAROUTES_DNS_TIMEOUT", 10.0, minimum=0.1)
 
 # Operator views: /metrics answers clients in these networks, or any client presenting this bearer token.
 ESAROUTES_METRICS_NETWORKS = env.env_networks("ESAROUTES_METRICS_NETWORKS", ["127.0.0.0/8", "::1/128"])
