@@ -190,10 +190,13 @@ class DnsServer:
             selector.register(self._tcp, selectors.EVENT_READ)
             while not self._stop.is_set():
                 for key, _ in selector.select(timeout=0.05):
-                    if key.fileobj is self._udp:
-                        self._serve_udp()
-                    else:
-                        self._serve_tcp()
+                    try:
+                        if key.fileobj is self._udp:
+                            self._serve_udp()
+                        else:
+                            self._serve_tcp()
+                    except OSError:  # a client that went away (e.g. after its timeout) must not stop the server
+                        continue
 
     def _serve_udp(self) -> None:
         wire, peer = self._udp.recvfrom(65535)
