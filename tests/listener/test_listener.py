@@ -15,7 +15,7 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import OperationalError, connection
 
-from delivery import intake, listener
+from delivery import intake, listener, maillog
 from delivery.models import MailLogLine, Message, MessageBody, Recipient
 from routes.models import RecipientAccessRule, RelayNetwork, Route, SmtpUser
 from tests.conftest import needs_postgres
@@ -31,6 +31,7 @@ def not_a_relay_client(smtpd: Any) -> None:
 
 
 def mail_current() -> list[str]:
+    assert maillog.flush(10)  # the listener appends from its background writer, just after the commit
     path = Path(settings.MAIL_LOG_DIR) / "mail.current"
     header = ("Begin Logfile", "Version: ", "Time offset from UTC")
     return [line for line in path.read_text().splitlines() if not any(h in line for h in header)]

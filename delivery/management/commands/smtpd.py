@@ -1,51 +1,138 @@
 """`manage.py smtpd`: the inbound SMTP listener on ESAROUTES_SMTP_LISTEN, until SIGTERM or SIGINT.
 
+`ESAROUTES_SMTP_PROCESSES` (or `--processes`; default: one per CPU) listener processes share the port: this one
+binds it first (so `--listen 127.0.0.1:0` picks one free port for all), then forks the others, each of which
+binds its own socket to the same port with `SO_REUSEPORT`; the kernel spreads new connections over them. Each
+process has its own event loop, database connections and commit thread; the ready line is printed once every
+process listens.
+
 On a signal it stops accepting, lets sessions in progress finish for a few seconds (`--grace`), then closes the
-rest with `421` (a client retries anything it has not had a `250` for) and exits.
+rest with `421` (a client retries anything it has not had a `250` for) and exits; the first process passes the
+signal on to the others and waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
 import os
 import signal
+import socket
 import sys
+from dataclasses import replace
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from delivery import listener
+
+logger = logging.getLogger("delivery.listener")
 
 
 class Command(BaseCommand):
     help = "Run the inbound SMTP listener (ESAROUTES_SMTP_LISTEN)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--listen", help="HOST:PORT or [IPv6]:PORT instead of ESAROUTES_SMTP_LISTEN")
+        parser.add_argument(
+            "--listen", help="HOST:PORT or [IPv6]:PORT instead of ESAROUTES_SMTP_LISTEN (port 0: any free one)"
+        )
         parser.add_argument("--grace", type=float, default=5.0, help="seconds for sessions to finish on stop")
+        parser.add_argument(
+            "--processes", type=int, default=0, help="listener processes (default ESAROUTES_SMTP_PROCESSES)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The event loop thread gives up the GIL at every socket call; with the default 5 ms switch interval it
         # then waits behind the database threads' Python work (the convoy effect). 0.5 ms keeps it responsive.
         sys.setswitchinterval(float(os.environ.get("ESAROUTES_SMTP_SWITCH_INTERVAL", "0.0005")))
+        # Every message allocates thousands of short-lived objects (ORM, email parsing, Celery messages): with the
+        # default thresholds the cyclic collector ran several times per message, rescanning everything imported at
+        # start-up. Freeze those and collect the young generation less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
         overrides: dict[str, Any] = {"shutdown_grace": options["grace"]}
         if options["listen"]:
             from esaroutes.env import parse_listen
 
-            overrides["host"], overrides["port"] = parse_listen(options["listen"])
+            listen = options["listen"]
+            any_port = listen.endswith(":0")  # HOST:0, a free port chosen by the system (tests, bench)
+            overrides["host"], overrides["port"] = parse_listen(listen[:-1] + "1" if any_port else listen)
+            if any_port:
+                overrides["port"] = 0
         config = listener.config_from_settings(**overrides)
-        asyncio.run(self._run(config))
+        processes = max(1, options["processes"] or settings.ESAROUTES_SMTP_PROCESSES)
+        sock = listener.listen_socket(config.host, config.port)
+        config = replace(config, port=int(sock.getsockname()[1]))
+        children: list[int] = []
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for _ in range(processes - 1):
+            pid = os.fork()
+            if pid == 0:  # a child: no database connection, thread or event loop exists yet
+                sock.close()
+                os.close(ready_r)
+                _exit_with_parent()
+                code = 1
+                try:
+                    asyncio.run(self._run(config, None, ready_fd=ready_w))
+                    code = 0
+                except BaseException:
+                    logger.exception("SMTP listener process %s failed", os.getpid())
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        os.close(ready_w)
+        try:
+            asyncio.run(self._run(config, sock, children=children, ready_fd=ready_r))
+        finally:
+            os.close(ready_r)
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            for pid in children:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        self.stdout.write("SMTP listener stopped")
 
-    async def _run(self, config: listener.Config) -> None:
+    async def _run(
+        self, config: listener.Config, sock: socket.socket | None, *, ready_fd: int, children: list[int] | None = None
+    ) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        def ready(running: listener.Listener) -> None:
+        async def ready(running: listener.Listener) -> None:
+            if children is None:  # a child: tell the first process it listens
+                os.write(ready_fd, b".")
+                return
+            waiting = len(children)
+            while waiting:
+                got = await loop.run_in_executor(None, os.read, ready_fd, waiting)
+                if not got:
+                    logger.error("an SMTP listener process failed to start")
+                    break
+                waiting -= len(got)
             host, port = running.address
-            self.stdout.write(f"SMTP listener on {host} port {port}", ending="\n")
+            extra = f" ({len(children) + 1} processes)" if children else ""
+            self.stdout.write(f"SMTP listener on {host} port {port}{extra}", ending="\n")
             self.stdout.flush()
 
-        await listener.serve(config, stop, ready=ready)
-        self.stdout.write("SMTP listener stopped")
+        announcing: list[asyncio.Task[None]] = []
+
+        def on_ready(running: listener.Listener) -> None:
+            announcing.append(loop.create_task(ready(running)))
+
+        await listener.serve(config, stop, ready=on_ready, sock=sock)
+
+
+def _exit_with_parent() -> None:
+    """Linux: SIGTERM this process when the first one dies, so no listener outlives it."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

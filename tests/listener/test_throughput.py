@@ -1,0 +1,240 @@
+"""What the listener does to go fast, kept honest: the address fast path, ICID blocks, the background mail log
+writer, group commits, and several processes on one port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import SMTP
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from delivery import intake, listener, maillog
+from delivery.models import MailLogLine, Message, MessageBody, Recipient
+from tests.listener.conftest import SENDER, send
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "<a@b.c>",
+        "<a@b.c> SIZE=100",
+        "<a.b+c@d-e.f> BODY=8BITMIME SMTPUTF8",
+        "<a@b.c>  x",
+        "<a@b.c>\t1",
+        "<a@b.c> (comment) X=1",
+        "<a@b.c> X=1 ",
+        "<a@b.c>x",
+        "<a..b@c>",
+        '<"q"@b.c>',
+        "<a@[1.2.3.4]>",
+        "<@r:a@b.c>",
+        " <a@b.c>",
+        "<a@b.c >",
+        "<a@b.c.>",
+        "<.a@b.c>",
+        "<a{b}@c.d>",
+        "<>",
+        "",
+        "<" + "l" * 70 + "@b.c>",
+    ],
+)
+@pytest.mark.parametrize("limit", [0, 64])
+def test_address_fast_path_returns_what_aiosmtpd_parser_returns(arg, limit):
+    session = listener.Session.__new__(listener.Session)
+    session.local_part_limit = limit
+    assert session._getaddr(arg) == SMTP._getaddr(session, arg)
+
+
+@pytest.mark.django_db
+def test_reserved_icids_are_fresh_and_unique():
+    first = intake.reserve_icids(5)
+    single = intake.new_icid()
+    second = intake.reserve_icids(5)
+    everything = [*first, single, *second]
+    assert len(set(everything)) == 11
+    assert first == sorted(first) and max(first) < single < min(second)
+
+
+def test_one_connection_costs_no_icid_query_until_the_block_is_used(start_listener, django_assert_max_num_queries):
+    smtpd = start_listener()
+    smtpd.send(["bob@dest.test"])
+    first = Message.objects.get().icid
+    smtpd.send(["bob@dest.test"])
+    assert Message.objects.order_by("-id")[0].icid == first + 1  # the next ICID of this listener's block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_group_commit_of_many_messages_is_all_or_nothing(monkeypatch):
+    now = timezone.now()
+    incomings = [
+        intake.Incoming(icid=7, sender=SENDER, recipients=(("bob@dest.test", "dest.test"),), data=b"x" * i)
+        for i in range(1, 4)
+    ]
+    real = maillog.write
+
+    def failing(lines, *, at):
+        real(lines, at=at)
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(maillog, "write", failing)
+    with pytest.raises(OSError):
+        intake.accept_many(incomings, now=now)
+    assert (Message.objects.count(), MessageBody.objects.count(), Recipient.objects.count()) == (0, 0, 0)
+    assert MailLogLine.objects.count() == 0
+    monkeypatch.setattr(maillog, "write", real)
+    mids = intake.accept_many(incomings, [maillog.icid_close(6)], now=now)
+    assert mids == sorted(mids) and len(mids) == 3
+    assert [m.size for m in Message.objects.order_by("id")] == [1, 2, 3]
+    assert [bytes(b.data) for b in MessageBody.objects.order_by("message_id")] == [b"x", b"xx", b"xxx"]
+    assert list(Message.objects.values_list("state", flat=True).distinct()) == [Message.State.QUEUED]
+    assert MailLogLine.objects.filter(text="ICID 6 close").exists()
+    assert MailLogLine.objects.filter(mid=mids[2], text=f"MID {mids[2]} queued for delivery").exists()
+
+
+# --- the background mail log writer -----------------------------------------------------------------------------
+
+
+def _file_lines(directory: Path) -> list[str]:
+    text = (directory / "mail.current").read_text()
+    return [line.split(" Info: ", 1)[1] for line in text.splitlines() if " Info: " in line]
+
+
+def test_background_writer_appends_every_line_in_order_and_flushes_at_stop(settings, tmp_path):
+    settings.MAIL_LOG_DIR = tmp_path
+    at = timezone.now()
+    maillog.start_background_writer()
+    try:
+
+        def producer(base: int) -> None:
+            for i in range(200):
+                maillog._append([maillog.format_line(maillog.queued(base + i), at)])
+
+        producer(0)
+        threads = [threading.Thread(target=producer, args=(1000 * k,)) for k in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        maillog.stop_background_writer()
+    lines = [x for x in _file_lines(tmp_path) if x.startswith("MID ")]
+    assert lines[:200] == [f"MID {i} queued for delivery" for i in range(200)]
+    assert len(lines) == 600
+    numbers = [int(x.split()[1]) for x in lines]
+    for k in (1, 2):  # each producer's lines in its own order
+        assert [f"MID {n} queued for delivery" for n in numbers if n // 1000 == k] == [
+            f"MID {1000 * k + i} queued for delivery" for i in range(200)
+        ]
+    maillog._append(["after stop"])  # no writer any more: appended at once
+    assert (tmp_path / "mail.current").read_text().endswith("after stop\n")
+
+
+def test_rollover_takes_the_lines_committed_before_it(settings, tmp_path):
+    settings.MAIL_LOG_DIR = tmp_path
+    at = timezone.now()
+    maillog.start_background_writer()
+    try:
+        maillog._append([maillog.format_line(maillog.queued(1), at)])
+        saved = maillog.log_file().rollover()
+        maillog._append([maillog.format_line(maillog.queued(2), at)])
+        assert maillog.flush(10)
+    finally:
+        maillog.stop_background_writer()
+    assert saved is not None and "MID 1 queued" in saved.read_text()
+    assert "MID 2 queued" in (tmp_path / "mail.current").read_text()
+
+
+def test_listener_stop_leaves_every_line_in_the_file(start_listener):
+    smtpd = start_listener()
+    for _ in range(5):
+        smtpd.send(["bob@dest.test"])
+    smtpd.thread.stop()
+    texts = list(MailLogLine.objects.filter(mid__isnull=False).order_by("id").values_list("text", flat=True))
+    wanted = set(texts)
+    on_disk = [t for t in _file_lines(Path(settings.MAIL_LOG_DIR)) if t in wanted]
+    assert len(texts) == 5 * 6
+    assert on_disk == texts
+
+
+# --- several processes on one port ------------------------------------------------------------------------------
+
+
+def _server_pid(port: int, client_port: int, pids: list[int]) -> int | None:
+    """The process holding the server side of the connection 127.0.0.1:client_port -> 127.0.0.1:port."""
+    want = f"0100007F:{port:04X} 0100007F:{client_port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if f"{fields[1]} {fields[2]}" == want:
+            inode = fields[9]
+    if inode is None:
+        return None
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if str(fd.readlink()) == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing and /proc: Linux")
+def test_several_processes_share_the_port_and_each_accepts(base_rows, tmp_path):
+    db = connection.settings_dict
+    if connection.vendor == "postgresql":
+        url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    else:
+        url = f"sqlite:///{db['NAME']}"
+    env = {**os.environ, "DATABASE_URL": url, "ESAROUTES_LOG_LEVEL": "WARNING", "ESAROUTES_DATA_DIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "smtpd", "--listen", "127.0.0.1:0", "--processes", "3", "--grace", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "(3 processes)" in line, line
+        port = int(line.split(" port ")[1].split()[0])
+        children = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+        pids = [server.pid, *children]
+        assert len(pids) == 3
+        seen: set[int] = set()
+        import socket as socket_module
+
+        deadline = time.monotonic() + 30
+        while len(seen) < 3 and time.monotonic() < deadline:
+            with socket_module.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                assert sock.recv(1024).startswith(b"220 ")  # accepted and greeted
+                pid = _server_pid(port, sock.getsockname()[1], pids)
+                assert pid is not None
+                seen.add(pid)
+        assert seen == set(pids)
+        import asyncio
+
+        for i in range(12):
+            errors, reply = asyncio.run(send("127.0.0.1", port, [f"r{i}@dest.test"], b"Subject: p\r\n\r\nx\r\n"))
+            assert errors == {} and "queued as" in reply
+        assert Recipient.objects.filter(address__startswith="r").count() == 12
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert "SMTP listener stopped" in out
+    time.sleep(0.1)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
