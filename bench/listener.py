@@ -1,16 +1,19 @@
-"""Listener benchmark: start `manage.py smtpd`, push N 1 KB messages from C concurrent aiosmtplib clients.
+"""Listener benchmark: start `manage.py smtpd`, push 1 KB single-recipient messages from concurrent SMTP sessions.
 
-Runs against the configured database (migrate it first); the messages stay queued there:
+Runs against the configured database (migrate it first); the messages stay queued there, and with the Redis
+broker each one rings the delivery doorbell as in production:
 
-    createdb -h 127.0.0.1 -U postgres esaroutes_h5bench
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/esaroutes_h5bench .venv/bin/python manage.py migrate
-    DATABASE_URL=postgres://postgres@127.0.0.1:5432/esaroutes_h5bench .venv/bin/python bench/listener.py
-    env -u DATABASE_URL ESAROUTES_DATA_DIR=var/bench .venv/bin/python bench/listener.py --messages 2000
+    createdb -h 127.0.0.1 -U postgres esaroutes_hlsn
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/esaroutes_hlsn REDIS_URL=redis://127.0.0.1:6379/10
+    ESAROUTES_DATA_DIR=var/hlsn-pg .venv/bin/python manage.py migrate
+    ESAROUTES_DATA_DIR=var/hlsn-pg .venv/bin/python bench/listener.py
+    env -u DATABASE_URL -u REDIS_URL ESAROUTES_DATA_DIR=var/hlsn-emb .venv/bin/python bench/listener.py
 
-The listener runs in its own process (as in production), so the clients do not share its interpreter. Each
-client keeps one connection and sends `--per-connection` messages on it before reconnecting (default 1: a new
-SMTP session per message, the harder case, as Postfix's smtp-source does). Latency is from MAIL FROM to the
-`250` after DATA, that is, including the commit.
+The listener runs in its own process(es) (`--processes`, default ESAROUTES_SMTP_PROCESSES: one per CPU), as in
+production. The clients are a lean asyncio SMTP client (no pipelining, like Postfix's smtp-source), so they cost
+the listener's machine as little CPU as possible. Each mode is a number of messages per connection: 1 is a new
+SMTP session per message (the harder case, what smtp-source does by default), 100 reuses a session. Latency is
+from MAIL FROM to the `250` after the message, that is, including the commit.
 """
 
 from __future__ import annotations
@@ -19,47 +22,65 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import aiosmtplib
-
 ROOT = Path(__file__).resolve().parent.parent
-BODY = b"From: <bench@sender.test>\r\nTo: <sink@dest.test>\r\nSubject: bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 12
+BODY = (
+    b"From: <bench@sender.test>\r\nTo: <sink@dest.test>\r\nSubject: bench\r\nMessage-ID: <bench@sender.test>\r\n\r\n"
+    + (b"x" * 76 + b"\r\n") * 12
+)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class SmtpError(Exception):
+    pass
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise SmtpError("connection closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def _cmd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes, want: bytes) -> None:
+    writer.write(line)
+    reply = await _reply(reader)
+    if not reply.startswith(want):
+        raise SmtpError(f"{line!r} -> {reply!r}")
 
 
 async def client(port: int, todo: list[int], per_connection: int, latencies: list[float], errors: list[str]) -> None:
-    smtp: aiosmtplib.SMTP | None = None
-    sent_on_connection = 0
     while todo:
-        todo.pop()
-        if smtp is None or sent_on_connection >= per_connection:
-            if smtp is not None:
-                await smtp.quit()
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60, start_tls=False)
-            await smtp.connect()
-            sent_on_connection = 0
-        started = time.perf_counter()
         try:
-            await smtp.sendmail("bench@sender.test", ["sink@dest.test"], BODY)
-        except aiosmtplib.SMTPException as exc:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as exc:
             errors.append(str(exc))
-            smtp = None
+            todo.pop()
             continue
-        latencies.append(time.perf_counter() - started)
-        sent_on_connection += 1
-    if smtp is not None:
-        await smtp.quit()
+        try:
+            if not (await _reply(reader)).startswith(b"220"):
+                raise SmtpError("no greeting")
+            await _cmd(reader, writer, b"EHLO bench.test\r\n", b"250")
+            for _ in range(per_connection):
+                if not todo:
+                    break
+                todo.pop()
+                started = time.perf_counter()
+                await _cmd(reader, writer, b"MAIL FROM:<bench@sender.test>\r\n", b"250")
+                await _cmd(reader, writer, b"RCPT TO:<sink@dest.test>\r\n", b"250")
+                await _cmd(reader, writer, b"DATA\r\n", b"354")
+                await _cmd(reader, writer, BODY + b".\r\n", b"250")
+                latencies.append(time.perf_counter() - started)
+            await _cmd(reader, writer, b"QUIT\r\n", b"221")
+        except (SmtpError, OSError) as exc:
+            errors.append(str(exc))
+        finally:
+            writer.close()
 
 
 async def run(port: int, messages: int, clients: int, per_connection: int) -> tuple[float, list[float], list[str]]:
@@ -73,53 +94,54 @@ async def run(port: int, messages: int, clients: int, per_connection: int) -> tu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--per-connection", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--messages", type=int, default=5000, help="per mode")
+    parser.add_argument("--clients", type=int, default=10, help="concurrent SMTP sessions")
+    parser.add_argument("--per-connection", default="1,100", help="modes: messages per connection, comma separated")
+    parser.add_argument("--processes", type=int, default=0, help="listener processes (0: ESAROUTES_SMTP_PROCESSES)")
+    parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--port", type=int, default=0, help="use a listener already running on 127.0.0.1:PORT")
     args = parser.parse_args()
-    if args.port:
-        asyncio.run(run(args.port, args.warmup, args.clients, args.per_connection))
-        elapsed, latencies, errors = asyncio.run(run(args.port, args.messages, args.clients, args.per_connection))
-        report(args, elapsed, latencies, errors)
-        return
-
-    port = free_port()
-    env = {**os.environ, "ESAROUTES_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(
-        [sys.executable, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    modes = [int(m) for m in args.per_connection.split(",")]
+    server = None
+    port = args.port
+    processes = str(args.processes or "default")
+    if not port:
+        env = {**os.environ, "ESAROUTES_LOG_LEVEL": "WARNING"}
+        command = [sys.executable, "manage.py", "smtpd", "--listen", "127.0.0.1:0"]
+        if args.processes:
+            command += ["--processes", str(args.processes)]
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
         assert server.stdout is not None
         line = server.stdout.readline()
         if "SMTP listener on" not in line:
             raise SystemExit(f"the listener did not start: {line!r}")
-        asyncio.run(run(port, args.warmup, args.clients, args.per_connection))
-        elapsed, latencies, errors = asyncio.run(run(port, args.messages, args.clients, args.per_connection))
+        port = int(line.split(" port ")[1].split()[0])
+        processes = line.partition("(")[2].split()[0] if "(" in line else "1"
+    rows = []
+    try:
+        for per_connection in modes:
+            asyncio.run(run(port, args.warmup, args.clients, per_connection))
+            rows.append((per_connection, *asyncio.run(run(port, args.messages, args.clients, per_connection))))
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
-
-    report(args, elapsed, latencies, errors)
-
-
-def report(args: argparse.Namespace, elapsed: float, latencies: list[float], errors: list[str]) -> None:
-    latencies.sort()
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
     database = os.environ.get("DATABASE_URL", "").partition("@")[2] or "SQLite (embedded default)"
-    print(f"database: {database}")
-    print(f"{'messages':>9} {'clients':>8} {'msg/conn':>8} {'seconds':>8} {'msg/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
-    print(
-        f"{len(latencies):>9} {args.clients:>8} {args.per_connection:>8} {elapsed:>8.2f} "
-        f"{len(latencies) / elapsed:>8.1f} {1000 * statistics.median(latencies):>8.1f} "
-        f"{1000 * latencies[int(0.95 * (len(latencies) - 1))]:>8.1f}"
-    )
-    if errors:
-        print(f"{len(errors)} errors, first: {errors[0]}")
+    broker = os.environ.get("REDIS_URL", "").partition("//")[2] or "filesystem broker"
+    print(f"database: {database}; broker: {broker}; listener processes: {processes}; CPUs: {os.cpu_count()}")
+    print(f"| {'mode':<22} | sessions | messages | msg/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for per_connection, elapsed, latencies, errors in rows:
+        latencies.sort()
+        mode = "new session per message" if per_connection == 1 else f"{per_connection} messages per session"
+        p50 = 1000 * latencies[len(latencies) // 2] if latencies else 0.0
+        p99 = 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else 0.0
+        print(
+            f"| {mode:<22} | {args.clients:>8} | {len(latencies):>8} | {len(latencies) / elapsed:>5.0f} "
+            f"| {p50:>6.1f} | {p99:>6.1f} | {len(errors):>6} |"
+        )
+        if errors:
+            print(f"first error: {errors[0]}")
 
 
 if __name__ == "__main__":
