@@ -204,6 +204,24 @@ ESAROUTES_SMTP_ACCESS_REFRESH = env.env_float("ESAROUTES_SMTP_ACCESS_REFRESH", 1
 ESAROUTES_MAILLOG_MAX_BYTES = env.env_int("ESAROUTES_MAILLOG_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 ESAROUTES_MAILLOG_MAX_AGE = env.env_float("ESAROUTES_MAILLOG_MAX_AGE", 86400.0, minimum=1.0)
 ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
+
+# --- delivery ---------------------------------------------------------------------------------------------------
+# How long a worker owns a claimed message; renewed while it works, so only a dead worker's lease runs out.
+ESAROUTES_LEASE_SECONDS = env.env_float("ESAROUTES_LEASE_SECONDS", 60.0, minimum=1.0)
+ESAROUTES_DELIVERY_BATCH = env.env_int("ESAROUTES_DELIVERY_BATCH", 100, minimum=1, maximum=10_000)
+ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION = env.env_int(
+    "ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION", 50, minimum=1, maximum=100_000
+)
+ESAROUTES_DELIVERY_IDLE = env.env_float("ESAROUTES_DELIVERY_IDLE", 5.0, minimum=0.0)
+ESAROUTES_DELIVERY_EHLO = env.env_str("ESAROUTES_DELIVERY_EHLO", ESAROUTES_HOSTNAME)
+ESAROUTES_DELIVERY_SOURCE_ADDRESS = env.env_str("ESAROUTES_DELIVERY_SOURCE_ADDRESS", "")
+ESAROUTES_DELIVERY_CA_FILE = env.env_str("ESAROUTES_DELIVERY_CA_FILE", "")
+ESAROUTES_DELIVERY_CONNECT_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_CONNECT_TIMEOUT", 30.0, minimum=0.1)
+ESAROUTES_DELIVERY_COMMAND_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_COMMAND_TIMEOUT", 300.0, minimum=0.1)
+ESAROUTES_DELIVERY_DATA_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_DATA_TIMEOUT", 600.0, minimum=0.1)
+ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT", 1800.0, minimum=0.1)
+ESAROUTES_HOST_DOWN_INITIAL = env.env_float("ESAROUTES_HOST_DOWN_INITIAL", 60.0, minimum=0.0)
+ESAROUTES_HOST_DOWN_MAX = env.env_float("ESAROUTES_HOST_DOWN_MAX", 3600.0, minimum=0.0)
 # Routes: outgoing SMTP AUTH passwords are encrypted at rest with this Fernet key (urlsafe base64 of 32 bytes,
 # `python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`); unset, a key is
 # derived from SECRET_KEY, so changing SECRET_KEY then makes stored passwords unreadable (re-enter them).

@@ -413,6 +413,11 @@ class PeerFactory:
         self._thread.start()
         self._peers: list[Peer] = []
 
+    def _next_address(self) -> str:
+        """127.0.0.1 for the first peer, 127.0.0.2 for the second, ...: a route may list a host once (with one
+        port), so peers of one route need addresses of their own. All of 127.0.0.0/8 is loopback on Linux."""
+        return f"127.0.0.{len(self._peers) % 250 + 1}"
+
     def __enter__(self) -> PeerFactory:
         return self
 
@@ -467,15 +472,18 @@ class PeerFactory:
         """A loopback port that refuses connections: bound, never listening, so nobody else takes it."""
         peer = Peer(self, None, "refused")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((LOOPBACK, 0))
+        peer.host = self._next_address()
+        sock.bind((peer.host, 0))
         peer._socket = sock
         peer.port = sock.getsockname()[1]
         self._peers.append(peer)
         return peer
 
     def _raw(self, peer: Peer, protocol: Callable[[], asyncio.BaseProtocol]) -> Peer:
+        peer.host = self._next_address()
+
         async def listen() -> asyncio.AbstractServer:
-            return await self._loop.create_server(protocol, LOOPBACK, 0)
+            return await self._loop.create_server(protocol, peer.host, 0)
 
         server = self._call(listen())
         peer._server = server

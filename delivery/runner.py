@@ -1,0 +1,449 @@
+"""The delivery loop: one long-lived event loop per worker process, with a pool of open SMTP connections.
+
+A Celery task (see `delivery.tasks`) claims a batch of messages, `delivery.queue.plan()` turns them into
+`Group`s (the jobs of one route, with the hosts in the order to try), and `Runner.run()` delivers them here,
+in a background thread that owns the event loop. Results come back one `Report` per message and host chain, as
+soon as each message is through, through the `emit` callback: the task records them in the database at once
+(group commit), so a worker killed in the middle leaves at most the message in flight on each connection
+unrecorded.
+
+What happens on the wire follows `delivery.engine` (the decisions) and `delivery.smtp_client` (the SMTP):
+
+* the group's hosts are tried in order; a host that fails to connect, greet, EHLO or STARTTLS gets a
+  ``Connection Error`` line and its recipients go on at once to the next host;
+* on a connection, each message is one transaction for all its recipients of this route; a 4xx after MAIL
+  FROM sends the recipients concerned to the next host (or, with defer_on_4xx, to their retry); a 5xx bounces;
+* when no host is left, what is still pending is ``Delayed`` with the last reply, for its retry;
+* a connection carries at most ``max_messages`` messages, then a new one is opened to the same host; an idle
+  connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs.
+
+No ORM on the event loop: DCIDs and the ``DCID n close`` lines of idle connections are handled in a one-thread
+executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from delivery import engine, hosts, ids, maillog, smtp_client
+from delivery.engine import Verdict
+from delivery.models import DeliveryAttempt
+
+logger = logging.getLogger("delivery.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class Rcpt:
+    rid: int
+    address: str
+    domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One message's recipients for one route."""
+
+    mid: int
+    sender: str
+    body: bytes
+    recipients: tuple[Rcpt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Jobs that go the same way: `hosts` in the order to try (already rotated and with down hosts left out)."""
+
+    route_key: str
+    domain: str  # the recipient domain, for the Connection Error line
+    hosts: tuple[engine.Host, ...]
+    template: smtp_client.Destination  # everything but the host
+    jobs: tuple[Job, ...]
+    interface: str = "Data 1"
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """Where one recipient ends up after this attempt: delivered, bounced, or delayed (the queue schedules it)."""
+
+    mid: int
+    rid: int
+    state: str  # a Recipient.State value: delivered / bounced / delayed
+    code: int | None
+    text: str
+    host: str = ""
+    dsn_status: str = ""
+    attempt: bool = True  # counts as a delivery attempt (False for a local decision: expiry, /dev/null, admin)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    mid: int
+    rid: int
+    dcid: int
+    host: str
+    ip: str
+    port: int
+    code: int | None
+    response: str
+    outcome: str  # a DeliveryAttempt.Outcome value
+
+
+@dataclass(slots=True)
+class Report:
+    """What to record in one transaction: recipients' final states, attempts, log lines, host events."""
+
+    finals: list[Final] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    lines: list[maillog.Line] = field(default_factory=list)
+    host_events: list[hosts.HostEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.finals or self.attempts or self.lines or self.host_events)
+
+
+Emit = Callable[[Report], None]
+
+
+@dataclass(slots=True)
+class _Pooled:
+    session: smtp_client.HostSession
+    dcid: int
+    idle_since: float = 0.0
+
+
+@dataclass(slots=True)
+class _Last:
+    """The last failure a recipient met, for its Delayed line when no host is left."""
+
+    dcid: int = 0
+    code: int | None = None
+    text: str = "no host could be tried"
+    host: str = ""
+    ip: str = ""
+
+
+class Runner:
+    """Owns one event loop thread and its connection pool. One per process: use :func:`get_runner`."""
+
+    def __init__(self, *, idle: float) -> None:
+        self.idle = idle
+        self._pool: dict[smtp_client.Destination, list[_Pooled]] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._reaper_task = self._loop.create_task(self._reaper())
+        self._loop.run_forever()
+
+    # --- the sync side ---------------------------------------------------------------------------------------
+
+    def submit(self, groups: Sequence[Group], emit: Emit) -> concurrent.futures.Future[None]:
+        """Start delivering `groups` on the loop thread; `emit` is called (on the loop thread) per report."""
+        return self._call(self.run(groups, emit))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """QUIT every pooled connection and stop the loop (tests and worker shutdown)."""
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._call(self._close_all()).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+        self._executor.shutdown(wait=True)
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    # --- delivering ------------------------------------------------------------------------------------------
+
+    async def run(self, groups: Sequence[Group], emit: Emit) -> None:
+        failed_now: set[hosts.HostKey] = set()  # hosts that failed during this run: skipped if others remain
+        results = await asyncio.gather(*(self._run_group(g, emit, failed_now) for g in groups), return_exceptions=True)
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.error("delivery of route %s failed", group.route_key, exc_info=result)
+
+    async def _run_group(self, group: Group, emit: Emit, failed_now: set[hosts.HostKey]) -> None:
+        pending: list[tuple[Job, list[Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
+        last: dict[tuple[int, int], _Last] = {}
+        carry = Report()  # connection lines waiting for the next job's report
+        for index, host in enumerate(group.hosts):
+            if not pending:
+                break
+            later = group.hosts[index + 1 :]
+            if host.key in failed_now and any(h.key not in failed_now for h in later):
+                continue
+            destination = replace(group.template, host=host)
+            remaining, pending = pending, []
+            while remaining:
+                pooled = await self._acquire(destination, group, carry)
+                if isinstance(pooled, _Last):  # the host failed: everything goes on to the next host
+                    failed_now.add(host.key)
+                    for job, rcpts in remaining:
+                        for r in rcpts:
+                            last[(job.mid, r.rid)] = pooled
+                            carry.attempts.append(
+                                Attempt(
+                                    job.mid,
+                                    r.rid,
+                                    pooled.dcid,
+                                    host.address,
+                                    pooled.ip,
+                                    host.port,
+                                    pooled.code,
+                                    pooled.text,
+                                    DeliveryAttempt.Outcome.CONNECTION_ERROR,
+                                )
+                            )
+                    pending += remaining
+                    remaining = []
+                    break
+                broke = False
+                while remaining and pooled.session.usable:
+                    job, rcpts = remaining.pop(0)
+                    report, carried, broke = await self._send(pooled, group, job, rcpts, last)
+                    report.lines[:0] = carry.lines
+                    report.attempts[:0] = carry.attempts
+                    report.host_events[:0] = carry.host_events
+                    carry = Report()
+                    if carried:
+                        pending.append((job, carried))
+                    emit(report)
+                    if broke:
+                        failed_now.add(host.key)
+                        break
+                await self._release(destination, pooled, carry)
+                if broke:
+                    pending += remaining
+                    remaining = []
+        # No host left: what is still pending waits for its retry.
+        report = carry
+        for job, rcpts in pending:
+            for r in rcpts:
+                info = last.get((job.mid, r.rid), _Last())
+                status, phrase = engine.enhanced_status(info.code, info.text)
+                report.finals.append(Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
+                report.lines.append(
+                    maillog.delayed(
+                        info.dcid,
+                        job.mid,
+                        job.sender,
+                        r.address,
+                        r.rid,
+                        status,
+                        phrase,
+                        info.code,
+                        info.text,
+                        domain=r.domain,
+                    )
+                )
+        if report:
+            emit(report)
+
+    async def _send(
+        self,
+        pooled: _Pooled,
+        group: Group,
+        job: Job,
+        rcpts: list[Rcpt],
+        last: dict[tuple[int, int], _Last],
+    ) -> tuple[Report, list[Rcpt], bool]:
+        """One message over one open connection: (report, recipients for the next host, connection broke)."""
+        session, dcid = pooled.session, pooled.dcid
+        host = session.destination.host
+        ip = session.connection.peer_ip if session.connection else ""
+        by_rid = {r.rid: r for r in rcpts}
+        envelope = smtp_client.Envelope(job.mid, job.sender, tuple((r.rid, r.address) for r in rcpts), job.body)
+        report = Report(lines=[maillog.delivery_start(dcid, job.mid, by_rid)])
+        result = await session.send(envelope)
+        carried: list[Rcpt] = []
+        delivered: list[int] = []
+        for o in result.outcomes:
+            r = by_rid[o.rid]
+            status, phrase = o.status
+            if o.verdict is Verdict.DELIVERED:
+                delivered.append(o.rid)
+                report.finals.append(Final(job.mid, o.rid, "delivered", o.code, o.text, host.address, status))
+                outcome = DeliveryAttempt.Outcome.DELIVERED
+            elif o.verdict is Verdict.BOUNCE:
+                report.finals.append(Final(job.mid, o.rid, "bounced", o.code, o.text, host.address, status))
+                report.lines.append(
+                    maillog.bounced(
+                        dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain
+                    )
+                )
+                outcome = DeliveryAttempt.Outcome.BOUNCED
+            elif o.verdict is Verdict.DEFER:
+                report.finals.append(Final(job.mid, o.rid, "delayed", o.code, o.text, host.address, status))
+                report.lines.append(
+                    maillog.delayed(
+                        dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain
+                    )
+                )
+                outcome = DeliveryAttempt.Outcome.DELAYED
+            else:
+                carried.append(r)
+                last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address)
+                outcome = DeliveryAttempt.Outcome.NEXT_HOST
+            report.attempts.append(Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, outcome))
+        if delivered:
+            report.lines.append(maillog.message_done(dcid, job.mid, delivered))
+            report.lines.append(maillog.response(job.mid, delivered, result.data_reply))
+        failure = result.failure
+        report.host_events.append(
+            hosts.HostEvent(
+                host.address,
+                host.port,
+                ok=failure is None or not failure.marks_host_down,
+                error=failure.text if failure else "",
+                marks_down=bool(failure and failure.marks_host_down),
+                delivered=len(delivered),
+                failed=len(result.outcomes) - len(delivered),
+            )
+        )
+        if failure is not None:
+            report.lines.append(
+                maillog.connection_error(
+                    dcid,
+                    group.domain,
+                    failure.peer_ip or host.address,
+                    host.port,
+                    _details(failure),
+                    group.interface,
+                    failure.reason,
+                )
+            )
+            if result.possible_delivery:
+                logger.warning(
+                    "DCID %s MID %s: connection lost after the final dot; sending again to the next host", dcid, job.mid
+                )
+        return report, carried, failure is not None
+
+    # --- the pool --------------------------------------------------------------------------------------------
+
+    async def _acquire(self, destination: smtp_client.Destination, group: Group, carry: Report) -> _Pooled | _Last:
+        """An idle pooled connection to the destination, else a new one (its lines go into `carry`).
+
+        When the connection failed: the Connection Error line and the host event are in `carry`, and the
+        returned `_Last` describes the failure for the recipients' attempts and their Delayed lines.
+        """
+        idle = self._pool.get(destination)
+        while idle:
+            pooled = idle.pop()
+            if pooled.session.usable:
+                return pooled
+            await self._close(pooled)
+        loop = asyncio.get_running_loop()
+        dcid = await loop.run_in_executor(self._executor, _next_dcid)
+        session = smtp_client.HostSession(destination)
+        opened = await session.open()
+        host = destination.host
+        if isinstance(opened, smtp_client.Failure):
+            ip = opened.peer_ip or host.address
+            carry.lines.append(
+                maillog.connection_error(
+                    dcid, group.domain, ip, host.port, _details(opened), group.interface, opened.reason
+                )
+            )
+            if opened.tls_required:
+                carry.lines.append(maillog.tls_required_failed(dcid, ip))
+            carry.host_events.append(
+                hosts.HostEvent(
+                    host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
+                )
+            )
+            return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip)
+        carry.lines.append(
+            maillog.new_dcid(dcid, group.interface, opened.peer_ip, host.port, domain=group.domain, host=host.address)
+        )
+        if opened.tls_protocol:
+            carry.lines.append(maillog.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
+        carry.host_events.append(hosts.HostEvent(host.address, host.port, ok=True))
+        return _Pooled(session, dcid)
+
+    async def _release(self, destination: smtp_client.Destination, pooled: _Pooled, carry: Report) -> None:
+        if pooled.session.usable and self.idle > 0:
+            pooled.idle_since = time.monotonic()
+            self._pool.setdefault(destination, []).append(pooled)
+            return
+        await pooled.session.close()
+        carry.lines.append(maillog.dcid_close(pooled.dcid))
+
+    async def _close(self, pooled: _Pooled) -> None:
+        await pooled.session.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, _write_lines, [maillog.dcid_close(pooled.dcid)])
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.2, min(self.idle, 1.0)))
+            now = time.monotonic()
+            for destination, idle in list(self._pool.items()):
+                keep = [p for p in idle if p.session.usable and now - p.idle_since < self.idle]
+                stale = [p for p in idle if p not in keep]
+                self._pool[destination] = keep
+                for pooled in stale:
+                    try:
+                        await self._close(pooled)
+                    except Exception:
+                        logger.exception("closing idle DCID %s", pooled.dcid)
+
+    async def _close_all(self) -> None:
+        self._reaper_task.cancel()
+        pools, self._pool = self._pool, {}
+        for idle in pools.values():
+            for pooled in idle:
+                with contextlib.suppress(Exception):
+                    await self._close(pooled)
+
+
+def _details(failure: smtp_client.Failure) -> str:
+    if failure.code is not None:
+        return f"{failure.code}-{failure.text}"
+    return failure.text or failure.reason
+
+
+def _next_dcid() -> int:
+    close_old_connections()
+    return ids.next_id("dcid")
+
+
+def _write_lines(lines: list[maillog.Line]) -> None:
+    close_old_connections()
+    with transaction.atomic():
+        maillog.write(lines, at=timezone.now())
+
+
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def get_runner() -> Runner:
+    """This process's runner, started on first use (after Celery's fork, never before it)."""
+    global _runner
+    from django.conf import settings
+
+    with _runner_lock:
+        if _runner is None or not _runner._thread.is_alive():
+            _runner = Runner(idle=settings.ESAROUTES_DELIVERY_IDLE)
+        return _runner
+
+
+def shutdown_runner() -> None:
+    global _runner
+    with _runner_lock:
+        if _runner is not None:
+            _runner.close()
+            _runner = None

@@ -1,0 +1,44 @@
+"""Celery tasks: thin wrappers over `delivery.worker` and `delivery.queue`.
+
+`deliver(mid)` is the doorbell the listener rings after commit; `sweep()` runs on Celery beat every
+ESAROUTES_SWEEP_INTERVAL seconds and rings for whatever is due: retries, messages whose doorbell the broker lost
+(a flushed Redis), and messages whose worker died (their lease ran out). Both are idempotent: the lease in the
+database decides who delivers, so a duplicate task only costs a failed claim.
+"""
+
+from __future__ import annotations
+
+import math
+
+from celery import shared_task
+from celery.signals import worker_process_shutdown
+from django.conf import settings
+from django.utils import timezone
+
+from delivery import queue, runner, worker
+
+#: At most this many batch tasks per sweep: enough to keep every worker busy until the next sweep.
+MAX_TASKS_PER_SWEEP = 64
+
+
+@shared_task(ignore_result=True, acks_late=True)
+def deliver(mid: int | None = None) -> int:
+    """Deliver MID (if still queued and free) together with other due messages; returns how many were claimed."""
+    return worker.deliver_batch([mid] if mid is not None else []).claimed
+
+
+@shared_task(ignore_result=True)
+def sweep() -> int:
+    """Ring for due messages: one batch task per ESAROUTES_DELIVERY_BATCH of them. Returns tasks sent."""
+    batch = settings.ESAROUTES_DELIVERY_BATCH
+    mids = queue.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
+    tasks = min(math.ceil(len(mids) / batch), MAX_TASKS_PER_SWEEP)
+    for i in range(tasks):
+        deliver.apply_async((mids[i * batch],))
+    return tasks
+
+
+@worker_process_shutdown.connect
+def _close_connections(**_: object) -> None:
+    """QUIT the pooled SMTP connections when a worker process stops."""
+    runner.shutdown_runner()

@@ -1,0 +1,91 @@
+"""One delivery batch, start to end: claim, plan, deliver, record, release. Called by the Celery tasks.
+
+    deliver_batch([mid])     # the doorbell for MID, plus whatever else is due, up to ESAROUTES_DELIVERY_BATCH
+
+The batch's reports are recorded as they arrive (group commit: everything that arrived since the last commit
+goes in one transaction), and the lease is renewed while the runner works, so only a dead worker's lease
+runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from delivery import queue, runner
+
+logger = logging.getLogger("delivery.worker")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    claimed: int
+    groups: int
+    generated: tuple[int, ...]  # bounce messages created, already rung
+
+
+def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult:
+    """Deliver the given messages (those whose lease is free) and, with `fill`, other due messages."""
+    token = queue.new_token()
+    now = timezone.now()
+    claimed = queue.claim(mids, token=token, now=now)
+    limit = settings.ESAROUTES_DELIVERY_BATCH
+    if fill and len(claimed) < limit:
+        claimed += queue.claim(queue.due(now=now, limit=limit - len(claimed), exclude=claimed), token=token, now=now)
+    if not claimed:
+        return BatchResult(0, 0, ())
+    generated: list[int] = []
+    try:
+        plan = queue.plan(claimed, now=now)
+        if plan.immediate:
+            generated += queue.record([plan.immediate])
+        if plan.groups:
+            generated += _run(plan.groups, token)
+    except Exception:
+        logger.exception("delivery batch %s failed; its messages are retried later", token)
+        queue.postpone_unfinished(token, now=timezone.now())
+        raise
+    finally:
+        queue.release(token, now=timezone.now())
+    if generated:
+        from delivery import intake
+
+        intake.ring_many(generated)
+    return BatchResult(len(claimed), len(plan.groups), tuple(generated))
+
+
+def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
+    reports: stdqueue.SimpleQueue[runner.Report | None] = stdqueue.SimpleQueue()
+    future = runner.get_runner().submit(groups, reports.put)
+    future.add_done_callback(lambda _: reports.put(None))  # wakes the loop below: the runner is through
+    renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
+    generated: list[int] = []
+    finished = False
+    while not finished:
+        try:
+            first = reports.get(timeout=renew_every)
+        except stdqueue.Empty:
+            queue.renew(token, now=timezone.now())
+            continue
+        batch: list[runner.Report] = []
+        item: runner.Report | None = first
+        while True:
+            if item is None:
+                finished = True
+            else:
+                batch.append(item)
+            try:
+                item = reports.get_nowait()
+            except stdqueue.Empty:
+                break
+        if batch:
+            generated += queue.record(batch)
+            if not finished:
+                queue.renew(token, now=timezone.now())
+    future.result()  # a bug in the runner surfaces here (recorded reports stay recorded)
+    return generated

@@ -1,0 +1,43 @@
+"""Delivery tests: real SMTP peers on loopback, the real runner thread, a database other threads can see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from delivery import intake, runner
+
+
+@pytest.fixture
+def fresh_runner(settings: Any) -> Iterator[None]:
+    """Short timeouts, no pooled connection surviving the test, no host-down state carried over."""
+    settings.ESAROUTES_DELIVERY_CONNECT_TIMEOUT = 2.0
+    settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT = 2.0
+    settings.ESAROUTES_DELIVERY_DATA_TIMEOUT = 2.0
+    settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT = 10.0
+    settings.ESAROUTES_DELIVERY_EHLO = "relay.esaroutes.test"
+    settings.ESAROUTES_ROUTE_REFRESH = 0.0
+    runner.shutdown_runner()
+    yield
+    runner.shutdown_runner()
+
+
+def queue_message(
+    *recipients: str, sender: str = "sender@origin.test", subject: str = "hello", body: str = "Hello.\r\n"
+) -> int:
+    """Accept a message the way the listener does (one committed transaction); returns its MID."""
+    data = (
+        f"From: <{sender}>\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\nMessage-ID: <m@origin.test>\r\n\r\n"
+    )
+    return intake.accept(
+        intake.Incoming(
+            icid=1,
+            sender=sender,
+            recipients=tuple((r, r.rpartition("@")[2].lower()) for r in recipients),
+            data=(data + body).encode(),
+            subject=subject,
+            message_id="<m@origin.test>",
+        )
+    )

@@ -1,0 +1,282 @@
+"""The delivery path end to end over loopback: queue → plan → runner → real SMTP peers → recorded outcome.
+
+Each scenario asserts the recipients' states, the attempts and the mail log, line by line in the ESA format.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.utils import timezone
+
+from delivery import queue, worker
+from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from routes import domains, services
+from routes.models import Route
+from tests.delivery.conftest import queue_message
+from tests.routes.helpers import make_route
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]
+
+
+def hosts_text(*pairs: tuple[Any, int]) -> str:
+    """Route destination text for peers: `127.0.0.1:port/pri=N, ...`."""
+    return ", ".join(f"{p.host}:{p.port}/pri={pri}" for p, pri in pairs)
+
+
+def log(mid: int | None = None) -> list[str]:
+    qs = MailLogLine.objects.order_by("id")
+    return [line.text for line in qs if mid is None or line.mid in (None, mid) or f"MID {mid} " in line.text]
+
+
+def grep(pattern: str, lines: list[str]) -> list[str]:
+    return [line for line in lines if re.search(pattern, line)]
+
+
+def recipients(mid: int) -> list[tuple[int, str]]:
+    return list(Recipient.objects.filter(message_id=mid).order_by("rid").values_list("rid", "state"))
+
+
+def test_one_transaction_for_all_recipients_on_the_same_host(peers):
+    good = peers.start()
+    make_route("dest.test", hosts_text((good, 0)))
+    mid = queue_message("a@dest.test", "b@dest.test")
+    result = worker.deliver_batch([mid])
+    assert result.claimed == 1
+    (received,) = good.wait_for_messages(1)
+    assert received.rcpt_tos == ("a@dest.test", "b@dest.test")
+    assert recipients(mid) == [(0, "delivered"), (1, "delivered")]
+    message = Message.objects.get(pk=mid)
+    assert message.state == "done" and message.leased_by == "" and message.finished_at is not None
+    lines = log()
+    dcid = int(re.search(r"New SMTP DCID (\d+)", "\n".join(lines)).group(1))
+    assert f"New SMTP DCID {dcid} interface Data 1 address 127.0.0.1 port {good.port}" in lines
+    assert f"Delivery start DCID {dcid} MID {mid} to RID [0, 1]" in lines
+    assert f"Message done DCID {dcid} MID {mid} to RID [0, 1]" in lines
+    assert grep(rf"^MID {mid} RID \[0, 1\] Response '", lines)
+    assert lines.index(f"Message finished MID {mid} done") > lines.index(
+        f"Message done DCID {dcid} MID {mid} to RID [0, 1]"
+    )
+    hs = HostStatus.objects.get(host="127.0.0.1", port=good.port)
+    assert (hs.delivered, hs.consecutive_failures, hs.down_until) == (2, 0, None)
+
+
+def test_4xx_at_rcpt_fails_over_at_once_to_the_next_host(peers):
+    busy = peers.start(rcpt="452 4.3.1 Insufficient system resources")
+    good = peers.start()
+    make_route("dest.test", hosts_text((busy, 0), (good, 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    good.wait_for_messages(1)
+    assert busy.messages == [] and recipients(mid) == [(0, "delivered")]
+    outcomes = list(
+        DeliveryAttempt.objects.filter(message_id=mid).order_by("id").values_list("port", "outcome", "code")
+    )
+    assert outcomes == [(busy.port, "next_host", 452), (good.port, "delivered", 250)]
+    lines = log(mid)
+    starts = grep(rf"^Delivery start DCID \d+ MID {mid} to RID \[0\]$", lines)
+    assert len(starts) == 2  # the same recipient, on two connections: the ESA's failover story
+    assert grep(rf"^Message done DCID \d+ MID {mid} to RID \[0\]$", lines)
+    assert not grep("^Delayed:", lines)
+
+
+def test_5xx_bounces_with_no_other_host_and_a_dsn_to_the_sender(peers):
+    refuse = peers.start(rcpt={"gone@dest.test": "550 5.1.1 <gone@dest.test>: user unknown"})
+    backup = peers.start()
+    make_route("dest.test", hosts_text((refuse, 0), (backup, 10)))
+    make_route("origin.test", hosts_text((backup, 0)))
+    mid = queue_message("gone@dest.test", "ok@dest.test")
+    result = worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "bounced"), (1, "delivered")]
+    assert refuse.wait_for_messages(1)[0].rcpt_tos == ("ok@dest.test",)
+    assert backup.messages == []  # a 5xx never goes to another host
+    (bounce_line,) = grep("^Bounced:", log(mid))
+    assert (
+        bounce_line.startswith("Bounced: DCID ")
+        and f"MID {mid} From: <sender@origin.test> To: <gone@dest.test>" in bounce_line
+    )
+    assert (
+        "RID 0 - 5.1.1 - Bad destination email address ('550', ['5.1.1 <gone@dest.test>: user unknown'])" in bounce_line
+    )
+    (dsn_mid,) = result.generated
+    dsn = Message.objects.get(pk=dsn_mid)
+    assert (dsn.sender, dsn.icid, dsn.bounce_of_id) == ("", 0, mid)
+    assert f"MID {dsn_mid} was generated for bounce of MID {mid}" in log()
+    worker.deliver_batch([dsn_mid])
+    (notice,) = backup.wait_for_messages(1)
+    assert notice.mail_from in ("", "<>") and notice.rcpt_tos == ("sender@origin.test",)
+    assert b"multipart/report" in notice.content and b"gone@dest.test" in notice.content
+
+
+def test_no_dsn_for_the_null_sender(peers):
+    refuse = peers.start(rcpt="550 5.1.1 user unknown")
+    make_route("dest.test", hosts_text((refuse, 0)))
+    mid = queue_message("gone@dest.test", sender="")
+    assert worker.deliver_batch([mid]).generated == ()
+    assert recipients(mid) == [(0, "bounced")] and Message.objects.count() == 1
+
+
+def test_every_host_failing_delays_and_marks_them_down(peers, settings):
+    refused = peers.refused()
+    busy = peers.start(mail="421 4.3.2 Service shutting down")
+    make_route("dest.test", hosts_text((refused, 0), (busy, 0)))
+    before = timezone.now()
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    r = Recipient.objects.get(message_id=mid)
+    assert r.state == "delayed" and r.attempts == 1
+    assert before + timedelta(seconds=59) < r.next_attempt_at < timezone.now() + timedelta(seconds=61)
+    lines = log()
+    (error, *_) = grep(rf"^Connection Error: .* port: {refused.port} ", lines)
+    assert re.match(
+        rf"Connection Error: DCID \d+ domain: dest.test IP: 127.0.0.1 port: {refused.port} details: .* "
+        r"interface: Data 1 reason: network error$",
+        error,
+    )
+    (delayed,) = grep("^Delayed:", lines)
+    assert f"MID {mid} From: <sender@origin.test> To: <a@dest.test> RID 0 - 4.3.2 - " in delayed
+    assert delayed.endswith("('421', ['4.3.2 Service shutting down'])")
+    down = HostStatus.objects.get(port=refused.port)
+    assert down.consecutive_failures == 1 and down.down_until > timezone.now() + timedelta(seconds=50)
+    # 421 to MAIL FROM is about the mail transaction, not the host: it stays up
+    assert HostStatus.objects.get(port=busy.port).down_until is None
+    message = Message.objects.get(pk=mid)
+    assert message.state == "queued" and message.next_attempt_at == r.next_attempt_at and message.leased_by == ""
+
+
+def test_a_down_host_is_skipped_then_comes_back_and_its_backlog_flushes(peers):
+    dead = peers.refused()
+    make_route("dest.test", hosts_text((dead, 0)))
+    first = queue_message("a@dest.test")
+    worker.deliver_batch([first])
+    assert recipients(first) == [(0, "delayed")]
+    # The only host is down: it is still tried (nothing else could take the mail), and fails again.
+    second = queue_message("b@dest.test")
+    worker.deliver_batch([second])
+    assert HostStatus.objects.get(port=dead.port).consecutive_failures == 2
+    # The operator fixes it: the host is marked up and every delayed message is due now.
+    dead.stop()
+    good = peers.start()
+    services.route_update(
+        route_id=Route.objects.get(domain="dest.test").pk,
+        data=services.RouteData(domain="dest.test", destination=domains.parse_hosts(hosts_text((good, 0)))),
+        actor="test",
+    )
+    assert queue.deliver_now(actor="test", domain="dest.test") == 2
+    worker.deliver_batch([])
+    assert len(good.wait_for_messages(2)) == 2
+    assert recipients(first) == [(0, "delivered")] and recipients(second) == [(0, "delivered")]
+
+
+def test_a_host_that_answers_again_releases_the_backlog(peers):
+    dead = peers.refused()
+    port = dead.port
+    make_route("dest.test", hosts_text((dead, 0)))
+    backlog = queue_message("a@dest.test")
+    worker.deliver_batch([backlog])
+    waiting = Recipient.objects.get(message_id=backlog)
+    assert waiting.state == "delayed" and waiting.next_attempt_at > timezone.now() + timedelta(seconds=50)
+    dead.stop()
+    received: list[Any] = []
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            received.append(envelope.rcpt_tos)
+            return "250 2.0.0 Ok"
+
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port)  # the same host:port, back up
+    controller.start()
+    try:
+        fresh = queue_message("b@dest.test")
+        worker.deliver_batch([fresh])  # the host is down, but it is the only one: tried, and it answers
+        assert recipients(fresh) == [(0, "delivered")]
+        assert HostStatus.objects.get(port=port).consecutive_failures == 0
+        # its success released the backlog: due now, not in a minute
+        assert Message.objects.get(pk=backlog).next_attempt_at <= timezone.now()
+        worker.deliver_batch([])
+        assert recipients(backlog) == [(0, "delivered")]
+        assert sorted(received) == [["a@dest.test"], ["b@dest.test"]]
+    finally:
+        controller.stop()
+
+
+def test_round_robin_shares_connections_between_equal_hosts_and_never_uses_the_backup(peers):
+    a, b, backup = peers.start(), peers.start(), peers.start()
+    make_route("dest.test", hosts_text((a, 5), (b, 5), (backup, 20)))
+    for i in range(10):
+        worker.deliver_batch([queue_message(f"u{i}@dest.test")])
+    assert len(a.messages) == 5 and len(b.messages) == 5
+    assert backup.messages == [] and backup.connections == 0
+    assert a.connections == 1 and b.connections == 1  # idle connections were reused, not reopened
+
+
+def test_defer_on_4xx_keeps_the_recipient_for_its_retry(peers):
+    busy = peers.start(rcpt="452 4.3.1 Insufficient system resources")
+    good = peers.start()
+    make_route("dest.test", hosts_text((busy, 0), (good, 10)), defer_on_4xx=True)
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "delayed")] and good.messages == []
+    (delayed,) = grep("^Delayed:", log(mid))
+    assert "- 4.3.1 - Mail system full ('452', ['4.3.1 Insufficient system resources'])" in delayed
+
+
+def test_dev_null_drops_with_a_log_line(peers):
+    make_route("void.test", "/dev/null")
+    mid = queue_message("a@void.test")
+    worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "dropped")]
+    lines = log(mid)
+    assert f"Message done DCID 0 MID {mid} to RID [0]" in lines
+    assert f"Message finished MID {mid} done" in lines
+
+
+def test_an_expired_recipient_bounces_with_5_4_7(peers, settings):
+    refused = peers.refused()
+    make_route("dest.test", hosts_text((refused, 0)))
+    make_route("origin.test", "/dev/null")
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    Message.objects.filter(pk=mid).update(received_at=timezone.now() - timedelta(hours=73))
+    Recipient.objects.filter(message_id=mid).update(next_attempt_at=timezone.now())
+    Message.objects.filter(pk=mid).update(next_attempt_at=timezone.now())
+    result = worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "bounced")]
+    (bounced,) = grep("^Bounced:", log(mid))
+    assert bounced == (
+        f"Bounced: DCID 0 MID {mid} From: <sender@origin.test> To: <a@dest.test> RID 0 - 5.4.7 - "
+        "Delivery expired (message too old) ('000', ['5.4.7 Delivery expired (message too old)'])"
+    )
+    assert len(result.generated) == 1
+
+
+def test_a_lease_is_exclusive_until_it_runs_out(settings):
+    make_route("dest.test", "/dev/null")
+    mid = queue_message("a@dest.test")
+    now = timezone.now()
+    assert queue.claim([mid], token="w1", now=now) == [mid]
+    assert queue.claim([mid], token="w2", now=now) == []
+    later = now + timedelta(seconds=settings.ESAROUTES_LEASE_SECONDS + 1)
+    assert queue.claim([mid], token="w2", now=later) == [mid]  # w1 died: its lease ran out
+
+
+def test_bounce_and_delete_recipients_as_the_operator(peers):
+    refused = peers.refused()
+    make_route("dest.test", hosts_text((refused, 0)))
+    make_route("origin.test", "/dev/null")
+    one, two = queue_message("a@dest.test"), queue_message("b@dest.test")
+    assert queue.bounce_recipients(queue.select_recipients(mids=[one]), actor="cli:root") == 1
+    assert queue.delete_recipients(queue.select_recipients(domain="dest.test"), actor="cli:root") == 1
+    assert recipients(one) == [(0, "bounced")] and recipients(two) == [(0, "deleted")]
+    r = Recipient.objects.get(message_id=one)
+    assert r.attempts == 0 and r.dsn_status == "5.0.0"
+    lines = log()
+    assert f"Deleted: MID {two} to [0]" in lines
+    assert f"Message finished MID {one} done" in lines and f"Message finished MID {two} done" in lines
+    assert Message.objects.filter(bounce_of_id=one).count() == 1
+    assert Message.objects.filter(bounce_of_id=two).count() == 0
+    assert queue.select_recipients().count() == 0  # nothing chosen: nothing selected
