@@ -221,7 +221,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             key = f"mx:{domain}"
             if domain not in mx_cache:
                 try:
-                    mx_cache[domain] = dns.mx_hosts(domain)
+                    mx_cache[domain] = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
                 except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
                     mx_cache[domain] = exc
             found = mx_cache[domain]

@@ -220,6 +220,8 @@ ESAROUTES_DELIVERY_CONNECT_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_CONNECT_T
 ESAROUTES_DELIVERY_COMMAND_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_COMMAND_TIMEOUT", 300.0, minimum=0.1)
 ESAROUTES_DELIVERY_DATA_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_DATA_TIMEOUT", 600.0, minimum=0.1)
 ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT", 1800.0, minimum=0.1)
+# The port of hosts found by MX lookup (USEDNS and domains without a route): 25, except to test on loopback.
+ESAROUTES_DELIVERY_MX_PORT = env.env_int("ESAROUTES_DELIVERY_MX_PORT", 25, minimum=1, maximum=65535)
 ESAROUTES_HOST_DOWN_INITIAL = env.env_float("ESAROUTES_HOST_DOWN_INITIAL", 60.0, minimum=0.0)
 ESAROUTES_HOST_DOWN_MAX = env.env_float("ESAROUTES_HOST_DOWN_MAX", 3600.0, minimum=0.0)
 # Routes: outgoing SMTP AUTH passwords are encrypted at rest with this Fernet key (urlsafe base64 of 32 bytes,

@@ -280,3 +280,30 @@ def test_bounce_and_delete_recipients_as_the_operator(peers):
     assert Message.objects.filter(bounce_of_id=one).count() == 1
     assert Message.objects.filter(bounce_of_id=two).count() == 0
     assert queue.select_recipients().count() == 0  # nothing chosen: nothing selected
+
+
+def test_usedns_delivers_to_the_mx_and_a_dns_hard_failure_bounces_with_dcid_0(peers, dns_server, settings):
+    mx = peers.start()  # 127.0.0.1: what "localhost" resolves to (after ::1, which refuses)
+    settings.ESAROUTES_DELIVERY_MX_PORT = mx.port
+    dns_server.add("mx.test", "MX", "10 localhost.")
+    make_route("mx.test", "USEDNS")
+    make_route("origin.test", "/dev/null")
+    mid = queue_message("a@mx.test", "b@nowhere.test")  # nowhere.test: no route, no DNS → NXDOMAIN
+    worker.deliver_batch([mid])
+    assert mx.wait_for_messages(1)[0].rcpt_tos == ("a@mx.test",)
+    assert recipients(mid) == [(0, "delivered"), (1, "bounced")]
+    (bounced,) = grep("^Bounced:", log(mid))
+    assert bounced.startswith(
+        f"Bounced: DCID 0 MID {mid} From: <sender@origin.test> To: <b@nowhere.test> RID 1 - 5.1.2 - "
+    )
+
+
+def test_a_dns_temporary_failure_delays(dns_server):
+    dns_server.servfail("flaky.test")
+    make_route("origin.test", "/dev/null")
+    mid = queue_message("a@flaky.test")
+    worker.deliver_batch([mid])
+    r = Recipient.objects.get(message_id=mid)
+    assert r.state == "delayed" and r.attempts == 1 and r.last_response.startswith("4.4.3 ")
+    (delayed,) = grep("^Delayed:", log(mid))
+    assert delayed.startswith(f"Delayed: DCID 0 MID {mid} ") and " - 4.4.3 - " in delayed
