@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -316,20 +316,7 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
                 if f.state == Recipient.State.BOUNCED:
                     bounced[f.mid].append((r, f))
             changed.append(r)
-        if changed:
-            Recipient.objects.bulk_update(
-                changed,
-                [
-                    "attempts",
-                    "last_code",
-                    "last_response",
-                    "last_host",
-                    "dsn_status",
-                    "state",
-                    "next_attempt_at",
-                    "finished_at",
-                ],
-            )
+        _update_recipients(changed)
         DeliveryAttempt.objects.bulk_create(
             [
                 DeliveryAttempt(
@@ -355,6 +342,40 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
         if came_back:
             _kick_hosts(came_back, now)
     return generated
+
+
+_RECIPIENT_UPDATE = (
+    "UPDATE delivery_recipient SET attempts = %s, last_code = %s, last_response = %s, last_host = %s, "
+    "dsn_status = %s, state = %s, next_attempt_at = %s, finished_at = %s WHERE id = %s"
+)
+
+
+def _update_recipients(rows: Sequence[Recipient]) -> None:
+    """Save recipients' outcome columns: one prepared UPDATE run for every row (pipelined by psycopg).
+
+    `bulk_update()` builds a CASE WHEN per column and row, which cost a fifth of a worker's CPU at full load.
+    """
+    if not rows:
+        return
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            _RECIPIENT_UPDATE,
+            [
+                (
+                    r.attempts,
+                    r.last_code,
+                    r.last_response,
+                    r.last_host,
+                    r.dsn_status,
+                    r.state,
+                    adapt(r.next_attempt_at),
+                    adapt(r.finished_at),
+                    r.pk,
+                )
+                for r in rows
+            ],
+        )
 
 
 def _finish_messages(mids: Iterable[int], now: datetime) -> list[maillog.Line]:

@@ -123,7 +123,7 @@ def test_no_dsn_for_the_null_sender(peers):
 def test_every_host_failing_delays_and_marks_them_down(peers, settings):
     refused = peers.refused()
     busy = peers.start(mail="421 4.3.2 Service shutting down")
-    make_route("dest.test", hosts_text((refused, 0), (busy, 0)))
+    make_route("dest.test", hosts_text((refused, 0), (busy, 10)))  # refused first: the Delayed line is busy's
     before = timezone.now()
     mid = queue_message("a@dest.test")
     worker.deliver_batch([mid])
