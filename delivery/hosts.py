@@ -77,6 +77,28 @@ def apply_events(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
         merged.setdefault(event.key, []).append(event)
     if not merged:
         return set()
+    # The common case, a healthy host that stays healthy: add to its counters, no lock, no read.
+    healthy = [key for key, evs in merged.items() if all(e.ok for e in evs)]
+    if healthy:
+        with connection.cursor() as cursor:
+            for key in healthy:
+                evs = merged[key]
+                cursor.execute(
+                    "UPDATE delivery_hoststatus SET delivered = delivered + %s, failed = failed + %s, "
+                    "last_success_at = %s WHERE host = %s AND port = %s AND consecutive_failures = 0 "
+                    "AND down_until IS NULL",
+                    [
+                        sum(e.delivered for e in evs),
+                        sum(e.failed for e in evs),
+                        connection.ops.adapt_datetimefield_value(now),
+                        key[0],
+                        key[1],
+                    ],
+                )
+                if cursor.rowcount == 1:
+                    del merged[key]
+    if not merged:
+        return set()
     existing = {
         (hs.host, hs.port): hs
         for hs in HostStatus.objects.filter(host__in={h for h, _ in merged}).select_for_update()

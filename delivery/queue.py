@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -106,7 +107,20 @@ class Plan:
     immediate: runner.Report = field(default_factory=runner.Report)  # expiry, /dev/null, DNS failures
 
 
+_profiles_cache: tuple[float, dict[int | None, BounceProfile]] | None = None
+
+
 def _profiles() -> dict[int | None, BounceProfile]:
+    """Bounce profiles by id (None: the default), read at most every ESAROUTES_ROUTE_REFRESH seconds."""
+    global _profiles_cache
+    if _profiles_cache is not None and time.monotonic() - _profiles_cache[0] < settings.ESAROUTES_ROUTE_REFRESH:
+        return _profiles_cache[1]
+    profiles = _read_profiles()
+    _profiles_cache = (time.monotonic(), profiles)
+    return profiles
+
+
+def _read_profiles() -> dict[int | None, BounceProfile]:
     profiles: dict[int | None, BounceProfile] = {p.pk: p for p in BounceProfile.objects.all()}
     default = next((p for p in profiles.values() if p.name == BounceProfile.DEFAULT_NAME), None)
     profiles[None] = default or BounceProfile(name=BounceProfile.DEFAULT_NAME)
@@ -290,12 +304,11 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
     came_back: set[hosts.HostKey] = set()
     generated: list[int] = []
     with transaction.atomic():
+        # every recipient of the messages concerned: the outcome's rows, and whether a message is now done
         by_key: dict[tuple[int, int], Recipient] = {}
         if mids:
-            wanted = {(f.mid, f.rid) for f in finals} | {(a.mid, a.rid) for a in attempts}
             for row in Recipient.objects.filter(message_id__in=mids).select_for_update():
-                if (row.message_id, row.rid) in wanted:
-                    by_key[(row.message_id, row.rid)] = row
+                by_key[(row.message_id, row.rid)] = row
         table = snapshot.current_table()
         profiles = _profiles()
         changed: list[Recipient] = []
@@ -336,7 +349,8 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
             ]
         )
         came_back = hosts.apply_events(events, now)
-        lines += _finish_messages(mids, now)
+        still_active = {mid for (mid, _), r in by_key.items() if r.state in ACTIVE}
+        lines += _finish_messages(mids - still_active, now)
         maillog.write(lines, at=now)
         generated = _generate_bounces(bounced, profiles, table, now)
         if came_back:
@@ -378,13 +392,19 @@ def _update_recipients(rows: Sequence[Recipient]) -> None:
         )
 
 
-def _finish_messages(mids: Iterable[int], now: datetime) -> list[maillog.Line]:
-    """Messages with no active recipient left are done: `Message finished MID n done`."""
+def _finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True) -> list[maillog.Line]:
+    """Messages with no active recipient left are done: `Message finished MID n done`.
+
+    `checked`: the caller knows these messages have no active recipient left (it holds their rows locked).
+    """
     mids = set(mids)
+    if mids and not checked:
+        mids -= set(
+            Recipient.objects.filter(message_id__in=mids, state__in=ACTIVE).values_list("message_id", flat=True)
+        )
     if not mids:
         return []
-    active = set(Recipient.objects.filter(message_id__in=mids, state__in=ACTIVE).values_list("message_id", flat=True))
-    done = sorted(Message.objects.filter(pk__in=mids - active, state=Message.State.QUEUED).values_list("pk", flat=True))
+    done = sorted(Message.objects.filter(pk__in=mids, state=Message.State.QUEUED).values_list("pk", flat=True))
     if not done:
         return []
     Message.objects.filter(pk__in=done).update(
@@ -581,7 +601,7 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: dat
             state=Recipient.State.DELETED, finished_at=now, next_attempt_at=None
         )
         lines = [maillog.deleted(mid, rids) for mid, rids in by_mid.items()]
-        lines += _finish_messages(by_mid, now)
+        lines += _finish_messages(by_mid, now, checked=False)
         maillog.write(lines, at=now)
         _audit(actor, "delete recipients", {"recipients": len(rows)}, now)
     return len(rows)
