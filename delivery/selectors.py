@@ -497,7 +497,12 @@ def queue_depth(now: datetime) -> tuple[int, float | None]:
 
 
 def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
-    """`hoststatus <domain>`: counters, gauges, the hosts tried, the latest 5xx error. None if never seen."""
+    """`hoststatus <domain>`: counters, gauges, the hosts tried, the latest 5xx error. None if never seen.
+
+    Hard bounces are split as the ESA splits them: expired (5.4.7), 5XX (a host's reply), DNS (no reply: the
+    domain's MX lookup failed for good) and other (an administrator's bounce). The domain is down when every host
+    tried for it is marked down.
+    """
     domain = domain.lower()
     recipients = Recipient.objects.filter(domain=domain)
     states = dict(recipients.values_list("state").annotate(n=Count("id")).order_by())
@@ -511,6 +516,17 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         unattempted=Count("id", filter=Q(attempts=0)),
         oldest=Min("message__received_at"),
     )
+    expired = Q(dsn_status="5.4.7")
+    hard = recipients.filter(state=Recipient.State.BOUNCED).aggregate(
+        expired=Count("id", filter=expired),
+        fivexx=Count("id", filter=Q(last_code__gte=500) & ~expired),
+        dns=Count(
+            "id",
+            filter=Q(last_code__isnull=True)
+            & (Q(dsn_status__startswith="5.1.") | Q(dsn_status__startswith="5.4.4"))
+            & ~expired,
+        ),
+    )
     host_names = set(attempts.values_list("host", flat=True).distinct()[:50])
     host_names |= set(
         MailLogLine.objects.filter(domain=domain, dcid__isnull=False)
@@ -521,17 +537,22 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
     last_activity = attempts.aggregate(m=Max("at"))["m"]
     last_5xx = attempts.filter(code__gte=500).order_by("-at", "-id").first()
     delivered = states.get(Recipient.State.DELIVERED, 0)
-    hard = states.get(Recipient.State.BOUNCED, 0)
+    hard_total = states.get(Recipient.State.BOUNCED, 0)
     deleted = states.get(Recipient.State.DELETED, 0)
     return {
         "domain": domain,
         "now": now,
-        "up": not any(h.down_until and h.down_until > now for h in hosts) if hosts else None,
+        "up": not all(h.down_until and h.down_until > now for h in hosts) if hosts else None,
         "soft_bounced": soft,
-        "completed": delivered + hard + deleted + states.get(Recipient.State.DROPPED, 0),
-        "hard_bounced": hard,
+        "completed": delivered + hard_total + deleted + states.get(Recipient.State.DROPPED, 0),
+        "hard_bounced": hard_total,
+        "hard_dns": hard["dns"],
+        "hard_5xx": hard["fivexx"],
+        "hard_expired": hard["expired"],
+        "hard_other": hard_total - hard["dns"] - hard["fivexx"] - hard["expired"],
         "delivered": delivered,
         "deleted": deleted,
+        "dropped": states.get(Recipient.State.DROPPED, 0),
         "active": gauges["active"],
         "unattempted": gauges["unattempted"],
         "attempted": gauges["active"] - gauges["unattempted"],
@@ -541,6 +562,107 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         "hosts": hosts,
         "last_5xx": last_5xx,
     }
+
+
+@dataclass(frozen=True)
+class RouteHost:
+    """One host a domain's mail goes to (a route's host or an MX host) with its health, if it was ever tried."""
+
+    host: str
+    port: int
+    priority: int
+    status: HostStatus | None
+
+    def down(self, now: datetime) -> bool:
+        return bool(self.status and self.status.down_until and self.status.down_until > now)
+
+
+@dataclass(frozen=True)
+class DomainRoute:
+    """Where a domain's mail goes: `kind` is "route" (its hosts), "usedns" or "mx" (by MX records: no route),
+    or "devnull". `hosts` are the routed hosts, or the MX hosts when they were looked up (`resolved`)."""
+
+    domain: str
+    kind: str
+    route_domain: str = ""
+    hosts: tuple[RouteHost, ...] = ()
+    resolved: bool = False
+    mx_error: str = ""
+
+
+def _with_status(specs: Sequence[tuple[str, int, int]]) -> tuple[RouteHost, ...]:
+    statuses = {(h.host, h.port): h for h in HostStatus.objects.filter(host__in={s[0] for s in specs})}
+    return tuple(RouteHost(h, p, pri, statuses.get((h, p))) for h, p, pri in specs)
+
+
+def domain_route(domain: str, *, resolve_mx: bool = False) -> DomainRoute:
+    """The route a domain's mail takes now (from the route table in memory) and its hosts' health.
+
+    By MX records (USEDNS or no route) the MX hosts are looked up only when `resolve_mx` is set: a status page
+    or command must not wait on DNS unless asked.
+    """
+    from django.conf import settings
+
+    from routes import snapshot
+
+    entry = snapshot.current_table().lookup(domain)
+    route_domain = entry.domain if entry is not None else ""
+    if entry is not None and entry.special == "devnull":
+        return DomainRoute(domain, "devnull", route_domain)
+    if entry is not None and not entry.special:
+        return DomainRoute(
+            domain, "route", route_domain, _with_status([(h.host, h.port, h.priority) for h in entry.hosts])
+        )
+    kind = "usedns" if entry is not None else "mx"
+    if not resolve_mx:
+        return DomainRoute(domain, kind, route_domain)
+    from delivery import dns
+
+    try:
+        found = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
+    except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
+        return DomainRoute(domain, kind, route_domain, resolved=True, mx_error=str(exc))
+    specs = [(h.address, h.port, h.priority) for h in found]
+    return DomainRoute(domain, kind, route_domain, _with_status(specs), resolved=True)
+
+
+def queue_listing(
+    *, domain: str = "", sender: str | None = None, limit: int = 100
+) -> tuple[list[tuple[str, list[Recipient]]], int]:
+    """`showqueue`: active recipients grouped by destination domain, oldest message first (domains in the order
+    of their oldest recipient), at most `limit` recipients; and how many active recipients match in all."""
+    qs = queue_recipients(domain)
+    if sender is not None:  # "" is the null sender <>
+        qs = qs.filter(message__sender=sender)
+    total = qs.count()
+    groups: dict[str, list[Recipient]] = {}
+    for r in qs[:limit]:
+        groups.setdefault(r.domain, []).append(r)
+    return list(groups.items()), total
+
+
+def selection_size(recipients: QuerySet[Recipient]) -> tuple[int, int]:
+    """(recipients, messages) in a selection of active recipients, before an operator acts on it."""
+    agg = recipients.aggregate(n=Count("id"), m=Count("message_id", distinct=True))
+    return int(agg["n"] or 0), int(agg["m"] or 0)
+
+
+def message_exists(mid: int) -> bool:
+    return Message.objects.filter(pk=mid).exists()
+
+
+def active_recipient_count(*, mid: int | None = None, domain: str | None = None) -> int:
+    """Active recipients of one message, of one domain, or of the whole queue."""
+    qs = Recipient.objects.filter(state__in=Recipient.ACTIVE)
+    if mid is not None:
+        qs = qs.filter(message_id=mid)
+    if domain is not None:
+        qs = qs.filter(domain=domain)
+    return qs.count()
+
+
+def host_status(pk: int) -> HostStatus | None:
+    return HostStatus.objects.filter(pk=pk).first()
 
 
 def host_list() -> QuerySet[HostStatus]:

@@ -1,0 +1,125 @@
+"""`manage.py hoststatus DOMAIN`: a destination domain's mail status, laid out like the ESA's `hoststatus`.
+
+Counters and gauges come from the queue tables; then the route the domain's mail takes now and each of its hosts
+with its state (up, or down until when), counters and last error. For USEDNS or an unrouted domain the MX hosts
+are looked up only with `--dns` (a status command must not hang on DNS); without it, the hosts that were tried
+for the domain are shown. An unknown domain prints "No record of host" and exits with status 1.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from delivery import maillog, selectors
+from delivery.management.commands.bouncerecipients import domain_arg
+from delivery.models import HostStatus
+
+WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
+
+
+def when(at: datetime | None, default: str = "(never)") -> str:
+    return maillog.ctime(at) if at else default
+
+
+def row(indent: int, label: str, value: object) -> str:
+    text = f"{' ' * indent}{label}"
+    return f"{text}{str(value).rjust(max(1, WIDTH - len(text)))}"
+
+
+def host_state(status: HostStatus | None, now: datetime) -> str:
+    if status is None:
+        return "never tried"
+    if status.down_until and status.down_until > now:
+        return f"down until {maillog.ctime(status.down_until)}"
+    return "up"
+
+
+class Command(BaseCommand):
+    help = "Show a destination domain's mail status: counters, gauges, its route's hosts and their last errors."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("domain", type=domain_arg, help="destination (recipient) domain, e.g. example.com")
+        parser.add_argument(
+            "--dns", action="store_true", help="look the MX hosts up (USEDNS routes and unrouted domains)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        domain: str = options["domain"]
+        now = selectors.now()
+        status = selectors.domain_status(domain, now)
+        if status is None:
+            raise CommandError(f"No record of host: {domain}")
+        route = selectors.domain_route(domain, resolve_mx=options["dns"])
+        up = status["up"]
+        out = [
+            f"Host mail status for: {domain}",
+            f"Status as of:         {maillog.ctime(now)}",
+            f"Host up/down:         {'unknown (no connection yet)' if up is None else 'up' if up else 'down'}",
+            "",
+            "Counters:",
+            "  Queue",
+            row(4, "Soft Bounced Events", status["soft_bounced"]),
+            "  Completion",
+            row(4, "Completed Recipients", status["completed"]),
+            row(6, "Hard Bounced Recipients", status["hard_bounced"]),
+            row(8, "DNS Hard Bounces", status["hard_dns"]),
+            row(8, "5XX Hard Bounces", status["hard_5xx"]),
+            row(8, "Filter Hard Bounces", 0),
+            row(8, "Expired Hard Bounces", status["hard_expired"]),
+            row(8, "Other Hard Bounces", status["hard_other"]),
+            row(6, "Delivered Recipients", status["delivered"]),
+            row(6, "Deleted Recipients", status["deleted"]),
+            row(6, "Dropped Recipients (/dev/null)", status["dropped"]),
+            "",
+            "Gauges:",
+            "  Queue",
+            row(4, "Active Recipients", status["active"]),
+            row(6, "Unattempted Recipients", status["unattempted"]),
+            row(6, "Attempted Recipients", status["attempted"]),
+            "  Connections",
+            row(4, "Current Outbound Connections", status["connections_out"]),
+            "",
+            row(0, "Oldest Message", when(status["oldest"], "No Messages")),
+            row(0, "Last Activity", when(status["last_activity"])),
+            "",
+            "Last 5XX error:",
+            "----------",
+        ]
+        last = status["last_5xx"]
+        out.append(f"{maillog.ctime(last.at)} {last.host}: {last.code} {last.response}" if last else "(never)")
+        out += ["", "SMTP routes for this host:"]
+        out += self.route_lines(route, status["hosts"], now)
+        self.stdout.write("\n".join(out))
+
+    def route_lines(self, route: selectors.DomainRoute, tried: list[HostStatus], now: datetime) -> list[str]:
+        shown: list[tuple[int | None, str, HostStatus | None]] = []
+        if route.kind == "devnull":
+            return [f"  {route.route_domain}: /dev/null (accepted and dropped)"]
+        if route.kind == "route":
+            lines = [f"  Route: {route.route_domain}"]
+            shown = [(h.priority, f"{h.host}:{h.port}", h.status) for h in route.hosts]
+        else:
+            how = f"{route.route_domain}: USEDNS" if route.kind == "usedns" else "No route"
+            lines = [f"  {how} (delivered by MX records)"]
+            if route.mx_error:
+                lines.append(f"  MX lookup failed: {route.mx_error}")
+            elif route.resolved:
+                lines.append("  MX hosts (looked up now):")
+                shown = [(h.priority, f"{h.host}:{h.port}", h.status) for h in route.hosts]
+            else:
+                lines.append("  MX hosts not looked up (add --dns); hosts tried for this domain:")
+                shown = [(None, f"{h.host}:{h.port}", h) for h in tried]
+        if not shown:
+            return [*lines, "  (none)"]
+        lines.append(f"  {'Pri':>5}  {'Host':<36} {'Delivered':>9} {'Failed':>7}  State")
+        for priority, name, hs in shown:
+            pri = "" if priority is None else str(priority)
+            delivered = hs.delivered if hs else 0
+            failed = hs.failed if hs else 0
+            lines.append(f"  {pri:>5}  {name:<36} {delivered:>9} {failed:>7}  {host_state(hs, now)}")
+            if hs and hs.last_error:
+                lines.append(f"{'':9}last error {when(hs.last_error_at)}: {hs.last_error}")
+        return lines
