@@ -78,7 +78,9 @@ def apply_events(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
     if not merged:
         return set()
     # The common case, a healthy host that stays healthy: add to its counters, no lock, no read.
-    healthy = [key for key, evs in merged.items() if all(e.ok for e in evs)]
+    # Always in (host, port) order, as the slow path's SELECT ... FOR UPDATE: two workers recording at the
+    # same time take the rows' locks in the same order, so they never deadlock.
+    healthy = sorted(key for key, evs in merged.items() if all(e.ok for e in evs))
     if healthy:
         with connection.cursor() as cursor:
             for key in healthy:
@@ -101,7 +103,9 @@ def apply_events(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
         return set()
     existing = {
         (hs.host, hs.port): hs
-        for hs in HostStatus.objects.filter(host__in={h for h, _ in merged}).select_for_update()
+        for hs in HostStatus.objects.filter(host__in={h for h, _ in merged})
+        .order_by("host", "port")
+        .select_for_update()
         if (hs.host, hs.port) in merged
     }
     missing = [HostStatus(host=h, port=p) for (h, p) in merged if (h, p) not in existing]

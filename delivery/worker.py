@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import queue as stdqueue
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import OperationalError
 from django.utils import timezone
 
 from delivery import queue, runner
@@ -43,7 +45,7 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult
     try:
         plan = queue.plan(claimed, now=now)
         if plan.immediate:
-            generated += queue.record([plan.immediate])
+            generated += _record([plan.immediate])
         if plan.groups:
             generated += _run(plan.groups, token)
     except Exception:
@@ -84,8 +86,22 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
             except stdqueue.Empty:
                 break
         if batch:
-            generated += queue.record(batch)
+            generated += _record(batch)
             if not finished:
                 queue.renew(token, now=timezone.now())
     future.result()  # a bug in the runner surfaces here (recorded reports stay recorded)
     return generated
+
+
+def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:
+    """queue.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
+    the reports are still in hand): the mail went out, so losing its outcome would send it twice."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return queue.record(reports)
+        except OperationalError:
+            if attempt == attempts:
+                raise
+            logger.warning("recording a delivery outcome failed (attempt %s); trying again", attempt, exc_info=True)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
