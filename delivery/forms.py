@@ -10,6 +10,7 @@ from django import forms
 
 from delivery import selectors
 from delivery.models import MailLogLine
+from routes import matching
 
 TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), ("empty", "is empty"))
 RECIPIENT_HOW = TEXT_HOW[:3]
@@ -113,37 +114,50 @@ class AuditFilterForm(forms.Form):
     object_type = forms.CharField(required=False, max_length=64)
 
 
-class DeliverNowForm(forms.Form):
-    """`delivernow`: one message, one destination domain, or everything queued."""
+class QueueActionForm(forms.Form):
+    """What a queue action (deliver now, bounce, delete) applies to: one message, one destination domain, the
+    recipients ticked on the queue page, or the whole queue; `confirm` is set by the confirmation page."""
 
-    scope = forms.ChoiceField(choices=(("message", "message"), ("domain", "domain"), ("all", "all")))
+    SCOPES = (("message", "one message"), ("domain", "one domain"), ("recipients", "chosen recipients"), ("all", "all"))
+
+    scope = forms.ChoiceField(choices=SCOPES)
     mid = forms.IntegerField(required=False, min_value=1)
     domain = forms.CharField(required=False, max_length=255)
-
-    def clean(self) -> dict[str, Any]:
-        d = super().clean() or {}
-        if d.get("scope") == "message" and not d.get("mid"):
-            raise forms.ValidationError("Which message?")
-        if d.get("scope") == "domain" and not (d.get("domain") or "").strip():
-            raise forms.ValidationError("Which domain?")
-        return d
-
-
-class RecipientsActionForm(forms.Form):
-    """`bouncerecipients` / `deleterecipients`: the chosen recipients, or every active one of a domain."""
-
     recipient = forms.TypedMultipleChoiceField(required=False, coerce=int, choices=())
-    domain = forms.CharField(required=False, max_length=255)
+    confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
+    next = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Any positive id is acceptable here; queue functions skip ids that are gone or no longer active.
+        # Any positive id is acceptable here; the queue functions skip ids that are gone or no longer active.
         field = self.fields["recipient"]
         assert isinstance(field, forms.TypedMultipleChoiceField)
         field.valid_value = lambda value: str(value).isdigit() and int(value) > 0  # type: ignore[method-assign]
 
     def clean(self) -> dict[str, Any]:
         d = super().clean() or {}
-        if not d.get("recipient") and not (d.get("domain") or "").strip():
-            raise forms.ValidationError("Choose recipients or a domain.")
+        scope = d.get("scope")
+        if scope == "message" and not d.get("mid"):
+            raise forms.ValidationError("Which message? (mid)")
+        if scope == "domain":
+            domain = matching.recipient_domain((d.get("domain") or "").strip())
+            if domain is None:
+                raise forms.ValidationError("Which domain? (domain)")
+            d["domain"] = domain
+        if scope == "recipients" and not d.get("recipient"):
+            raise forms.ValidationError("Tick the recipients first.")
+        if len(d.get("recipient") or ()) > 1000:
+            raise forms.ValidationError("At most 1000 recipients at a time.")
         return d
+
+    def selection(self) -> dict[str, Any]:
+        """Keyword arguments of `delivery.queue.select_recipients` for the chosen scope."""
+        d = self.cleaned_data
+        scope = d["scope"]
+        if scope == "message":
+            return {"mids": [d["mid"]]}
+        if scope == "domain":
+            return {"domain": d["domain"]}
+        if scope == "recipients":
+            return {"recipient_ids": d["recipient"]}
+        return {"everything": True}

@@ -14,7 +14,11 @@ urlpatterns = [
     path("tracking/<int:mid>/", views.message_detail, name="message-detail"),
     path("tracking/<int:mid>/raw", views.message_raw, name="message-raw"),
     path("queue/", views.queue_page, name="queue"),
+    path("queue/deliver-now/", views.queue_action, {"action": "deliver"}, name="queue-deliver-now"),
+    path("queue/bounce/", views.queue_action, {"action": "bounce"}, name="queue-bounce"),
+    path("queue/delete/", views.queue_action, {"action": "delete"}, name="queue-delete"),
     path("hosts/", views.host_list, name="host-list"),
+    path("hosts/<int:pk>/retry/", views.host_retry, name="host-retry"),
     path("hosts/domain/<str:domain>/", views.domain_detail, name="domain-detail"),
     path("audit/", views.audit_list, name="audit-list"),
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -26,11 +27,12 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from django.views.decorators.http import require_GET
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from delivery import forms, maillog, selectors
-from delivery.models import Message
+from delivery import forms, maillog, queue, selectors
+from delivery.models import HostStatus, Message, Recipient
 from esaroutes import permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
 from routes.models import AuditEntry
@@ -45,6 +47,10 @@ def _template(request: AuthedHtmxRequest, template: str, partial: str) -> str:
     if request.htmx and not request.htmx.history_restore_request:
         return f"{template}#{partial}"
     return template
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _bad_request(form: Any) -> HttpResponse:
@@ -199,7 +205,9 @@ def tracking(request: AuthedHtmxRequest) -> HttpResponse:
 def message_detail(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
     message = get_object_or_404(Message.objects.select_related("bounce_of"), pk=mid)
     story = selectors.message_story(message)
-    return render(request, "delivery/message_detail.html", {"story": story, "message": message})
+    active = sum(r.state in Recipient.ACTIVE for r in story.recipients)
+    ctx = {"story": story, "message": message, "active": active, "here": request.get_full_path()}
+    return render(request, "delivery/message_detail.html", ctx)
 
 
 @require_GET
@@ -236,19 +244,29 @@ def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     return render(request, _template(request, "delivery/host_list.html", "host-table"), ctx)
 
 
+@require_POST
+@permissions.require("hosts.view", "hosts.change")
+def host_retry(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    """ "Retry now": mark the host up and send its routes' backlog now (`delivery.queue.mark_host_up`)."""
+    host = get_object_or_404(HostStatus, pk=pk)
+    kicked = queue.mark_host_up(host.host, host.port, actor=request.user)
+    note = f"{host.host}:{host.port} marked up; {_plural(kicked, 'queued message')} sent now."
+    if request.htmx:
+        host.refresh_from_db()
+        ctx = {"h": host, "now": timezone.now(), "note": note}
+        return render(request, "delivery/_host_row.html", ctx)
+    messages.success(request, note)
+    return HttpResponseRedirect(reverse("delivery:host-list"))
+
+
 @require_GET
 @permissions.require("hosts.view")
 def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
-    """`hoststatus <domain>`: counters, gauges, hosts, the latest 5xx error and the route for the domain."""
+    """`hoststatus <domain>`: counters, gauges, hosts, the latest 5xx error and the route for the domain (its
+    hosts and their state; MX hosts are not looked up here)."""
     now = timezone.now()
     status = selectors.domain_status(domain, now)
-    route = None
-    try:
-        from routes import snapshot
-
-        route = snapshot.current_table().lookup(domain)
-    except Exception:  # the route table is a nicety here; the status page must not fail with it
-        route = None
+    route = selectors.domain_route(domain.lower())
     return render(
         request,
         "delivery/domain_detail.html",
@@ -311,3 +329,88 @@ def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
         "now": timezone.now(),
     }
     return render(request, _template(request, "delivery/queue.html", "queue-table"), ctx)
+
+
+# --- Queue actions -----------------------------------------------------------------------------------------------
+
+QUEUE_ACTIONS: dict[str, dict[str, str]] = {
+    "deliver": {
+        "url": "delivery:queue-deliver-now",
+        "verb": "Deliver now",
+        "explain": "The messages are sent now instead of at their next retry time (the ESA's delivernow).",
+    },
+    "bounce": {
+        "url": "delivery:queue-bounce",
+        "verb": "Bounce",
+        "explain": "Each recipient is hard-bounced now and a delivery status notification goes to its sender "
+        "(the ESA's bouncerecipients).",
+    },
+    "delete": {
+        "url": "delivery:queue-delete",
+        "verb": "Delete",
+        "explain": "The recipients leave the queue without a bounce: their senders are not told "
+        "(the ESA's deleterecipients).",
+    },
+}
+
+
+def _next_url(request: AuthedHtmxRequest, value: str) -> str:
+    """Where to go back to after an action: a page of this site, else the queue."""
+    if value and url_has_allowed_host_and_scheme(value, {request.get_host()}, require_https=request.is_secure()):
+        return value
+    return reverse("delivery:queue")
+
+
+def _deliver_now(form: forms.QueueActionForm, actor: Any) -> int:
+    d = form.cleaned_data
+    scope = d["scope"]
+    if scope == "message":
+        return queue.deliver_now(actor=actor, mid=d["mid"])
+    if scope == "domain":
+        return queue.deliver_now(actor=actor, domain=d["domain"])
+    if scope == "all":
+        return queue.deliver_now(actor=actor)
+    mids = sorted(set(queue.select_recipients(recipient_ids=d["recipient"]).values_list("message_id", flat=True)))
+    return sum(queue.deliver_now(actor=actor, mid=mid) for mid in mids)
+
+
+@require_POST
+@permissions.require("queue.view", "queue.change")
+def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
+    """Deliver now, bounce or delete: the first POST shows what would be done and asks; the confirmed POST
+    (`confirm=1`) calls `delivery.queue`, which logs it the ESA's way and audits it, then goes back with the
+    result as a message."""
+    spec = QUEUE_ACTIONS[action]
+    form = forms.QueueActionForm(request.POST)
+    if not form.is_valid():
+        return _bad_request(form)
+    back = _next_url(request, form.cleaned_data.get("next") or "")
+    chosen = queue.select_recipients(**form.selection())
+    if form.cleaned_data["confirm"]:
+        if action == "deliver":
+            kicked = _deliver_now(form, request.user)
+            messages.success(request, f"Rescheduled {_plural(kicked, 'message')} for immediate delivery.")
+        elif action == "bounce":
+            n = queue.bounce_recipients(chosen, actor=request.user)
+            messages.success(request, f"{_plural(n, 'recipient')} bounced." if n else "No messages bounced.")
+        else:
+            n = queue.delete_recipients(chosen, actor=request.user)
+            messages.success(request, f"{_plural(n, 'recipient')} deleted." if n else "No recipients deleted.")
+        return HttpResponseRedirect(back)
+    recipients, message_count = selectors.selection_size(chosen)
+    sample = list(chosen.select_related("message").order_by("message__received_at", "message_id", "rid")[:50])
+    what = f"{_plural(recipients, 'recipient')} of {_plural(message_count, 'message')}"
+    title = f"Deliver {_plural(message_count, 'message')} now?" if action == "deliver" else f"{spec['verb']} {what}?"
+    ctx = {
+        "form": form,
+        "action": action,
+        "spec": spec,
+        "title": title,
+        "what": what,
+        "recipients": recipients,
+        "sample": sample,
+        "more": max(0, recipients - len(sample)),
+        "back": back,
+        "scope": form.cleaned_data["scope"],
+    }
+    return render(request, "delivery/queue_confirm.html", ctx)

@@ -274,7 +274,7 @@ def _plan(address: str) -> dict[str, Any]:
         (s.host, s.port): s
         for s in HostStatus.objects.filter(host__in={h.host for h in entry.hosts}, down_until__gt=now)
     }
-    ordered = _try_order(entry.hosts, set(status))
+    ordered = _try_order(entry.hosts, set(status), entry.id)
     # Hosts the engine leaves out (down, while another host of the route is up) are listed last, flagged.
     skipped = [h for h in sorted(entry.hosts, key=lambda h: h.priority) if h not in ordered]
     plan["hosts"] = [
@@ -289,7 +289,9 @@ def _plan(address: str) -> dict[str, Any]:
     return plan
 
 
-def _try_order(hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]]) -> list[domains.HostSpec]:
+def _try_order(
+    hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]], route_id: int
+) -> list[domains.HostSpec]:
     """The order a new connection would try the hosts now, by the delivery engine's own rule when present.
 
     The round-robin position (which equal-priority host goes first) is a shared counter of the delivery side
@@ -299,7 +301,7 @@ def _try_order(hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]]) 
         from delivery import engine
 
         by_key = {(h.host, h.port): h for h in hosts}
-        order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(), down)
+        order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(route_id), down)
         return [by_key[h.key] for h in order]
     except (ImportError, AttributeError, TypeError, KeyError):
         return sorted((h for h in hosts if (h.host, h.port) not in down), key=lambda h: h.priority) or sorted(
@@ -307,13 +309,11 @@ def _try_order(hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]]) 
         )
 
 
-def _rr_offset() -> int:
-    try:
-        hosts_module = importlib.import_module("delivery.hosts")
-    except ImportError:
-        return 0
-    value = getattr(hosts_module, "current_rr_offset", None)
-    return int(value()) if callable(value) else 0
+def _rr_offset(route_id: int) -> int:
+    """Where the route's next connection starts its rotation (the round-robin key of a route is its id)."""
+    from delivery import hosts  # lazy: routes must import without the delivery side loaded
+
+    return hosts.current_rr_offset(route_id)
 
 
 def _send_test_message() -> Any:

@@ -40,7 +40,9 @@ def active(**filters):
 
 
 def audits():
-    return list(AuditEntry.objects.filter(object_type="queue").values_list("actor_name", "object_repr", "after"))
+    return list(
+        AuditEntry.objects.filter(object_type="queue").order_by("id").values_list("actor_name", "object_repr", "after")
+    )
 
 
 # --- delivernow -----------------------------------------------------------------------------------------------
