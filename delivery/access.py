@@ -9,9 +9,9 @@ The rules, in order, for one recipient:
 2. anyone else only to a domain the Recipient Access Table accepts: an explicit exact row, else the longest
    `.partial` row (strict subdomains), else, when no row names the domain, any domain that has a route other
    than `ALL` is accepted, else the `ALL` row, which is REJECT unless an admin changed it;
-3. for those clients, source routes (`<@a:b@c>`), the percent hack (`a%b@c`), bang paths (`a!b@c`) and address
-   literals (`b@[192.0.2.1]`) are refused outright: a default route to `ALL` can never make this an open relay,
-   because the route table only widens step 2 for named domains.
+3. for those clients, source routes (`<@a:b@c>`), the percent hack (`a%b@c`), bang paths (`a!b@c`), quoted
+   addresses (`"a@b"@c`) and address literals (`b@[192.0.2.1]`) are refused outright: a default route to `ALL`
+   can never make this an open relay, because the route table only widens step 2 for named domains.
 
 `audit()` is the one place the access pages, the admin and the commands record a change (AuditEntry row, same
 transaction as the change).
@@ -42,10 +42,24 @@ RELAY_GROUP = "RELAYLIST"
 ACCEPT_GROUP = "UNKNOWNLIST"
 ALL = domains.DEFAULT_ROUTE
 
-# Characters that have no place in an envelope address we accept: C0 controls, DEL, and the surrogates that
-# aiosmtpd uses to carry bytes that were not UTF-8.
-_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+# Characters that have no place in an envelope address we accept: C0 and C1 controls, DEL, the Unicode line and
+# paragraph separators (line breaks to many log readers), and the surrogates that aiosmtpd uses to carry bytes
+# that were not UTF-8.
+_BAD_ADDRESS_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SOURCE_ROUTE = re.compile(r"^\s*<?\s*@")
+
+# An RFC 5321 path (§4.1.2), with RFC 6531's UTF-8 allowed in atoms, labels and quoted strings: no comments, no
+# spaces, balanced brackets and quotes. aiosmtpd parses with the RFC 5322 header parser, which drops comments and
+# mends a missing ">" or quote: what it returns is then not what the client wrote, so the raw argument is checked.
+_U = "\u0080-\U0010ffff"
+_ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_U}]+"
+_LOCAL = rf'(?:{_ATOM}(?:\.{_ATOM})*|"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_U}]|\\[\x20-\x7e])*")'
+_LABEL = rf"[A-Za-z0-9{_U}](?:[A-Za-z0-9\-{_U}]*[A-Za-z0-9{_U}])?"
+_DOMAIN = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]+\]"
+_MAILBOX = rf"{_LOCAL}@(?:{_DOMAIN}|{_LITERAL})"
+_PARAMETER = r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?"  # esmtp-keyword["=" esmtp-value]
+_PATH = re.compile(rf"(?:<(?:@{_DOMAIN}(?:,@{_DOMAIN})*:)?{_MAILBOX}>|<>|{_MAILBOX})(?:[ \t]+{_PARAMETER})*[ \t]*")
 MAX_ADDRESS_LENGTH = 256  # RFC 5321 §4.5.3.1.3: a path, brackets included
 
 
@@ -144,6 +158,12 @@ def address_problem(address: str) -> str | None:
     return None
 
 
+def path_syntax_ok(argument: str) -> bool:
+    """Is the argument of MAIL FROM: or RCPT TO: (keyword stripped, parameters allowed after a space) an RFC 5321
+    path? A bare mailbox without the angle brackets is tolerated, as most MTAs do; a comment is not."""
+    return _PATH.fullmatch(argument.lstrip(" ")) is not None
+
+
 def recipient_domain(address: str) -> str:
     """The stored form of the recipient's domain: IDNA lower case, `[192.0.2.1]` kept as is, "" when none."""
     local, at, domain = address.rpartition("@")
@@ -161,8 +181,8 @@ def check_recipient(snap: AccessSnapshot, address: str, *, raw: str = "", relay:
     if _SOURCE_ROUTE.match(raw):
         return Decision(Verdict.DENY, "source route")
     local = address.rpartition("@")[0]
-    if "%" in local or "!" in local:
-        return Decision(Verdict.DENY, "percent hack or bang path")
+    if "%" in local or "!" in local or "@" in local:  # `"a@b"@c`: an address inside the quoted local part
+        return Decision(Verdict.DENY, "percent hack, bang path or routing in the local part")
     domain = recipient_domain(address)
     if not domain or domain.startswith("["):
         return Decision(Verdict.DENY, "no domain name")

@@ -491,6 +491,7 @@ class Session(SMTP):
             self._light_init(listener, names)
         self.listener = listener
         self.conn = Conn()
+        self.mail_raw = ""
         self.rcpt_raw = ""
         self._admitted = False
         self._counted = False
@@ -649,9 +650,18 @@ class Session(SMTP):
 
     # --- replies ---------------------------------------------------------------------------------------------
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.mail_raw = self._raw_path(arg, "FROM:")
+        await super().smtp_MAIL(arg)
+
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self.rcpt_raw = arg or ""
+        self.rcpt_raw = self._raw_path(arg, "TO:")
         await super().smtp_RCPT(arg)
+
+    def _raw_path(self, arg: str | None, keyword: str) -> str:
+        """The path as the client wrote it, after `FROM:`/`TO:` (aiosmtpd strips source routes and comments from
+        the address it hands the handler; the relay and syntax checks need what was sent)."""
+        return (self._strip_command_keyword(keyword, arg) if arg else None) or ""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser (email's RFC 5322 header parser, a fifth of the loop's time per message),
@@ -755,8 +765,7 @@ class Handler:
         self, server: Session, session: SmtpSession, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         sender = "" if address == "<>" else address
-        problem = access.address_problem(sender)
-        if problem:
+        if access.address_problem(sender) or not access.path_syntax_ok(server.mail_raw):
             return "553 5.1.7 Bad sender address syntax"
         envelope.mail_from = address  # "<>" kept as is: aiosmtpd tests mail_from for truth
         envelope.mail_options.extend(mail_options)
@@ -766,7 +775,12 @@ class Handler:
         self, server: Session, session: SmtpSession, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         conn = server.conn
-        if access.address_problem(address) or "@" not in address or not address.rpartition("@")[0]:
+        if (
+            access.address_problem(address)
+            or "@" not in address
+            or not address.rpartition("@")[0]
+            or not access.path_syntax_ok(server.rcpt_raw)
+        ):
             return "501 5.1.3 Bad recipient address syntax"
         if len(envelope.rcpt_tos) >= self.listener.config.max_recipients:
             return "452 4.5.3 Too many recipients"
@@ -798,7 +812,7 @@ class Handler:
             client_address=_ip_or_none(conn.ip),
             client_helo=conn.helo,
             auth_user=conn.auth_user,
-            message_id=headers.get("message-id", ""),
+            message_id=storable(headers.get("message-id", "")),
             subject=decode_subject(headers.get("subject", "")),
             pending_lines=tuple(pending),
         )
@@ -867,13 +881,29 @@ def header_values(data: bytes, names: tuple[str, ...] = ("subject", "message-id"
 
 
 def decode_subject(raw: str) -> str:
-    """A Subject with its RFC 2047 encoded words decoded; the raw text when they do not decode."""
+    """A Subject with its RFC 2047 encoded words decoded; the raw text when they do not decode.
+
+    Only the start is decoded (the email package's decoder is quadratic: a folded Subject of megabytes would hold
+    a listener thread for minutes); the first 4 x 998 characters hold the 998 kept of any sensible Subject.
+    """
+    if len(raw) > _SUBJECT_SCAN:
+        raw = raw[:_SUBJECT_SCAN].rpartition(" ")[0] or raw[:_SUBJECT_SCAN]
     if "=?" not in raw:
-        return raw[:998]
+        return storable(raw[:998])
     try:
-        return str(make_header(decode_header(raw)))[:998]
+        return storable(str(make_header(decode_header(raw)))[:998])
     except (ValueError, LookupError, UnicodeError):
-        return raw[:998]
+        return storable(raw[:998])
+
+
+_SUBJECT_SCAN = 4 * 998
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """Text a database column can hold: PostgreSQL refuses NUL, and no database encodes a lone surrogate (an
+    encoded word in UTF-7 can make one), which would fail the commit of the message with 451 on every retry."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 _HEADER_SAFE = re.compile(r"[^\x21-\x7e]")
