@@ -2,22 +2,26 @@
 
 The queue's state is changed only by `delivery.queue` (one transaction, state + attempts + log lines), so the
 admin shows messages, recipients, attempts, hosts and log lines read-only, and its actions call the same
-functions as the operator pages (`delivery.actions`). Bounce profiles are plain configuration and editable.
+functions as the operator pages and commands (`delivery.queue`: deliver now, bounce, delete, mark host up), for
+those who hold the capability (`queue.change`, `hosts.change`); bounce and delete ask for confirmation first.
+Bounce profiles are plain configuration and editable.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from delivery import selectors
+from delivery import queue, selectors
 from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, IdCounter, MailLogLine, Message, Recipient
+from esaroutes import permissions
 
 
 class ReadOnlyAdmin(admin.ModelAdmin[Any]):
@@ -29,6 +33,57 @@ class ReadOnlyAdmin(admin.ModelAdmin[Any]):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class QueueActionAdmin(ReadOnlyAdmin):
+    """Read-only, with actions that go through `delivery.queue` for those who may change the queue or hosts."""
+
+    def has_queue_permission(self, request: HttpRequest) -> bool:
+        return permissions.can(request.user, "queue.change")
+
+    def has_hosts_permission(self, request: HttpRequest) -> bool:
+        return permissions.can(request.user, "hosts.change")
+
+    def confirm(
+        self, request: HttpRequest, queryset: QuerySet[Any], question: str, explain: str
+    ) -> TemplateResponse | None:
+        """None once confirmed; else the confirmation page, which posts the same action again with `confirm`."""
+        if request.POST.get("confirm") == "yes":
+            return None
+        hidden = [(k, v) for k in request.POST for v in request.POST.getlist(k) if k != "csrfmiddlewaretoken"]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": question,
+            "explain": explain,
+            "objects": list(queryset[:50]),
+            "more": max(0, queryset.count() - 50),
+            "hidden": hidden,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "delivery/admin_confirm_action.html", context)
+
+    def bounce(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
+        page = self.confirm(request, recipients, "Bounce these recipients?", BOUNCE_EXPLAIN)
+        if page is None:
+            n = queue.bounce_recipients(recipients, actor=request.user)
+            self.message_user(
+                request, f"{n} recipient{'' if n == 1 else 's'} bounced." if n else "No messages bounced."
+            )
+        return page
+
+    def delete(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
+        page = self.confirm(request, recipients, "Delete these recipients?", DELETE_EXPLAIN)
+        if page is None:
+            n = queue.delete_recipients(recipients, actor=request.user)
+            self.message_user(
+                request, f"{n} recipient{'' if n == 1 else 's'} deleted." if n else "No recipients deleted."
+            )
+        return page
+
+
+BOUNCE_EXPLAIN = "Each active recipient is hard-bounced now and a delivery status notification goes to its sender."
+DELETE_EXPLAIN = "The active recipients leave the queue without a bounce: their senders are not told."
+MAX_KICKS = 1000
 
 
 class ReadOnlyInline(admin.TabularInline[Any, Any]):
@@ -63,7 +118,7 @@ class DeliveryAttemptInline(ReadOnlyInline):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(QueueActionAdmin):
     list_display = ("id", "received_at", "sender", "subject", "state", "icid", "size", "bounce_of")
     list_filter = ("state", "received_at")
     search_fields = ("=id", "sender", "message_id", "subject", "recipients__address")
@@ -92,6 +147,26 @@ class MessageAdmin(ReadOnlyAdmin):
     )
     fields = readonly_fields
     inlines = (RecipientInline, DeliveryAttemptInline)
+    actions = ("deliver_now", "bounce_active", "delete_active")
+
+    @admin.action(permissions=["queue"], description="Deliver now (send at once, not at the retry time)")
+    def deliver_now(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        mids = list(queryset.filter(state=Message.State.QUEUED).values_list("pk", flat=True)[: MAX_KICKS + 1])
+        if len(mids) > MAX_KICKS:
+            self.message_user(request, f"At most {MAX_KICKS} messages at a time.", messages.ERROR)
+            return
+        kicked = sum(queue.deliver_now(actor=request.user, mid=mid) for mid in mids)
+        self.message_user(request, f"Rescheduled {kicked} message{'' if kicked == 1 else 's'} for immediate delivery.")
+
+    @admin.action(permissions=["queue"], description="Bounce all active recipients of the selected messages")
+    def bounce_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
+        chosen = queue.select_recipients(mids=queryset.values_list("pk", flat=True))
+        return self.bounce(request, chosen)
+
+    @admin.action(permissions=["queue"], description="Delete all active recipients of the selected messages")
+    def delete_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
+        chosen = queue.select_recipients(mids=queryset.values_list("pk", flat=True))
+        return self.delete(request, chosen)
 
     @admin.display(description="Pages")
     def links(self, obj: Message) -> SafeString:
@@ -108,7 +183,7 @@ class MessageAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Recipient)
-class RecipientAdmin(ReadOnlyAdmin):
+class RecipientAdmin(QueueActionAdmin):
     list_display = ("message", "rid", "address", "domain", "state", "attempts", "next_attempt_at", "last_code")
     list_filter = ("state",)
     search_fields = ("address", "domain", "=message__id")
@@ -129,6 +204,17 @@ class RecipientAdmin(ReadOnlyAdmin):
         "finished_at",
     )
     inlines = (DeliveryAttemptInline,)
+    actions = ("bounce_selected", "delete_from_queue")
+
+    @admin.action(permissions=["queue"], description="Bounce the selected recipients (if still active)")
+    def bounce_selected(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
+        chosen = queue.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
+        return self.bounce(request, chosen)
+
+    @admin.action(permissions=["queue"], description="Delete the selected recipients from the queue (no bounce)")
+    def delete_from_queue(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
+        chosen = queue.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
+        return self.delete(request, chosen)
 
 
 @admin.register(DeliveryAttempt)
@@ -142,7 +228,7 @@ class DeliveryAttemptAdmin(ReadOnlyAdmin):
 
 
 @admin.register(HostStatus)
-class HostStatusAdmin(ReadOnlyAdmin):
+class HostStatusAdmin(QueueActionAdmin):
     list_display = (
         "host",
         "port",
@@ -156,6 +242,16 @@ class HostStatusAdmin(ReadOnlyAdmin):
     )
     search_fields = ("host", "last_error")
     list_filter = ("port",)
+    actions = ("mark_up",)
+
+    @admin.action(permissions=["hosts"], description="Mark host up (retry now: send its routes' queued mail)")
+    def mark_up(self, request: HttpRequest, queryset: QuerySet[HostStatus]) -> None:
+        kicked = sum(queue.mark_host_up(h.host, h.port, actor=request.user) for h in queryset[:MAX_KICKS])
+        n = min(queryset.count(), MAX_KICKS)
+        self.message_user(
+            request,
+            f"Marked {n} host{'' if n == 1 else 's'} up; {kicked} queued message{'' if kicked == 1 else 's'} sent now.",
+        )
 
 
 @admin.register(IdCounter)
