@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -100,12 +99,15 @@ def rss_kib(pid: int) -> int:
 
 def run_mode(mode: str, args: argparse.Namespace, smtp_port: int) -> tuple[str, int, float, list[float], int]:
     ports = [free_port(h) for h in SINKS]
-    sinks = [start_sink(h, p, refuse_rcpt=(mode == "failover" and i == 1)) for i, (h, p) in enumerate(zip(SINKS, ports))]
+    sinks = [
+        start_sink(h, p, refuse_rcpt=(mode == "failover" and i == 1))
+        for i, (h, p) in enumerate(zip(SINKS, ports, strict=True))
+    ]
     set_route(ports)
     time.sleep(args.route_refresh)  # the workers' route snapshot follows the table within ESAROUTES_ROUTE_REFRESH
     start_mid = Message.objects.aggregate(m=Max("pk"))["m"] or 0
     try:
-        elapsed, _, errors = asyncio.run(smtp_load.run(smtp_port, args.messages, args.clients, args.per_connection))
+        _, _, errors = asyncio.run(smtp_load.run(smtp_port, args.messages, args.clients, args.per_connection))
         deadline = time.monotonic() + args.timeout
         mine = Message.objects.filter(pk__gt=start_mid)
         while mine.filter(state=Message.State.QUEUED).exists():
@@ -121,9 +123,10 @@ def run_mode(mode: str, args: argparse.Namespace, smtp_port: int) -> tuple[str, 
         for sink in sinks:
             sink.terminate()
             sink.wait(10)
-    first = min(r for r, _ in rows)
-    last = max(f for _, f in rows)
-    latencies = sorted((f - r).total_seconds() for r, f in rows)
+    done = [(r, f) for r, f in rows if f is not None]
+    first = min(r for r, _ in done)
+    last = max(f for _, f in done)
+    latencies = sorted((f - r).total_seconds() for r, f in done)
     rate = len(rows) / max((last - first).total_seconds(), 1e-6)
     return mode, len(rows), rate, latencies, len(errors)
 
@@ -187,8 +190,10 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
     database = "PostgreSQL + Redis" if os.environ.get("DATABASE_URL") else "SQLite + filesystem broker"
-    print(f"\nrelay: {args.messages} x 1 KB, {args.clients} sessions, {args.per_connection} msg/session, "
-          f"{args.concurrency} worker processes, {database}")
+    print(
+        f"\nrelay: {args.messages} x 1 KB, {args.clients} sessions, {args.per_connection} msg/session, "
+        f"{args.concurrency} worker processes, {database}"
+    )
     print(f"{'mode':<10} {'delivered':>9} {'msg/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for mode, delivered, rate, latencies, errors in results:
         print(

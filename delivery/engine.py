@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import itertools
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -87,6 +87,27 @@ def order_hosts(hosts: Sequence[Host], rr_offset: int, down: Collection[tuple[st
         k = rr_offset % len(members)
         ordered += members[k:] + members[:k]
     return ordered
+
+
+def expand_exchanges(
+    ordered: Sequence[Host], exchanges: Mapping[str, Sequence[str]], down: Collection[tuple[str, int]] = ()
+) -> list[Host]:
+    """Replace each route host named in ``exchanges`` by its MX exchanges, best first, in its place.
+
+    The ESA looks a route's host name up by MX, then A: ``relay.example.com`` with MX ``mx1`` and ``mx2`` is
+    tried as ``mx1`` then ``mx2``, at the route host's priority and position (the rotation of equal hosts
+    happens first, on the route's own hosts, so an MX host counts once in the round-robin). Exchanges that are
+    down are left out unless all are.
+    """
+    out: list[Host] = []
+    for host in ordered:
+        names = exchanges.get(host.address)
+        if not names:
+            out.append(host)
+            continue
+        expanded = [Host(name, host.port, host.priority) for name in names]
+        out += [h for h in expanded if h.key not in down] or expanded
+    return out
 
 
 # --- what a reply means -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from delivery import engine, hosts, intake, maillog, runner, smtp_client
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
-from routes import matching, snapshot
+from routes import domains, matching, snapshot
 from routes.models import AuditEntry
 
 logger = logging.getLogger("delivery.queue")
@@ -208,6 +208,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     profiles = _profiles()
     mx_cache: dict[str, list[engine.Host] | Exception] = {}
     auth_cache: dict[int, tuple[str, str] | None] = {}
+    exchanges: dict[str, list[str]] = {}  # route host name -> its MX exchanges, best first
     # route key -> (entry, hosts, domain) and route key -> mid -> recipients
     routes: dict[str, tuple[matching.RouteEntry | None, list[engine.Host], str]] = {}
     jobs: dict[str, dict[int, list[runner.Rcpt]]] = defaultdict(lambda: defaultdict(list))
@@ -250,8 +251,14 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             key = f"route:{entry.id}"
             if key not in routes:
                 routes[key] = (entry, [engine.Host(h.host, h.port, h.priority) for h in entry.hosts], domain)
+                for h in entry.hosts:
+                    if _wants_mx(h) and h.host not in exchanges:
+                        exchanges[h.host] = _exchanges(h.host)
         jobs[key][mid].append(rcpt)
     all_keys = {h.key for _, host_list, _ in routes.values() for h in host_list}
+    all_keys |= {
+        (x, h.port) for _, host_list, _ in routes.values() for h in host_list for x in exchanges.get(h.address, ())
+    }
     down = hosts.down_hosts(all_keys, now)
     per_connection = settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION
     for key, by_mid in jobs.items():
@@ -262,7 +269,9 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
         ]
         route_key = str(entry.id) if entry is not None and key.startswith("route:") else key
         for start in range(0, len(job_list), per_connection):
-            order = engine.order_hosts(host_list, hosts.next_rr_offset(route_key), down)
+            order = engine.expand_exchanges(
+                engine.order_hosts(host_list, hosts.next_rr_offset(route_key), down), exchanges, down
+            )
             out.groups.append(
                 runner.Group(
                     route_key=route_key,
@@ -274,6 +283,25 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                 )
             )
     return out
+
+
+def _wants_mx(spec: domains.HostSpec) -> bool:
+    """A route's host name is looked up by MX first, as the ESA does, unless written `[name]` (A/AAAA only).
+    IP addresses, and `localhost` names (RFC 6761: never sent to DNS), are used as they are."""
+    name = spec.host.lower().rstrip(".")
+    return not spec.a_only and spec.ip is None and name != "localhost" and not name.endswith(".localhost")
+
+
+def _exchanges(name: str) -> list[str]:
+    """The MX exchanges of a route's host name, best first; [] when it has none (its own A/AAAA are used) or
+    when DNS fails (the name is then tried as it is, and a failure shows as a Connection Error)."""
+    from delivery import dns
+
+    try:
+        found = [h.address for h in dns.mx_hosts(name)]
+    except (dns.DnsHardFailure, dns.DnsTempFailure):
+        return []
+    return [] if found == [name.lower().rstrip(".")] else found
 
 
 # --- recording outcomes -------------------------------------------------------------------------------------

@@ -35,6 +35,14 @@ def _isolated_mail_log(settings: Any, tmp_path: Path) -> None:
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.fixture(autouse=True)
+def _no_dns_off_the_machine(settings: Any) -> None:
+    """MX lookups go to a loopback port where nothing answers (a quick temporary failure), never to the
+    machine's resolver: tests that need DNS use the `dns_server` fixture, which points this at itself."""
+    settings.ESAROUTES_DNS_SERVERS = ["127.0.0.1:9"]
+    settings.ESAROUTES_DNS_TIMEOUT = 1.0
+
+
 @pytest.fixture
 def alice(django_user_model: Any) -> Any:
     """Alice is the administrator."""

@@ -307,3 +307,17 @@ def test_a_dns_temporary_failure_delays(dns_server):
     assert r.state == "delayed" and r.attempts == 1 and r.last_response.startswith("4.4.3 ")
     (delayed,) = grep("^Delayed:", log(mid))
     assert delayed.startswith(f"Delayed: DCID 0 MID {mid} ") and " - 4.4.3 - " in delayed
+
+
+def test_a_route_host_name_is_looked_up_by_mx_unless_bracketed(peers, dns_server, settings):
+    mx = peers.start()
+    dns_server.add("relay.dest.test", "MX", "10 localhost.")  # the route's host name has an MX: use it
+    dns_server.add("plain.dest.test", "A", "127.0.0.1")
+    make_route("dest.test", f"relay.dest.test:{mx.port}")
+    make_route("other.test", f"[localhost]:{mx.port}")
+    make_route("origin.test", "/dev/null")
+    mid = queue_message("a@dest.test", "b@other.test")
+    worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "delivered"), (1, "delivered")]
+    assert dns_server.count("relay.dest.test", "MX") == 1
+    assert dns_server.count("localhost") == 0  # [host] and localhost never go to DNS

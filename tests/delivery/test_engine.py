@@ -298,3 +298,20 @@ def test_host_key_and_str() -> None:
     assert h.key == ("mx1.example.test", 2525)
     assert str(h) == "mx1.example.test:2525/pri=10"
     assert Host("::1") == Host("::1", 25, 0)
+
+
+def test_expand_exchanges_keeps_the_route_order_and_mx_preference():
+    from delivery.engine import Host, expand_exchanges
+
+    relay, ip = Host("relay.test", 2525, 0), Host("10.0.0.9", 25, 10)
+    exchanges = {"relay.test": ["mx1.relay.test", "mx2.relay.test"]}
+    assert expand_exchanges([relay, ip], exchanges) == [
+        Host("mx1.relay.test", 2525, 0),
+        Host("mx2.relay.test", 2525, 0),
+        ip,
+    ]
+    assert expand_exchanges([relay], {}) == [relay]  # no MX: the name itself (A/AAAA)
+    down = {("mx1.relay.test", 2525)}
+    assert expand_exchanges([relay], exchanges, down) == [Host("mx2.relay.test", 2525, 0)]
+    both = down | {("mx2.relay.test", 2525)}
+    assert [h.address for h in expand_exchanges([relay], exchanges, both)] == ["mx1.relay.test", "mx2.relay.test"]
