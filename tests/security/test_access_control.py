@@ -1,0 +1,267 @@
+"""Who may open what, checked on the server: every URL of the resolver needs a login (bar a few public ones), each
+role is refused (403) every view and htmx endpoint it may not use, with the POSTs sent directly (no page hides
+anything here), CSRF is enforced on every POST, and the Django admin is for staff only.
+
+A URL added without an entry in ACCESS fails `test_every_url_is_classified`: decide who may use it, here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from delivery import listener as listener_module
+from delivery.models import HostStatus, MailLogLine, Message, Recipient
+from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
+from tests.conftest import PASSWORD
+from tests.routes.helpers import form_data
+from tests.views.helpers import attempt, make_message
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("_fast_passwords")]
+
+A, B, C, D = "alice", "bob", "carol", "dave"  # Administrator, Operator, Read-only operator, Help desk
+EVERYONE = {A, B, C, D}
+VIEWERS = {A, B, C}
+CHANGERS = {A, B}
+PUBLIC = {"login", "healthz", "metrics"}
+
+
+def _post(**data: Any) -> dict[str, Any]:
+    return data
+
+
+# (url name, method, data or None, roles allowed). Kwargs come from `url_kwargs`.
+ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
+    ("delivery:dashboard", "GET", None, VIEWERS),  # the help desk is sent to tracking (302), tested apart
+    ("delivery:maillog", "GET", None, EVERYONE),
+    ("delivery:maillog-download", "GET", None, EVERYONE),
+    ("delivery:tracking", "GET", None, EVERYONE),
+    ("delivery:message-detail", "GET", None, EVERYONE),
+    ("delivery:message-raw", "GET", None, {A}),
+    ("delivery:queue", "GET", None, VIEWERS),
+    ("delivery:queue-deliver-now", "POST", _post(mid="{mid}", confirm="1"), CHANGERS),
+    ("delivery:queue-bounce", "POST", _post(mid="{mid}", confirm="1"), CHANGERS),
+    ("delivery:queue-delete", "POST", _post(mid="{mid}", confirm="1"), CHANGERS),
+    ("delivery:host-list", "GET", None, VIEWERS),
+    ("delivery:host-retry", "POST", _post(), CHANGERS),
+    ("delivery:domain-detail", "GET", None, VIEWERS),
+    ("delivery:audit-list", "GET", None, VIEWERS),
+    ("routes:route-list", "GET", None, VIEWERS),
+    ("routes:route-add", "GET", None, CHANGERS),
+    ("routes:route-add", "POST", form_data("new.test", [("0", "127.0.0.1", "9")]), CHANGERS),
+    ("routes:route-edit", "GET", None, CHANGERS),
+    ("routes:route-edit", "POST", form_data("dest.test", [("5", "127.0.0.1", "9")]), CHANGERS),
+    ("routes:host-row", "GET", None, VIEWERS),
+    ("routes:route-delete", "GET", None, CHANGERS),
+    ("routes:route-delete", "POST", _post(ids="{route}"), CHANGERS),
+    ("routes:routes-clear", "GET", None, CHANGERS),
+    ("routes:routes-clear", "POST", _post(), CHANGERS),
+    ("routes:route-test", "GET", None, VIEWERS),
+    ("routes:route-test", "POST", _post(address="x@dest.test", connect="1"), CHANGERS),
+    ("routes:route-send-test", "POST", _post(address="x@dest.test"), CHANGERS),
+    ("routes:routes-export", "GET", None, VIEWERS),
+    ("routes:routes-import", "GET", None, CHANGERS),
+    ("routes:routes-import", "POST", _post(mode="replace"), CHANGERS),
+    ("routes:audit-list", "GET", None, VIEWERS),
+    ("routes:access-list", "GET", None, VIEWERS),
+    ("routes:access-rat-save", "POST", _post(domain="open.test", action="accept", comment=""), CHANGERS),
+    ("routes:access-rat-delete", "POST", _post(), CHANGERS),
+    ("routes:access-relay-add", "POST", _post(network="10.9.0.0/16", comment=""), CHANGERS),
+    ("routes:access-relay-delete", "POST", _post(), CHANGERS),
+    (
+        "routes:access-user-save",
+        "POST",
+        _post(username="mallory", password="a long new password", is_active="on"),
+        CHANGERS,
+    ),
+    ("routes:access-user-delete", "POST", _post(), CHANGERS),
+    ("logout", "POST", _post(), EVERYONE),
+]
+POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
+
+
+def named_urls() -> Iterator[tuple[str, URLPattern]]:
+    def walk(patterns: list[Any], namespace: str) -> Iterator[tuple[str, URLPattern]]:
+        for p in patterns:
+            if isinstance(p, URLResolver):
+                yield from walk(p.url_patterns, namespace + (f"{p.namespace}:" if p.namespace else ""))
+            elif p.name:
+                yield namespace + p.name, p
+
+    yield from walk(get_resolver().url_patterns, "")
+
+
+@pytest.fixture
+def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str, Any]:
+    """One of everything a URL can point at; hosts on loopback port 9 (nothing listens: a probe is refused)."""
+    message = make_message(recipients=("user@dest.test",))
+    attempt(message, host="127.0.0.1", port=9, code=451, reply="busy", outcome="delayed")
+    route = Route.objects.create(domain="dest.test")
+    route.hosts.create(host="127.0.0.1", port=9, priority=0, position=0)
+    monkeypatch.setattr(listener_module, "send_test_message", lambda to, **kw: "250 fake")
+    (settings.MAIL_LOG_DIR).mkdir(parents=True, exist_ok=True)
+    (settings.MAIL_LOG_DIR / "mail.current").write_text("Begin Logfile\n")
+    return {
+        "mid": message.pk,
+        "route": route.pk,
+        "host": HostStatus.objects.get(host="127.0.0.1", port=9).pk,
+        "rat": RecipientAccessRule.objects.create(domain="rat.test", action="accept").pk,
+        "relay": RelayNetwork.objects.create(network="10.1.0.0/16").pk,
+        "smtpuser": SmtpUser.objects.create(username="app", password=make_password("x" * 20)).pk,
+    }
+
+
+def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "delivery:maillog-download": {"name": "mail.current"},
+        "delivery:message-detail": {"mid": world["mid"]},
+        "delivery:message-raw": {"mid": world["mid"]},
+        "delivery:host-retry": {"pk": world["host"]},
+        "delivery:domain-detail": {"domain": "dest.test"},
+        "routes:route-edit": {"pk": world["route"]},
+        "routes:access-rat-delete": {"pk": world["rat"]},
+        "routes:access-relay-delete": {"pk": world["relay"]},
+        "routes:access-user-delete": {"pk": world["smtpuser"]},
+    }.get(name, {})
+
+
+def fill(data: dict[str, Any] | None, world: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.format(**world) if isinstance(v, str) else v) for k, v in (data or {}).items()}
+
+
+def state() -> tuple[Any, ...]:
+    """Everything a refused request could have changed."""
+    return (
+        AuditEntry.objects.count(),
+        list(Route.objects.order_by("pk").values_list("domain", "updated_at")),
+        list(Recipient.objects.order_by("pk").values_list("state", "next_attempt_at")),
+        list(HostStatus.objects.order_by("pk").values_list("down_until", "consecutive_failures")),
+        RecipientAccessRule.objects.count(),
+        RelayNetwork.objects.count(),
+        SmtpUser.objects.count(),
+        Message.objects.count(),
+        MailLogLine.objects.count(),
+    )
+
+
+def request(client: Client, method: str, path: str, data: dict[str, Any] | None, *, htmx: bool = False) -> Any:
+    headers = {"HX-Request": "true"} if htmx else {}
+    if method == "GET":
+        return client.get(path, headers=headers)
+    return client.post(path, data or {}, headers=headers)
+
+
+def test_every_url_is_classified():
+    classified = {name for name, _, _, _ in ACCESS} | PUBLIC
+    unclassified = sorted(n for n, _ in named_urls() if not n.startswith("admin:") and n not in classified)
+    assert unclassified == [], "add these URLs to ACCESS in tests/security/test_access_control.py"
+
+
+@pytest.mark.parametrize(("name", "method", "data", "allowed"), ACCESS, ids=[f"{m} {n}" for n, m, _, _ in ACCESS])
+@pytest.mark.parametrize("htmx", [False, True], ids=["page", "htmx"])
+def test_anonymous_is_sent_to_login_and_changes_nothing(client, world, name, method, data, allowed, htmx):
+    path = reverse(name, kwargs=url_kwargs(name, world))
+    before = state()
+    response = request(client, method, path, fill(data, world), htmx=htmx)
+    if name == "logout":
+        assert response.status_code == 302  # logging out when not logged in: harmless
+    else:
+        assert response.status_code == 302, (name, response.status_code)
+        assert response.url.startswith("/login/?next="), response.url
+    assert state() == before
+
+
+@pytest.mark.parametrize(("name", "method", "data", "allowed"), ACCESS, ids=[f"{m} {n}" for n, m, _, _ in ACCESS])
+@pytest.mark.parametrize("who", [A, B, C, D])
+def test_each_role_is_refused_what_it_may_not_do(client, world, name, method, data, allowed, who):
+    assert client.login(username=who, password=PASSWORD)
+    path = reverse(name, kwargs=url_kwargs(name, world))
+    before = state()
+    for htmx in (False, True):
+        response = request(client, method, path, fill(data, world), htmx=htmx)
+        if who in allowed:
+            assert response.status_code != 403, (who, method, name)
+            assert response.status_code < 500, (who, method, name, response.status_code)
+            break  # an allowed POST changed things: once is enough
+        if name == "delivery:dashboard" and who == D:
+            assert response.status_code == 302 and response.url == reverse("delivery:tracking")
+        else:
+            assert response.status_code == 403, (who, method, name, response.status_code)
+        assert state() == before, (who, method, name)
+
+
+@pytest.mark.parametrize("name", POST_URLS)
+def test_csrf_is_enforced_on_every_post(world, name):
+    client = Client(enforce_csrf_checks=True)
+    if name == "login":
+        response = client.post(reverse("login"), {"username": A, "password": PASSWORD})
+        assert response.status_code == 403
+        assert "_auth_user_id" not in client.session
+        return
+    client.force_login(get_user_model().objects.get(username=A))
+    entry = next(e for e in ACCESS if e[0] == name and e[1] == "POST")
+    before = state()
+    for htmx in (False, True):
+        response = request(
+            client, "POST", reverse(name, kwargs=url_kwargs(name, world)), fill(entry[2], world), htmx=htmx
+        )
+        assert response.status_code == 403, (name, response.status_code)
+        assert b"CSRF" in response.content
+    assert state() == before
+
+
+def test_csrf_token_is_accepted_when_sent_the_htmx_way(world):
+    """The same POST with the token in the X-CSRFToken header (base.html's hx-headers) goes through."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(get_user_model().objects.get(username=A))
+    page = client.get(reverse("routes:access-list"))
+    token = page.context["csrf_token"]
+    assert f'"X-CSRFToken": "{token}"'.encode() in page.content
+    response = client.post(
+        reverse("routes:access-relay-add"),
+        {"network": "10.8.0.0/16", "comment": ""},
+        headers={"HX-Request": "true", "X-CSRFToken": str(token)},
+    )
+    assert response.status_code == 200
+    assert RelayNetwork.objects.filter(network="10.8.0.0/16").exists()
+
+
+def test_admin_is_for_staff_only(client, world):
+    admin_urls = [(n, p) for n, p in named_urls() if n.startswith("admin:")]
+    assert len(admin_urls) > 50
+    paths = []
+    for name, pattern in admin_urls:
+        if name in ("admin:login", "admin:logout"):
+            continue
+        keys = list(pattern.pattern.regex.groupindex)
+        kwargs = {k: ("1" if k in ("object_id", "content_type_id") else "x") for k in keys}
+        if "app_label" in kwargs:
+            kwargs["app_label"] = "routes"
+        try:
+            paths.append(reverse(name, kwargs=kwargs))
+        except Exception:  # a pattern whose arguments we cannot fill blindly: skip it
+            continue
+    assert len(paths) > 50
+    for who in (None, B, C, D):  # anonymous, and every role that is not staff
+        client.logout()
+        if who:
+            assert client.login(username=who, password=PASSWORD)
+        for path in paths:
+            response = client.get(path)
+            assert response.status_code == 302, (who, path, response.status_code)
+            assert response.url.startswith("/admin/login/") or response.url.startswith("/login/"), (who, path)
+            response = client.post(path, {})
+            assert response.status_code in (302, 405), (who, path, response.status_code)
+
+
+def test_public_urls_show_nothing_private(client, world):
+    assert client.get(reverse("healthz")).content == b"ok\n"
+    metrics = client.get(reverse("metrics"), REMOTE_ADDR="192.168.1.10")  # data only: nothing connects there
+    assert metrics.status_code == 403
+    login = client.get(reverse("login"))
+    assert login.status_code == 200 and b"dest.test" not in login.content
