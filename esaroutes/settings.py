@@ -266,6 +266,8 @@ ESAROUTES_LOGIN_LOCKOUT = env.env_int("ESAROUTES_LOGIN_LOCKOUT", 900, minimum=10
 
 ESAROUTES_HTTPS = env.env_bool("ESAROUTES_HTTPS", False)
 SESSION_COOKIE_HTTPONLY = True
+# No script reads the CSRF cookie: htmx sends the token from the page (base.html's hx-headers), forms from theirs.
+CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = env.env_int("ESAROUTES_SESSION_AGE", 8 * 3600, minimum=300)
