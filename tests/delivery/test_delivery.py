@@ -14,6 +14,7 @@ from aiosmtpd.controller import Controller
 from django.utils import timezone
 
 from delivery import queue, worker
+from delivery.engine import Stage
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
 from routes import domains, services
 from routes.models import Route
@@ -321,3 +322,47 @@ def test_a_route_host_name_is_looked_up_by_mx_unless_bracketed(peers, dns_server
     assert recipients(mid) == [(0, "delivered"), (1, "delivered")]
     assert dns_server.count("relay.dest.test", "MX") == 1
     assert dns_server.count("localhost") == 0  # [host] and localhost never go to DNS
+
+
+# Every row of the reply table (issue 4): what the first host does, and where the recipient ends up.
+# "next": failed over at once to the second host and delivered there; "bounced": hard bounce, no other host.
+REPLY_TABLE = [
+    ("refused", {}, "next", True),
+    ("closing", {}, "next", True),  # accepts TCP, hangs up
+    ("silent", {}, "next", True),  # accepts TCP, never greets: the command timeout
+    ("greeting 421", {"greeting": "421 4.3.2 busy"}, "next", True),
+    ("greeting 554", {"greeting": "554 5.3.2 go away"}, "next", True),
+    ("ehlo 421", {"ehlo": "421 4.3.2 busy"}, "next", True),
+    ("ehlo 550", {"ehlo": "550 5.5.1 no", "helo": "550 5.5.1 no"}, "next", True),
+    ("mail 451", {"mail": "451 4.3.0 try later"}, "next", False),
+    ("rcpt 452", {"rcpt": "452 4.3.1 Insufficient system resources"}, "next", False),
+    ("data 451", {"data_cmd": "451 4.3.0 not now"}, "next", False),
+    ("dot 452", {"data": "452 4.3.1 full"}, "next", False),
+    ("stall at rcpt", {"stall_at": Stage.RCPT}, "next", True),
+    ("drop at mail", {"drop_at": Stage.MAIL}, "next", True),
+    ("mail 550", {"mail": "550 5.7.1 sender refused"}, "bounced", False),
+    ("rcpt 550", {"rcpt": "550 5.1.1 user unknown"}, "bounced", False),
+    ("data 554", {"data_cmd": "554 5.6.0 no"}, "bounced", False),
+    ("dot 554", {"data": "554 5.7.1 spam"}, "bounced", False),
+]
+
+
+@pytest.mark.parametrize(("first", "script", "ends", "marks_down"), REPLY_TABLE, ids=[r[0] for r in REPLY_TABLE])
+def test_reply_table(peers, settings, first, script, ends, marks_down):
+    settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT = 0.5  # the silent and stalled hosts cost this, once
+    make_route("origin.test", "/dev/null")
+    bad = getattr(peers, first)() if first in ("refused", "closing", "silent") else peers.start(**script)
+    good = peers.start()
+    make_route("dest.test", hosts_text((bad, 0), (good, 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    if ends == "next":
+        assert recipients(mid) == [(0, "delivered")]
+        assert good.wait_for_messages(1)[0].rcpt_tos == ("a@dest.test",)
+    else:
+        assert recipients(mid) == [(0, "bounced")] and good.messages == []
+        assert len(grep("^Bounced:", log(mid))) == 1
+    status = HostStatus.objects.filter(port=bad.port).first()
+    assert bool(status and status.down_until) is marks_down
+    if marks_down:
+        assert len(grep(rf"^Connection Error: DCID \d+ domain: dest.test IP: {bad.host} port: {bad.port} ", log())) == 1
