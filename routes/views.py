@@ -428,7 +428,9 @@ def _store_upload(data: bytes) -> str:
             if old.stat().st_mtime < cutoff:
                 old.unlink()
     token = secrets.token_urlsafe(18) + "-" + hashlib.sha256(data).hexdigest()[:12]
-    (_upload_dir() / f"{token}.txt").write_bytes(data)
+    path = _upload_dir() / f"{token}.txt"
+    path.touch(mode=0o600)  # the uploaded table is the network's map: for this service's user only
+    path.write_bytes(data)
     return token
 
 
