@@ -68,27 +68,33 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
     renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
     generated: list[int] = []
     finished = False
-    while not finished:
-        try:
-            first = reports.get(timeout=renew_every)
-        except stdqueue.Empty:
-            queue.renew(token, now=timezone.now())
-            continue
-        batch: list[runner.Report] = []
-        item: runner.Report | None = first
-        while True:
-            if item is None:
-                finished = True
-            else:
-                batch.append(item)
+    try:
+        while not finished:
             try:
-                item = reports.get_nowait()
+                first = reports.get(timeout=renew_every)
             except stdqueue.Empty:
-                break
-        if batch:
-            generated += _record(batch)
-            if not finished:
                 queue.renew(token, now=timezone.now())
+                continue
+            batch: list[runner.Report] = []
+            item: runner.Report | None = first
+            while True:
+                if item is None:
+                    finished = True
+                else:
+                    batch.append(item)
+                try:
+                    item = reports.get_nowait()
+                except stdqueue.Empty:
+                    break
+            if batch:
+                generated += _record(batch)
+                if not finished:
+                    queue.renew(token, now=timezone.now())
+    except BaseException:
+        # Nothing can be recorded (the database is down, say): stop the runner, or it goes on delivering the rest
+        # of the batch with nobody recording the outcomes, and every one of those messages is sent again later.
+        future.cancel()
+        raise
     future.result()  # a bug in the runner surfaces here (recorded reports stay recorded)
     return generated
 
