@@ -30,6 +30,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import email.utils
+import fcntl
 import ipaddress
 import logging
 import re
@@ -125,15 +126,27 @@ def tls_context(config: Config) -> ssl.SSLContext:
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     """A self-signed certificate and key for `hostname` (10 years), generated on first use, key mode 0600."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     cert_path, key_path = directory / "smtpd-cert.pem", directory / "smtpd-key.pem"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True)
+    # Several listener processes (and machines sharing the data directory) may start at once: one makes the
+    # pair, under a lock, and the others use it (two makers gave a key that did not match the certificate).
+    with (directory / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cert_path.exists() and key_path.exists():
+            return cert_path, key_path
+        _make_self_signed(cert_path, key_path, hostname)
+    return cert_path, key_path
+
+
+def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost")])
     now = dt.datetime.now(dt.UTC)
@@ -154,8 +167,9 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     tmp.replace(key_path)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    tmp_cert = cert_path.with_suffix(".tmp")
+    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tmp_cert.replace(cert_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import ctypes
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -68,6 +69,7 @@ class Command(BaseCommand):
         processes = max(1, options["processes"] or settings.ESAROUTES_SMTP_PROCESSES)
         sock = listener.listen_socket(config.host, config.port)
         config = replace(config, port=int(sock.getsockname()[1]))
+        listener.tls_context(config)  # make the self-signed certificate (if needed) once, before the children start
         children: list[int] = []
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
@@ -114,10 +116,11 @@ class Command(BaseCommand):
                 return
             waiting = len(children)
             while waiting:
-                got = await loop.run_in_executor(None, os.read, ready_fd, waiting)
-                if not got:
-                    logger.error("an SMTP listener process failed to start")
-                    break
+                got = await loop.run_in_executor(None, _read_ready, ready_fd, waiting, children)
+                if not got:  # a child died before it listened: stop all rather than run short or hang
+                    logger.error("an SMTP listener process failed to start; stopping")
+                    stop.set()
+                    return
                 waiting -= len(got)
             host, port = running.address
             extra = f" ({len(children) + 1} processes)" if children else ""
@@ -130,6 +133,18 @@ class Command(BaseCommand):
             announcing.append(loop.create_task(ready(running)))
 
         await listener.serve(config, stop, ready=on_ready, sock=sock)
+
+
+def _read_ready(fd: int, waiting: int, children: list[int]) -> bytes:
+    """Read readiness bytes from the children; b"" as soon as one of them has exited instead."""
+    while True:
+        readable, _, _ = select.select([fd], [], [], 0.5)
+        if readable:
+            return os.read(fd, waiting)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return b""
 
 
 def _exit_with_parent() -> None:
