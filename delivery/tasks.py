@@ -9,9 +9,11 @@ database decides who delivers, so a duplicate task only costs a failed claim.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 from django.conf import settings
 from django.utils import timezone
 
@@ -42,3 +44,20 @@ def sweep() -> int:
 def _close_connections(**_: object) -> None:
     """QUIT the pooled SMTP connections when a worker process stops."""
     runner.shutdown_runner()
+
+
+@worker_process_init.connect
+def _leave_sigterm_to_the_main_process(**_: object) -> None:
+    """A pool process ignores SIGTERM (Celery already has it ignore SIGINT).
+
+    `bin/run` (honcho), systemd and `kill -- -PGID` send SIGTERM to the worker's whole process group: the pool
+    processes died in the middle of their batch, and every message that had its 250 but not yet its commit was
+    sent again after the restart. Now only the main process acts on it (Celery's warm shutdown): the running
+    batch finishes and is recorded, then the pool stops. A hard time limit still works (billiard follows its
+    SIGTERM with SIGKILL), and SIGKILL still kills.
+    """
+    from billiard.process import current_process
+
+    if current_process().name == "MainProcess" or threading.current_thread() is not threading.main_thread():
+        return  # the solo pool (and tests' in-thread workers) run tasks in the main process: SIGTERM stops it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
