@@ -65,7 +65,12 @@ def _descendants(pid: int) -> set[int]:
 
 def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
     web, smtp = _free_port(), _free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_ALLOW")}
+    # What a newcomer runs: the embedded default in a fresh data directory, whichever database this pass uses.
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DJANGO_ALLOW") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
     environ.update(
         ESAROUTES_DATA_DIR=str(tmp_path / "var"),
         ESAROUTES_WEB_LISTEN=f"127.0.0.1:{web}",
