@@ -8,8 +8,11 @@ grouped on indexed columns.
 
 from __future__ import annotations
 
+import contextlib
+import email.header
 import email.parser
 import email.policy
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -453,11 +456,13 @@ def parse_headers(message: Message, max_bytes: int = 256 * 1024) -> list[tuple[s
         head = head[: end + 2]
     parsed = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
     out = []
-    for name, value in parsed.items():
-        try:
-            text = str(value)
-        except Exception:  # a malformed encoded word: show the raw form rather than fail the page
-            text = str(parsed.get_all(name, [""])[0])
+    # Each field as it was written (unfolded), with RFC 2047 encoded words decoded; no structured parsing, which
+    # rewrites addresses and raises on a malformed Message-ID: one odd field must never fail the page.
+    for name, raw in parsed.raw_items():
+        text = re.sub(r"\r?\n(?=[ \t])", "", str(raw)).strip()
+        if "=?" in text:
+            with contextlib.suppress(Exception):  # a malformed encoded word: shown as written
+                text = str(email.header.make_header(email.header.decode_header(text)))
         out.append((name, text))
     return out
 
