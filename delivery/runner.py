@@ -114,6 +114,12 @@ class Report:
 
 Emit = Callable[[Report], None]
 
+#: A verdict that ends this attempt for the recipient: its state, the attempt's outcome, its mail-log line.
+_FINAL = {
+    Verdict.BOUNCE: ("bounced", DeliveryAttempt.Outcome.BOUNCED, maillog.bounced),
+    Verdict.DEFER: ("delayed", DeliveryAttempt.Outcome.DELAYED, maillog.delayed),
+}
+
 
 @dataclass(slots=True)
 class _Pooled:
@@ -277,22 +283,12 @@ class Runner:
                 delivered.append(o.rid)
                 report.finals.append(Final(job.mid, o.rid, "delivered", o.code, o.text, host.address, status))
                 outcome = DeliveryAttempt.Outcome.DELIVERED
-            elif o.verdict is Verdict.BOUNCE:
-                report.finals.append(Final(job.mid, o.rid, "bounced", o.code, o.text, host.address, status))
+            elif o.verdict in _FINAL:
+                state, outcome, line = _FINAL[o.verdict]
+                report.finals.append(Final(job.mid, o.rid, state, o.code, o.text, host.address, status))
                 report.lines.append(
-                    maillog.bounced(
-                        dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain
-                    )
+                    line(dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain)
                 )
-                outcome = DeliveryAttempt.Outcome.BOUNCED
-            elif o.verdict is Verdict.DEFER:
-                report.finals.append(Final(job.mid, o.rid, "delayed", o.code, o.text, host.address, status))
-                report.lines.append(
-                    maillog.delayed(
-                        dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain
-                    )
-                )
-                outcome = DeliveryAttempt.Outcome.DELAYED
             else:
                 carried.append(r)
                 last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address)

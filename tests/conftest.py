@@ -35,6 +35,13 @@ def _isolated_mail_log(settings: Any, tmp_path: Path) -> None:
 PASSWORD = "correct horse battery staple"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last (after pytest-django's own ordering): Playwright's sync API keeps an event loop running
+    in the main thread while its session-wide browser lives, and `asyncio.run()` in any later test would fail."""
+    items.sort(key=lambda item: "tests/browser/" in str(item.fspath))
+
+
 @pytest.fixture(autouse=True)
 def _no_dns_off_the_machine(settings: Any) -> None:
     """MX lookups go to a loopback port where nothing answers (a quick temporary failure), never to the
