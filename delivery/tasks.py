@@ -13,7 +13,7 @@ import signal
 import threading
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from django.conf import settings
 from django.utils import timezone
 
@@ -41,6 +41,7 @@ def sweep() -> int:
 
 
 @worker_process_shutdown.connect
+@worker_shutdown.connect  # thread and solo pools: no pool process to shut down
 def _close_connections(**_: object) -> None:
     """QUIT the pooled SMTP connections when a worker process stops."""
     runner.shutdown_runner()

@@ -147,6 +147,11 @@ else:
     # The embedded default: kombu's filesystem transport needs no server. The database is the truth; the broker
     # is only a doorbell, and the beat sweep rings again for anything the broker lost.
     CELERY_BROKER_URL = "filesystem://"
+    # A transport without its own event loop (this one) makes a prefork pool share one task queue whose read
+    # lock an idle pool process holds while it waits: a pool process killed then (OOM killer, kill -9) leaves
+    # the lock taken and every other pool process waits forever. Threads have no such lock; delivery is mostly
+    # waiting on sockets and the database, and one process is what SQLite's single writer wants anyway.
+    CELERY_WORKER_POOL = "threads"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),

@@ -593,7 +593,7 @@ class Stack:
     def start_worker(self, *, wait: bool = True, concurrency: int = 2) -> Proc:
         n = self._names["worker"] + 1
         argv = [
-            str(VENV_BIN / "celery"), "-A", "esaroutes", "worker", "--pool", "prefork",
+            str(VENV_BIN / "celery"), "-A", "esaroutes", "worker",  # the configured pool: prefork on Redis
             "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"w{n}@faults",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
