@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--per-connection", type=int, default=1, help="messages per injecting SMTP session")
     parser.add_argument("--modes", default="normal,failover")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("ESAROUTES_WORKER_CONCURRENCY", "2")))
+    parser.add_argument("--pool", default="", help="Celery pool (default: the configured one)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--route-refresh", type=float, default=3.0)
     args = parser.parse_args()
@@ -166,6 +167,7 @@ def main() -> None:
             str(args.concurrency),
             "--without-gossip",
             "--without-mingle",
+            *(["--pool", args.pool] if args.pool else []),
         ],
         cwd=ROOT,
         env=env,
