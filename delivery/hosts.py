@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import zlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import F, Q
 
@@ -159,6 +161,49 @@ def adjust_connections(keys: Iterable[HostKey], delta: int) -> None:
 
 def reset_connections() -> None:
     HostStatus.objects.filter(~Q(connections_out=0)).update(connections_out=0)
+
+
+# --- the open connections gauge -----------------------------------------------------------------------------
+# Each worker process publishes its open connections per host in the shared cache (Redis, or the file cache on
+# the embedded default) with a short expiry, and lists itself in a registry there; the sweep adds them up into
+# HostStatus.connections_out. A killed process's figures expire with its entry: the gauge heals by itself.
+
+GAUGE_TTL = 15.0
+_REGISTRY = "esaroutes:connections"
+
+
+def publish_connections(token: str, counts: dict[HostKey, int]) -> None:
+    """One process's open connections. Two processes updating the registry at once may drop each other's entry;
+    each one publishes again within 5 s, so the gauge is at worst briefly low."""
+    key = f"{_REGISTRY}:{settings.ESAROUTES_HOSTNAME}:{token}"
+    cache.set(key, {f"{h}|{p}": n for (h, p), n in counts.items()}, timeout=GAUGE_TTL)
+    now = time.time()
+    registry = {k: exp for k, exp in (cache.get(_REGISTRY) or {}).items() if exp > now}
+    registry[key] = now + GAUGE_TTL
+    cache.set(_REGISTRY, registry, timeout=None)
+
+
+def open_connections() -> dict[HostKey, int]:
+    """Open outgoing connections per host, summed over every live worker process."""
+    now = time.time()
+    registry = cache.get(_REGISTRY) or {}
+    keys = [key for key, exp in registry.items() if exp > now]
+    total: dict[HostKey, int] = {}
+    for gauge in cache.get_many(keys).values():
+        for name, n in gauge.items():
+            host, _, port = name.rpartition("|")
+            total[(host, int(port))] = total.get((host, int(port)), 0) + int(n)
+    return total
+
+
+def store_connection_gauges() -> None:
+    """Write the summed gauge into HostStatus.connections_out (the sweep calls this every few seconds)."""
+    counts = open_connections()
+    rows = HostStatus.objects.filter(Q(connections_out__gt=0) | Q(host__in={h for h, _ in counts}))
+    for hs in rows.only("id", "host", "port", "connections_out"):
+        value = counts.get((hs.host, hs.port), 0)
+        if value != hs.connections_out:
+            HostStatus.objects.filter(pk=hs.pk).update(connections_out=value)
 
 
 # --- round-robin --------------------------------------------------------------------------------------------

@@ -24,9 +24,11 @@ executor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -145,6 +147,10 @@ class Runner:
     def __init__(self, *, idle: float) -> None:
         self.idle = idle
         self._pool: dict[smtp_client.Destination, list[_Pooled]] = {}
+        # Open connections per host, published for the hosts page (hosts.publish_connections) every few seconds
+        self._open: collections.Counter[hosts.HostKey] = collections.Counter()
+        self._published: tuple[float, dict[hosts.HostKey, int]] | None = None
+        self._token = f"{os.getpid()}:{id(self):x}"
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
@@ -367,6 +373,7 @@ class Runner:
         if opened.tls_protocol:
             carry.lines.append(maillog.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
         carry.host_events.append(hosts.HostEvent(host.address, host.port, ok=True))
+        self._open[host.key] += 1
         return _Pooled(session, dcid)
 
     async def _release(self, destination: smtp_client.Destination, pooled: _Pooled, carry: Report) -> None:
@@ -375,10 +382,12 @@ class Runner:
             self._pool.setdefault(destination, []).append(pooled)
             return
         await pooled.session.close()
+        self._open[pooled.session.destination.host.key] -= 1
         carry.lines.append(maillog.dcid_close(pooled.dcid))
 
     async def _close(self, pooled: _Pooled) -> None:
         await pooled.session.close()
+        self._open[pooled.session.destination.host.key] -= 1
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, _write_lines, [maillog.dcid_close(pooled.dcid)])
 
@@ -395,6 +404,21 @@ class Runner:
                         await self._close(pooled)
                     except Exception:
                         logger.exception("closing idle DCID %s", pooled.dcid)
+            await self._publish()
+
+    async def _publish(self, *, force: bool = False) -> None:
+        """Tell the other processes how many connections this one has open (when it changed, or every 5 s)."""
+        counts = {key: n for key, n in self._open.items() if n > 0}
+        now = time.monotonic()
+        if not force and self._published and self._published[1] == counts and now - self._published[0] < 5:
+            return
+        self._published = (now, counts)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, hosts.publish_connections, self._token, counts
+            )
+        except Exception:  # a gauge: never let it stop deliveries
+            logger.warning("could not publish the open connections gauge", exc_info=True)
 
     async def _close_all(self) -> None:
         self._reaper_task.cancel()
@@ -403,6 +427,8 @@ class Runner:
             for pooled in idle:
                 with contextlib.suppress(Exception):
                     await self._close(pooled)
+        self._open.clear()
+        await self._publish(force=True)
 
 
 def _details(failure: smtp_client.Failure) -> str:

@@ -8,6 +8,7 @@ database decides who delivers, so a duplicate task only costs a failed claim.
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -17,7 +18,9 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import queue, runner, worker
+from delivery import hosts, queue, runner, worker
+
+logger = logging.getLogger("delivery.tasks")
 
 #: At most this many batch tasks per sweep: enough to keep every worker busy until the next sweep.
 MAX_TASKS_PER_SWEEP = 64
@@ -32,6 +35,10 @@ def deliver(mid: int | None = None) -> int:
 @shared_task(ignore_result=True)
 def sweep() -> int:
     """Ring for due messages: one batch task per ESAROUTES_DELIVERY_BATCH of them. Returns tasks sent."""
+    try:
+        hosts.store_connection_gauges()
+    except Exception:  # a gauge must never stop the sweep
+        logger.warning("could not update the open connections gauge", exc_info=True)
     batch = settings.ESAROUTES_DELIVERY_BATCH
     mids = queue.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
     tasks = min(math.ceil(len(mids) / batch), MAX_TASKS_PER_SWEEP)

@@ -366,3 +366,21 @@ def test_reply_table(peers, settings, first, script, ends, marks_down):
     assert bool(status and status.down_until) is marks_down
     if marks_down:
         assert len(grep(rf"^Connection Error: DCID \d+ domain: dest.test IP: {bad.host} port: {bad.port} ", log())) == 1
+
+
+def test_open_connections_are_counted_for_the_hosts_page(peers, settings):
+    from delivery import hosts, runner, tasks
+
+    settings.ESAROUTES_DELIVERY_IDLE = 60.0  # the connection stays open in the pool after the batch
+    good = peers.start()
+    make_route("dest.test", hosts_text((good, 0)))
+    worker.deliver_batch([queue_message("a@dest.test")])
+    the_runner = runner.get_runner()
+    the_runner._call(the_runner._publish(force=True)).result(5)
+    assert hosts.open_connections() == {(good.host, good.port): 1}
+    tasks.sweep()
+    assert HostStatus.objects.get(port=good.port).connections_out == 1
+    runner.shutdown_runner()  # QUITs it, and says so
+    assert hosts.open_connections() == {}
+    tasks.sweep()
+    assert HostStatus.objects.get(port=good.port).connections_out == 0
