@@ -30,7 +30,6 @@ from typing import Any
 from django.contrib.auth.hashers import check_password, make_password
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Max
-from django.utils import timezone
 
 from routes import domains, matching, snapshot
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
@@ -230,22 +229,9 @@ def audit(
     after: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """One AuditEntry for a change to an access table. Call it inside the transaction that makes the change."""
-    if isinstance(actor, str):
-        user, name = None, actor
-    elif isinstance(actor, User):
-        user, name = actor, actor.get_username()
-    else:
-        user, name = None, "anonymous"
-    return AuditEntry.objects.create(
-        at=timezone.now(),
-        actor=user,
-        actor_name=name[:150],
-        action=action,
-        object_type=type(obj).__name__,
-        object_repr=str(obj)[:300],
-        before=before,
-        after=after,
-    )
+    from routes import services  # routes.services is the one writer of audit entries
+
+    return services.record_audit(actor, action, type(obj).__name__, str(obj), before=before, after=after)
 
 
 def describe(obj: RecipientAccessRule | RelayNetwork | SmtpUser) -> dict[str, Any]:

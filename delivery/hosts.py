@@ -24,9 +24,9 @@ import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 
-from delivery import engine
+from delivery import engine, ids
 from delivery.models import HostStatus, IdCounter
 
 logger = logging.getLogger("delivery.hosts")
@@ -152,17 +152,6 @@ def mark_up(host: str, port: int) -> bool:
     return bool(changed)
 
 
-def adjust_connections(keys: Iterable[HostKey], delta: int) -> None:
-    """Open-connection gauge shown on the hosts page (best effort: a killed worker leaves it high until
-    `reset_connections` runs at worker start)."""
-    for host, port in keys:
-        HostStatus.objects.filter(host=host, port=port).update(connections_out=F("connections_out") + delta)
-
-
-def reset_connections() -> None:
-    HostStatus.objects.filter(~Q(connections_out=0)).update(connections_out=0)
-
-
 # --- the open connections gauge -----------------------------------------------------------------------------
 # Each worker process publishes its open connections per host in the shared cache (Redis, or the file cache on
 # the embedded default) with a short expiry, and lists itself in a registry there; the sweep adds them up into
@@ -221,15 +210,7 @@ def next_rr_offset(route_key: str) -> int:
             return int(_redis(settings.REDIS_URL).incr(f"esaroutes:rr:{route_key}")) - 1
         except redis.RedisError:
             logger.warning("round-robin counter: Redis unavailable, using the database", exc_info=True)
-    name = _db_counter_name(route_key)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO delivery_idcounter (name, value) VALUES (%s, 1) ON CONFLICT (name) "
-            "DO UPDATE SET value = delivery_idcounter.value + 1 RETURNING value",
-            [name],
-        )
-        row = cursor.fetchone()
-    return int(row[0]) - 1 if row else 0
+    return ids.bump(_db_counter_name(route_key)) - 1
 
 
 def current_rr_offset(route_key: str | int = "") -> int:

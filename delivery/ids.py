@@ -14,19 +14,25 @@ Name = Literal["icid", "dcid"]
 
 
 def next_id(name: Name) -> int:
+    if connection.vendor != "postgresql":
+        return bump(name)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT nextval(%s)", [f"esaroutes_{name}_seq"])
-        else:
-            cursor.execute("UPDATE delivery_idcounter SET value = value + 1 WHERE name = %s RETURNING value", [name])
+        cursor.execute("SELECT nextval(%s)", [f"esaroutes_{name}_seq"])
         row = cursor.fetchone()
-        if row is None:  # the migration creates the row; a flushed table (a test's teardown) loses it: start over
-            cursor.execute(
-                "INSERT INTO delivery_idcounter (name, value) VALUES (%s, 1) ON CONFLICT (name) "
-                "DO UPDATE SET value = delivery_idcounter.value + 1 RETURNING value",
-                [name],
-            )
-            row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def bump(name: str) -> int:
+    """Add one to a named counter row and return its new value (1 for a counter that did not exist yet: the
+    migration creates the ID rows, a flushed table, as after a test, starts them over). One atomic statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO delivery_idcounter (name, value) VALUES (%s, 1) ON CONFLICT (name) "
+            "DO UPDATE SET value = delivery_idcounter.value + 1 RETURNING value",
+            [name],
+        )
+        row = cursor.fetchone()
     assert row is not None
     return int(row[0])
 

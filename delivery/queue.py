@@ -25,20 +25,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import connection, transaction
 from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from delivery import engine, hosts, intake, maillog, runner, smtp_client
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
-from routes import domains, matching, snapshot
+from routes import domains, matching, services, snapshot
 from routes.models import AuditEntry
+from routes.services import Actor
 
 logger = logging.getLogger("delivery.queue")
 
 ACTIVE = [Recipient.State.QUEUED, Recipient.State.DELAYED]
-Actor = Any  # a User or a string such as "cli:root"
 
 
 # --- leases -------------------------------------------------------------------------------------------------
@@ -144,8 +143,6 @@ def _timeouts() -> smtp_client.Timeouts:
 def _template(
     host: engine.Host, entry: matching.RouteEntry | None, auth_cache: dict[int, tuple[str, str] | None]
 ) -> smtp_client.Destination:
-    from routes import services  # routes.services imports delivery models: keep the import graph acyclic
-
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
         if entry.auth_profile_id not in auth_cache:
@@ -535,18 +532,8 @@ def _kick_hosts(keys: Iterable[hosts.HostKey], now: datetime) -> list[int]:
     return _make_due(Recipient.objects.filter(_route_domains_q(keys, snapshot.current_table())), now)
 
 
-def _audit(actor: Actor, what: str, detail: dict[str, Any], now: datetime) -> None:
-    user = actor if isinstance(actor, User) else None
-    name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
-    AuditEntry.objects.create(
-        at=now,
-        actor=user,
-        actor_name=name[:150],
-        action=AuditEntry.Action.ACTION,
-        object_type="queue",
-        object_repr=what[:300],
-        after=detail,
-    )
+def _audit(actor: Actor, what: str, detail: dict[str, Any]) -> None:
+    services.record_audit(actor, AuditEntry.Action.ACTION, "queue", what, after=detail)
 
 
 def _ring(mids: Sequence[int]) -> None:
@@ -566,7 +553,7 @@ def deliver_now(*, actor: Actor, now: datetime | None = None, domain: str | None
     with transaction.atomic():
         mids = _make_due(qs, now)
         maillog.write([maillog.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
-        _audit(actor, what, {"messages": len(mids)}, now)
+        _audit(actor, what, {"messages": len(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)
 
@@ -612,7 +599,7 @@ def bounce_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: dat
                 text=text,
             )
         generated = record([report], now=now)
-        _audit(actor, "bounce recipients", {"recipients": len(rows)}, now)
+        _audit(actor, "bounce recipients", {"recipients": len(rows)})
         transaction.on_commit(lambda: _ring(generated))
     return len(rows)
 
@@ -631,7 +618,7 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: dat
         lines = [maillog.deleted(mid, rids) for mid, rids in by_mid.items()]
         lines += _finish_messages(by_mid, now, checked=False)
         maillog.write(lines, at=now)
-        _audit(actor, "delete recipients", {"recipients": len(rows)}, now)
+        _audit(actor, "delete recipients", {"recipients": len(rows)})
     return len(rows)
 
 
@@ -641,6 +628,6 @@ def mark_host_up(host: str, port: int, *, actor: Actor, now: datetime | None = N
     with transaction.atomic():
         hosts.mark_up(host, port)
         mids = _kick_hosts([(host, port)], now)
-        _audit(actor, f"mark host up {host}:{port}", {"messages": len(mids)}, now)
+        _audit(actor, f"mark host up {host}:{port}", {"messages": len(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)

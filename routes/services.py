@@ -484,17 +484,28 @@ def _write_hosts(route_id: int, destination: domains.Destination) -> None:
 
 
 def _record(actor: Actor, audit: _Audit) -> None:
+    record_audit(actor, audit.action, audit.object_type, audit.object_repr, before=audit.before, after=audit.after)
+
+
+def record_audit(
+    actor: Actor, action: str, object_type: str, object_repr: str, *, before: Any = None, after: Any = None
+) -> AuditEntry:
+    """One audit log entry (routes, access tables, queue actions): call it inside the change's transaction.
+
+    The actor is a User (the web UI, the admin) or a string such as "cli:alice"; its name is kept with the entry
+    so it survives the user's deletion.
+    """
     user = actor if isinstance(actor, User) else None
     name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
-    AuditEntry.objects.create(
+    return AuditEntry.objects.create(
         at=timezone.now(),
         actor=user,
         actor_name=name[:150],
-        action=audit.action,
-        object_type=audit.object_type,
-        object_repr=audit.object_repr[:300],
-        before=audit.before,
-        after=audit.after,
+        action=action,
+        object_type=object_type,
+        object_repr=object_repr[:300],
+        before=before,
+        after=after,
     )
 
 
