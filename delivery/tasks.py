@@ -1,6 +1,7 @@
 """Celery tasks: thin wrappers over `delivery.worker` and `delivery.queue`.
 
-`deliver(mid)` is the doorbell the listener rings after commit; `sweep()` runs on Celery beat every
+`deliver(mids=[...])` is the doorbell the listener rings after commit (one task per group commit, not per
+message: a publish costs the listener about 0.4 ms of CPU); `sweep()` runs on Celery beat every
 ESAROUTES_SWEEP_INTERVAL seconds and rings for whatever is due: retries, messages whose doorbell the broker lost
 (a flushed Redis), and messages whose worker died (their lease ran out). Both are idempotent: the lease in the
 database decides who delivers, so a duplicate task only costs a failed claim.
@@ -27,8 +28,11 @@ MAX_TASKS_PER_SWEEP = 64
 
 
 @shared_task(ignore_result=True, acks_late=True)
-def deliver(mid: int | None = None) -> int:
-    """Deliver MID (if still queued and free) together with other due messages; returns how many were claimed."""
+def deliver(mid: int | None = None, mids: list[int] | None = None) -> int:
+    """Deliver these messages (those still queued and free) and other due ones, up to ESAROUTES_DELIVERY_BATCH;
+    returns how many were claimed. The doorbell sends `mids` (a group commit's worth), the sweep one `mid`."""
+    if mids:
+        return worker.deliver_batch(mids).claimed
     return worker.deliver_batch([mid] if mid is not None else []).claimed
 
 
