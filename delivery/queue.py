@@ -355,19 +355,20 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
                     bounced[f.mid].append((r, f))
             changed.append(r)
         _update_recipients(changed)
-        DeliveryAttempt.objects.bulk_create(
+        at = connection.ops.adapt_datetimefield_value(now)
+        _ATTEMPTS.run(
             [
-                DeliveryAttempt(
-                    recipient=by_key[(a.mid, a.rid)],
-                    message_id=a.mid,
-                    dcid=a.dcid,
-                    at=now,
-                    host=a.host[:255],
-                    ip=a.ip[:64],
-                    port=a.port,
-                    code=a.code if a.code is not None and 0 <= a.code < 1000 else None,
-                    response=a.response[:4000],
-                    outcome=a.outcome,
+                (
+                    by_key[(a.mid, a.rid)].pk,
+                    a.mid,
+                    a.dcid,
+                    at,
+                    a.host[:255],
+                    a.ip[:64],
+                    a.port,
+                    a.code if a.code is not None and 0 <= a.code < 1000 else None,
+                    a.response[:4000],
+                    str(a.outcome),
                 )
                 for a in attempts
                 if (a.mid, a.rid) in by_key
@@ -382,6 +383,10 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
             _kick_hosts(came_back, now)
     return generated
 
+
+_ATTEMPTS = maillog.BulkInsert(
+    DeliveryAttempt, ("recipient_id", "message_id", "dcid", "at", "host", "ip", "port", "code", "response", "outcome")
+)
 
 _RECIPIENT_UPDATE = (
     "UPDATE delivery_recipient SET attempts = %s, last_code = %s, last_response = %s, last_host = %s, "

@@ -19,7 +19,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import hosts, queue, runner, worker
+from delivery import hosts, journal, queue, runner, worker
 
 logger = logging.getLogger("delivery.tasks")
 
@@ -43,6 +43,7 @@ def sweep() -> int:
         hosts.store_connection_gauges()
     except Exception:  # a gauge must never stop the sweep
         logger.warning("could not update the open connections gauge", exc_info=True)
+    journal.recover()  # a worker process killed since the last sweep: its unrecorded deliveries
     batch = settings.ESAROUTES_DELIVERY_BATCH
     mids = queue.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
     tasks = min(math.ceil(len(mids) / batch), MAX_TASKS_PER_SWEEP)
@@ -54,8 +55,9 @@ def sweep() -> int:
 @worker_process_shutdown.connect
 @worker_shutdown.connect  # thread and solo pools: no pool process to shut down
 def _close_connections(**_: object) -> None:
-    """QUIT the pooled SMTP connections when a worker process stops."""
+    """QUIT the pooled SMTP connections when a worker process stops; close its journal."""
     runner.shutdown_runner()
+    journal.shutdown()
 
 
 @worker_process_init.connect

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django.utils import timezone
 
-from delivery import queue, runner
+from delivery import journal, queue, runner
 
 logger = logging.getLogger("delivery.worker")
 
@@ -33,6 +33,7 @@ class BatchResult:
 
 def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult:
     """Deliver the given messages (those whose lease is free) and, with `fill`, other due messages."""
+    journal.recover()  # deliveries that a dead (or failed) process saw answered 250 and did not record
     token = queue.new_token()
     now = timezone.now()
     claimed = queue.claim(mids, token=token, now=now)
@@ -63,11 +64,18 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult
 
 def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
     reports: stdqueue.SimpleQueue[runner.Report | None] = stdqueue.SimpleQueue()
-    future = runner.get_runner().submit(groups, reports.put)
+    jnl = journal.get()
+
+    def emit(report: runner.Report) -> None:  # on the runner's loop thread, as soon as a message is through
+        jnl.note(report)  # a delivery survives this process's death from here on
+        reports.put(report)
+
+    future = runner.get_runner().submit(groups, emit)
     future.add_done_callback(lambda _: reports.put(None))  # wakes the loop below: the runner is through
     renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
     generated: list[int] = []
     finished = False
+    batch: list[runner.Report] = []
     try:
         while not finished:
             try:
@@ -75,7 +83,7 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
             except stdqueue.Empty:
                 queue.renew(token, now=timezone.now())
                 continue
-            batch: list[runner.Report] = []
+            batch = []
             item: runner.Report | None = first
             while True:
                 if item is None:
@@ -88,12 +96,15 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
                     break
             if batch:
                 generated += _record(batch)
+                jnl.recorded(batch)
+                batch = []
                 if not finished:
                     queue.renew(token, now=timezone.now())
     except BaseException:
         # Nothing can be recorded (the database is down, say): stop the runner, or it goes on delivering the rest
         # of the batch with nobody recording the outcomes, and every one of those messages is sent again later.
         future.cancel()
+        jnl.abandon()  # its deliveries not yet recorded are in the journal: recover() records them later
         raise
     future.result()  # a bug in the runner surfaces here (recorded reports stay recorded)
     return generated

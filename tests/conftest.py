@@ -30,6 +30,7 @@ def _plain_static_storage(settings: Any) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_mail_log(settings: Any, tmp_path: Path) -> None:
     settings.MAIL_LOG_DIR = tmp_path / "mail_logs"
+    settings.JOURNAL_DIR = tmp_path / "journal"  # recover() must never see another test's (or xdist worker's)
 
 
 PASSWORD = "correct horse battery staple"

@@ -1,0 +1,136 @@
+"""The delivery journal: a delivery answered 250 is recorded even when its process dies (or its database goes
+away) before the group commit, and is never sent again. Real processes for "dead", real SMTP peers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import OperationalError
+
+from delivery import journal, maillog, queue, worker
+from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
+from delivery.runner import Attempt, Final, Report
+from tests.delivery.conftest import queue_message
+from tests.routes.helpers import make_route
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def delivered_report(mid: int, dcid: int = 77) -> Report:
+    return Report(
+        finals=[Final(mid, 0, "delivered", 250, "2.0.0 Ok: queued as X", "127.0.0.1")],
+        attempts=[Attempt(mid, 0, dcid, "127.0.0.1", "127.0.0.1", 2525, 250, "2.0.0 Ok", "delivered")],
+        lines=[maillog.message_done(dcid, mid, [0])],
+    )
+
+
+def states(mid: int) -> list[str]:
+    return list(Recipient.objects.filter(message_id=mid).order_by("rid").values_list("state", flat=True))
+
+
+def journal_in_dead_process(mids: list[int], *, how: str = "kill") -> None:
+    """Another process journals deliveries of MIDS, then dies without recording them (SIGKILL, or a torn write)."""
+    code = textwrap.dedent(
+        f"""
+        import os, signal, django
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "esaroutes.settings")
+        django.setup()
+        from django.conf import settings
+        settings.JOURNAL_DIR = {str(settings.JOURNAL_DIR)!r}
+        from delivery import journal
+        from tests.delivery.test_journal import delivered_report
+        j = journal.get()
+        for mid in {mids!r}:
+            j.note(delivered_report(mid))
+        if {how!r} == "torn":
+            path = sorted(j.where.glob("*.jnl"))[-1]
+            with open(path, "ab") as f:
+                f.write(b"\\x00\\x00\\x10\\x00partial")
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ.copy(), check=False, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+
+
+def test_a_dead_processs_journaled_delivery_is_recorded_by_recover():
+    make_route("dest.test", "127.0.0.1:2525")
+    mid = queue_message("a@dest.test")
+    journal_in_dead_process([mid])
+    assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1
+
+    assert journal.recover() == 1
+    assert states(mid) == ["delivered"]
+    assert Message.objects.get(pk=mid).state == "done"
+    assert list(DeliveryAttempt.objects.filter(message_id=mid).values_list("outcome", "code")) == [("delivered", 250)]
+    texts = list(MailLogLine.objects.filter(mid=mid).values_list("text", flat=True))
+    assert f"Message done DCID 77 MID {mid} to RID [0]" in texts and f"Message finished MID {mid} done" in texts
+    assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []  # gone once recorded
+    assert journal.recover() == 0  # and never recorded twice
+
+
+def test_recover_skips_what_was_already_recorded_and_a_torn_last_entry():
+    make_route("dest.test", "127.0.0.1:2525")
+    first, second = queue_message("a@dest.test"), queue_message("b@dest.test")
+    queue.record([delivered_report(first)])  # the group commit made it for this one before the kill
+    journal_in_dead_process([first, second], how="torn")
+
+    assert journal.recover() == 1
+    assert states(first) == states(second) == ["delivered"]
+    assert DeliveryAttempt.objects.filter(message_id=first).count() == 1  # nothing written twice
+
+
+def test_a_live_processs_journal_is_left_alone():
+    mid = queue_message("a@dest.test")
+    live = journal.get()
+    live.note(delivered_report(mid))
+    assert journal.recover() == 0  # its owner holds the lock: it records it itself
+    assert states(mid) == ["queued"]
+    assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1
+
+
+def test_only_deliveries_are_journaled_and_a_recorded_file_goes_on_rotation(monkeypatch):
+    monkeypatch.setattr(journal, "ROTATE_ENTRIES", 2)
+    mid = queue_message("a@dest.test")
+    live = journal.get()
+    delayed = Report(finals=[Final(mid, 0, "delayed", 451, "4.3.0 try later", "127.0.0.1")])
+    live.note(delayed)
+    assert delayed.journal == 0 and list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
+    reports = [delivered_report(mid) for _ in range(3)]
+    for report in reports:
+        live.note(report)
+    assert [r.journal for r in reports] == [1, 1, 2]
+    live.recorded(reports)
+    assert [p.name for p in Path(settings.JOURNAL_DIR).glob("*.jnl")] == [f"{os.getpid()}-2.jnl"]  # the current
+
+
+def test_a_delivery_whose_recording_failed_is_recorded_later_and_never_sent_again(peers, monkeypatch):
+    good = peers.start()
+    make_route("dest.test", f"{good.host}:{good.port}")
+    mid = queue_message("a@dest.test")
+    real_record = queue.record
+
+    def database_gone(reports: Any, **kwargs: Any) -> list[int]:
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(queue, "record", database_gone)
+    with pytest.raises(OperationalError):
+        worker.deliver_batch([mid])
+    assert len(good.wait_for_messages(1)) == 1 and states(mid) == ["queued"]
+
+    monkeypatch.setattr(queue, "record", real_record)
+    Message.objects.filter(pk=mid).update(leased_by="", leased_until=None)  # as if the lease ran out
+    worker.deliver_batch([mid])  # the next batch recovers the journal first: the message is done, not re-sent
+    assert states(mid) == ["delivered"]
+    assert len(good.messages) == 1
+    assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
