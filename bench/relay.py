@@ -3,13 +3,16 @@
     createdb -h 127.0.0.1 -U postgres esaroutes_bench
     export DATABASE_URL=postgres://postgres@127.0.0.1:5432/esaroutes_bench REDIS_URL=redis://127.0.0.1:6379/13
     ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python manage.py migrate
-    ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python bench/relay.py
-    env -u DATABASE_URL -u REDIS_URL ESAROUTES_DATA_DIR=var/bench-emb .venv/bin/python bench/relay.py
+    ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python bench/relay.py --reset
+    env -u DATABASE_URL -u REDIS_URL ESAROUTES_DATA_DIR=var/bench-emb .venv/bin/python bench/relay.py --reset
 
 Everything is a real process, as `bin/run` starts them: `manage.py smtpd` and `celery -A esaroutes worker`
 (prefork, ESAROUTES_WORKER_CONCURRENCY children, default 2). The destinations are Postfix's `smtp-sink` on
-127.0.0.2 and 127.0.0.3 (priority 0, equal: round-robin) and 127.0.0.4 (priority 10, the backup). The clients are
-the lean asyncio SMTP client of bench/listener.py: 1 KB messages with one recipient, 10 concurrent sessions.
+127.0.0.2 and 127.0.0.3 (priority 0, equal: round-robin) and 127.0.0.4 (priority 10, the backup). The client is Postfix's
+`smtp-source` (the client of the Postfix figure; `--injector python` for bench/listener.py's asyncio client):
+1 KB messages with one recipient, 10 concurrent sessions, a new session per message unless `--per-connection`.
+`--reset` empties the queue and mail-log tables first: the figures fall as those tables grow (a bench database
+only). The CPU columns are each process tree's user + system time over the run, per message delivered.
 
 Modes: ``normal``; ``failover``, where the second equal host refuses every RCPT with a 4xx (smtp-sink ``-r RCPT``:
 "450 4.3.0 Error: command failed"), so half of the connections fail over at once to the first host.
@@ -43,7 +46,7 @@ django.setup()
 from django.db.models import Max  # noqa: E402
 
 from bench import listener as smtp_load  # noqa: E402
-from delivery.models import Message, Recipient  # noqa: E402
+from delivery.models import DeliveryAttempt, MailLogLine, Message, MessageBody, Recipient  # noqa: E402
 from routes import domains, services  # noqa: E402
 from routes.models import Route  # noqa: E402
 
@@ -131,16 +134,27 @@ def rss_kib(pid: int) -> int:
 def inject(args: argparse.Namespace, smtp_port: int) -> list[str]:
     """Send the messages; returns the errors the clients saw."""
     if args.injector == "python":
-        _, _, errors = asyncio.run(smtp_load.run(smtp_port, args.messages, args.clients, args.per_connection))
-        return errors
-    # Postfix's own load generator, as the 290 msg/s Postfix figure was measured: -d reuses the connection.
+        _, _, seen = asyncio.run(smtp_load.run(smtp_port, args.messages, args.clients, args.per_connection))
+        return seen
+    # Postfix's own load generator, as the 290 msg/s Postfix figure was measured. With -d a session sends all of
+    # its -m share, so N messages per session are rounds of clients x N messages.
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
-    command = [source, "-s", str(args.clients), "-m", str(args.messages), "-l", "1024"]
-    command += ["-f", "bench@sender.test", "-t", "sink@dest.test", "-M", "bench.test"]
+    command = [source, "-s", str(args.clients), "-l", "1024", "-f", "bench@sender.test", "-t", "sink@dest.test"]
+    command += ["-M", "bench.test"]
+    rounds = [args.messages]
     if args.per_connection > 1:
         command.append("-d")
-    done = subprocess.run([*command, f"127.0.0.1:{smtp_port}"], capture_output=True, text=True, check=False)
-    return [line for line in done.stderr.splitlines() if line.strip()]
+        per_round = args.clients * args.per_connection
+        rounds = [per_round] * (args.messages // per_round) + (
+            [args.messages % per_round] if args.messages % per_round else []
+        )
+    errors: list[str] = []
+    for count in rounds:
+        done = subprocess.run(
+            [*command, "-m", str(count), f"127.0.0.1:{smtp_port}"], capture_output=True, text=True, check=False
+        )
+        errors += [line for line in done.stderr.splitlines() if line.strip()]
+    return errors
 
 
 Result = tuple[str, int, float, list[float], int, dict[str, float]]
@@ -205,7 +219,15 @@ def main() -> None:
     parser.add_argument("--pool", default="", help="Celery pool (default: the configured one)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--route-refresh", type=float, default=3.0)
+    parser.add_argument(
+        "--reset",
+        action="store_true",
+        help="empty the queue and mail-log tables first (a bench database only: the figures fall as they grow)",
+    )
     args = parser.parse_args()
+    if args.reset:
+        for model in (MailLogLine, DeliveryAttempt, MessageBody, Recipient, Message):
+            model.objects.all()._raw_delete(model.objects.db)  # no per-row signals: a bench database only
     env = {**os.environ, "ESAROUTES_LOG_LEVEL": "WARNING"}
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "smtpd", "--listen", "127.0.0.1:0"],

@@ -210,7 +210,7 @@ def smtp_path(address: str) -> str:
 
 
 def needs_8bitmime(body: bytes) -> bool:
-    return any(b > 0x7F for b in body)
+    return not body.isascii()  # a byte over 0x7F (in C: the generator over every byte was 5% of a worker's CPU)
 
 
 def needs_smtputf8(envelope: Envelope) -> bool:
