@@ -8,8 +8,8 @@
 
 Everything is a real process, as `bin/run` starts them: `manage.py smtpd` and `celery -A esaroutes worker`
 (prefork, ESAROUTES_WORKER_CONCURRENCY children, default 2). The destinations are Postfix's `smtp-sink` on
-127.0.0.2 and 127.0.0.3 (priority 0, equal: round-robin) and 127.0.0.4 (priority 10, the backup). The client is Postfix's
-`smtp-source` (the client of the Postfix figure; `--injector python` for bench/listener.py's asyncio client):
+127.0.0.2 and 127.0.0.3 (priority 0, equal: round-robin) and 127.0.0.4 (priority 10, the backup). The client is
+Postfix's `smtp-source` (the client of the Postfix figure; `--injector python` for bench/listener.py's client):
 1 KB messages with one recipient, 10 concurrent sessions, a new session per message unless `--per-connection`.
 `--reset` empties the queue and mail-log tables first: the figures fall as those tables grow (a bench database
 only). The CPU columns are each process tree's user + system time over the run, per message delivered.

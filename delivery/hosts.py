@@ -68,6 +68,38 @@ def _down_schedule(failures: int) -> timedelta:
     )
 
 
+def split_healthy(events: Iterable[HostEvent]) -> tuple[list[HostEvent], list[HostEvent]]:
+    """(the events of hosts that only succeeded here, the others): the first can wait for `count_healthy()`."""
+    events = list(events)
+    failed = {e.key for e in events if not e.ok}
+    healthy: list[HostEvent] = []
+    others: list[HostEvent] = []
+    for event in events:
+        (others if event.key in failed else healthy).append(event)
+    return healthy, others
+
+
+def count_healthy(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
+    """Successes, added to their hosts' counters after the outcomes' transaction, in a short one of their own.
+
+    In the recording transaction these UPDATEs held the rows of the busiest hosts locked until its commit, and
+    every other worker's recording waited for it: one worker recording at a time. Here the lock lasts one
+    statement, and on PostgreSQL the commit does not wait for the disk (counters; a crash can lose the last
+    few). A host that was not healthy after all (another worker marked it down meanwhile) goes through
+    `apply_events`, which marks it up; returns the hosts that came back.
+    """
+    merged: dict[HostKey, list[HostEvent]] = {}
+    for event in events:
+        merged.setdefault(event.key, []).append(event)
+    if not merged:
+        return set()
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit = off")
+        return apply_events([e for key in sorted(merged) for e in merged[key]], now)
+
+
 def apply_events(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
     """Fold connection outcomes into HostStatus (call inside the recording transaction).
 

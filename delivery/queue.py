@@ -14,6 +14,7 @@ and recorded in the audit log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -374,7 +375,10 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
                 if (a.mid, a.rid) in by_key
             ]
         )
+        healthy, events = hosts.split_healthy(events)
         came_back = hosts.apply_events(events, now)
+        if healthy:
+            transaction.on_commit(functools.partial(_count_healthy, healthy, now), robust=True)
         still_active = {mid for (mid, _), r in by_key.items() if r.state in ACTIVE}
         lines += _finish_messages(mids - still_active, now)
         maillog.write(lines, at=now)
@@ -382,6 +386,13 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
         if came_back:
             _kick_hosts(came_back, now)
     return generated
+
+
+def _count_healthy(events: list[hosts.HostEvent], now: datetime) -> None:
+    came_back = hosts.count_healthy(events, now)
+    if came_back:
+        with transaction.atomic():
+            _kick_hosts(came_back, now)
 
 
 _ATTEMPTS = maillog.BulkInsert(

@@ -73,6 +73,7 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
     future = runner.get_runner().submit(groups, emit)
     future.add_done_callback(lambda _: reports.put(None))  # wakes the loop below: the runner is through
     renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
+    renewed = time.monotonic()
     generated: list[int] = []
     finished = False
     batch: list[runner.Report] = []
@@ -82,6 +83,7 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
                 first = reports.get(timeout=renew_every)
             except stdqueue.Empty:
                 queue.renew(token, now=timezone.now())
+                renewed = time.monotonic()
                 continue
             batch = []
             item: runner.Report | None = first
@@ -98,8 +100,10 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
                 generated += _record(batch)
                 jnl.recorded(batch)
                 batch = []
-                if not finished:
+                if not finished and time.monotonic() - renewed >= renew_every:
+                    # not after every commit: a renewal rewrites every message row of the batch
                     queue.renew(token, now=timezone.now())
+                    renewed = time.monotonic()
     except BaseException:
         # Nothing can be recorded (the database is down, say): stop the runner, or it goes on delivering the rest
         # of the batch with nobody recording the outcomes, and every one of those messages is sent again later.
