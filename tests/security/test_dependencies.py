@@ -61,9 +61,11 @@ ADVISORIES: dict[str, list[tuple[str, str]]] = {
     # PyPA advisory-database vulns/eventlet/PYSEC-2026-2472.yaml, dnspython 2.6.1 release notes
     "dnspython": [("CVE-2023-29483", "2.6.1")],  # GHSA-3rq5-2g8h-59hc, TuDoor
     # PyPA advisory-database vulns/redis/PYSEC-2023-45.yaml (CVE-2023-28859 fixed in 4.5.4 as well)
-    "redis": [("CVE-2023-28858", "4.5.4")],
+    # 7.4.0's changelog: passwords no longer shown in a connection pool's repr (no advisory id was published)
+    "redis": [("CVE-2023-28858", "4.5.4"), ("redis-py 7.4.0: password in repr", "7.4.0")],
     # CVE-2021-23727 (cvelistV5), celery Changelog.rst 5.2.2
-    "celery": [("CVE-2021-23727", "5.2.2")],
+    # 5.6.0's changelog (celery/celery#9997): broker credentials no longer logged (no advisory id was published)
+    "celery": [("CVE-2021-23727", "5.2.2"), ("celery#9997: broker password logged", "5.6.0")],
 }
 
 
