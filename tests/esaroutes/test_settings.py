@@ -78,3 +78,17 @@ def test_check_deploy_is_clean_with_production_settings():
         REDIS_URL="redis://127.0.0.1:6379/15",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.django_db
+def test_the_embedded_database_commits_to_disk_before_it_returns():
+    """A 250 means the message is on disk: WAL with synchronous=FULL (2), never NORMAL (1) on the embedded default."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("the embedded default's pass checks this")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone()[0] == 2
