@@ -61,7 +61,8 @@ def free_port(host: str) -> int:
 
 def start_sink(host: str, port: int, refuse_rcpt: bool) -> subprocess.Popen[bytes]:
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    command = [sink, "-u", "nobody", "-c", "-8", "-p"]
+    # smtp-sink's defaults (PIPELINING offered) but 8BITMIME; its -r (the refusing host) implies -p
+    command = [sink, "-u", "nobody", "-c", "-8"]
     if refuse_rcpt:
         command += ["-r", "RCPT"]
     proc = subprocess.Popen([*command, f"{host}:{port}", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -73,6 +73,7 @@ class Script:
     smtputf8: bool = True  # advertise SMTPUTF8
     eightbitmime: bool = True  # advertise 8BITMIME
     size: int | None = 33_554_432  # advertised SIZE; None: not advertised
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands one line at a time)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,8 @@ class _Handler:
         out = [r for r in responses if r[4:].split(" ")[0].upper() not in dropped]
         if self.script.size is not None:
             out = [f"250-SIZE {self.script.size}" if r.startswith("250-SIZE") else r for r in out]
+        if self.script.pipelining:
+            out.insert(1, "250-PIPELINING")
         return out
 
     async def handle_HELO(self, server: SMTP, session: Any, envelope: Any, hostname: str) -> str:

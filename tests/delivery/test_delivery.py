@@ -326,7 +326,7 @@ def test_a_route_host_name_is_looked_up_by_mx_unless_bracketed(peers, dns_server
 
 # Every row of the reply table (issue 4): what the first host does, and where the recipient ends up.
 # "next": failed over at once to the second host and delivered there; "bounced": hard bounce, no other host.
-REPLY_TABLE = [
+REPLY_TABLE: list[tuple[str, dict[str, Any], str, bool]] = [
     ("refused", {}, "next", True),
     ("closing", {}, "next", True),  # accepts TCP, hangs up
     ("silent", {}, "next", True),  # accepts TCP, never greets: the command timeout
@@ -347,12 +347,23 @@ REPLY_TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("first", "script", "ends", "marks_down"), REPLY_TABLE, ids=[r[0] for r in REPLY_TABLE])
+# The rows that reach MAIL again with hosts that offer PIPELINING: MAIL, RCPT and DATA go in one write, and the
+# replies must mean the same.
+PIPELINED = [
+    (f"{name} pipelined", {**script, "pipelining": True}, ends, marks_down)
+    for name, script, ends, marks_down in REPLY_TABLE
+    if name.split()[0] in ("mail", "rcpt", "data", "dot", "stall", "drop")
+]
+
+
+@pytest.mark.parametrize(
+    ("first", "script", "ends", "marks_down"), REPLY_TABLE + PIPELINED, ids=[r[0] for r in REPLY_TABLE + PIPELINED]
+)
 def test_reply_table(peers, settings, first, script, ends, marks_down):
     settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT = 0.5  # the silent and stalled hosts cost this, once
     make_route("origin.test", "/dev/null")
     bad = getattr(peers, first)() if first in ("refused", "closing", "silent") else peers.start(**script)
-    good = peers.start()
+    good = peers.start(pipelining=bool(script.get("pipelining")))
     make_route("dest.test", hosts_text((bad, 0), (good, 10)))
     mid = queue_message("a@dest.test")
     worker.deliver_batch([mid])

@@ -615,3 +615,82 @@ def test_delivers_to_postfix_smtp_sink(smtp_sink: SmtpSink) -> None:
     session, results = run(destination, envelope(A, B, mid=1), envelope(C, mid=2, body=EIGHT_BIT))
     assert [len(r.delivered) for r in results] == [2, 1]
     assert session.connection is not None and "pipelining" in session.connection.extensions
+
+
+# --- PIPELINING (RFC 2920): MAIL, RCPT... and DATA in one write, the same outcomes --------------------------
+
+
+def _pipelined(session: HostSession) -> bool:
+    from delivery.smtp_client import _PipeliningProtocol
+
+    return session._smtp is not None and isinstance(session._smtp.protocol, _PipeliningProtocol)
+
+
+def test_a_peer_offering_pipelining_gets_one_write_per_message_with_the_same_outcomes(peers: PeerFactory) -> None:
+    peer = peers.start(pipelining=True, rcpt={B: "452 4.3.1 Insufficient system resources"})
+
+    async def go() -> tuple[bool, list[TransactionResult]]:
+        async with HostSession(to(peer)) as session:
+            first = await session.send(envelope(A, B, C, mid=1))
+            second = await session.send(envelope(B, mid=2))  # refused alone: RSET, and the session goes on
+            third = await session.send(envelope(C, mid=3))
+            return _pipelined(session), [first, second, third]
+
+    pipelined, (first, second, third) = asyncio.run(go())
+    assert pipelined
+    assert verdicts(first) == {0: Verdict.DELIVERED, 1: Verdict.NEXT_HOST, 2: Verdict.DELIVERED}
+    assert (first.outcomes[1].stage, first.outcomes[1].code) == (Stage.RCPT, 452)
+    assert verdicts(second) == {0: Verdict.NEXT_HOST} and second.failure is None
+    assert third.delivered and third.data_reply.startswith("2.0.0 Ok: queued as")
+    assert [m.rcpt_tos for m in peer.wait_for_messages(2)] == [(A, C), (C,)]
+    assert peer.connections == 1
+
+
+def test_pipelined_refused_mail_concerns_everyone_and_the_session_goes_on(peers: PeerFactory) -> None:
+    calls = []
+
+    def mail(address: str) -> str | None:
+        calls.append(address)
+        return "451 4.3.0 try later" if len(calls) == 1 else None
+
+    peer = peers.start(pipelining=True, mail=mail)
+    session, results = run(to(peer), envelope(A, B, mid=1), envelope(C, mid=2))
+    assert {(o.verdict, o.stage, o.code) for o in results[0].outcomes} == {(Verdict.NEXT_HOST, Stage.MAIL, 451)}
+    assert results[1].delivered and peer.wait_for_messages(1)[0].rcpt_tos == (C,)
+    assert session.messages_sent == 2 and peer.connections == 1
+
+
+def test_pipelined_refused_data_concerns_the_accepted_recipients(peers: PeerFactory) -> None:
+    peer = peers.start(pipelining=True, data_cmd="451 4.3.0 not now", rcpt={B: "550 5.1.1 no such user"})
+    result = deliver(to(peer), envelope(A, B))
+    assert {o.rid: (o.verdict, o.stage) for o in result.outcomes} == {
+        0: (Verdict.NEXT_HOST, Stage.DATA),
+        1: (Verdict.BOUNCE, Stage.RCPT),
+    }
+    assert peer.messages == []
+
+
+def test_a_peer_without_pipelining_gets_one_command_at_a_time(peers: PeerFactory) -> None:
+    peer = peers.start()
+
+    async def go() -> bool:
+        async with HostSession(to(peer)) as session:
+            await session.send(envelope())
+            return _pipelined(session)
+
+    assert not asyncio.run(go())
+
+
+def test_pipelining_starts_after_starttls(peers: PeerFactory) -> None:
+    peer = peers.start(starttls=True, pipelining=True)
+
+    async def go() -> tuple[bool, TransactionResult, HostSession]:
+        async with HostSession(to(peer, tls=TlsPolicy.OPPORTUNISTIC)) as session:
+            result = await session.send(envelope(A, B))
+            return _pipelined(session), result, session
+
+    pipelined, result, session = asyncio.run(go())
+    assert pipelined and result.delivered
+    assert session.connection is not None and session.connection.tls_protocol is not None
+    [message] = peer.wait_for_messages(1)
+    assert message.tls and message.rcpt_tos == (A, B)
