@@ -43,6 +43,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.db import connection  # noqa: E402
 from django.db.models import Max  # noqa: E402
 
 from bench import listener as smtp_load  # noqa: E402
@@ -226,9 +227,14 @@ def main() -> None:
         help="empty the queue and mail-log tables first (a bench database only: the figures fall as they grow)",
     )
     args = parser.parse_args()
-    if args.reset:
-        for model in (MailLogLine, DeliveryAttempt, MessageBody, Recipient, Message):
-            model.objects.all()._raw_delete(model.objects.db)  # no per-row signals: a bench database only
+    if args.reset:  # a bench database only
+        models = (MailLogLine, DeliveryAttempt, MessageBody, Recipient, Message)
+        if connection.vendor == "postgresql":  # TRUNCATE: no dead rows for autovacuum to chew on during the run
+            with connection.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {', '.join(m._meta.db_table for m in models)}")
+        else:
+            for model in models:
+                model.objects.all()._raw_delete(model.objects.db)
     env = {**os.environ, "ESAROUTES_LOG_LEVEL": "WARNING"}
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "smtpd", "--listen", "127.0.0.1:0"],
