@@ -662,9 +662,13 @@ class _Transaction:
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        return await self._send_body(smtp, protocol, payload)
+
+    async def _send_body(self, smtp: aiosmtplib.SMTP, protocol: SMTPProtocol, payload: bytes) -> None:
+        """After the 354: the dot-stuffed body and its final dot, and the reply that decides delivery."""
         protocol.write(payload)
         self.dot_sent = True
-        reply = await protocol.read_response(timeout=t.data)
+        reply = await protocol.read_response(timeout=self.destination.timeouts.data)
         if reply.code == 250:
             self.data_reply = reply.message
         self._all_pending(reply.code, reply.message)
@@ -729,13 +733,7 @@ class _Transaction:
                 self._all_pending(data_reply.code, data_reply.message)
             await self._rset(smtp)
             return None
-        protocol.write(payload)
-        self.dot_sent = True
-        reply = await protocol.read_response(timeout=t.data)
-        if reply.code == 250:
-            self.data_reply = reply.message
-        self._all_pending(reply.code, reply.message)
-        return self._after_reply(smtp, reply.code, reply.message)
+        return await self._send_body(smtp, protocol, payload)
 
     def _closing(self, smtp: aiosmtplib.SMTP, reply: aiosmtplib.SMTPResponse) -> None:
         """A 421 in a pipelined group: the peer is closing; everyone still open shares that reply."""
