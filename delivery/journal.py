@@ -7,7 +7,7 @@ report of every delivery is appended to this process's journal file the moment t
 to the recorder: one `write()` to a local file, which survives the death of the process (not of the machine: no
 fsync, a power cut still means the old window).
 
-    var/journal/<pid>-<n>.jnl     length-prefixed pickles of `runner.Report`, flock'ed by their live owner
+    var/journal/<pid>-<random>-<n>.jnl     length-prefixed pickles of `runner.Report`, flock'ed by their live owner
 
 * A process holds an exclusive `flock` on each of its journal files for as long as it lives; the kernel drops it
   when the process dies, SIGKILL included. A file whose lock can be taken belongs to a dead process.
@@ -32,6 +32,7 @@ import fcntl
 import logging
 import os
 import pickle
+import secrets
 import struct
 import threading
 import time
@@ -76,6 +77,7 @@ class Journal:
         self._segments: dict[int, _Segment] = {}
         self._current: _Segment | None = None
         self._next = 0
+        self._tag = secrets.token_hex(4)
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -133,7 +135,8 @@ class Journal:
         if current is None:
             self.where.mkdir(parents=True, exist_ok=True)
             self._next += 1
-            path = self.where / f"{self.pid}-{self._next}.jnl"
+            # A random part: a later process with the same PID must never replace a file not yet recovered
+            path = self.where / f"{self.pid}-{self._tag}-{self._next}.jnl"
             # Locked under a name recover() does not look at, then renamed: never an unlocked .jnl of a live process
             building = path.with_suffix(".new")
             fd = os.open(building, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -200,6 +203,10 @@ def recover(record: Callable[[list[Report]], object] | None = None) -> int:
     where = directory()
     if not where.is_dir():
         return 0
+    for building in where.glob("*.new"):  # a process died between creating its file and naming it: empty
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - building.stat().st_mtime > ROTATE_SECONDS:
+                building.unlink()
     total = 0
     for path in sorted(where.glob("*.jnl")):
         try:

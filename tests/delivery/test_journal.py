@@ -111,7 +111,18 @@ def test_only_deliveries_are_journaled_and_a_recorded_file_goes_on_rotation(monk
         live.note(report)
     assert [r.journal for r in reports] == [1, 1, 2]
     live.recorded(reports)
-    assert [p.name for p in Path(settings.JOURNAL_DIR).glob("*.jnl")] == [f"{os.getpid()}-2.jnl"]  # the current
+    [current] = Path(settings.JOURNAL_DIR).glob("*.jnl")
+    assert current.name.startswith(f"{os.getpid()}-") and current.name.endswith("-2.jnl")  # the one being written
+
+
+def test_a_new_process_with_a_dead_ones_pid_never_replaces_its_journal():
+    mid = queue_message("a@dest.test")
+    first = journal.Journal(Path(settings.JOURNAL_DIR))
+    first.note(delivered_report(mid))
+    first.close()  # as if it died: its file stays, outstanding
+    second = journal.Journal(Path(settings.JOURNAL_DIR))  # same PID, as after PID reuse
+    second.note(delivered_report(mid))
+    assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 2
 
 
 def test_a_delivery_whose_recording_failed_is_recorded_later_and_never_sent_again(peers, monkeypatch):
