@@ -35,7 +35,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
 from delivery import engine, hosts, ids, maillog, smtp_client
@@ -174,6 +174,8 @@ class Runner:
             self._call(self._close_all()).result(timeout)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
+        with contextlib.suppress(Exception):  # the database thread's connection, or it lingers until collected
+            self._executor.submit(connections.close_all).result(timeout)
         self._executor.shutdown(wait=True)
 
     def _call(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
