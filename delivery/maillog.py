@@ -328,7 +328,8 @@ def _line_insert() -> BulkInsert:
 
 
 class BulkInsert:
-    """`INSERT INTO t (every column) VALUES (...), (...) [RETURNING id]` for one model, on the current connection.
+    """`INSERT INTO t (every column) VALUES (...), (...) [RETURNING id]` for one model, on the current connection
+    (on PostgreSQL: `COPY`, or `INSERT ... SELECT FROM unnest(...) RETURNING id`; see `_prepare`).
 
     `given` are the attnames each row supplies, in order, already adapted for the database (datetimes through
     `connection.ops.adapt_datetimefield_value`); `fixed` sets other columns to one value for every row; every
@@ -409,22 +410,20 @@ class BulkInsert:
         """Insert the rows; with `returning`, their primary keys in row order (else [])."""
         if self._vendor != connection.vendor:
             self._prepare()
-        out: list[int] = []
         constants = self._constants
         if self._vendor == "postgresql":
             if not rows:
-                return out
+                return []
             if not self.returning:
                 every_row = self._every_row
                 with connection.cursor() as cursor, cursor.cursor.copy(self._copy_sql) as copy:
                     for row in rows:
                         copy.write_row((*row, *every_row))
-                return out
+                return []
             with connection.cursor() as cursor:
                 cursor.execute(self._unnest_sql, [*constants, *(list(column) for column in zip(*rows, strict=True))])
-                if self.returning:
-                    out += [int(r[0]) for r in cursor.fetchall()]
-            return out
+                return [int(r[0]) for r in cursor.fetchall()]
+        out: list[int] = []
         with connection.cursor() as cursor:
             for start in range(0, len(rows), self._chunk):
                 chunk = rows[start : start + self._chunk]

@@ -31,9 +31,7 @@ MAX_TASKS_PER_SWEEP = 64
 def deliver(mid: int | None = None, mids: list[int] | None = None) -> int:
     """Deliver these messages (those still queued and free) and other due ones, up to ESAROUTES_DELIVERY_BATCH;
     returns how many were claimed. The doorbell sends `mids` (a group commit's worth), the sweep one `mid`."""
-    if mids:
-        return worker.deliver_batch(mids).claimed
-    return worker.deliver_batch([mid] if mid is not None else []).claimed
+    return worker.deliver_batch(mids or ([mid] if mid is not None else [])).claimed
 
 
 @shared_task(ignore_result=True)

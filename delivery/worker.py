@@ -76,7 +76,6 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
     renewed = time.monotonic()
     generated: list[int] = []
     finished = False
-    batch: list[runner.Report] = []
     try:
         while not finished:
             try:
@@ -85,7 +84,7 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
                 queue.renew(token, now=timezone.now())
                 renewed = time.monotonic()
                 continue
-            batch = []
+            batch: list[runner.Report] = []
             item: runner.Report | None = first
             while True:
                 if item is None:
@@ -99,7 +98,6 @@ def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
             if batch:
                 generated += _record(batch)
                 jnl.recorded(batch)
-                batch = []
                 if not finished and time.monotonic() - renewed >= renew_every:
                     # not after every commit: a renewal rewrites every message row of the batch
                     queue.renew(token, now=timezone.now())
