@@ -626,7 +626,7 @@ def _pipelined(session: HostSession) -> bool:
     return session._smtp is not None and isinstance(session._smtp.protocol, _PipeliningProtocol)
 
 
-def test_a_peer_offering_pipelining_gets_one_write_per_message_with_the_same_outcomes(peers: PeerFactory) -> None:
+def test_a_peer_offering_pipelining_gets_the_pipelined_protocol_and_the_same_outcomes(peers: PeerFactory) -> None:
     peer = peers.start(pipelining=True, rcpt={B: "452 4.3.1 Insufficient system resources"})
 
     async def go() -> tuple[bool, list[TransactionResult]]:
