@@ -190,6 +190,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 # --- The mail relay -------------------------------------------------------------------------------------------
 ESAROUTES_HOSTNAME = env.env_str("ESAROUTES_HOSTNAME", socket.gethostname())
 ESAROUTES_WEB_LISTEN = env.env_listen("ESAROUTES_WEB_LISTEN", "127.0.0.1:8000")
+# The web server (manage.py web, Hypercorn): worker processes, each parsing requests in its event loop and running
+# Django in a thread only once a request has fully arrived; a connection whose request head is not complete this
+# many seconds after it opened (or after its last response) is closed, however slowly it drips.
+ESAROUTES_WEB_WORKERS = env.env_int("ESAROUTES_WEB_WORKERS", 2, minimum=1, maximum=64)
+ESAROUTES_WEB_HEADER_TIMEOUT = env.env_int("ESAROUTES_WEB_HEADER_TIMEOUT", 30, minimum=1, maximum=3600)
 ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525")
 # The inbound SMTP listener (manage.py smtpd): ESA-like limits; see the README's "SMTP listener" section.
 ESAROUTES_SMTP_INTERFACE = env.env_str("ESAROUTES_SMTP_INTERFACE", "Data 1")
@@ -203,6 +208,10 @@ ESAROUTES_SMTP_MAX_ERRORS = env.env_int("ESAROUTES_SMTP_MAX_ERRORS", 20, minimum
 # Listener processes sharing the port (SO_REUSEPORT): both cores answer SMTP, not one interpreter.
 ESAROUTES_SMTP_PROCESSES = env.env_int("ESAROUTES_SMTP_PROCESSES", os.cpu_count() or 1, minimum=1, maximum=64)
 ESAROUTES_SMTP_AUTH_WITHOUT_TLS = env.env_bool("ESAROUTES_SMTP_AUTH_WITHOUT_TLS", False)
+# SMTP AUTH failures from one client address, or for one SMTP user, before AUTH is refused (421) for the lockout
+# seconds after the last failure; counted in the cache across listener processes (esaroutes/throttle.py).
+ESAROUTES_SMTP_AUTH_MAX_FAILURES = env.env_int("ESAROUTES_SMTP_AUTH_MAX_FAILURES", 5, minimum=1)
+ESAROUTES_SMTP_AUTH_LOCKOUT = env.env_int("ESAROUTES_SMTP_AUTH_LOCKOUT", 900, minimum=10)
 ESAROUTES_SMTP_REVERSE_DNS = env.env_bool("ESAROUTES_SMTP_REVERSE_DNS", False)
 ESAROUTES_SMTP_TLS_CERT = env.env_str("ESAROUTES_SMTP_TLS_CERT", "")
 ESAROUTES_SMTP_TLS_KEY = env.env_str("ESAROUTES_SMTP_TLS_KEY", "")
@@ -270,6 +279,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 ESAROUTES_LOGIN_MAX_FAILURES = env.env_int("ESAROUTES_LOGIN_MAX_FAILURES", 5, minimum=1)
 ESAROUTES_LOGIN_LOCKOUT = env.env_int("ESAROUTES_LOGIN_LOCKOUT", 900, minimum=10)
+# Every web login (the site's, the admin's, anything calling authenticate()) goes through the login throttle.
+AUTHENTICATION_BACKENDS = ["esaroutes.login.ThrottledModelBackend"]
 
 ESAROUTES_HTTPS = env.env_bool("ESAROUTES_HTTPS", False)
 SESSION_COOKIE_HTTPONLY = True

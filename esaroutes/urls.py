@@ -19,5 +19,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics.metrics_view, name="metrics"),
+    path("admin/login/", login.admin_login),  # before admin.site.urls: the admin's page, behind the login throttle
     path("admin/", admin.site.urls),
 ]

@@ -1,4 +1,9 @@
-"""Admin for the access tables: every save and delete goes through `routes.access_services` (validated, audited)."""
+"""Admin for the access tables: every save and delete goes through `routes.access_services` (validated, audited).
+
+The rules are the models' `clean()` (run by the admin's ModelForm through `full_clean`, so a refusal comes back
+at its field with the Access page's message) and `access_services.password_errors`; saving through the services
+checks them again, in the transaction that writes the row and its audit entry.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from routes import access_forms, access_services
+from routes import access_services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
 
@@ -19,7 +24,9 @@ class RecipientAccessRuleAdmin(admin.ModelAdmin[RecipientAccessRule]):
     search_fields = ("domain", "comment")
 
     def save_model(self, request: HttpRequest, obj: RecipientAccessRule, form: Any, change: bool) -> None:
-        saved = access_services.rat_save(request.user, obj.domain, obj.action, obj.comment)
+        saved = access_services.rat_save(
+            request.user, obj.domain, obj.action, obj.comment, pk=obj.pk if change else None
+        )
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: RecipientAccessRule) -> None:
@@ -39,10 +46,7 @@ class RelayNetworkAdmin(admin.ModelAdmin[RelayNetwork]):
         return ("network",) if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: RelayNetwork, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)  # the comment only: the network is read-only
-            return
-        saved = access_services.relay_add(request.user, obj.network, obj.comment)
+        saved = access_services.relay_save(request.user, obj.network, obj.comment, pk=obj.pk if change else None)
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: RelayNetwork) -> None:
@@ -54,11 +58,21 @@ class RelayNetworkAdmin(admin.ModelAdmin[RelayNetwork]):
 
 
 class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
-    new_password = djforms.CharField(required=False, widget=djforms.PasswordInput, help_text="Empty keeps it")
+    new_password = djforms.CharField(
+        required=False,
+        widget=djforms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=f"At least {access_services.MIN_PASSWORD_LENGTH} characters; empty keeps the password",
+    )
 
     class Meta:
         model = SmtpUser
         fields = ("username", "is_active")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        for message in access_services.password_errors(data.get("new_password"), new=self.instance.pk is None):
+            self.add_error("new_password", message)
+        return data
 
 
 @admin.register(SmtpUser)
@@ -72,11 +86,16 @@ class SmtpUserAdmin(admin.ModelAdmin[SmtpUser]):
             obj.username,
             form.cleaned_data.get("new_password") or None,
             obj.is_active,
+            pk=obj.pk if change else None,
         )
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: SmtpUser) -> None:
         access_services.user_delete(request.user, obj.pk)
 
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SmtpUser]) -> None:
+        for pk in queryset.values_list("pk", flat=True):
+            access_services.user_delete(request.user, pk)
 
-__all__ = ["RecipientAccessRuleAdmin", "RelayNetworkAdmin", "SmtpUserAdmin", "access_forms"]
+
+__all__ = ["RecipientAccessRuleAdmin", "RelayNetworkAdmin", "SmtpUserAdmin"]

@@ -1,51 +1,77 @@
 """Audited writes to the listener's access tables: the Recipient Access Table, relay networks, SMTP AUTH users.
 
+Every writer (the Access page, the Django admin, tests, a future API) goes through these functions, and each
+checks the row with the model's `full_clean()`: the rules are the models' (`RecipientAccessRule.clean`: the
+domain, `ALL = ACCEPT` refused; `RelayNetwork.clean`: CIDR syntax, not `/0`; `SmtpUser.clean`: the user name),
+plus the SMTP AUTH password rule here (`password_errors`), which the admin's form calls too. A refusal is
+`AccessInvalid`, whose `errors` map each field to its messages, for the form that shows them.
+
 Each function runs in one transaction with its `AuditEntry` (via `delivery.access.audit`). The listener notices
 the change within `ESAROUTES_SMTP_ACCESS_REFRESH` seconds (it fingerprints the tables), without a restart.
 """
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Mapping, Sequence
 
+from django import forms
 from django.contrib.auth.hashers import make_password
-from django.db import transaction
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db import IntegrityError, models, transaction
 
 from delivery import access
 from routes import domains
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
 
+MIN_PASSWORD_LENGTH = 10
+
 
 class AccessInvalid(ValueError):
-    """The value cannot be saved; the message says why, for the field."""
+    """The value cannot be saved. `errors` maps a field name (or NON_FIELD_ERRORS) to its messages."""
+
+    def __init__(self, errors: Mapping[str, Sequence[str]] | str) -> None:
+        if isinstance(errors, str):
+            errors = {NON_FIELD_ERRORS: [errors]}
+        self.errors = {name: list(messages) for name, messages in errors.items()}
+        super().__init__("; ".join(m for messages in self.errors.values() for m in messages))
+
+    def show_on(self, form: forms.BaseForm, renamed: Mapping[str, str] | None = None) -> None:
+        """Put each message at its field of `form` (`renamed` maps a model field to the form's), else on top."""
+        for name, messages in self.errors.items():
+            field = (renamed or {}).get(name, name)
+            for message in messages:
+                form.add_error(field if field in form.fields else None, message)
 
 
 def normalize_rat_domain(text: str) -> str:
     try:
         return domains.normalize_receiving_domain(text)
     except domains.DomainError as exc:
-        raise AccessInvalid(str(exc)) from None
+        raise AccessInvalid({"domain": [str(exc)]}) from None
 
 
-def normalize_network(text: str) -> str:
-    try:
-        return str(ipaddress.ip_network(text.strip(), strict=False))
-    except ValueError:
-        raise AccessInvalid(f'"{text.strip()}" is not an IP address or network (CIDR, e.g. 10.0.0.0/8)') from None
+def password_errors(password: str | None, *, new: bool) -> list[str]:
+    """Why an SMTP AUTH password cannot be set (None or "" keeps the current one, which a new user lacks)."""
+    if not password:
+        return ["A new user needs a password."] if new else []
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return [f"Use at least {MIN_PASSWORD_LENGTH} characters."]
+    return []
 
 
 @transaction.atomic
-def rat_save(actor: access.Actor, domain: str, action: str, comment: str = "") -> RecipientAccessRule:
-    """Add or change the rule for a domain (exact, `.partial` or `ALL`)."""
-    stored = normalize_rat_domain(domain)
-    if action not in RecipientAccessRule.Action.values:
-        raise AccessInvalid(f"unknown action {action!r}")
-    rule = RecipientAccessRule.objects.select_for_update().filter(domain=stored).first()
-    before = access.describe(rule) if rule else None
-    if rule is None:
-        rule = RecipientAccessRule(domain=stored)
-    rule.action, rule.comment = action, comment[:255]
-    rule.save()
+def rat_save(
+    actor: access.Actor, domain: str, action: str, comment: str = "", *, pk: int | None = None
+) -> RecipientAccessRule:
+    """Add or change the rule for a domain (exact, `.partial` or `ALL`); with `pk`, change that rule (renaming it)."""
+    if pk is None:
+        stored = normalize_rat_domain(domain)
+        rule = RecipientAccessRule.objects.select_for_update().filter(domain=stored).first() or RecipientAccessRule()
+    else:
+        rule = RecipientAccessRule.objects.select_for_update().get(pk=pk)
+    before = access.describe(rule) if rule.pk else None
+    rule.domain, rule.action, rule.comment = domain, action, comment
+    _save(rule)
     access.audit(
         actor,
         AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE,
@@ -64,12 +90,16 @@ def rat_delete(actor: access.Actor, pk: int) -> None:
 
 
 @transaction.atomic
-def relay_add(actor: access.Actor, network: str, comment: str = "") -> RelayNetwork:
-    stored = normalize_network(network)
-    if RelayNetwork.objects.filter(network=stored).exists():
-        raise AccessInvalid(f"{stored} is already a relay network")
-    relay = RelayNetwork.objects.create(network=stored, comment=comment[:255])
-    access.audit(actor, AuditEntry.Action.CREATE, relay, after=access.describe(relay))
+def relay_save(actor: access.Actor, network: str, comment: str = "", *, pk: int | None = None) -> RelayNetwork:
+    """Add a relay network, or with `pk` change that one (its comment, or the network itself)."""
+    relay = RelayNetwork() if pk is None else RelayNetwork.objects.select_for_update().get(pk=pk)
+    before = access.describe(relay) if relay.pk else None
+    relay.network, relay.comment = network, comment
+    _save(relay)
+    after = access.describe(relay)
+    if after != before:
+        action = AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE
+        access.audit(actor, action, relay, before=before, after=after)
     return relay
 
 
@@ -81,23 +111,21 @@ def relay_delete(actor: access.Actor, pk: int) -> None:
 
 
 @transaction.atomic
-def user_save(actor: access.Actor, username: str, password: str | None, is_active: bool = True) -> SmtpUser:
-    """Add a user, or change one's password (None keeps it) and active flag. The password is stored hashed."""
-    username = username.strip()
-    if not username or any(not c.isprintable() or c.isspace() for c in username):
-        raise AccessInvalid("a user name is printable characters without spaces")
-    user = SmtpUser.objects.select_for_update().filter(username=username).first()
-    before = access.describe(user) if user else None
-    if user is None:
-        if not password:
-            raise AccessInvalid("a new user needs a password")
-        user = SmtpUser(username=username)
-    if password:
-        if len(password) < 10:
-            raise AccessInvalid("use at least 10 characters")
+def user_save(
+    actor: access.Actor, username: str, password: str | None, is_active: bool = True, *, pk: int | None = None
+) -> SmtpUser:
+    """Add a user, or change one's password (None keeps it) and active flag; with `pk`, change that user
+    (renaming it). The password is stored hashed."""
+    if pk is None:
+        user = SmtpUser.objects.select_for_update().filter(username=username.strip()).first() or SmtpUser()
+    else:
+        user = SmtpUser.objects.select_for_update().get(pk=pk)
+    before = access.describe(user) if user.pk else None
+    problems = password_errors(password, new=user.pk is None)
+    user.username, user.is_active = username, is_active
+    if password and not problems:
         user.password = make_password(password)
-    user.is_active = is_active
-    user.save()
+    _save(user, extra={"password": problems} if problems else None)
     after = {**access.describe(user), **({"password": "(changed)"} if password else {})}
     access.audit(
         actor, AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE, user, before=before, after=after
@@ -110,3 +138,20 @@ def user_delete(actor: access.Actor, pk: int) -> None:
     user = SmtpUser.objects.select_for_update().get(pk=pk)
     access.audit(actor, AuditEntry.Action.DELETE, user, before=access.describe(user))
     user.delete()
+
+
+def _save(obj: models.Model, extra: Mapping[str, Sequence[str]] | None = None) -> None:
+    """`full_clean` (the model's rules) then save; every refusal, `extra` ones included, as one AccessInvalid."""
+    errors: dict[str, list[str]] = {name: list(messages) for name, messages in (extra or {}).items()}
+    try:
+        obj.full_clean(exclude=list(errors))
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, []).extend(messages)
+    if errors:
+        raise AccessInvalid(errors)
+    try:
+        with transaction.atomic():  # another writer may have added the same row since the check
+            obj.save()
+    except IntegrityError:
+        raise AccessInvalid(f"{obj} was added by someone else meanwhile: reload and try again.") from None

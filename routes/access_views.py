@@ -1,8 +1,9 @@
 """Access rules in the browser: the Recipient Access Table, relay networks and SMTP AUTH users, on one page.
 
 Each table is a partial (`access-rat`, `access-relay`, `access-users`: the partial's root id is its hx-target);
-a form posts to its view, which validates with `routes.access_forms`, writes through `routes.access_services`
-(audited) and returns the table's partial, or the partial with the form's errors and status 422.
+a form posts to its view, which reads it with `routes.access_forms`, writes through `routes.access_services`
+(validated by the models' rules, audited) and returns the table's partial, or the partial with the errors at
+their fields and status 422.
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
     form = access_forms.RatForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
-        access_services.rat_save(request.user, data["domain"], data["action"], data["comment"])
-        return _partial(request, "access-rat", _context())
+        try:
+            access_services.rat_save(request.user, data["domain"], data["action"], data["comment"])
+        except access_services.AccessInvalid as exc:
+            exc.show_on(form)
+        else:
+            return _partial(request, "access-rat", _context())
     return _partial(request, "access-rat", _context(rat_form=form), status=422)
 
 
@@ -73,9 +78,9 @@ def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
     form = access_forms.RelayForm(request.POST)
     if form.is_valid():
         try:
-            access_services.relay_add(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
+            access_services.relay_save(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
         except access_services.AccessInvalid as exc:
-            form.add_error("network", str(exc))
+            exc.show_on(form)
         else:
             return _partial(request, "access-relay", _context())
     return _partial(request, "access-relay", _context(relay_form=form), status=422)
@@ -98,7 +103,7 @@ def user_save(request: AuthedHtmxRequest) -> HttpResponse:
         try:
             access_services.user_save(request.user, data["username"], data["password"] or None, data["is_active"])
         except access_services.AccessInvalid as exc:
-            form.add_error("password" if "password" in str(exc) or "characters" in str(exc) else "username", str(exc))
+            exc.show_on(form)
         else:
             return _partial(request, "access-users", _context())
     return _partial(request, "access-users", _context(user_form=form), status=422)

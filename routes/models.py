@@ -3,13 +3,24 @@
 Receiving domains are stored normalised (lower-case IDNA; `.partial` keeps its dot; the default route is `ALL`)
 by `routes.domains`; every write goes through `routes.services`, which validates, audits and bumps the route
 table version in one transaction.
+
+The access tables' rules live in their models' `clean()` (which normalises, then checks), so a Django admin
+ModelForm (through `full_clean`) and `routes.access_services` (which calls `full_clean` before every save) refuse
+the same values with the same message at the same field: there is no second copy of a rule in a form.
 """
 
 from __future__ import annotations
 
+import ipaddress
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
+
+from routes import domains
+
+OPEN_RELAY_MESSAGE = "Accepting ALL domains makes this an open relay for every client. Refused."
 
 
 class AuthProfile(models.Model):
@@ -120,6 +131,20 @@ class RecipientAccessRule(models.Model):
     def __str__(self) -> str:
         return f"{self.domain} {self.action.upper()}"
 
+    def clean(self) -> None:
+        """Store the domain normalised; refuse `ALL = ACCEPT` (an open relay) and a second rule for a domain."""
+        if not self.domain:
+            return  # the field's own "required" check says so
+        try:
+            self.domain = domains.normalize_receiving_domain(self.domain)
+        except domains.DomainError as exc:
+            raise ValidationError({"domain": str(exc)}) from None
+        if self.domain == domains.DEFAULT_ROUTE and self.action == self.Action.ACCEPT:
+            raise ValidationError({"action": OPEN_RELAY_MESSAGE})
+        if RecipientAccessRule.objects.filter(domain=self.domain).exclude(pk=self.pk).exists():
+            shown = "ALL" if self.domain == domains.DEFAULT_ROUTE else domains.display_domain(self.domain)
+            raise ValidationError({"domain": f"{shown} already has a rule: change that one."})
+
 
 class RelayNetwork(models.Model):
     """Client networks allowed to relay to any domain (the ESA's RELAYLIST)."""
@@ -133,6 +158,27 @@ class RelayNetwork(models.Model):
 
     def __str__(self) -> str:
         return self.network
+
+    def clean(self) -> None:
+        """Store the network in canonical CIDR form; refuse text that is not one, `/0` and a network listed twice."""
+        if not self.network:
+            return
+        self.network = normalize_network(self.network)
+        if RelayNetwork.objects.filter(network=self.network).exclude(pk=self.pk).exists():
+            raise ValidationError({"network": f"{self.network} is already a relay network."})
+
+
+def normalize_network(text: str) -> str:
+    """The stored form of a relay network (`10.0.0.1/8` is `10.0.0.0/8`); ValidationError at `network` says why."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        message = f'"{text.strip()}" is not an IP address or network (CIDR, e.g. 10.0.0.0/8)'
+        raise ValidationError({"network": message}) from None
+    if network.prefixlen == 0:
+        message = f"{network} is every address: relaying for it makes this an open relay for every client. Refused."
+        raise ValidationError({"network": message})
+    return str(network)
 
 
 class SmtpUser(models.Model):
@@ -149,6 +195,16 @@ class SmtpUser(models.Model):
 
     def __str__(self) -> str:
         return self.username
+
+    def clean(self) -> None:
+        """A user name is printable characters without spaces (surrounding ones are dropped), used once."""
+        self.username = self.username.strip()
+        if not self.username:
+            return
+        if any(not c.isprintable() or c.isspace() for c in self.username):
+            raise ValidationError({"username": "A user name is printable characters without spaces."})
+        if SmtpUser.objects.filter(username=self.username).exclude(pk=self.pk).exists():
+            raise ValidationError({"username": f"There is already an SMTP user {self.username}."})
 
 
 class AuditEntry(models.Model):

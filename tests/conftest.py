@@ -33,6 +33,17 @@ def _isolated_mail_log(settings: Any, tmp_path: Path) -> None:
     settings.JOURNAL_DIR = tmp_path / "journal"  # recover() must never see another test's (or xdist worker's)
 
 
+@pytest.fixture(autouse=True)
+def _own_login_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own login/AUTH failure counters (the cache outlives a test: earlier failures from 127.0.0.1
+    would lock later tests out). Processes a test starts itself use the real prefix."""
+    import secrets
+
+    from esaroutes import throttle
+
+    monkeypatch.setattr(throttle, "PREFIX", f"{throttle.PREFIX}test-{secrets.token_hex(6)}:")
+
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -1,0 +1,75 @@
+"""The Django admin cannot open the relay: a Recipient Access Table rule `ALL = ACCEPT` is refused there with the
+Access page's message (the rule is the model's, so every writer meets it), and a client outside the relay
+networks is still refused after the attempt, checked against a real listener on loopback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from routes import access_services
+from routes.models import AuditEntry, RecipientAccessRule
+from tests.security.test_open_relay import foreign_client
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OPEN_RELAY = "Accepting ALL domains makes this an open relay for every client. Refused."
+
+
+def _refused_by_rat(smtpd: Any) -> bytes:
+    smtpd.refresh()
+    c = smtpd.raw()
+    try:
+        assert c.reply().startswith(b"220")
+        assert c.cmd(b"EHLO probe.test").startswith(b"250")
+        assert c.cmd(b"MAIL FROM:<spammer@elsewhere.test>").startswith(b"250")
+        reply: bytes = c.cmd(b"RCPT TO:<victim@elsewhere.test>")
+        c.cmd(b"QUIT")
+    finally:
+        c.close()
+    return reply
+
+
+@pytest.mark.parametrize("typed", ["ALL", "all", " All "])
+def test_accept_all_through_the_admin_add_view_is_refused_and_nothing_relays(smtpd, client, alice, typed):
+    foreign_client(smtpd, all_route=True)
+    client.force_login(alice)
+    response = client.post(
+        reverse("admin:routes_recipientaccessrule_add"), {"domain": typed, "action": "accept", "comment": ""}
+    )
+    assert response.status_code == 200  # the form again, not a redirect to the list
+    assert response.context["adminform"].form.errors["action"] == [OPEN_RELAY]
+    assert not RecipientAccessRule.objects.exists()
+    assert not AuditEntry.objects.exists()
+    assert _refused_by_rat(smtpd) == b"550 5.7.1 <victim@elsewhere.test>... Relaying denied"
+
+
+def test_changing_a_rule_to_accept_all_through_the_admin_is_refused(smtpd, client, alice):
+    foreign_client(smtpd, all_route=True)
+    reject_all = access_services.rat_save("test", "ALL", "reject")
+    other = access_services.rat_save("test", "partner.test", "accept")
+    client.force_login(alice)
+    for rule, data in [
+        (reject_all, {"domain": "ALL", "action": "accept", "comment": ""}),
+        (other, {"domain": "all", "action": "accept", "comment": "renamed"}),  # a rename onto ALL, same rule
+    ]:
+        url = reverse("admin:routes_recipientaccessrule_change", args=[rule.pk])
+        response = client.post(url, data)
+        assert response.status_code == 200
+        assert OPEN_RELAY in response.context["adminform"].form.errors["action"]
+    assert sorted(RecipientAccessRule.objects.values_list("domain", "action")) == [
+        ("ALL", "reject"),
+        ("partner.test", "accept"),
+    ]
+    assert _refused_by_rat(smtpd) == b"550 5.7.1 <victim@elsewhere.test>... Relaying denied"
+
+
+def test_the_service_refuses_accept_all_whoever_calls_it(smtpd):
+    foreign_client(smtpd, all_route=True)
+    with pytest.raises(access_services.AccessInvalid) as caught:
+        access_services.rat_save("cli:root", "ALL", "accept")
+    assert caught.value.errors == {"action": [OPEN_RELAY]}
+    assert not RecipientAccessRule.objects.exists()
+    assert _refused_by_rat(smtpd) == b"550 5.7.1 <victim@elsewhere.test>... Relaying denied"
