@@ -212,10 +212,6 @@ ESAROUTES_SMTP_AUTH_WITHOUT_TLS = env.env_bool("ESAROUTES_SMTP_AUTH_WITHOUT_TLS"
 # seconds after the last failure; counted in the cache across listener processes (esaroutes/throttle.py).
 ESAROUTES_SMTP_AUTH_MAX_FAILURES = env.env_int("ESAROUTES_SMTP_AUTH_MAX_FAILURES", 5, minimum=1)
 ESAROUTES_SMTP_AUTH_LOCKOUT = env.env_int("ESAROUTES_SMTP_AUTH_LOCKOUT", 900, minimum=10)
-# SMTP AUTH failures from one client address, or for one SMTP user, before AUTH is refused (421) for the lockout
-# seconds after the last failure; counted in the cache across listener processes (esaroutes/throttle.py).
-ESAROUTES_SMTP_AUTH_MAX_FAILURES = env.env_int("ESAROUTES_SMTP_AUTH_MAX_FAILURES", 5, minimum=1)
-ESAROUTES_SMTP_AUTH_LOCKOUT = env.env_int("ESAROUTES_SMTP_AUTH_LOCKOUT", 900, minimum=10)
 ESAROUTES_SMTP_REVERSE_DNS = env.env_bool("ESAROUTES_SMTP_REVERSE_DNS", False)
 ESAROUTES_SMTP_TLS_CERT = env.env_str("ESAROUTES_SMTP_TLS_CERT", "")
 ESAROUTES_SMTP_TLS_KEY = env.env_str("ESAROUTES_SMTP_TLS_KEY", "")
@@ -283,8 +279,6 @@ AUTH_PASSWORD_VALIDATORS = [
 
 ESAROUTES_LOGIN_MAX_FAILURES = env.env_int("ESAROUTES_LOGIN_MAX_FAILURES", 5, minimum=1)
 ESAROUTES_LOGIN_LOCKOUT = env.env_int("ESAROUTES_LOGIN_LOCKOUT", 900, minimum=10)
-# Every web login (the site's, the admin's, anything calling authenticate()) goes through the login throttle.
-AUTHENTICATION_BACKENDS = ["esaroutes.login.ThrottledModelBackend"]
 # Every web login (the site's, the admin's, anything calling authenticate()) goes through the login throttle.
 AUTHENTICATION_BACKENDS = ["esaroutes.login.ThrottledModelBackend"]
 
