@@ -231,9 +231,12 @@ def recover(record: Callable[[list[Report]], object] | None = None) -> int:
                 continue
             try:
                 total += record_unrecorded(reports, record)
-            except Exception:
-                logger.warning("journal %s: recording failed, will try again", path, exc_info=True)
-                continue
+            except Exception as exc:
+                if not _quarantine_due(path, exc):
+                    logger.warning("journal %s: recording failed, will try again", path, exc_info=True)
+                    continue
+                total += _quarantine(path, reports, record)
+            _failures.pop(path.name, None)
             path.unlink()
         finally:
             os.close(fd)
@@ -242,8 +245,71 @@ def recover(record: Callable[[list[Report]], object] | None = None) -> int:
     return total
 
 
+#: Failed recoveries of a journal file, by name: after QUARANTINE_AFTER of them with the database answering,
+#: its entries are recorded one by one and those that still fail are set aside (never an endless retry).
+_failures: dict[str, int] = {}
+QUARANTINE_AFTER = 3
+
+
+def _quarantine_due(path: Path, exc: BaseException) -> bool:
+    """Whether a file whose recording failed with EXC is to be dealt with entry by entry now."""
+    from django.db import connection
+
+    from delivery import queue
+
+    if not isinstance(exc, queue.DATABASE_GONE):
+        return True  # record_safely() already reduced each report to its facts: another try changes nothing
+    failures = _failures[path.name] = _failures.get(path.name, 0) + 1
+    if failures < QUARANTINE_AFTER:
+        return False
+    try:  # the database is there, and still this file cannot be recorded: something in it
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return False
+    return True
+
+
+def _quarantine(path: Path, reports: Sequence[Report], record: Callable[[list[Report]], object] | None) -> int:
+    """Record the file's entries one at a time; those that cannot be go to ``<name>.bad``, with an error in the
+    application log (an operator's matter: their recipients are still queued and will be sent again)."""
+    recorded = 0
+    bad: list[Report] = []
+    for report in reports:
+        try:
+            recorded += record_unrecorded([report], record)
+        except Exception:
+            logger.exception("journal %s: a delivery of MID %s cannot be recorded", path, _mids(report))
+            bad.append(report)
+    if bad:
+        aside = path.with_suffix(".bad")
+        with aside.open("ab") as out:
+            for report in bad:
+                data = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+                out.write(_HEADER.pack(len(data)) + data)
+        logger.error(
+            "journal %s: %s deliveries (MID %s) could not be recorded and are set aside in %s; their recipients "
+            "stay queued and are sent again unless recorded by hand",
+            path,
+            len(bad),
+            ", ".join(_mids(r) for r in bad),
+            aside,
+        )
+    return recorded
+
+
+def _mids(report: Report) -> str:
+    return ", ".join(str(mid) for mid in sorted({f.mid for f in report.finals})) or "-"
+
+
 def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]], object] | None = None) -> int:
-    """Record the reports none of whose recipients is recorded yet; returns how many. Raises if recording does."""
+    """Record the reports not recorded yet; returns how many. Raises if recording does.
+
+    A report is recorded in one transaction, so it is not recorded yet if a recipient it delivers is still
+    active (its other recipients may be active either way: delayed is active). Recording goes through
+    queue.record_safely(): a report that cannot be recorded as it is is recorded with safe texts, or reduced to
+    its facts, so a bad entry never fails the file over and over.
+    """
     from delivery import queue
     from delivery.models import Recipient
 
@@ -255,7 +321,7 @@ def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]]
             "message_id", "rid"
         )
     )
-    todo = [r for r in reports if any((f.mid, f.rid) in active for f in r.finals)]
+    todo = [r for r in reports if any(f.state == "delivered" and (f.mid, f.rid) in active for f in r.finals)]
     if todo:
-        (record or queue.record)(todo)
+        (record or queue.record_safely)(todo)
     return len(todo)

@@ -52,6 +52,7 @@ from django.db import connection
 from django.utils import timezone
 
 from delivery import access, intake, maillog
+from esaroutes import throttle
 
 logger = logging.getLogger("delivery.listener")
 
@@ -59,6 +60,7 @@ R = TypeVar("R")
 
 LOCAL_ERROR = "451 4.3.0 Local error, try again later"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+AUTH_THROTTLED = "421 4.7.0 Too many authentication failures, try again later"
 
 
 @dataclass(frozen=True)
@@ -844,24 +846,65 @@ class Handler:
         return f"250 2.0.0 Ok: queued as {mid}"
 
     # --- AUTH: aiosmtpd parses, we check the password in the worker pool ----------------------------------
+    # Behind the login throttle (esaroutes/throttle.py, scope SMTP): a client address or a username with too many
+    # recent failures, counted in the shared cache across connections and listener processes, gets a 421 and the
+    # connection closed before any password is checked. Every outcome is a mail log line, written at once.
 
     async def auth_PLAIN(self, server: Session, args: list[str]) -> AuthResult:
-        return await self._auth(server, await server.auth_PLAIN(None, args))
+        return await self._auth(server, await server.auth_PLAIN(None, args), "PLAIN")
 
     async def auth_LOGIN(self, server: Session, args: list[str]) -> AuthResult:
-        return await self._auth(server, await server.auth_LOGIN(None, args))
+        return await self._auth(server, await server.auth_LOGIN(None, args), "LOGIN")
 
-    async def _auth(self, server: Session, parsed: AuthResult) -> AuthResult:
+    async def _auth(self, server: Session, parsed: AuthResult, mechanism: str) -> AuthResult:
         if not parsed.success or not isinstance(parsed.auth_data, LoginPassword):
             return parsed
+        conn = server.conn
         username = parsed.auth_data.login.decode("utf-8", "replace")
         password = parsed.auth_data.password.decode("utf-8", "replace")
-        ok = await self.listener.db(access.check_login, self.listener.snapshot, username, password)
-        if not ok:
-            logger.info("ICID %s: SMTP AUTH failed for %r", server.conn.icid, username)
+        snapshot = self.listener.snapshot
+        outcome = await self.listener.db(
+            throttle.attempt, throttle.SMTP, conn.ip, username, lambda: access.check_login(snapshot, username, password)
+        )
+        if outcome.refusal is not None:
+            self._log_auth(server, _throttled_line(conn, username, outcome.refusal))
+            logger.warning(
+                "ICID %s: SMTP AUTH refused for %r from %s: too many authentication failures for the %s",
+                conn.icid,
+                username,
+                conn.ip,
+                outcome.refusal.by,
+            )
+            server._closing = True
+            await server.push(AUTH_THROTTLED)
+            server._close()
+            return AuthResult(success=False, handled=True)
+        if not outcome.ok:
+            lines = [maillog.auth_failed(conn.icid, username, mechanism)]
+            refusal = throttle.decide(outcome.counts, throttle.policy(throttle.SMTP)) if outcome.locked_now else None
+            if refusal is not None:
+                lines.append(_throttled_line(conn, username, refusal))
+            self._log_auth(server, *lines)
+            logger.info("ICID %s: SMTP AUTH failed for %r from %s", conn.icid, username, conn.ip)
             return AuthResult(success=False, handled=False)
-        server.conn.auth_user = username
+        self._log_auth(server, maillog.auth_succeeded(conn.icid, username, mechanism))
+        conn.auth_user = username
         return AuthResult(success=True, auth_data=parsed.auth_data)
+
+    def _log_auth(self, server: Session, *lines: maillog.Line) -> None:
+        """Into the mail log now (an operator alerts on these), after the connection's lines still buffered."""
+        conn = server.conn
+        stamped = [intake.stamp(line) for line in lines]
+        if self.listener.committer is None:
+            conn.pending += stamped
+            return
+        pending, conn.pending = conn.pending, []
+        self.listener.committer.log([*pending, *stamped])
+
+
+def _throttled_line(conn: Conn, username: str, refusal: throttle.Refusal) -> maillog.Line:
+    failures = refusal.counts.address if refusal.by == "address" else refusal.counts.username
+    return maillog.auth_throttled(conn.icid, conn.ip, username, refusal.by, failures, refusal.lockout)
 
 
 def _ip_or_none(text: str) -> str | None:

@@ -150,6 +150,28 @@ def icid_lost(icid: int) -> Line:
     return Line(f"ICID {icid} lost", icid=icid)
 
 
+def auth_succeeded(icid: int, user: str, mechanism: str) -> Line:
+    """The ESA's `SMTP Auth: (ICID 450) succeeded for user: ironport using AUTH mechanism: PLAIN with profile: ...`
+    (TAC 118570), without the profile: esaroutes has one user table."""
+    return Line(
+        f"SMTP Auth: (ICID {icid}) succeeded for user: {clean(user)} using AUTH mechanism: {mechanism}", icid=icid
+    )
+
+
+def auth_failed(icid: int, user: str, mechanism: str) -> Line:
+    return Line(f"SMTP Auth: (ICID {icid}) failed for user: {clean(user)} using AUTH mechanism: {mechanism}", icid=icid)
+
+
+def auth_throttled(icid: int, address: str, user: str, by: str, failures: int, lockout: int) -> Line:
+    """A client refused AUTH by the throttle (ours, in the same shape): a Warning, the line to alert on."""
+    return Line(
+        f"SMTP Auth: (ICID {icid}) address {clean(address)} user: {clean(user)} throttled: too many authentication "
+        f"failures ({failures} for the {by}), AUTH refused for {lockout} seconds after the last failure",
+        level=WARNING,
+        icid=icid,
+    )
+
+
 # --- delivery -----------------------------------------------------------------------------------------------
 
 

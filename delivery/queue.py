@@ -78,8 +78,8 @@ def renew(token: str, *, now: datetime) -> None:
     Message.objects.filter(leased_by=token).update(leased_until=until)
 
 
-def release(token: str, *, now: datetime) -> None:
-    """Give the batch's messages back: each waits for its earliest active recipient."""
+def release(token: str, *, now: datetime, mids: Iterable[int] | None = None) -> None:
+    """Give the batch's messages back (or only `mids` of them): each waits for its earliest active recipient."""
     earliest = (
         Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE)
         .order_by()
@@ -87,7 +87,10 @@ def release(token: str, *, now: datetime) -> None:
         .annotate(m=Min("next_attempt_at"))
         .values("m")[:1]
     )
-    Message.objects.filter(leased_by=token).update(leased_by="", leased_until=None, next_attempt_at=Subquery(earliest))
+    held = Message.objects.filter(leased_by=token)
+    if mids is not None:
+        held = held.filter(pk__in=list(mids))
+    held.update(leased_by="", leased_until=None, next_attempt_at=Subquery(earliest))
 
 
 def postpone_unfinished(token: str, *, now: datetime) -> None:

@@ -124,6 +124,10 @@ _FINAL = {
 }
 
 
+class _Stopped(Exception):
+    """The runner is shutting down: a group starts no new connection and no new message."""
+
+
 @dataclass(slots=True)
 class _Pooled:
     session: smtp_client.HostSession
@@ -152,6 +156,10 @@ class Runner:
         self._open: collections.Counter[hosts.HostKey] = collections.Counter()
         self._published: tuple[float, dict[hosts.HostKey, int]] | None = None
         self._token = f"{os.getpid()}:{id(self):x}"
+        # Shutting down: no new connection and no new message; group tasks waiting on a connect or a greeting
+        # (nothing of theirs on the wire) are cancelled, their messages stay queued for a later retry.
+        self._stopping = False
+        self._opening: set[asyncio.Task[Any]] = set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
@@ -167,6 +175,19 @@ class Runner:
     def submit(self, groups: Sequence[Group], emit: Emit) -> concurrent.futures.Future[None]:
         """Start delivering `groups` on the loop thread; `emit` is called (on the loop thread) per report."""
         return self._call(self.run(groups, emit))
+
+    def stop_sending(self) -> None:
+        """Warm shutdown: finish the messages on the wire, start nothing new, give up connections being opened.
+
+        Every group's recipients not yet tried stay queued (no report): the batch's release makes them due again.
+        """
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._call(self._stop_sending()).result(10)
+
+    async def _stop_sending(self) -> None:
+        self._stopping = True
+        for task in list(self._opening):
+            task.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
         """QUIT every pooled connection and stop the loop (tests and worker shutdown)."""
@@ -187,13 +208,26 @@ class Runner:
         failed_now: set[hosts.HostKey] = set()  # hosts that failed during this run: skipped if others remain
         results = await asyncio.gather(*(self._run_group(g, emit, failed_now) for g in groups), return_exceptions=True)
         for group, result in zip(groups, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                logger.info("delivery of route %s cancelled; its messages stay queued", group.route_key)
+            elif isinstance(result, BaseException):
                 logger.error("delivery of route %s failed", group.route_key, exc_info=result)
 
     async def _run_group(self, group: Group, emit: Emit, failed_now: set[hosts.HostKey]) -> None:
+        carry = Report()  # connection lines waiting for the next job's report
+        try:
+            await self._run_group_on(group, emit, failed_now, carry)
+        except (_Stopped, asyncio.CancelledError) as exc:
+            # Shutting down: what has no report stays queued. The connection errors met so far happened.
+            if carry:
+                emit(carry)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            logger.info("delivery of route %s stopped by the shutdown; its messages stay queued", group.route_key)
+
+    async def _run_group_on(self, group: Group, emit: Emit, failed_now: set[hosts.HostKey], carry: Report) -> None:
         pending: list[tuple[Job, list[Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
         last: dict[tuple[int, int], _Last] = {}
-        carry = Report()  # connection lines waiting for the next job's report
         for index, host in enumerate(group.hosts):
             if not pending:
                 break
@@ -226,13 +260,13 @@ class Runner:
                     remaining = []
                     break
                 broke = False
-                while remaining and pooled.session.usable:
+                while remaining and pooled.session.usable and not self._stopping:
                     job, rcpts = remaining.pop(0)
                     report, carried, broke = await self._send(pooled, group, job, rcpts, last)
                     report.lines[:0] = carry.lines
                     report.attempts[:0] = carry.attempts
                     report.host_events[:0] = carry.host_events
-                    carry = Report()
+                    carry.lines, carry.attempts, carry.host_events = [], [], []
                     if carried:
                         pending.append((job, carried))
                     emit(report)
@@ -240,6 +274,8 @@ class Runner:
                         failed_now.add(host.key)
                         break
                 await self._release(destination, pooled, carry)
+                if self._stopping:
+                    raise _Stopped
                 if broke:
                     pending += remaining
                     remaining = []
@@ -350,10 +386,18 @@ class Runner:
             if pooled.session.usable:
                 return pooled
             await self._close(pooled)
-        loop = asyncio.get_running_loop()
-        dcid = await loop.run_in_executor(self._executor, _next_dcid)
-        session = smtp_client.HostSession(destination)
-        opened = await session.open()
+        if self._stopping:
+            raise _Stopped
+        task = asyncio.current_task()
+        assert task is not None
+        self._opening.add(task)  # nothing of this group is on the wire: a shutdown may cancel it here
+        try:
+            loop = asyncio.get_running_loop()
+            dcid = await loop.run_in_executor(self._executor, _next_dcid)
+            session = smtp_client.HostSession(destination)
+            opened = await session.open()
+        finally:
+            self._opening.discard(task)
         host = destination.host
         if isinstance(opened, smtp_client.Failure):
             ip = opened.peer_ip or host.address
@@ -464,6 +508,14 @@ def get_runner() -> Runner:
         if _runner is None or not _runner._thread.is_alive():
             _runner = Runner(idle=settings.ESAROUTES_DELIVERY_IDLE)
         return _runner
+
+
+def stop_sending() -> None:
+    """This process's runner, if it has one, finishes what is on the wire and starts nothing new (shutdown)."""
+    with _runner_lock:
+        current = _runner
+    if current is not None:
+        current.stop_sending()
 
 
 def shutdown_runner() -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import aiosmtplib
-from aiosmtplib.protocol import MAX_RESPONSE_LENGTH, SMTPProtocol
+from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtocol
 
 from delivery import engine
 from delivery.engine import Stage, Verdict
@@ -165,38 +165,107 @@ class TransactionResult:
         return self.having(Verdict.DELIVERED)
 
 
-# --- the one place where exceptions become (code, text, timed_out) ----------------------------------------
+# --- the one place where what a peer sends becomes text -------------------------------------------------
+
+#: The most characters of a peer's text kept, after escaping (RFC 5321 allows 512 octets per reply line; a
+#: longer text is cut, with a marker saying so).
+TEXT_LIMIT = 2000
+
+# Kept out of stored and shown text: C0 controls but LF (the line separator of a multi-line reply), DEL, C1,
+# the Unicode line and paragraph separators, bidirectional overrides and isolates, the BOM, and lone
+# surrogates (U+DC80..U+DCFF are the bytes that were not UTF-8, as the "surrogateescape" decoder leaves them).
+_UNSAFE = r"\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff"
+_UNSAFE_CHAR = re.compile(f"[{_UNSAFE}]")
+_TOKEN = re.compile(f"([{_UNSAFE}])|[^{_UNSAFE}]+")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"  # a byte that was not UTF-8
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}"
+
+
+def safe_text(raw: str | bytes, limit: int = TEXT_LIMIT) -> str:
+    """What a peer sent (a reply's text, an error message quoting it), as text any database, log or page takes.
+
+    * bytes are decoded as UTF-8; a byte that is not UTF-8 becomes ``\\xNN`` (``\\xff``), so does a str
+      decoded by aiosmtplib (UTF-8 with "surrogateescape": the same bytes, the same result);
+    * a control character (NUL, CR, ESC, DEL...) becomes ``\\xNN``, a C1 control, U+2028/U+2029, a
+      bidirectional override or isolate, the BOM or any other lone surrogate ``\\uNNNN``; LF stays: it
+      separates the lines of a multi-line reply (aiosmtplib joins them with it). Valid UTF-8 (an SMTPUTF8
+      reply) stays as it is; a backslash the peer sent stays as it is (the form is for reading, not reversible);
+    * past ``limit`` characters, after escaping, the text is cut (never inside an escape) and ends with
+      `` [... cut at LIMIT of N characters]``, N counting the characters received.
+    """
+    text = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes | bytearray) else str(raw)
+    if len(text) <= limit and _UNSAFE_CHAR.search(text) is None:
+        return text  # the usual reply: untouched
+    out: list[str] = []
+    room = limit
+    for m in _TOKEN.finditer(text, 0, limit + 1):  # each character gives at least one: the rest never fits
+        piece = _escape(m.group()) if m.group(1) else m.group()
+        if len(piece) > room:
+            if not m.group(1):
+                out.append(piece[:room])
+            room = -1
+            break
+        out.append(piece)
+        room -= len(piece)
+    if room < 0:
+        out.append(f" [... cut at {limit} of {len(text)} characters]")
+    return "".join(out)
+
+
+class BadReply(aiosmtplib.SMTPException):
+    """The peer's reply was too long, malformed or cut off: no reply at all, as far as meaning goes (the host
+    failed, its recipients go on to the next host; never a code of our making that reads as the peer's)."""
+
+
+# How the exceptions aiosmtplib makes up, with a code of its own, begin: for a reply it could not read (-1 in
+# 5.x; the greeting is read by aiosmtplib's parser) and for a bad CRAM-MD5 challenge (334). Never the peer's.
+_MADE_UP = ("Response too long", "Malformed SMTP response", "Invalid CRAM-MD5 challenge")
 
 _TRANSPORT_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError, EOFError)
 
+# A reply line (RFC 5321 §4.2): three digits, the first 2-5, then a space, a hyphen (more lines follow) or the
+# end of the line. A line that is not this is no reply.
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|\r?\n)")
 
-class _PipeliningProtocol(SMTPProtocol):
-    """aiosmtplib's protocol, able to take the replies to a pipelined group of commands (RFC 2920).
 
-    aiosmtplib parses one reply per ``data_received`` and ignores bytes that arrive while a parsed reply waits to
-    be read: its guard against unsolicited replies (a reply injected before STARTTLS, say). The replies to a
-    pipelined group arrive together, so while replies are owed (``owe()``) this keeps every byte and hands them
-    out one per ``read_response``. Outside a group it behaves exactly as aiosmtplib's. Installed on a session
-    only after STARTTLS and AUTH, on an empty buffer (:meth:`HostSession.open`).
+class _SafeProtocol(SMTPProtocol):
+    """aiosmtplib's protocol with a reply reader of its own: strict about the form of a reply, its text made
+    safe (:func:`safe_text`), and :class:`BadReply`, never a made-up code, for what is not a reply.
+
+    Installed on a session right after the greeting (aiosmtplib reads that one: its failures are translated by
+    :func:`_translate`). Outside a pipelined group it keeps aiosmtplib's guard: bytes that arrive while no reply
+    is awaited, or while a parsed one waits to be read, are dropped.
     """
 
-    _owed = 0
-
-    def owe(self, replies: int) -> None:
-        self._owed = replies
+    _owed = 0  # replies of a pipelined group still to be read (see _PipeliningProtocol)
+    _broken = False  # a bad reply was seen: nothing after it means anything
 
     def data_received(self, data: bytes) -> None:
-        if self._owed <= 0:
-            super().data_received(data)
+        waiter = self._response_waiter
+        if waiter is None or self._broken:
             return
+        if self._owed <= 0 and (not self._response_pending or waiter.done()):
+            return  # unsolicited, or a reply already waits: aiosmtplib's guard
         self._buffer.extend(data)
-        if len(self._buffer) > MAX_RESPONSE_LENGTH * self._owed:
-            waiter = self._response_waiter
-            del self._buffer[:]
-            if waiter is not None and not waiter.done():
-                self._set_response_exception(waiter, aiosmtplib.SMTPResponseException(500, "Response too long"))
+        limit = MAX_RESPONSE_LENGTH * max(1, self._owed)
+        if len(self._buffer) > limit:
+            self._fail(BadReply(f"reply too long (over {limit} bytes)"))
             return
         self._hand_over()
+
+    def _fail(self, exc: BadReply) -> None:
+        self._broken = True
+        del self._buffer[:]
+        waiter = self._response_waiter
+        if waiter is not None and not waiter.done():
+            self._set_response_exception(waiter, exc)
 
     def _hand_over(self) -> None:
         waiter = self._response_waiter
@@ -204,11 +273,45 @@ class _PipeliningProtocol(SMTPProtocol):
             return
         try:
             response = self._read_response_from_buffer()
-        except Exception as exc:
-            self._set_response_exception(waiter, exc)
+        except BadReply as exc:
+            self._fail(exc)
         else:
             if response is not None:
                 waiter.set_result(response)
+
+    def _read_response_from_buffer(self) -> aiosmtplib.SMTPResponse | None:
+        """The first complete reply in the buffer (taken out of it), or None while it is incomplete."""
+        buffer = self._buffer
+        offset = 0
+        texts: list[bytes] = []
+        while True:
+            end = buffer.find(b"\n", offset)
+            if end == -1:
+                return None
+            line = bytes(buffer[offset : end + 1])
+            m = _REPLY_LINE.match(line)
+            if m is None or len(line) > MAX_LINE_LENGTH:
+                what = "reply line too long" if m is not None else f"malformed reply line {safe_text(line[:200])!r}"
+                raise BadReply(what)
+            offset = end + 1
+            texts.append(line[4:].strip(b" \t\r\n"))
+            if m.group(2) != b"-":
+                del buffer[:offset]
+                return aiosmtplib.SMTPResponse(int(m.group(1)), safe_text(b"\n".join(texts)))
+
+
+class _PipeliningProtocol(_SafeProtocol):
+    """The session's protocol, able to take the replies to a pipelined group of commands (RFC 2920).
+
+    aiosmtplib's guard drops bytes that arrive while a parsed reply waits to be read: its defence against
+    unsolicited replies (a reply injected before STARTTLS, say). The replies to a pipelined group arrive
+    together, so while replies are owed (``owe()``) this keeps every byte and hands them out one per
+    ``read_response``. Outside a group it behaves exactly as :class:`_SafeProtocol`. Installed on a session
+    only after STARTTLS and AUTH, on an empty buffer (:meth:`HostSession.open`).
+    """
+
+    def owe(self, replies: int) -> None:
+        self._owed = replies
 
     async def read_response(self, timeout: float | None = None) -> aiosmtplib.SMTPResponse:  # noqa: ASYNC109 - overrides aiosmtplib
         if self._owed > 0:
@@ -219,17 +322,30 @@ class _PipeliningProtocol(SMTPProtocol):
             self._owed = max(0, self._owed - 1)
 
 
+def _peer_code(exc: aiosmtplib.SMTPResponseException) -> int | None:
+    """The code of a reply the peer really sent, or None for one aiosmtplib made up (see _MADE_UP)."""
+    if not 200 <= exc.code < 600 or str(exc.message).startswith(_MADE_UP):
+        return None
+    return exc.code
+
+
 def _translate(exc: BaseException) -> tuple[int | None, str, bool]:
-    """(reply code or None, details text, timed out?) for anything aiosmtplib, asyncio or ssl raise."""
-    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 0:
-        return exc.code, exc.message, False
+    """(reply code or None, details text, timed out?) for anything aiosmtplib, asyncio or ssl raise.
+
+    The one place where an exception becomes a code: a code only for a reply the peer sent; a reply too long,
+    malformed or cut off, and every code aiosmtplib makes up, is no reply (None). The text is always safe.
+    """
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        code = _peer_code(exc)
+        text = str(exc.message) if code is not None else f"bad reply: {exc.message}"
+        return code, safe_text(text), False
     if isinstance(exc, TimeoutError):  # SMTPTimeoutError, asyncio.timeout(), socket timeouts
         return None, "timeout", True
     if isinstance(exc, ssl.SSLError):
-        return None, f"TLS handshake failed: {exc.reason or exc}", False
+        return None, safe_text(f"TLS handshake failed: {exc.reason or exc}"), False
     if isinstance(exc, aiosmtplib.SMTPException):
-        return None, exc.message, False
-    return None, str(exc) or type(exc).__name__, False
+        return None, safe_text(exc.message), False
+    return None, safe_text(str(exc) or type(exc).__name__), False
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -352,6 +468,8 @@ class HostSession:
                 )
                 greeting = await self._smtp.connect(timeout=t.command)
                 self._raw_transport = self._smtp.transport
+                if self._smtp.protocol is not None:  # every reply after the greeting is read by our reader
+                    self._smtp.protocol.__class__ = _SafeProtocol
                 self._stage = Stage.EHLO
                 await self._ehlo()
                 tls = await self._starttls()  # moves the stage to TLS, and back to EHLO after it
@@ -367,7 +485,7 @@ class HostSession:
             peer_ip=self._peer_ip,
             peer_port=self.destination.host.port,
             local_ip=self._local_ip,
-            greeting=greeting.message,
+            greeting=safe_text(greeting.message),
             extensions=frozenset(smtp.esmtp_extensions),
             tls_protocol=tls[0] if tls else None,
             tls_cipher=tls[1] if tls else None,

@@ -19,7 +19,7 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import hosts, journal, queue, runner, worker
+from delivery import hosts, journal, queue, worker
 
 logger = logging.getLogger("delivery.tasks")
 
@@ -31,7 +31,7 @@ MAX_TASKS_PER_SWEEP = 64
 def deliver(mid: int | None = None, mids: list[int] | None = None) -> int:
     """Deliver these messages (those still queued and free) and other due ones, up to ESAROUTES_DELIVERY_BATCH;
     returns how many were claimed. The doorbell sends `mids` (a group commit's worth), the sweep one `mid`."""
-    return worker.deliver_batch(mids or ([mid] if mid is not None else [])).claimed
+    return worker.deliver_batch(mids or ([mid] if mid is not None else []), wait=False).claimed
 
 
 @shared_task(ignore_result=True)
@@ -53,8 +53,10 @@ def sweep() -> int:
 @worker_process_shutdown.connect
 @worker_shutdown.connect  # thread and solo pools: no pool process to shut down
 def _close_connections(**_: object) -> None:
-    """QUIT the pooled SMTP connections when a worker process stops; close its journal."""
-    runner.shutdown_runner()
+    """Warm shutdown of a worker process: the batches in flight are finished and recorded (a connection still
+    waiting for its greeting is given up: its messages stay queued), the pooled SMTP connections QUIT, the
+    journal is closed."""
+    worker.shutdown()
     journal.shutdown()
 
 

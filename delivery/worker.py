@@ -1,27 +1,41 @@
-"""One delivery batch, start to end: claim, plan, deliver, record, release. Called by the Celery tasks.
+"""Delivery batches, start to end: claim, plan, deliver, record, release. Called by the Celery tasks.
 
     deliver_batch([mid])     # the doorbell for MID, plus whatever else is due, up to ESAROUTES_DELIVERY_BATCH
 
-The batch's reports are recorded as they arrive (group commit: everything that arrived since the last commit
-goes in one transaction), and the lease is renewed while the runner works, so only a dead worker's lease
-runs out.
+A batch is claimed and planned in the caller's thread, then handed to the process's runner (the SMTP, on its
+event loop) and to the process's one recorder thread (:class:`Recorder`): the Celery task does not wait for the
+network (``wait=False``), so a host that never answers holds its own connection and messages, never a task slot.
+The recorder group-commits the reports of every batch in flight as they arrive (everything that arrived since
+the last commit goes in one transaction), renews the leases of the batches still in flight, gives a message
+back as soon as its recipients are all recorded, and releases a batch when it is through. So only a dead
+worker's lease runs out.
+
+Back-pressure: a task claims only while the process holds fewer than ESAROUTES_DELIVERY_MAX_IN_FLIGHT messages
+that are moving (see :func:`admit`); messages of batches stalled on a silent host count against twice that.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
 import queue as stdqueue
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from django.utils import timezone
 
 from delivery import journal, queue, runner
 
 logger = logging.getLogger("delivery.worker")
+
+#: A batch that has had no report for this long is stalled (a silent host, a stuck transaction): its messages
+#: count against the hard bound of :func:`admit`, not against the room for moving mail.
+STALLED_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -31,9 +45,15 @@ class BatchResult:
     generated: tuple[int, ...]  # bounce messages created, already rung
 
 
-def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult:
-    """Deliver the given messages (those whose lease is free) and, with `fill`, other due messages."""
+def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = True) -> BatchResult:
+    """Deliver the given messages (those whose lease is free) and, with `fill`, other due messages.
+
+    `wait`: return once the batch is delivered and recorded (raising what its recording raised); without it
+    (the Celery task) return as soon as the batch is handed to the runner and the recorder.
+    """
     journal.recover()  # deliveries that a dead (or failed) process saw answered 250 and did not record
+    rec = recorder()
+    rec.wait_for_room()
     token = queue.new_token()
     now = timezone.now()
     claimed = queue.claim(mids, token=token, now=now)
@@ -43,73 +63,296 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True) -> BatchResult
     if not claimed:
         return BatchResult(0, 0, ())
     generated: list[int] = []
+    flight: _Flight | None = None
     try:
         plan = queue.plan(claimed, now=now)
         if plan.immediate:
             generated += _record([plan.immediate])
         if plan.groups:
-            generated += _run(plan.groups, token)
+            flight = rec.start(token, plan.groups, claimed)
     except Exception:
         logger.exception("delivery batch %s failed; its messages are retried later", token)
         queue.postpone_unfinished(token, now=timezone.now())
+        queue.release(token, now=timezone.now())
         raise
-    finally:
+    if flight is None:
         queue.release(token, now=timezone.now())
     if generated:
         from delivery import intake
 
         intake.ring_many(generated)
+    if flight is not None and wait:
+        generated += flight.wait()
     return BatchResult(len(claimed), len(plan.groups), tuple(generated))
 
 
-def _run(groups: Sequence[runner.Group], token: str) -> list[int]:
-    reports: stdqueue.SimpleQueue[runner.Report | None] = stdqueue.SimpleQueue()
-    jnl = journal.get()
+def admit(held: int, stalled: int, limit: int) -> bool:
+    """May this process claim another batch? It holds `held` messages in flight, `stalled` of them in batches
+    that have had no report for STALLED_AFTER seconds (a host that accepts TCP and never greets, say).
 
-    def emit(report: runner.Report) -> None:  # on the runner's loop thread, as soon as a message is through
-        jnl.note(report)  # a delivery survives this process's death from here on
-        reports.put(report)
+    Moving mail has `limit` messages of room whatever the stalled batches hold, and everything together has
+    twice that: so slow destinations can neither stop the others nor make the process hold without bound.
+    """
+    return held - stalled < limit and held < 2 * limit
 
-    future = runner.get_runner().submit(groups, emit)
-    future.add_done_callback(lambda _: reports.put(None))  # wakes the loop below: the runner is through
-    renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
-    renewed = time.monotonic()
-    generated: list[int] = []
-    finished = False
-    try:
-        while not finished:
-            try:
-                first = reports.get(timeout=renew_every)
-            except stdqueue.Empty:
-                queue.renew(token, now=timezone.now())
-                renewed = time.monotonic()
-                continue
-            batch: list[runner.Report] = []
-            item: runner.Report | None = first
+
+@dataclass(eq=False)
+class _Flight:
+    """One batch in flight: its lease token and the recipients of each message not yet through."""
+
+    token: str
+    journal: journal.Journal
+    outstanding: dict[int, set[int]]  # mid -> rids with no final yet (changed by the recorder thread only)
+    progress: float  # time.monotonic() of the last report
+    future: concurrent.futures.Future[None] | None = None
+    generated: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def wait(self) -> list[int]:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.generated
+
+
+_STOP = object()
+
+
+class Recorder:
+    """This process's recording thread, for every batch in flight. One per process: use :func:`recorder`."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._inbox: stdqueue.SimpleQueue[tuple[_Flight, runner.Report | None] | object] = stdqueue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._flights: dict[str, _Flight] = {}
+        self._thread = threading.Thread(target=self._main, name="esaroutes-recorder", daemon=True)
+        self._thread.start()
+
+    # --- the callers' side ---------------------------------------------------------------------------------
+
+    def load(self, now: float | None = None) -> tuple[int, int]:
+        """(messages in flight, of which in stalled batches)."""
+        now = time.monotonic() if now is None else now
+        with self._cond:
+            held = stalled = 0
+            for f in self._flights.values():
+                held += len(f.outstanding)
+                if now - f.progress >= STALLED_AFTER:
+                    stalled += len(f.outstanding)
+            return held, stalled
+
+    def wait_for_room(self) -> None:
+        """Back-pressure: block while :func:`admit` says no (re-checked on every commit, and every second as
+        batches go stale)."""
+        with self._cond:
+            while not admit(*self.load(), settings.ESAROUTES_DELIVERY_MAX_IN_FLIGHT):
+                self._cond.wait(1.0)
+
+    def start(self, token: str, groups: Sequence[runner.Group], claimed: Sequence[int]) -> _Flight:
+        """Deliver `groups` (the batch of lease `token`); the recorder records and releases it."""
+        outstanding: dict[int, set[int]] = {}
+        for group in groups:
+            for job in group.jobs:
+                outstanding.setdefault(job.mid, set()).update(r.rid for r in job.recipients)
+        idle = [mid for mid in claimed if mid not in outstanding]  # nothing to send now: back at once
+        if idle:
+            queue.release(token, now=timezone.now(), mids=idle)
+        flight = _Flight(token, journal.get(), outstanding, time.monotonic())
+        with self._cond:
+            self._flights[token] = flight
+
+        def emit(report: runner.Report) -> None:  # on the runner's loop thread, as soon as a message is through
+            flight.journal.note(report)  # a delivery survives this process's death from here on
+            self._inbox.put((flight, report))
+
+        try:
+            flight.future = runner.get_runner().submit(groups, emit)
+        except BaseException:
+            with self._cond:
+                self._flights.pop(token, None)
+            raise
+        flight.future.add_done_callback(lambda _: self._inbox.put((flight, None)))  # the batch is through
+        return flight
+
+    def drain(self, timeout: float) -> bool:
+        """Warm shutdown: the runner finishes what is on the wire and starts nothing new; wait until every batch
+        is recorded and released. False if some were still in flight after `timeout` seconds."""
+        runner.stop_sending()
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._flights, timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._inbox.put(_STOP)
+        self._thread.join(timeout)
+
+    # --- the recorder thread -------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        renewed = time.monotonic()
+        try:
             while True:
-                if item is None:
-                    finished = True
-                else:
-                    batch.append(item)
+                renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
+                items: list[tuple[_Flight, runner.Report | None]] = []
+                stop = False
                 try:
-                    item = reports.get_nowait()
+                    item = self._inbox.get(timeout=max(0.05, renewed + renew_every - time.monotonic()))
+                    while True:
+                        if item is _STOP:
+                            stop = True
+                        else:
+                            items.append(item)  # type: ignore[arg-type]
+                        item = self._inbox.get_nowait()
                 except stdqueue.Empty:
-                    break
-            if batch:
-                generated += _record(batch)
-                jnl.recorded(batch)
-                if not finished and time.monotonic() - renewed >= renew_every:
+                    pass
+                if items:
+                    try:
+                        self._step(items)
+                    except Exception:  # a bug here must not stop recording for the whole process
+                        logger.exception("the delivery recorder failed; its batches' leases run out")
+                if time.monotonic() - renewed >= renew_every:
                     # not after every commit: a renewal rewrites every message row of the batch
-                    queue.renew(token, now=timezone.now())
+                    self._renew()
                     renewed = time.monotonic()
-    except BaseException:
-        # Nothing can be recorded (the database is down, say): stop the runner, or it goes on delivering the rest
-        # of the batch with nobody recording the outcomes, and every one of those messages is sent again later.
-        future.cancel()
-        jnl.abandon()  # its deliveries not yet recorded are in the journal: recover() records them later
-        raise
-    future.result()  # a bug in the runner surfaces here (recorded reports stay recorded)
-    return generated
+                if stop:
+                    return
+        finally:
+            connections.close_all()
+
+    def _step(self, items: list[tuple[_Flight, runner.Report | None]]) -> None:
+        reports = [(f, r) for f, r in items if r is not None]
+        finished = [f for f, r in items if r is None]
+        if reports:
+            try:
+                generated = _record([r for _, r in reports])
+            except Exception as exc:
+                self._fail({id(f.journal): f.journal for f, _ in reports}, exc)
+                return
+            for f, r in reports:
+                f.journal.recorded([r])
+            self._through(reports, generated)
+        ended: list[_Flight] = []
+        for f in finished:
+            with self._cond:
+                known = self._flights.get(f.token) is f
+            if known:
+                self._finish(f)
+                ended.append(f)
+        with self._cond:
+            idle = not self._flights
+        if idle:
+            connections.close_all()  # nothing in flight: no connection held between bursts (or at teardown)
+        for f in ended:
+            f.done.set()
+
+    def _through(self, reports: list[tuple[_Flight, runner.Report]], generated: list[int]) -> None:
+        """Recorded: a message whose recipients all have their final goes back now, not at the end of the batch
+        (its slowest group's end); bounces generated are rung."""
+        now = time.monotonic()
+        back: dict[_Flight, list[int]] = {}
+        with self._cond:
+            for f, r in reports:
+                f.progress = now
+                for final in r.finals:
+                    rids = f.outstanding.get(final.mid)
+                    if rids is None:
+                        continue
+                    rids.discard(final.rid)
+                    if not rids:
+                        del f.outstanding[final.mid]
+                        back.setdefault(f, []).append(final.mid)
+            flights = {f for f, _ in reports if self._flights.get(f.token) is f}
+            for f in flights:
+                f.generated += generated
+            self._cond.notify_all()
+        for f, mids in back.items():
+            try:  # a message already done is not leased any more: this touches only those still queued
+                queue.release(f.token, now=timezone.now(), mids=mids)
+            except Exception:
+                logger.warning("releasing messages of batch %s failed; the batch's end does it", f.token, exc_info=True)
+        if generated:
+            from delivery import intake
+
+            intake.ring_many(generated)
+
+    def _finish(self, flight: _Flight) -> None:
+        """The runner is through with the batch: after a failure of its own, postpone what is unfinished; then
+        give the messages back."""
+        assert flight.future is not None
+        error = None if flight.future.cancelled() else flight.future.exception()
+        try:
+            if error is not None:
+                logger.error("delivery batch %s failed; its messages are retried later", flight.token, exc_info=error)
+                flight.error = error
+                queue.postpone_unfinished(flight.token, now=timezone.now())
+            queue.release(flight.token, now=timezone.now())
+        except Exception as exc:
+            logger.exception("releasing batch %s failed; its lease runs out", flight.token)
+            flight.error = flight.error or exc
+        with self._cond:
+            self._flights.pop(flight.token, None)
+            self._cond.notify_all()
+
+    def _fail(self, journals: dict[int, journal.Journal], error: Exception) -> None:
+        """Nothing can be recorded (the database is down, say): stop the runner on every batch in flight, or it
+        goes on delivering with nobody recording the outcomes, and every one of those messages is sent again."""
+        logger.exception("recording delivery outcomes failed; the batches in flight stop and are retried later")
+        with self._cond:
+            flights, self._flights = list(self._flights.values()), {}
+            self._cond.notify_all()
+        for f in flights:
+            if f.future is not None:
+                f.future.cancel()
+        # their deliveries not yet recorded are in the journal: recover() records them later
+        journals.update((id(f.journal), f.journal) for f in flights)
+        for jnl in journals.values():
+            jnl.abandon()
+        for f in flights:
+            try:
+                queue.postpone_unfinished(f.token, now=timezone.now())
+                queue.release(f.token, now=timezone.now())
+            except Exception:
+                logger.warning("batch %s: its lease runs out", f.token, exc_info=True)
+            f.error = error
+        connections.close_all()  # a broken connection is not reused
+        for f in flights:
+            f.done.set()
+
+    def _renew(self) -> None:
+        with self._cond:
+            tokens = list(self._flights)
+        for token in tokens:
+            try:
+                queue.renew(token, now=timezone.now())
+            except Exception:
+                logger.warning("renewing the lease of batch %s failed", token, exc_info=True)
+
+
+_recorder: Recorder | None = None
+_recorder_lock = threading.Lock()
+
+
+def recorder() -> Recorder:
+    """This process's recorder, started on first use (after Celery's fork, never before it)."""
+    global _recorder
+    with _recorder_lock:
+        if _recorder is None or _recorder.pid != os.getpid() or not _recorder._thread.is_alive():
+            _recorder = Recorder()
+        return _recorder
+
+
+def shutdown() -> None:
+    """Warm shutdown of this process's deliveries: what is on the wire finishes and is recorded, connections still
+    waiting for a greeting are given up (their messages stay queued), then the runner stops."""
+    global _recorder
+    with _recorder_lock:
+        rec, _recorder = _recorder, None
+    if rec is not None and rec.pid == os.getpid():
+        if not rec.drain(settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT + 10):
+            logger.warning("delivery batches still in flight at shutdown: their leases run out")
+        rec.stop()
+    runner.shutdown_runner()
 
 
 def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:

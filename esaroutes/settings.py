@@ -225,6 +225,9 @@ ESAROUTES_MAILLOG_KEEP = env.env_int("ESAROUTES_MAILLOG_KEEP", 10, minimum=1)
 # How long a worker owns a claimed message; renewed while it works, so only a dead worker's lease runs out.
 ESAROUTES_LEASE_SECONDS = env.env_float("ESAROUTES_LEASE_SECONDS", 60.0, minimum=1.0)
 ESAROUTES_DELIVERY_BATCH = env.env_int("ESAROUTES_DELIVERY_BATCH", 100, minimum=1, maximum=10_000)
+# Messages one worker process holds in flight (handed to its event loop, not yet recorded) before a delivery task
+# waits; batches stalled on a slow host count against twice this, so they never hold the room of moving mail.
+ESAROUTES_DELIVERY_MAX_IN_FLIGHT = env.env_int("ESAROUTES_DELIVERY_MAX_IN_FLIGHT", 1000, minimum=1, maximum=1_000_000)
 ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION = env.env_int(
     "ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION", 50, minimum=1, maximum=100_000
 )

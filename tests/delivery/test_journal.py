@@ -145,3 +145,82 @@ def test_a_delivery_whose_recording_failed_is_recorded_later_and_never_sent_agai
     assert states(mid) == ["delivered"]
     assert len(good.messages) == 1
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
+
+
+def hostile_report(mid: int) -> Report:
+    """A delivery to RID 0 and a 451 to RID 1 whose text neither database takes (bytes not UTF-8, NUL), as a
+    peer's reply was journaled before the SMTP edge made replies safe."""
+    text = "4.3.0 first\n\udcff\udcfe\udcc3( nul\x00"
+    report = delivered_report(mid)
+    report.finals.append(Final(mid, 1, "delayed", 451, text, "127.0.0.1", "4.3.0"))
+    report.attempts.append(Attempt(mid, 1, 77, "127.0.0.1", "127.0.0.1", 2525, 451, text, "next_host"))
+    return report
+
+
+def journal_of_dead_process(*reports: Report) -> None:
+    """Journal REPORTS in a file whose owner is gone (its lock released, the file left), as after a kill."""
+    dead = journal.Journal(Path(settings.JOURNAL_DIR))
+    for report in reports:
+        dead.note(report)
+    dead.close()
+
+
+def test_a_journaled_delivery_with_a_reply_no_database_takes_is_recorded_at_the_first_recover():
+    make_route("dest.test", "127.0.0.1:2525")
+    mid = queue_message("a@dest.test", "b@dest.test")
+    journal_of_dead_process(hostile_report(mid))
+    assert journal.recover() == 1
+    assert states(mid) == ["delivered", "delayed"]
+    assert Recipient.objects.get(message_id=mid, rid=1).last_response == "4.3.0 first\n\\xff\\xfe\\xc3( nul\\x00"
+    assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
+
+
+def test_a_journal_entry_that_can_never_be_recorded_is_set_aside_not_retried_forever(monkeypatch, caplog):
+    make_route("dest.test", "127.0.0.1:2525")
+    good, bad = queue_message("a@dest.test"), queue_message("b@dest.test")
+    real_record = queue.record
+    calls: list[int] = []
+
+    def record(reports: Any, **kwargs: Any) -> list[int]:
+        calls.append(len(reports))
+        if any(f.mid == bad for r in reports for f in r.finals):
+            raise TypeError("a bug on this report's path, whatever its texts")
+        return real_record(reports, **kwargs)
+
+    monkeypatch.setattr(queue, "record", record)
+    journal_of_dead_process(delivered_report(good), delivered_report(bad))
+    journal.recover()
+    assert states(good) == ["delivered"] and states(bad) == ["queued"]
+    assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
+    [aside] = Path(settings.JOURNAL_DIR).glob("*.bad")
+    assert [r.finals[0].mid for r in journal.read(aside)] == [bad]
+    assert any(r.levelname == "ERROR" and "set aside" in r.getMessage() for r in caplog.records)
+    before = len(calls)
+    assert journal.recover() == 0 and len(calls) == before  # never tried again
+
+
+def test_a_journal_file_the_database_keeps_refusing_while_it_answers_is_set_aside(monkeypatch):
+    mid = queue_message("a@dest.test")
+
+    def refused(reports: Any, **kwargs: Any) -> list[int]:
+        raise OperationalError("value too long for this database")  # not "the database is gone", though it says so
+
+    monkeypatch.setattr(queue, "record", refused)
+    journal_of_dead_process(delivered_report(mid))
+    for _ in range(journal.QUARANTINE_AFTER - 1):
+        assert journal.recover() == 0
+        assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1  # a database error: tried again
+    assert journal.recover() == 0
+    assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
+    assert len(list(Path(settings.JOURNAL_DIR).glob("*.bad"))) == 1
+
+
+def test_a_recorded_report_with_a_delayed_recipient_is_not_recorded_again():
+    make_route("dest.test", "127.0.0.1:2525")
+    mid = queue_message("a@dest.test", "b@dest.test")
+    report = hostile_report(mid)
+    journal_of_dead_process(report)
+    queue.record_safely([report])  # the group commit made it; the process died before the journal knew
+    assert states(mid) == ["delivered", "delayed"]
+    assert journal.recover() == 0
+    assert DeliveryAttempt.objects.filter(message_id=mid).count() == 2  # not four
