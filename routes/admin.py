@@ -121,9 +121,9 @@ class RouteAdminForm(djforms.ModelForm[Route]):
             domain = domains.normalize_receiving_domain(self.cleaned_data["domain"])
         except domains.DomainError as exc:
             raise djforms.ValidationError(str(exc)) from None
-        if Route.objects.filter(domain=domain).exclude(pk=self.instance.pk).exists():
-            shown = "The default route (ALL)" if domain == domains.DEFAULT_ROUTE else f"The value {domain}"
-            raise djforms.ValidationError(f"{shown} is already in the routing table.")
+        taken = services.domain_in_use(domain, route_id=self.instance.pk)
+        if taken:
+            raise djforms.ValidationError(taken)
         return domain
 
 
@@ -232,8 +232,8 @@ class AuthProfileAdminForm(djforms.ModelForm[AuthProfile]):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if not self.instance.pk and not data.get("password"):
-            self.add_error("password", "A new profile needs a password.")
+        for message in services.auth_profile_password_errors(data.get("password"), new=self.instance.pk is None):
+            self.add_error("password", message)
         return data
 
 

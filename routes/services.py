@@ -24,7 +24,7 @@ from typing import Any, Literal
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
@@ -92,7 +92,7 @@ class _Audit:
 def route_create(*, data: RouteData, actor: Actor) -> Route:
     domain = _validated(data)
     with transaction.atomic():
-        if Route.objects.filter(domain=domain).exists():
+        if domain_in_use(domain):
             raise RouteInvalid(_exists(domain))
         try:
             with transaction.atomic():  # another writer may add the same domain between the check and here
@@ -119,7 +119,7 @@ def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
     with transaction.atomic():
         route = _locked_route(route_id)
         before = route_state(route)
-        if domain != route.domain and Route.objects.filter(domain=domain).exists():
+        if domain_in_use(domain, route_id=route.pk):
             raise RouteInvalid(_exists(domain))
         route.domain = domain
         route.special = _special_code(data.destination)
@@ -308,7 +308,14 @@ def current_version() -> int:
 def auth_profile_save(
     *, profile_id: int | None, name: str, username: str, password: str | None, actor: Actor
 ) -> AuthProfile:
-    """Create (profile_id None) or update a profile. `password` None or "" keeps the stored one on update."""
+    """Create (profile_id None) or update a profile. `password` None or "" keeps the stored one on update.
+
+    Raises ValidationError (by field) when the profile cannot be saved: the model's checks (`full_clean`) and
+    `auth_profile_password_errors`.
+    """
+    problems = auth_profile_password_errors(password, new=profile_id is None)
+    if problems:
+        raise ValidationError({"password": problems})
     with transaction.atomic():
         if profile_id is None:
             profile = AuthProfile(name=name, username=username)
@@ -330,6 +337,11 @@ def auth_profile_save(
             _record(actor, _Audit(action, "auth profile", profile.name, before, after))
             _bump()  # routes using it see the new credentials
     return profile
+
+
+def auth_profile_password_errors(password: str | None, *, new: bool) -> list[str]:
+    """Why a profile's password cannot be set: a new profile needs one (None or "" keeps an existing one)."""
+    return ["A new profile needs a password."] if new and not password else []
 
 
 def auth_profile_delete(*, profile_id: int, actor: Actor) -> None:
@@ -395,9 +407,26 @@ def _validated(data: RouteData) -> str:
     return domains.normalize_receiving_domain(data.domain)
 
 
-def _exists(domain: str) -> domains.RouteProblems:
+def domain_in_use(domain: str, *, route_id: int | None = None) -> str | None:
+    """The ESA's message when a route other than `route_id` has this stored domain, else None.
+
+    The services check it when they write; the admin's form asks it too, to show the message at the field.
+    """
+    others = Route.objects.filter(domain=domain)
+    if route_id is not None:
+        others = others.exclude(pk=route_id)
+    if not others.exists():
+        return None
+    return _exists_message(domain)
+
+
+def _exists_message(domain: str) -> str:
     shown = "The default route (ALL)" if domain == domains.DEFAULT_ROUTE else f"The value {domain}"
-    return domains.RouteProblems(domain=[f"{shown} is already in the routing table."], hosts={}, route=[])
+    return f"{shown} is already in the routing table."
+
+
+def _exists(domain: str) -> domains.RouteProblems:
+    return domains.RouteProblems(domain=[_exists_message(domain)], hosts={}, route=[])
 
 
 def _locked_route(route_id: int) -> Route:
