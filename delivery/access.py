@@ -8,7 +8,8 @@ The rules, in order, for one recipient:
 1. a client in a relay network (the ESA's RELAYLIST) or authenticated with SMTP AUTH may send to any domain;
 2. anyone else only to a domain the Recipient Access Table accepts: an explicit exact row, else the longest
    `.partial` row (strict subdomains), else, when no row names the domain, any domain that has a route other
-   than `ALL` is accepted, else the `ALL` row, which is REJECT unless an admin changed it;
+   than `ALL` is accepted, else the `ALL` row, which is REJECT (the model refuses ACCEPT to every writer, and
+   `load_snapshot` ignores such a row, as it does a relay network that is not one or is every address);
 3. for those clients, source routes (`<@a:b@c>`), the percent hack (`a%b@c`), bang paths (`a!b@c`), quoted
    addresses (`"a@b"@c`) and address literals (`b@[192.0.2.1]`) are refused outright: a default route to `ALL`
    can never make this an open relay, because the route table only widens step 2 for named domains.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -29,10 +31,19 @@ from typing import Any
 
 from django.contrib.auth.hashers import check_password, make_password
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Max
 
 from routes import domains, matching, snapshot
-from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
+from routes.models import (
+    OPEN_RELAY_MESSAGE,
+    AuditEntry,
+    RecipientAccessRule,
+    RelayNetwork,
+    SmtpUser,
+    normalize_network,
+    opens_relay,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Actor = User | AnonymousUser | str
@@ -60,6 +71,8 @@ _MAILBOX = rf"{_LOCAL}@(?:{_DOMAIN}|{_LITERAL})"
 _PARAMETER = r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?"  # esmtp-keyword["=" esmtp-value]
 _PATH = re.compile(rf"(?:<(?:@{_DOMAIN}(?:,@{_DOMAIN})*:)?{_MAILBOX}>|<>|{_MAILBOX})(?:[ \t]+{_PARAMETER})*[ \t]*")
 MAX_ADDRESS_LENGTH = 256  # RFC 5321 §4.5.3.1.3: a path, brackets included
+
+logger = logging.getLogger("delivery.access")
 
 
 class Verdict(enum.Enum):
@@ -119,10 +132,15 @@ def load_snapshot(previous: AccessSnapshot | None = None) -> AccessSnapshot:
     networks = []
     for text in key[3]:
         try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError:  # pragma: no cover - the form and the admin validate; a bad row is skipped
+            networks.append(ipaddress.ip_network(normalize_network(text)))
+        except ValidationError as exc:  # every writer validates; a row from before that, or from SQL, is skipped
+            logger.warning("relay network %r ignored: %s", text, "; ".join(exc.messages))
+    rat: dict[str, bool] = {}
+    for domain, action in _rat_rows():
+        if opens_relay(domain, action):
+            logger.warning("Recipient Access Table rule ALL = ACCEPT ignored (ALL is REJECT): %s", OPEN_RELAY_MESSAGE)
             continue
-    rat = {domain: action == RecipientAccessRule.Action.ACCEPT for domain, action in _rat_rows()}
+        rat[domain] = action == RecipientAccessRule.Action.ACCEPT
     return AccessSnapshot(tuple(networks), rat, table, dict(key[4]), key, time.monotonic())
 
 

@@ -139,11 +139,16 @@ class RecipientAccessRule(models.Model):
             self.domain = domains.normalize_receiving_domain(self.domain)
         except domains.DomainError as exc:
             raise ValidationError({"domain": str(exc)}) from None
-        if self.domain == domains.DEFAULT_ROUTE and self.action == self.Action.ACCEPT:
+        if opens_relay(self.domain, self.action):
             raise ValidationError({"action": OPEN_RELAY_MESSAGE})
         if RecipientAccessRule.objects.filter(domain=self.domain).exclude(pk=self.pk).exists():
             shown = "ALL" if self.domain == domains.DEFAULT_ROUTE else domains.display_domain(self.domain)
             raise ValidationError({"domain": f"{shown} already has a rule: change that one."})
+
+
+def opens_relay(domain: str, action: str) -> bool:
+    """Would this stored Recipient Access Table rule accept every domain from every client (`ALL = ACCEPT`)?"""
+    return domain == domains.DEFAULT_ROUTE and action == RecipientAccessRule.Action.ACCEPT
 
 
 class RelayNetwork(models.Model):

@@ -10,7 +10,7 @@ import pytest
 from django.urls import reverse
 
 from routes import access_services
-from routes.models import AuditEntry, RecipientAccessRule
+from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork
 from tests.security.test_open_relay import foreign_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,3 +73,17 @@ def test_the_service_refuses_accept_all_whoever_calls_it(smtpd):
     assert caught.value.errors == {"action": [OPEN_RELAY]}
     assert not RecipientAccessRule.objects.exists()
     assert _refused_by_rat(smtpd) == b"550 5.7.1 <victim@elsewhere.test>... Relaying denied"
+
+
+def test_rows_that_open_the_relay_written_around_the_rules_are_ignored_by_the_listener(smtpd, caplog):
+    """An `ALL = ACCEPT` rule or a `0.0.0.0/0` relay network saved before the rules held (or by SQL)."""
+    foreign_client(smtpd, all_route=True)
+    RecipientAccessRule.objects.create(domain="ALL", action="accept")
+    RelayNetwork.objects.create(network="0.0.0.0/0")
+    RelayNetwork.objects.create(network="::/0")
+    with caplog.at_level("WARNING", logger="delivery.access"):
+        assert _refused_by_rat(smtpd) == b"550 5.7.1 <victim@elsewhere.test>... Relaying denied"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "delivery.access"]
+    assert any("ALL = ACCEPT ignored" in w for w in warnings), warnings
+    assert any("'0.0.0.0/0' ignored" in w for w in warnings), warnings
+    assert any("'::/0' ignored" in w for w in warnings), warnings
