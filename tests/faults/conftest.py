@@ -49,8 +49,8 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
     """Make a Stack (private services, relay processes); every process is killed at the end, pass or fail."""
     made: list[harness.Stack] = []
 
-    def make(backend: str, **env: str) -> harness.Stack:
-        stack = harness.Stack.create(tmp_path / f"stack{len(made)}", backend, **env)
+    def make(backend: str, network: harness.Network | None = None, **env: str) -> harness.Stack:
+        stack = harness.Stack.create(tmp_path / f"stack{len(made)}", backend, network=network, **env)
         made.append(stack)
         return stack
 
@@ -59,6 +59,27 @@ def stack_factory(tmp_path: Path) -> Iterator[Any]:
     finally:
         for stack in made:
             stack.close()
+
+
+@pytest.fixture
+def machines() -> Iterator[Any]:
+    """Make a harness.Network of `count` machines (network namespaces); skips where none can be made. Its
+    namespaces, veth pairs and every process in them go at the end, pass or fail."""
+    made: list[harness.Network] = []
+
+    def make(count: int = 2) -> harness.Network:
+        problem = harness.netns_problem()
+        if problem:
+            pytest.skip(problem)
+        network = harness.Network(count)
+        made.append(network)
+        return network
+
+    try:
+        yield make
+    finally:
+        for network in made:
+            network.close()
 
 
 @pytest.fixture

@@ -11,14 +11,21 @@ port and a directory of its own, so a test may kill, stop or flush it at will.
 
 Every process runs in a session of its own (``start_new_session``) and is killed with its whole process group
 when the stack closes, whatever happened in the test.
+
+Several machines on this one (tests/faults/test_scaleout.py): :class:`Network` makes network namespaces joined to
+the root namespace by veth pairs with IPv6 ULA addresses; ``Stack.create(..., listen=network.root_addresses)``
+puts the private PostgreSQL and Redis on the root ends as well as on loopback, and ``stack.start_worker(host=h)``
+runs a process inside namespace ``h`` with that machine's own data directory, journal and mail log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import signal
 import smtplib
@@ -47,6 +54,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def url_host(address: str) -> str:
+    """An address as it goes in a URL or a route: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def pg_bin() -> Path | None:
@@ -172,17 +184,26 @@ class Proc:
 class PrivatePostgres:
     """A PostgreSQL cluster of our own (fsync on), on a free loopback port, socket and data in `base`."""
 
-    def __init__(self, base: Path, port: int | None = None) -> None:
+    def __init__(self, base: Path, port: int | None = None, listen: Iterable[str] = ()) -> None:
         self.base = base
         self.port = port or free_port()
         self.data = base / "data"
+        self.listen = list(listen)  # addresses besides loopback (the root ends of test namespaces' veths)
         bindir = pg_bin()
         assert bindir is not None
         self.bin = bindir
 
     @property
     def url(self) -> str:
-        return f"postgres://postgres@{LOOPBACK}:{self.port}/esaroutes"
+        return self.url_at(LOOPBACK)
+
+    def url_at(self, address: str) -> str:
+        return f"postgres://postgres@{url_host(address)}:{self.port}/esaroutes"
+
+    def allow(self, network: str) -> None:
+        """Trust clients from `network` too (initdb's pg_hba.conf trusts loopback only)."""
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {network} trust\n")
 
     def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(_as_postgres(list(argv)), capture_output=True, text=True, check=check, timeout=120)
@@ -191,7 +212,8 @@ class PrivatePostgres:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
 
     def start(self) -> None:
-        options = f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.base} -c fsync=on -c max_connections=200"
+        addresses = ",".join([LOOPBACK, *self.listen])
+        options = f"-c listen_addresses={addresses} -p {self.port} -k {self.base} -c fsync=on -c max_connections=200"
         done = self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "postgres.log"), "-w", "-t", "60",
             "-o", options, "start", check=False,
@@ -214,22 +236,27 @@ class PrivatePostgres:
 class PrivateRedis:
     """A redis-server of our own: no persistence, so SHUTDOWN NOSAVE loses every queued task."""
 
-    def __init__(self, base: Path, log_dir: Path) -> None:
+    def __init__(self, base: Path, log_dir: Path, listen: Iterable[str] = ()) -> None:
         self.base = base
         self.log_dir = log_dir
+        self.listen = list(listen)
         self.port = free_port()
         self.proc: Proc | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return self.url_at(LOOPBACK)
+
+    def url_at(self, address: str) -> str:
+        return f"redis://{url_host(address)}:{self.port}/0"
 
     def start(self) -> None:
         self.starts += 1
         argv = [
             shutil.which("redis-server") or "redis-server",
-            "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+            "--port", str(self.port), "--bind", LOOPBACK, *self.listen, "--protected-mode", "no",
+            "--save", "", "--appendonly", "no",
             "--dir", str(self.base), "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self.proc = Proc(f"redis-{self.starts}", argv, dict(os.environ), self.log_dir)
@@ -271,31 +298,46 @@ class _SinkHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         m = _MESSAGE_ID.search(bytes(envelope.original_content))
         message_id = m.group(1).decode() if m else ""
-        self.sinks._took(self.index, [(message_id, r) for r in envelope.rcpt_tos])
+        peer = str(session.peer[0]) if session.peer else ""
+        self.sinks._took(self.index, [(message_id, r) for r in envelope.rcpt_tos], peer)
         return "250 2.0.0 Ok: taken"
 
 
-class Sinks:
-    """`count` well-behaved SMTP hosts on 127.0.0.20, .21, ... (one event loop thread) that count every
-    (Message-ID, recipient) they answered 250 for, so a test can tell delivered from duplicated."""
+class _SinkSMTP(SMTP):
+    """Counts the connections it gets, per client address (which machine opened it)."""
 
-    def __init__(self, count: int = 2, *, delay: float = 0.0, first: int = 20) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        handler: _SinkHandler = self.event_handler
+        peer = transport.get_extra_info("peername")
+        handler.sinks._connected(handler.index, str(peer[0]) if peer else "")
+
+
+class Sinks:
+    """`count` well-behaved SMTP hosts on 127.0.0.20, .21, ... (or on `hosts`; one event loop thread) that count
+    every (Message-ID, recipient) they answered 250 for, so a test can tell delivered from duplicated."""
+
+    def __init__(
+        self, count: int = 2, *, delay: float = 0.0, first: int = 20, hosts: Iterable[str] | None = None
+    ) -> None:
         self.delay = delay
         self.taken: Counter[tuple[str, str]] = Counter()
         self.per_sink: Counter[int] = Counter()
         self.events: list[tuple[float, tuple[str, str], int]] = []  # (monotonic time, key, sink): for diagnosis
+        self.peers: list[str] = []  # the client address of each of `events` (which machine delivered it)
+        self.connections: Counter[tuple[int, str]] = Counter()  # (sink, client address) -> connections
+        addresses = list(hosts) if hosts is not None else [f"127.0.0.{first + i}" for i in range(count)]
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-sinks", daemon=True)
         self._thread.start()
         self.addresses: list[tuple[str, int]] = []
         self._servers: list[asyncio.AbstractServer] = []
-        for i in range(count):
-            host = f"127.0.0.{first + i}"
+        for i, host in enumerate(addresses):
             handler = _SinkHandler(self, i)
 
             def protocol(handler: _SinkHandler = handler) -> SMTP:
-                return SMTP(handler, hostname="sink.test", decode_data=False, loop=self._loop)
+                return _SinkSMTP(handler, hostname="sink.test", decode_data=False, loop=self._loop)
 
             server = asyncio.run_coroutine_threadsafe(self._loop.create_server(protocol, host, 0), self._loop).result(
                 10
@@ -303,16 +345,21 @@ class Sinks:
             self._servers.append(server)
             self.addresses.append((host, int(server.sockets[0].getsockname()[1])))
 
-    def route_text(self) -> str:
-        return ", ".join(f"{h}:{p}/pri=0" for h, p in self.addresses)
+    def route_text(self, priority: int = 0) -> str:
+        return ", ".join(f"{url_host(h)}:{p}/pri={priority}" for h, p in self.addresses)
 
-    def _took(self, index: int, keys: list[tuple[str, str]]) -> None:
+    def _took(self, index: int, keys: list[tuple[str, str]], peer: str = "") -> None:
         with self._cond:
             self.taken.update(keys)
             now = time.monotonic()
             self.events += [(now, k, index) for k in keys]
+            self.peers += [peer] * len(keys)
             self.per_sink[index] += len(keys)
             self._cond.notify_all()
+
+    def _connected(self, index: int, peer: str) -> None:
+        with self._cond:
+            self.connections[(index, peer)] += 1
 
     @property
     def total(self) -> int:
@@ -354,6 +401,43 @@ class Sinks:
         self._loop.close()
 
 
+class Refuser:
+    """A destination host that is not taking mail: it answers every connection `421` at once and closes it,
+    counting the connections per client address (which machine tried it)."""
+
+    def __init__(self, host: str = LOOPBACK) -> None:
+        self.connections: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.address = (host, int(self._sock.getsockname()[1]))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="fault-refuser", daemon=True)
+        self._thread.start()
+
+    def route_text(self, priority: int = 0) -> str:
+        return f"{url_host(self.address[0])}:{self.address[1]}/pri={priority}"
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:  # the 0.2 s poll (TimeoutError), or a client that left before we took it
+                continue
+            with self._lock:
+                self.connections[str(peer[0])] += 1
+            with contextlib.suppress(OSError), conn:
+                conn.sendall(b"421 4.3.2 refuser.test not taking mail\r\n")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
 @dataclass(frozen=True)
 class Tally:
     accepted: int  # messages the listener answered 250 for
@@ -370,12 +454,12 @@ class Tally:
 # --- injecting mail -------------------------------------------------------------------------------------------
 
 
-def message_key(n: int) -> tuple[str, str]:
-    return (f"<fault-{n}@faults.test>", f"u{n}@{DOMAIN}")
+def message_key(n: int, domain: str = DOMAIN) -> tuple[str, str]:
+    return (f"<fault-{n}@faults.test>", f"u{n}@{domain}")
 
 
-def message_bytes(n: int) -> bytes:
-    message_id, rcpt = message_key(n)
+def message_bytes(n: int, domain: str = DOMAIN) -> bytes:
+    message_id, rcpt = message_key(n, domain)
     return (
         f"From: <sender@origin.test>\r\nTo: <{rcpt}>\r\nSubject: fault test {n}\r\nMessage-ID: {message_id}\r\n\r\n"
         + f"Message {n}.\r\n" * 8
@@ -388,10 +472,14 @@ class Injection:
 
     accepted: set[int] = field(default_factory=set)
     refused: dict[int, str] = field(default_factory=dict)  # 4xx/5xx replies, connection errors
+    domain: str = DOMAIN
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     def accepted_keys(self) -> list[tuple[str, str]]:
-        return [message_key(n) for n in sorted(self.accepted)]
+        return [message_key(n, self.domain) for n in sorted(self.accepted)]
+
+    def refused_keys(self) -> list[tuple[str, str]]:
+        return [message_key(n, self.domain) for n in sorted(self.refused)]
 
     def wait_answered(self, n: int, timeout: float) -> bool:
         with self._cond:
@@ -405,9 +493,20 @@ class Injector:
     client would retry it later, which the counts here leave out on purpose (refused ones must not appear).
     """
 
-    def __init__(self, port: int, numbers: Iterable[int], *, threads: int = 4, per_session: int = 25) -> None:
+    def __init__(
+        self,
+        port: int,
+        numbers: Iterable[int],
+        *,
+        threads: int = 4,
+        per_session: int = 25,
+        host: str = LOOPBACK,
+        domain: str = DOMAIN,
+    ) -> None:
         self.port = port
-        self.result = Injection()
+        self.host = host
+        self.domain = domain
+        self.result = Injection(domain=domain)
         self._todo = list(numbers)
         self._lock = threading.Lock()
         self.per_session = per_session
@@ -447,10 +546,10 @@ class Injector:
                     if client is not None:
                         with contextlib.suppress(smtplib.SMTPException, OSError):
                             client.quit()
-                    client, in_session = smtplib.SMTP(LOOPBACK, self.port, timeout=30), 0
+                    client, in_session = smtplib.SMTP(self.host, self.port, timeout=30), 0
                     client.ehlo("injector.test")
-                _, rcpt = message_key(n)
-                client.sendmail("sender@origin.test", [rcpt], message_bytes(n))
+                _, rcpt = message_key(n, self.domain)
+                client.sendmail("sender@origin.test", [rcpt], message_bytes(n, self.domain))
                 in_session += 1
                 self._record(n, None)
             except smtplib.SMTPResponseException as exc:
@@ -470,6 +569,141 @@ class Injector:
 
 def inject(port: int, numbers: Iterable[int], **kw: Any) -> Injection:
     return Injector(port, numbers, **kw).start().join()
+
+
+# --- machines: network namespaces -----------------------------------------------------------------------------
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
+
+
+def netns_problem() -> str | None:
+    """Why network namespaces cannot be made here (the reason a test skips with), or None."""
+    if os.geteuid() != 0:
+        return "making network namespaces needs root (ip netns add)"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2) to make network namespaces"
+    name = f"esrprobe{secrets.token_hex(3)}"
+    done = _ip("netns", "add", name, check=False)
+    if done.returncode != 0:
+        return f"ip netns add failed: {done.stderr.strip()}"
+    _ip("netns", "del", name, check=False)
+    return None
+
+
+@dataclass
+class NetHost:
+    """One machine: network namespace `netns`, whose end of the veth pair has `ip`; `root_ip` is the root
+    namespace's end, where PostgreSQL and Redis answer this machine. Ports are the namespace's own."""
+
+    name: str
+    netns: str
+    ip: str
+    root_ip: str
+    smtp_port: int = 2525
+
+    @property
+    def hostname(self) -> str:
+        return f"relay-{self.name}.faults.test"  # ESAROUTES_HOSTNAME: the start of its lease tokens
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`ip netns exec` sets the namespace and execs argv: the process keeps the pid we started."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def pids(self) -> list[int]:
+        done = _ip("netns", "pids", self.netns, check=False)
+        return [int(p) for p in done.stdout.split()]
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every process in the namespace, the machine's power cord; returns their pids."""
+        killed: set[int] = set()
+        for _ in range(20):  # again while any is left (a fork racing the first round)
+            pids = [p for p in self.pids() if p not in killed or _alive(p)]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            killed.update(pids)
+            time.sleep(0.05)
+        return sorted(killed)
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (a killed child of ours stays in the process table until we reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _canonical(address: str) -> str:
+    """The form the kernel reports peers in (no leading zeros), so addresses compare as strings."""
+    return str(ipaddress.ip_address(address))
+
+
+class Network:
+    """`count` machines on this one: namespaces joined to the root namespace by a veth pair each.
+
+    Addresses are IPv6 ULA (RFC 4193, a random fdXX:XXXX:XXXX::/48 per run), far from the private IPv4 ranges:
+    machine i has the /64 <prefix>:i+1::/64, ::1 on the root end and ::2 in its namespace (nodad, so both are
+    usable at once), and a default route via the root end. Service addresses (the sinks) are <prefix>:ff::N on
+    the first root end: the root namespace takes a packet for any of its own addresses whatever interface it
+    comes in on, so every machine reaches them without forwarding. (127.x on veths would need route_localnet on
+    both ends and still collide with the root namespace's local route for 127.0.0.0/8.) Every name carries a
+    random tag, so runs never meet; close() deletes the namespaces, which deletes their veth pairs.
+    """
+
+    def __init__(self, count: int = 2) -> None:
+        tag = secrets.token_hex(3)
+        g = secrets.token_hex(5)
+        self.prefix = f"fd{g[:2]}:{g[2:6]}:{g[6:]}"  # 40 random bits: the ULA global ID
+        self.hosts: list[NetHost] = []
+        self._root_links: list[str] = []
+        self._services = 0
+        try:
+            for i in range(count):
+                name = "abcdefgh"[i]
+                netns, root_link, ns_link = f"esr{tag}{name}", f"v{tag}{name}r", f"v{tag}{name}n"
+                root_ip, ip = _canonical(f"{self.prefix}:{i + 1}::1"), _canonical(f"{self.prefix}:{i + 1}::2")
+                _ip("netns", "add", netns)
+                self.hosts.append(NetHost(name, netns, ip, root_ip))
+                _ip("link", "add", root_link, "type", "veth", "peer", "name", ns_link, "netns", netns)
+                self._root_links.append(root_link)
+                _ip("addr", "add", f"{root_ip}/64", "dev", root_link, "nodad")
+                _ip("link", "set", root_link, "up")
+                _ip("-n", netns, "link", "set", "lo", "up")
+                _ip("-n", netns, "addr", "add", f"{ip}/64", "dev", ns_link, "nodad")
+                _ip("-n", netns, "link", "set", ns_link, "up")
+                _ip("-n", netns, "-6", "route", "add", "default", "via", root_ip, "dev", ns_link)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def cidr(self) -> str:
+        return str(ipaddress.ip_network(f"{self.prefix}::/48"))
+
+    @property
+    def root_addresses(self) -> list[str]:
+        return [h.root_ip for h in self.hosts]
+
+    def service_address(self) -> str:
+        """A new address in the root namespace that every machine reaches (for a sink)."""
+        self._services += 1
+        address = _canonical(f"{self.prefix}:ff::{self._services:x}")
+        _ip("addr", "add", f"{address}/128", "dev", self._root_links[0], "nodad")
+        return address
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.kill_all()
+            _ip("netns", "del", host.netns, check=False)
+        for link in self._root_links:  # gone with its peer's namespace; this is for a half-made pair
+            _ip("link", "del", link, check=False)
+        self.hosts.clear()
+        self._root_links.clear()
 
 
 # --- the relay ------------------------------------------------------------------------------------------------
@@ -499,20 +733,24 @@ class Stack:
     # --- setting up ---
 
     @classmethod
-    def create(cls, base: Path, backend: str, **extra_env: str) -> Stack:
+    def create(cls, base: Path, backend: str, *, network: Network | None = None, **extra_env: str) -> Stack:
+        """With `network`, PostgreSQL and Redis also listen on its root ends and trust its machines."""
         stack = cls(base, backend)
         stack.extra_env.update(extra_env)
+        listen = network.root_addresses if network is not None else []
         try:
             if backend == "postgres":
                 # The postgres user must reach it: not under /tmp/pytest-of-root (mode 0700).
                 pg_dir = Path(tempfile.mkdtemp(prefix="faults-pg-"))
                 shutil.chown(pg_dir, "postgres") if os.geteuid() == 0 else None
-                stack.pg = PrivatePostgres(pg_dir)
+                stack.pg = PrivatePostgres(pg_dir, listen=listen)
                 subprocess.run(
                     ["cp", "-a", str(_template("postgres", stack.env)), str(stack.pg.data)], check=True, timeout=60
                 )
+                if network is not None:
+                    stack.pg.allow(network.cidr)
                 stack.pg.start()
-                stack.redis = PrivateRedis(base, stack.log_dir)
+                stack.redis = PrivateRedis(base, stack.log_dir, listen=listen)
                 stack.redis.start()
             else:
                 shutil.copy(_template("embedded", stack.env), stack.data_dir / "esaroutes.sqlite3")
@@ -577,37 +815,65 @@ class Stack:
     def route(self, domain: str, hosts: str) -> None:
         self.manage("smtproutes", "new", domain, hosts)
 
+    def relay_network(self, network: str) -> None:
+        """Let clients in `network` relay (the defaults are loopback only)."""
+        code = f"from routes.models import RelayNetwork as R; R.objects.create(network={network!r}, comment='faults')"
+        self.manage("shell", "-c", code)
+
     # --- processes ---
 
-    def _start(self, kind: str, argv: list[str], **env: str) -> Proc:
+    def host_data_dir(self, host: NetHost) -> Path:
+        """A machine's own data directory: its journal, mail log and beat schedule are local to it."""
+        path = self.base / f"host-{host.name}" / "var"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def host_env(self, host: NetHost) -> dict[str, str]:
+        assert self.pg is not None and self.redis is not None, "machines share PostgreSQL and Redis"
+        return {
+            "DATABASE_URL": self.pg.url_at(host.root_ip),
+            "REDIS_URL": self.redis.url_at(host.root_ip),
+            "ESAROUTES_DATA_DIR": str(self.host_data_dir(host)),
+            "ESAROUTES_HOSTNAME": host.hostname,
+            "ESAROUTES_SMTP_LISTEN": f"{url_host(host.ip)}:{host.smtp_port}",
+        }
+
+    def _start(self, kind: str, argv: list[str], host: NetHost | None = None, **env: str) -> Proc:
+        if host is not None:
+            kind = f"{kind}-{host.name}"
+            argv = host.wrap(argv)
+            env = {**self.host_env(host), **env}
         self._names[kind] += 1
         proc = Proc(f"{kind}-{self._names[kind]}", argv, self.env(**env), self.log_dir)
         self.procs.append(proc)
         return proc
 
-    def start_smtpd(self) -> Proc:
-        proc = self._start("smtpd", [str(VENV_BIN / "python"), "manage.py", "smtpd", "--grace", "2"])
+    def start_smtpd(self, host: NetHost | None = None) -> Proc:
+        proc = self._start("smtpd", [str(VENV_BIN / "python"), "manage.py", "smtpd", "--grace", "2"], host)
         proc.wait_for(r"SMTP listener on", 60)
         return proc
 
-    def start_worker(self, *, wait: bool = True, concurrency: int = 2) -> Proc:
-        n = self._names["worker"] + 1
+    def start_worker(self, *, wait: bool = True, concurrency: int = 2, host: NetHost | None = None) -> Proc:
+        kind = f"worker-{host.name}" if host is not None else "worker"
+        n = self._names[kind] + 1
+        node = f"w{n}@{host.name if host is not None else 'faults'}"
         argv = [
             str(VENV_BIN / "celery"), "-A", "esaroutes", "worker",  # the configured pool: prefork on Redis
-            "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", f"w{n}@faults",
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--hostname", node,
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        proc = self._start("worker", argv)
+        proc = self._start("worker", argv, host)
         if wait:
             proc.wait_for(r"\bready\.", 60)
         return proc
 
-    def start_beat(self) -> Proc:
+    def start_beat(self, host: NetHost | None = None) -> Proc:
+        data_dir = self.host_data_dir(host) if host is not None else self.data_dir
         argv = [
             str(VENV_BIN / "celery"), "-A", "esaroutes", "beat", "--loglevel", "INFO",
-            "--schedule", str(self.data_dir / f"beat-schedule-{self._names['beat']}"),
+            "--schedule", str(data_dir / f"beat-schedule-{self._names['beat']}"),
         ]  # fmt: skip
-        proc = self._start("beat", argv)
+        proc = self._start("beat", argv, host)
         proc.wait_for(r"beat: Starting", 60)
         return proc
 
