@@ -1,7 +1,8 @@
 """The inbound SMTP listener: aiosmtpd on `ESAROUTES_SMTP_LISTEN`, never an open relay, nothing lost after 250.
 
 Shape
-- `Listener` owns the asyncio server (`loop.create_server`, IPv4 or IPv6), the per-client connection counts,
+- `Listener` owns the asyncio server (`loop.create_server`, IPv4 or IPv6), the connection counter (the
+  installation's limits, over every listener process: `delivery.connlimits`),
   the cached `access.AccessSnapshot` (refreshed in the background at most every `ESAROUTES_SMTP_ACCESS_REFRESH`
   seconds, never on the RCPT path) and a bounded `ThreadPoolExecutor` (`ESAROUTES_SMTP_DB_THREADS`) for the ORM.
   Every database call is one sync function from `delivery.intake` (one transaction each) run in that pool: not
@@ -51,7 +52,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import access, intake, maillog
+from delivery import access, connlimits, intake, maillog
 from esaroutes import throttle
 
 logger = logging.getLogger("delivery.listener")
@@ -84,6 +85,7 @@ class Config:
     db_threads: int = 8
     access_refresh: float = 1.0
     shutdown_grace: float = 5.0
+    connections_key: str = "esaroutes:smtp:connections"  # where the counts are in Redis (connlimits)
 
 
 def config_from_settings(**overrides: Any) -> Config:
@@ -107,6 +109,8 @@ def config_from_settings(**overrides: Any) -> Config:
         tls_key=settings.ESAROUTES_SMTP_TLS_KEY,
         db_threads=settings.ESAROUTES_SMTP_DB_THREADS,
         access_refresh=settings.ESAROUTES_SMTP_ACCESS_REFRESH,
+        # The installation is what shares the database: its name keeps two test databases on one Redis apart.
+        connections_key=f"esaroutes:smtp:connections:{settings.DATABASES['default']['NAME']}",
     )
     return replace(base, **overrides)
 
@@ -179,11 +183,14 @@ def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
 
 
 class Listener:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, connections: connlimits.Counter | None = None) -> None:
         self.config = config
         self.snapshot = access.AccessSnapshot()
         self.sessions: set[Session] = set()
-        self.per_client: dict[str, int] = {}
+        limits = connlimits.Limits(config.max_connections, config.max_connections_per_client)
+        self.connections = connections or connlimits.for_settings(
+            limits, config.connections_key, settings.REDIS_URL or ""
+        )
         self.server: asyncio.Server | None = None
         self.tls: ssl.SSLContext | None = None
         self.handler = Handler(self)
@@ -201,6 +208,11 @@ class Listener:
         self._maillog_started = False
         self.committer: Committer | None = None
         self.smtp_names: _Names | None = None  # aiosmtpd's method tables, found by the first session
+
+    @property
+    def per_client(self) -> dict[str, int]:
+        """This process's admitted connections per client address."""
+        return self.connections.clients
 
     @property
     def address(self) -> tuple[str, int]:
@@ -221,6 +233,7 @@ class Listener:
             logger.warning("the Recipient Access Table accepts ALL domains: any client may send to any domain")
         if sock is None:
             sock = listen_socket(self.config.host, self.config.port)
+        await self.connections.start()
         self.server = await loop.create_server(lambda: Session(self), sock=sock)
         self._refresher = loop.create_task(self._refresh_loop())
         maillog.start_background_writer()
@@ -244,6 +257,7 @@ class Listener:
                 await self._refresher
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.connections.stop()
         if self.committer is not None:
             await self.committer.close()
         loop = asyncio.get_running_loop()
@@ -565,15 +579,8 @@ class Session(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self.conn.ip = str(peer[0]) if peer else ""
-            listener = self.listener
-            total = len(listener.sessions)
-            mine = listener.per_client.get(self.conn.ip, 0)
-            cfg = listener.config
-            self._admitted = total < cfg.max_connections and mine < cfg.max_connections_per_client
-            listener.sessions.add(self)
-            listener._idle.clear()
-            listener.per_client[self.conn.ip] = mine + 1
-            self._counted = True
+            self.listener.sessions.add(self)
+            self.listener._idle.clear()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -590,14 +597,10 @@ class Session(SMTP):
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self.listener.sessions.discard(self)
-            left = self.listener.per_client.get(self.conn.ip, 1) - 1
-            if left > 0:
-                self.listener.per_client[self.conn.ip] = left
-            else:
-                self.listener.per_client.pop(self.conn.ip, None)
-            if not self.listener.sessions:
-                self.listener._idle.set()
+            self.listener.connections.release(self.conn.ip)
+        self.listener.sessions.discard(self)
+        if not self.listener.sessions:
+            self.listener._idle.set()
 
     def drop(self) -> None:
         """Shutdown: close the connection now (the client retries a message it has not had a 250 for)."""
@@ -607,6 +610,15 @@ class Session(SMTP):
             self.transport.close()
 
     async def _handle_client(self) -> None:
+        # The installation's limits (every listener process), checked and taken in one step; a refused connection
+        # holds no slot. A connection lost meanwhile cancels this task: a slot taken in Redis for it then counts
+        # until the process's next heartbeat rewrites its counts.
+        self._admitted = await self.listener.connections.take(self.conn.ip)
+        if self._admitted:
+            self._counted = True
+            if self._ended:
+                self._uncount()
+                return
         if not self._admitted:
             logger.info("refused %s: too many connections", self.conn.ip)
             await self.push(TOO_MANY_CONNECTIONS)
@@ -999,9 +1011,10 @@ async def serve(
     *,
     ready: Callable[[Listener], None] | None = None,
     sock: socket.socket | None = None,
+    connections: connlimits.Counter | None = None,
 ) -> None:
     """Run the listener until `stop` is set, then stop gracefully (see `Listener.stop`)."""
-    listener = Listener(config)
+    listener = Listener(config, connections)
     await listener.start(sock)
     if ready is not None:
         ready(listener)

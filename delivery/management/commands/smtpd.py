@@ -6,6 +6,10 @@ binds its own socket to the same port with `SO_REUSEPORT`; the kernel spreads ne
 process has its own event loop, database connections and commit thread; the ready line is printed once every
 process listens.
 
+The connection limits (`ESAROUTES_SMTP_MAX_CONNECTIONS` / `_PER_CLIENT`) are the installation's: with Redis every
+process counts there (`connlimits.RedisCounter`); on the embedded default the processes share a table this one
+makes before it forks (`connlimits.SharedCounter`), process `i` taking its row `i`.
+
 On a signal it stops accepting, lets sessions in progress finish for a few seconds (`--grace`), then closes the
 rest with `421` (a client retries anything it has not had a `250` for) and exits; the first process passes the
 signal on to the others and waits for them.
@@ -29,7 +33,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from delivery import listener
+from delivery import connlimits, listener
 
 logger = logging.getLogger("delivery.listener")
 
@@ -70,11 +74,16 @@ class Command(BaseCommand):
         sock = listener.listen_socket(config.host, config.port)
         config = replace(config, port=int(sock.getsockname()[1]))
         listener.tls_context(config)  # make the self-signed certificate (if needed) once, before the children start
+        table = None
+        if processes > 1 and not settings.REDIS_URL:
+            table = connlimits.SharedCounter(
+                processes, connlimits.Limits(config.max_connections, config.max_connections_per_client)
+            )
         children: list[int] = []
         ready_r, ready_w = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
-        for _ in range(processes - 1):
+        for index in range(1, processes):
             pid = os.fork()
             if pid == 0:  # a child: no database connection, thread or event loop exists yet
                 sock.close()
@@ -82,7 +91,7 @@ class Command(BaseCommand):
                 _exit_with_parent()
                 code = 1
                 try:
-                    asyncio.run(self._run(config, None, ready_fd=ready_w))
+                    asyncio.run(self._run(config, None, ready_fd=ready_w, table=table, index=index))
                     code = 0
                 except BaseException:
                     logger.exception("SMTP listener process %s failed", os.getpid())
@@ -91,7 +100,7 @@ class Command(BaseCommand):
             children.append(pid)
         os.close(ready_w)
         try:
-            asyncio.run(self._run(config, sock, children=children, ready_fd=ready_r))
+            asyncio.run(self._run(config, sock, children=children, ready_fd=ready_r, table=table, index=0))
         finally:
             os.close(ready_r)
             for pid in children:
@@ -103,8 +112,17 @@ class Command(BaseCommand):
         self.stdout.write("SMTP listener stopped")
 
     async def _run(
-        self, config: listener.Config, sock: socket.socket | None, *, ready_fd: int, children: list[int] | None = None
+        self,
+        config: listener.Config,
+        sock: socket.socket | None,
+        *,
+        ready_fd: int,
+        children: list[int] | None = None,
+        table: connlimits.SharedCounter | None = None,
+        index: int = 0,
     ) -> None:
+        if table is not None:
+            table.attach(index)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,7 +150,7 @@ class Command(BaseCommand):
         def on_ready(running: listener.Listener) -> None:
             announcing.append(loop.create_task(ready(running)))
 
-        await listener.serve(config, stop, ready=on_ready, sock=sock)
+        await listener.serve(config, stop, ready=on_ready, sock=sock, connections=table)
 
 
 def _read_ready(fd: int, waiting: int, children: list[int]) -> bytes:

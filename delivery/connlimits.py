@@ -1,0 +1,386 @@
+"""The SMTP connection limits of the installation: `ESAROUTES_SMTP_MAX_CONNECTIONS` / `_PER_CLIENT` counted over
+every listener process, not each process alone.
+
+- `decide()` is the decision (pure): over the total, over the client's share, or admitted.
+- A counter admits (`take`) and lets go of (`release`) one connection from a client address. Each keeps this
+  process's admitted connections (`total`, `clients`): what it publishes, and what it decides on alone.
+- `RedisCounter` (`REDIS_URL` set): every listener process on every machine counts in Redis. Each process has a
+  hash of its own counts and an entry in a sorted set scored with its expiry (Redis's clock: the machines' clocks
+  do not matter), renewed every second by a heartbeat; a hash of totals is their sum. One Lua script checks and
+  takes a slot, so two processes cannot both take the last one; another gives slots back. Each script first
+  removes the processes whose entry expired (killed ones: their slots come back within `TTL` seconds) and
+  subtracts their counts from the totals. The heartbeat also rewrites the process's own counts from its truth,
+  which heals a release lost in a Redis outage, a flushed Redis, or an entry that expired while the process was
+  stalled; a process's Redis calls are serialised (one lock) so that rewrite sees exactly what Redis has seen.
+  Redis unreachable: each process counts its own connections alone (one warning), and publishes them once Redis
+  answers again.
+- `SharedCounter` (the embedded default, several processes of one `manage.py smtpd`): a table in shared memory
+  the first process makes before it forks, one row of slots per process, a slot holding the hash of a client
+  address. A POSIX record lock on the table's file serialises check-and-take; each process holds a lock on a byte
+  of its own for its whole life, so a killed process is known by that lock being free (the kernel drops a dead
+  process's locks), and its row is cleared before anyone is refused.
+- `LocalCounter`: one process alone (a single listener process, listeners in tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import hashlib
+import logging
+import mmap
+import os
+import secrets
+import socket
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+
+logger = logging.getLogger("delivery.listener")
+
+TTL = 5.0  # seconds a listener process's counts live in Redis without a heartbeat
+HEARTBEAT = 1.0  # seconds between heartbeats (each also rewrites the process's counts)
+REDIS_TIMEOUT = 2.0  # seconds a Redis call may take before the process counts alone
+TOTAL = "*"  # the field of the total in the count hashes (never a client address)
+
+
+class Verdict(enum.Enum):
+    ADMIT = "admit"
+    OVER_TOTAL = "over the total"
+    OVER_CLIENT = "over the client's share"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    total: int
+    per_client: int
+
+
+def decide(total: int, mine: int, limits: Limits) -> Verdict:
+    """A new connection, when `total` connections are open in the installation and `mine` of them come from its
+    client's address. The total first: a client under its share is still refused when everything is taken."""
+    if total >= limits.total:
+        return Verdict.OVER_TOTAL
+    if mine >= limits.per_client:
+        return Verdict.OVER_CLIENT
+    return Verdict.ADMIT
+
+
+class Counter:
+    """This process's admitted connections; subclasses share them with the other processes."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.clients: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Called on the listener's event loop before it accepts."""
+
+    async def stop(self) -> None:
+        """Called on the listener's event loop once its sessions are gone."""
+
+    async def take(self, ip: str) -> bool:
+        """Admit one connection from `ip` (True) or not; an admitted one is `release`d exactly once."""
+        return self._take_alone(ip)
+
+    def release(self, ip: str) -> None:
+        self._count(ip, -1)
+
+    def _take_alone(self, ip: str) -> bool:
+        if decide(self.total, self.clients.get(ip, 0), self.limits) is not Verdict.ADMIT:
+            return False
+        self._count(ip, 1)
+        return True
+
+    def _count(self, ip: str, n: int) -> None:
+        self.total += n
+        left = self.clients.get(ip, 0) + n
+        if left > 0:
+            self.clients[ip] = left
+        else:
+            self.clients.pop(ip, None)
+
+
+class LocalCounter(Counter):
+    """One listener process counting alone."""
+
+
+def for_settings(limits: Limits, key: str, redis_url: str) -> Counter:
+    """The counter of a listener process started on its own (not forked by `manage.py smtpd` with a table)."""
+    return RedisCounter(limits, redis_url, key) if redis_url else LocalCounter(limits)
+
+
+# --- Redis: every process on every machine ---------------------------------------------------------------------
+
+# KEYS: the registry (sorted set: process id -> expiry), the totals hash. ARGV: the prefix of the processes'
+# hashes, this process's id, the TTL, then what the script needs.
+_PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local registry, totals, prefix, me, ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local mine = prefix .. me
+local function add(key, field, n)
+  if redis.call('HINCRBY', key, field, n) == 0 then redis.call('HDEL', key, field) end
+end
+local function forget(id)
+  local counts = redis.call('HGETALL', prefix .. id)
+  for i = 1, #counts, 2 do add(totals, counts[i], -tonumber(counts[i + 1])) end
+  redis.call('DEL', prefix .. id)
+  redis.call('ZREM', registry, id)
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', registry, '-inf', now)) do forget(id) end
+"""
+_REGISTER = "redis.call('ZADD', registry, now + ttl, me)\n"
+# ARGV[4]: the client, ARGV[5], ARGV[6]: the limits. Returns 0 (taken), 1 (over the total), 2 (over the client's).
+_TAKE = (
+    _PRELUDE
+    + _REGISTER
+    + """
+local ip = ARGV[4]
+if tonumber(redis.call('HGET', totals, '*') or '0') >= tonumber(ARGV[5]) then return 1 end
+if tonumber(redis.call('HGET', totals, ip) or '0') >= tonumber(ARGV[6]) then return 2 end
+add(totals, '*', 1) add(totals, ip, 1) add(mine, '*', 1) add(mine, ip, 1)
+return 0
+"""
+)
+# ARGV[4...]: one client per connection let go of.
+_RELEASE = (
+    _PRELUDE
+    + _REGISTER
+    + """
+for i = 4, #ARGV do
+  add(totals, '*', -1) add(totals, ARGV[i], -1) add(mine, '*', -1) add(mine, ARGV[i], -1)
+end
+return 0
+"""
+)
+# ARGV[4...]: field, count pairs: this process's counts as it knows them, replacing what Redis has. A hash whose
+# process is not in the registry is not in the totals either (a flushed registry): dropped, not subtracted.
+_SYNC = (
+    _PRELUDE
+    + """
+if redis.call('ZSCORE', registry, me) then forget(me) else redis.call('DEL', mine) end
+"""
+    + _REGISTER
+    + """
+for i = 4, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  if n ~= 0 then
+    redis.call('HSET', mine, ARGV[i], n)
+    add(totals, ARGV[i], n)
+  end
+end
+return 0
+"""
+)
+_LEAVE = _PRELUDE + "forget(me)\nreturn 0\n"
+
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class RedisCounter(Counter):
+    """The counts of every listener process of the installation, in Redis (see the module's docstring)."""
+
+    def __init__(self, limits: Limits, url: str, key: str, *, ttl: float = TTL, heartbeat: float = HEARTBEAT) -> None:
+        super().__init__(limits)
+        self.url = url
+        self.ttl = ttl
+        self.heartbeat = heartbeat
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._keys = [f"{key}:processes", f"{key}:totals"]
+        self._prefix = f"{key}:process:"
+        self._client: redis.asyncio.Redis[bytes] | None = None
+        self._scripts: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._up = True
+        self._releasing: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._beating: asyncio.Task[None] | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether the last Redis call answered (else this process counts alone)."""
+        return self._up
+
+    async def start(self) -> None:
+        self._client = redis.asyncio.Redis.from_url(
+            self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
+        for name, text in (("take", _TAKE), ("release", _RELEASE), ("sync", _SYNC), ("leave", _LEAVE)):
+            self._scripts[name] = self._client.register_script(text)
+        await self.sync()
+        self._beating = asyncio.get_running_loop().create_task(self._beat())
+
+    async def stop(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beating
+        if self._flusher is not None:
+            await self._flusher
+        if self._client is not None:
+            async with self._lock:
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await self._call("leave")
+            await self._client.aclose()  # type: ignore[attr-defined]  # redis 5+; the stubs are 4.6's
+
+    async def take(self, ip: str) -> bool:
+        if self._up:
+            async with self._lock:
+                if self._up:  # still: a call that failed meanwhile is not tried again for every connection
+                    try:
+                        verdict = await self._call("take", ip, self.limits.total, self.limits.per_client)
+                    except _REDIS_ERRORS as exc:
+                        self._down(exc)
+                    else:
+                        if verdict == 0:
+                            self._count(ip, 1)
+                        return verdict == 0
+        return self._take_alone(ip)
+
+    def release(self, ip: str) -> None:
+        """Let go at once here; Redis hears of it in the next call (several releases go in one)."""
+        self._releasing.append(ip)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def sync(self) -> None:
+        """Replace this process's counts in Redis with what it knows (the heartbeat)."""
+        async with self._lock:
+            fields: list[str | int] = [TOTAL, self.total]
+            for ip, n in self.clients.items():
+                fields += [ip, n]
+            try:
+                await self._call("sync", *fields)
+            except _REDIS_ERRORS as exc:
+                self._down(exc)
+                return
+        if not self._up:
+            self._up = True
+            logger.info("SMTP connection limits: Redis answers again, counting over every listener process")
+
+    async def _flush(self) -> None:
+        while self._releasing:
+            async with self._lock:
+                batch, self._releasing = self._releasing, []
+                if self._up:
+                    try:
+                        await self._call("release", *batch)
+                    except _REDIS_ERRORS as exc:
+                        self._down(exc)  # the next heartbeat puts it right
+                for ip in batch:
+                    self._count(ip, -1)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            await self.sync()
+
+    async def _call(self, name: str, *args: str | int) -> int:
+        result = await self._scripts[name](keys=self._keys, args=[self._prefix, self.id, self.ttl, *args])
+        return int(result)
+
+    def _down(self, exc: BaseException) -> None:
+        if self._up:
+            self._up = False
+            logger.warning(
+                "SMTP connection limits: Redis unavailable (%s); each listener process counts its own connections "
+                "until it answers again",
+                exc,
+            )
+
+
+# --- shared memory: the processes of one `manage.py smtpd` (embedded default) ----------------------------------
+
+
+def _slot_key(ip: str) -> int:
+    """A client address as a table slot holds it: 64 bits of its hash, never 0 (a free slot)."""
+    return int.from_bytes(hashlib.blake2b(ip.encode(), digest_size=8).digest(), "little") or 1
+
+
+class SharedCounter(Counter):
+    """A table in shared memory made before `manage.py smtpd` forks; `attach(index)` in each process."""
+
+    def __init__(self, processes: int, limits: Limits) -> None:
+        super().__init__(limits)
+        self.processes = processes
+        self.width = limits.total  # a process never holds more than the total
+        size = processes * self.width * 8
+        if hasattr(os, "memfd_create"):
+            self._fd = os.memfd_create("esaroutes-smtp-connections")
+        else:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115  (open for the life of the process)
+            self._fd = self._file.fileno()
+        os.ftruncate(self._fd, size)
+        self._map = mmap.mmap(self._fd, size)  # MAP_SHARED: the forked processes see one table
+        self._table = memoryview(self._map).cast("Q")
+        self.index = -1
+        self._free: list[int] = []
+        self._held: dict[str, list[int]] = {}
+
+    def attach(self, index: int) -> None:
+        """Make this process the table's row `index` (0 .. processes - 1), once, after the fork."""
+        # Held until the process exits: the kernel drops it then, which is how the others know it died.
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 1 + index)
+        self.index = index
+        first = index * self.width
+        self._free = list(range(first + self.width - 1, first - 1, -1))
+
+    async def take(self, ip: str) -> bool:
+        assert self.index >= 0, "SharedCounter.attach() first"
+        key = _slot_key(ip)
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+        try:
+            verdict = self._decide(key)
+            if verdict is not Verdict.ADMIT and self._clear_dead():
+                verdict = self._decide(key)
+            if verdict is not Verdict.ADMIT or not self._free:
+                return False
+            slot = self._free.pop()
+            self._table[slot] = key
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+        self._held.setdefault(ip, []).append(slot)
+        self._count(ip, 1)
+        return True
+
+    def release(self, ip: str) -> None:
+        slots = self._held[ip]
+        slot = slots.pop()
+        if not slots:
+            del self._held[ip]
+        fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, 0)
+        try:
+            self._table[slot] = 0
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 0)
+        self._free.append(slot)
+        self._count(ip, -1)
+
+    def _decide(self, key: int) -> Verdict:
+        values = self._table.tolist()
+        return decide(len(values) - values.count(0), values.count(key), self.limits)
+
+    def _clear_dead(self) -> bool:
+        """Clear the rows of processes that died (their life lock is free); True when one held slots."""
+        cleared = False
+        for other in range(self.processes):
+            if other == self.index:
+                continue
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1 + other)
+            except OSError:
+                continue  # alive
+            first = other * self.width
+            if any(self._table[first : first + self.width]):
+                self._map[first * 8 : (first + self.width) * 8] = bytes(self.width * 8)
+                cleared = True
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, 1 + other)
+        return cleared
