@@ -190,9 +190,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 # --- The mail relay -------------------------------------------------------------------------------------------
 ESAROUTES_HOSTNAME = env.env_str("ESAROUTES_HOSTNAME", socket.gethostname())
 ESAROUTES_WEB_LISTEN = env.env_listen("ESAROUTES_WEB_LISTEN", "127.0.0.1:8000")
-# The web server (manage.py web, Hypercorn): worker processes, each parsing requests in its event loop and running
-# Django in a thread only once a request has fully arrived; a connection whose request head is not complete this
-# many seconds after it opened (or after its last response) is closed, however slowly it drips.
+# The web server (manage.py web): gunicorn worker processes, each reading requests in Hypercorn's event loop and
+# running Django in a thread only once a request has fully arrived (esaroutes/webserver.py); a connection whose
+# request head is not complete this many seconds after it opened (or after its last response) is closed.
 ESAROUTES_WEB_WORKERS = env.env_int("ESAROUTES_WEB_WORKERS", 2, minimum=1, maximum=64)
 ESAROUTES_WEB_HEADER_TIMEOUT = env.env_int("ESAROUTES_WEB_HEADER_TIMEOUT", 30, minimum=1, maximum=3600)
 ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525")

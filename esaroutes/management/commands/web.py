@@ -1,4 +1,8 @@
-"""Serve the web UI with gunicorn on ESAROUTES_WEB_LISTEN (static files by WhiteNoise)."""
+"""Serve the web UI with gunicorn on ESAROUTES_WEB_LISTEN (static files by WhiteNoise).
+
+gunicorn manages the worker processes; each reads requests in Hypercorn's event loop and runs Django in threads
+only once a request has fully arrived (esaroutes/webserver.py), so slow clients cannot hold the threads.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,6 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from esaroutes import env
-
 
 class Command(BaseCommand):
     help = "Run the web UI under gunicorn on ESAROUTES_WEB_LISTEN."
@@ -19,7 +21,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = settings.ESAROUTES_WEB_LISTEN
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        workers = env.env_int("ESAROUTES_WEB_WORKERS", 2, minimum=1, maximum=64)
         gunicorn = str(Path(sys.executable).parent / "gunicorn")
         argv = [
             gunicorn,
@@ -27,13 +28,11 @@ class Command(BaseCommand):
             "--bind",
             bind,
             "--workers",
-            str(workers),
+            str(settings.ESAROUTES_WEB_WORKERS),
             "--worker-class",
-            "gthread",
+            "esaroutes.webserver.HypercornWorker",
             "--threads",
-            "8",
-            "--access-logfile",
-            "-",
+            "8",  # Django's threads in each worker process
             "--graceful-timeout",
             "10",
             "--no-control-socket",
