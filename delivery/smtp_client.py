@@ -17,6 +17,12 @@ Decisions worth knowing (details in the docstrings):
 * Replies never raise: MAIL, RCPT and DATA go through ``execute_command`` and their codes are read here.
   Transport trouble (refused, timeout, drop, TLS) raises inside aiosmtplib or asyncio and is translated in one
   place, :func:`_translate`.
+* What a peer sends is text anything can store and show: every reply after the greeting is read by
+  :class:`_SafeProtocol`, whose text is :func:`safe_text` (bytes that are not UTF-8 and controls escaped,
+  capped), and :func:`_translate` makes every error text safe too.
+* A reply that is too long, malformed or cut off is no reply: the host failed (:class:`BadReply`, a
+  ``Connection Error``, the recipients on to the next host), never a code of our or aiosmtplib's making that
+  would read as the peer's (a made-up 500 once bounced mail no peer had refused).
 * DATA is split in two: the DATA command, then the body and the final dot written on the protocol. A
   connection lost (or a timeout) after the dot went out and before the reply is *possible delivery*: the
   recipients go to the next host (a possible duplicate, never a lost message) and the result says
@@ -245,11 +251,11 @@ class _SafeProtocol(SMTPProtocol):
     """
 
     _owed = 0  # replies of a pipelined group still to be read (see _PipeliningProtocol)
-    _broken = False  # a bad reply was seen: nothing after it means anything
+    _bad: BadReply | None = None  # a bad reply was seen: every read from now on raises it, nothing else counts
 
     def data_received(self, data: bytes) -> None:
         waiter = self._response_waiter
-        if waiter is None or self._broken:
+        if waiter is None or self._bad is not None:
             return
         if self._owed <= 0 and (not self._response_pending or waiter.done()):
             return  # unsolicited, or a reply already waits: aiosmtplib's guard
@@ -261,11 +267,19 @@ class _SafeProtocol(SMTPProtocol):
         self._hand_over()
 
     def _fail(self, exc: BadReply) -> None:
-        self._broken = True
+        self._bad = exc
         del self._buffer[:]
         waiter = self._response_waiter
         if waiter is not None and not waiter.done():
             self._set_response_exception(waiter, exc)
+
+    async def read_response(self, timeout: float | None = None) -> aiosmtplib.SMTPResponse:  # noqa: ASYNC109 - overrides aiosmtplib
+        waiter = self._response_waiter
+        if self._bad is not None and waiter is not None and not waiter.done():
+            # the bad reply came while a good one waited to be read (a pipelined group): that one was read, this
+            # is the read the bad reply was meant for, or a later one
+            self._set_response_exception(waiter, self._bad)
+        return await super().read_response(timeout=timeout)
 
     def _hand_over(self) -> None:
         waiter = self._response_waiter
