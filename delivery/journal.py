@@ -18,6 +18,9 @@ fsync, a power cut still means the old window).
 * A live process whose recording failed (the database went away) lets go of its files (:meth:`Journal.abandon`):
   the next :func:`recover`, its own next batch's included, records them once the database is back.
 * Files rotate every 1,000 entries or 60 s; one is deleted when every report in it is recorded.
+* Recovery never loops on an entry: reports are recorded through `queue.record_safely` (one by one, with safe
+  texts, reduced to their facts if need be); an entry that still fails, or a file the database keeps refusing
+  (QUARANTINE_AFTER times) while it answers, is set aside in ``<name>.bad`` with an application-log error.
 
 The window left is the time between the peer's 250 leaving it and the runner reading it: a kill inside it sends
 that message again (at most one per open connection of the killed process). Nothing else can be closed from this
