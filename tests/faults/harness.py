@@ -304,13 +304,21 @@ class _SinkHandler:
 
 
 class _SinkSMTP(SMTP):
-    """Counts the connections it gets, per client address (which machine opened it)."""
+    """Counts the connections it gets and has open, per client address (which machine opened it)."""
+
+    _peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         handler: _SinkHandler = self.event_handler
         peer = transport.get_extra_info("peername")
-        handler.sinks._connected(handler.index, str(peer[0]) if peer else "")
+        self._peer = str(peer[0]) if peer else ""
+        handler.sinks._connected(handler.index, self._peer, +1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        handler: _SinkHandler = self.event_handler
+        handler.sinks._connected(handler.index, self._peer, -1)
+        super().connection_lost(exc)
 
 
 class Sinks:
@@ -326,6 +334,7 @@ class Sinks:
         self.events: list[tuple[float, tuple[str, str], int]] = []  # (monotonic time, key, sink): for diagnosis
         self.peers: list[str] = []  # the client address of each of `events` (which machine delivered it)
         self.connections: Counter[tuple[int, str]] = Counter()  # (sink, client address) -> connections
+        self.open: Counter[str] = Counter()  # client address -> connections open now
         addresses = list(hosts) if hosts is not None else [f"127.0.0.{first + i}" for i in range(count)]
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
@@ -357,9 +366,10 @@ class Sinks:
             self.per_sink[index] += len(keys)
             self._cond.notify_all()
 
-    def _connected(self, index: int, peer: str) -> None:
+    def _connected(self, index: int, peer: str, change: int) -> None:
         with self._cond:
-            self.connections[(index, peer)] += 1
+            self.connections[(index, peer)] += max(change, 0)
+            self.open[peer] += change
 
     @property
     def total(self) -> int:
@@ -602,6 +612,7 @@ class NetHost:
     ip: str
     root_ip: str
     smtp_port: int = 2525
+    killed_at: float | None = None  # time.monotonic() of kill_all's first SIGKILL
 
     @property
     def hostname(self) -> str:
@@ -622,6 +633,8 @@ class NetHost:
             pids = [p for p in self.pids() if p not in killed or _alive(p)]
             if not pids:
                 break
+            if self.killed_at is None:
+                self.killed_at = time.monotonic()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
