@@ -18,12 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from django.conf import settings
 from gunicorn.workers import base  # type: ignore[import-untyped]
-from hypercorn.asyncio import serve
+from hypercorn.app_wrappers import WSGIWrapper
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
 # Seconds a connection may stay silent while its request body is awaited, or its response computed, before it is
 # closed: bounds a client that sends a request head and then stalls. No page takes this long.
@@ -41,6 +45,27 @@ def hypercorn_config(fds: list[int], *, graceful_timeout: float) -> Config:
     return config
 
 
+class DjangoApp(WSGIWrapper):
+    """Django's WSGI app as Hypercorn runs it, less the request headers whose names hold an underscore.
+
+    In the WSGI environ `X_Forwarded_Proto` and `X-Forwarded-Proto` are the same key (HTTP_X_FORWARDED_PROTO), so a
+    client could pass for the proxy; nginx, Apache, gunicorn and Django's runserver drop such headers, Hypercorn
+    does not.
+    """
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        sync_spawn: Callable[..., Any],
+        call_soon: Callable[..., Any],
+    ) -> None:
+        if scope["type"] == "http":
+            scope["headers"] = [(name, value) for name, value in scope["headers"] if b"_" not in name]
+        await super().__call__(scope, receive, send, sync_spawn, call_soon)
+
+
 class HypercornWorker(base.Worker):  # type: ignore[misc]
     def run(self) -> None:
         # Hypercorn owns (and closes) duplicates of the listening sockets gunicorn opened before forking.
@@ -52,7 +77,8 @@ class HypercornWorker(base.Worker):  # type: ignore[misc]
     async def _serve(self, config: Config) -> None:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(self.cfg.threads, thread_name_prefix="web"))
-        await serve(self.wsgi, config, shutdown_trigger=self._until_stopped, mode="wsgi")
+        app = DjangoApp(self.wsgi, config.wsgi_max_body_size)
+        await worker_serve(app, config, shutdown_trigger=self._until_stopped)
 
     async def _until_stopped(self) -> None:
         """Returns (Hypercorn then stops gracefully) once gunicorn's SIGTERM handler or the master's death says so."""

@@ -6,7 +6,9 @@ must stay up for everyone else while 100+ of them drip, and the header deadline 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import http.cookiejar
 import os
 import re
@@ -22,9 +24,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from esaroutes import webserver
 from tests.esaroutes import test_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +36,6 @@ ADMIN_PASSWORD = "a-long-admin-password"
 SLOW_CLIENTS = 120
 HEADER_TIMEOUT = 15  # ESAROUTES_WEB_HEADER_TIMEOUT for this server: long enough to probe while they all drip
 PROMPT = 2.0  # seconds: a generous bound for a page on loopback
-
-pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -175,6 +177,7 @@ def _timed_get(opener: urllib.request.OpenerDirector, url: str) -> tuple[float, 
     return time.monotonic() - started, status
 
 
+@pytest.mark.slow
 def test_web_ui_answers_while_100_slowloris_clients_drip_and_drops_them_at_the_header_deadline(web_server):
     opener = _logged_in_opener(web_server)
     with Slowloris(web_server.port, SLOW_CLIENTS) as slow:
@@ -194,3 +197,47 @@ def test_web_ui_answers_while_100_slowloris_clients_drip_and_drops_them_at_the_h
         assert min(slow.dropped_after.values()) >= HEADER_TIMEOUT - 1, sorted(slow.dropped_after.values())[:5]
     elapsed, status = _timed_get(opener, web_server.url("/healthz"))
     assert status == 200 and elapsed < PROMPT
+
+
+def test_request_headers_with_an_underscore_never_reach_django():
+    """X_Forwarded_Proto would land on the same environ key as the proxy's X-Forwarded-Proto."""
+    seen: dict[str, object] = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    scope: Any = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"x_forwarded_proto", b"https"), (b"host", b"relay.test"), (b"x-forwarded-proto", b"http")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+        "extensions": {},
+    }
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    async def serve_one():
+        loop = asyncio.get_running_loop()
+
+        def call_soon(func, *args):  # as Hypercorn runs send() from Django's thread
+            return asyncio.run_coroutine_threadsafe(func(*args), loop).result()
+
+        wrapper = webserver.DjangoApp(app, 1024)
+        await wrapper(scope, receive, send, functools.partial(loop.run_in_executor, None), call_soon)
+
+    asyncio.run(serve_one())
+    assert seen["HTTP_X_FORWARDED_PROTO"] == "http"
+    assert seen["HTTP_HOST"] == "relay.test"
