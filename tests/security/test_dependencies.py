@@ -48,6 +48,8 @@ ADVISORIES: dict[str, list[tuple[str, str]]] = {
         ("CVE-2026-134820", "27.0.0"),
         ("CVE-2026-134821", "27.0.0"),
     ],
+    # GitHub Advisory Database: h11 accepted malformed chunked bodies (request smuggling behind a lenient proxy)
+    "h11": [("GHSA-vqfr-h8mv-ghfj", "0.16.0")],  # CVE-2025-43859
     # aiosmtplib CHANGELOG.rst, GitHub Advisory Database (PYSEC-2026-2338)
     "aiosmtplib": [
         ("GHSA-v3q9-hj7j-63hq", "5.1.1"),  # CVE-2026-53533, command injection via CR/LF in addresses
