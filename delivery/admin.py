@@ -100,8 +100,15 @@ class ReadOnlyInline(admin.TabularInline[Any, Any]):
 
 @admin.register(BounceProfile)
 class BounceProfileAdmin(admin.ModelAdmin[BounceProfile]):
+    """The rules are `BounceProfile.clean()`'s (run by the admin's form); the "Default" profile cannot be deleted."""
+
     list_display = ("name", "max_retries", "max_queue_lifetime", "initial_retry", "max_retry_timeout", "send_bounces")
     search_fields = ("name",)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.name == BounceProfile.DEFAULT_NAME:
+            return False
+        return super().has_delete_permission(request, obj)
 
 
 class RecipientInline(ReadOnlyInline):

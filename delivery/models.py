@@ -7,6 +7,7 @@ UPDATE by `delivery.queue`). The raw bytes live in MessageBody so listing messag
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
 
@@ -28,6 +29,22 @@ class BounceProfile(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """Retry waits of at least a second, the ceiling no lower than the first wait; "Default" keeps its name."""
+        errors: dict[str, str] = {}
+        if self.initial_retry < 1:
+            errors["initial_retry"] = "Wait at least 1 second before the first retry."
+        elif self.max_retry_timeout < self.initial_retry:
+            errors["max_retry_timeout"] = f"The ceiling must be at least the first wait ({self.initial_retry} seconds)."
+        if self.max_queue_lifetime < 1:
+            errors["max_queue_lifetime"] = "Keep a message queued for at least 1 second."
+        if not self._state.adding and self.name != self.DEFAULT_NAME:
+            stored = BounceProfile.objects.filter(pk=self.pk).values_list("name", flat=True).first()
+            if stored == self.DEFAULT_NAME:
+                errors["name"] = f'The "{self.DEFAULT_NAME}" profile is used by every route without one: keep its name.'
+        if errors:
+            raise ValidationError(errors)
 
 
 class Message(models.Model):

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from delivery.models import BounceProfile
 from routes import access_services, importexport, services
 from routes.models import (
     OPEN_RELAY_MESSAGE,
@@ -361,3 +362,55 @@ def test_a_relay_network_comment_changed_or_users_deleted_in_bulk_through_the_ad
         ("delete", "SmtpUser", "b"),
     ]
     assert entries[0].after == {"network": "10.1.0.0/16", "comment": "office"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bounce profiles: written through the admin only; their rules are the model's
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"initial_retry": "0"}, "initial_retry", "Wait at least 1 second before the first retry."),
+        (
+            {"initial_retry": "600", "max_retry_timeout": "60"},
+            "max_retry_timeout",
+            "at least the first wait (600 seconds).",
+        ),
+        ({"max_queue_lifetime": "0"}, "max_queue_lifetime", "Keep a message queued for at least 1 second."),
+        ({"name": "Renamed"}, "name", 'The "Default" profile is used by every route without one: keep its name.'),
+    ],
+    ids=["initial-0", "ceiling-below-first", "lifetime-0", "default-renamed"],
+)
+def test_a_bounce_profile_rule_is_refused_by_the_admin(superuser, change, field, message):
+    default = BounceProfile.objects.get(name="Default")
+    data = {
+        "name": "Default",
+        "max_retries": "100",
+        "max_queue_lifetime": "259200",
+        "initial_retry": "60",
+        "max_retry_timeout": "3600",
+        "send_bounces": "on",
+        **change,
+    }
+    response = superuser.post(reverse("admin:delivery_bounceprofile_change", args=[default.pk]), data)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors[field]
+    assert any(message in e for e in errors), errors
+    assert list(BounceProfile.objects.values_list("name", "initial_retry", "max_queue_lifetime")) == [
+        ("Default", 60, 259200)
+    ]
+
+
+def test_the_default_bounce_profile_cannot_be_deleted_through_the_admin(superuser):
+    default = BounceProfile.objects.get(name="Default")
+    other = BounceProfile.objects.create(name="Short")
+    assert (
+        superuser.post(reverse("admin:delivery_bounceprofile_delete", args=[default.pk]), {"post": "yes"}).status_code
+        == 403
+    )
+    superuser.post(
+        reverse("admin:delivery_bounceprofile_changelist"),
+        {"action": "delete_selected", "_selected_action": [default.pk, other.pk], "post": "yes"},
+    )
+    assert sorted(BounceProfile.objects.values_list("name", flat=True)) == ["Default", "Short"]
