@@ -17,19 +17,27 @@ their typos, then the right password) but not for SMTP, where clients authentica
 holding one valid mailbox password could otherwise reset its address between guesses at other users' passwords.
 
 Counters live in the cache: Redis in production (every web server and listener process on every machine sees
-them; `INCR` is atomic), the file cache on the embedded default (one machine; concurrent failures may lose a count).
+them; `INCR` is atomic), the file cache on the embedded default (one machine; each change under a file lock).
+Parallel guesses cannot slip past the limit: an attempt takes its place in the counters before its password is
+checked (see `attempt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import hashlib
 import ipaddress
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 
 PREFIX = "esaroutes:throttle:"
 
@@ -121,40 +129,79 @@ def keys(scope: Scope, address: str, username: str) -> tuple[str, str]:
 
 
 # --- the counters (cache) ----------------------------------------------------------------------------------------
+# An attempt reserves its place first (+1 on both counters, the timers left alone) and decides on what it got
+# back, so parallel attempts cannot all pass a check made before any of them failed: on Redis (atomic INCR) no
+# more than `max_failures` passwords are checked per lock window however many clients guess at once. A refused
+# attempt gives its place back; a failure keeps it and restarts the timers; a success gives it back or clears.
+# Redis keeps a key's TTL through INCR; the other caches re-store a value with their default timeout, so there
+# the value carries its own expiry: `(count, expires_at)`, stored with the time it has left, each change made under
+# a lock (`_exclusive`).
+
+
+_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """The other caches have no atomic increment: one read-modify-write at a time, across threads and, through a
+    file lock in the data directory, across the processes of the one machine the embedded default runs on."""
+    with _LOCK, (Path(settings.DATA_DIR) / "throttle.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _redis() -> bool:
+    return isinstance(caches["default"], RedisCache)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, (tuple, list)):
+        count, expires = value
+        return int(count) if float(expires) > time.time() else 0
+    return value if isinstance(value, int) else 0
+
+
+def _add(key: str, delta: int, lockout: int, *, restart: bool) -> int:
+    """Add `delta` to a counter and return it; `restart` starts its timer again (else a new key gets a full one)."""
+    if _redis():
+        if delta > 0 and cache.add(key, delta, timeout=lockout):
+            return delta
+        try:
+            value = int(cache.incr(key, delta))
+        except ValueError:  # gone (expired) meanwhile
+            if delta > 0:
+                cache.add(key, delta, timeout=lockout)
+            return max(delta, 0)
+        if restart:
+            cache.touch(key, lockout)
+        return value
+    with _exclusive():
+        now = time.time()
+        found = cache.get(key)
+        live = isinstance(found, (tuple, list)) and float(found[1]) > now
+        value = max(0, (_count(found) if live else 0) + delta)
+        if value == 0 and not live:
+            return 0
+        expires = float(found[1]) if live and not restart else now + lockout
+        cache.set(key, (value, expires), timeout=max(1.0, expires - now))
+    return value
 
 
 def counts(scope: Scope, address: str, username: str) -> Counts:
     address_k, user_k = keys(scope, address, username)
     found = cache.get_many([address_k, user_k])
-    return Counts(int(found.get(address_k) or 0), int(found.get(user_k) or 0))
+    return Counts(_count(found.get(address_k)), _count(found.get(user_k)))
 
 
 def check(scope: Scope, address: str, username: str) -> Refusal | None:
-    """The refusal for an attempt about to be made, or None: call it before checking the password."""
+    """The refusal for an attempt about to be made, or None (a look only: `attempt()` is what logins use)."""
     return decide(counts(scope, address, username), policy(scope))
-
-
-def _bump(key: str, lockout: int) -> int:
-    if cache.add(key, 1, timeout=lockout):
-        return 1
-    try:
-        value = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 1, timeout=lockout)
-        return 1
-    cache.touch(key, lockout)  # the timer restarts (and the file cache's incr() set its default timeout)
-    return int(value)
 
 
 def record_failure(scope: Scope, address: str, username: str) -> Counts:
     lockout = policy(scope).lockout
     address_k, user_k = keys(scope, address, username)
-    return Counts(_bump(address_k, lockout), _bump(user_k, lockout))
-
-
-def record_success(scope: Scope, address: str, username: str) -> None:
-    address_k, user_k = keys(scope, address, username)
-    cache.delete_many([address_k, user_k] if policy(scope).clear_address_on_success else [user_k])
+    return Counts(_add(address_k, 1, lockout, restart=True), _add(user_k, 1, lockout, restart=True))
 
 
 def clear(scope: Scope, address: str, username: str) -> None:
@@ -165,12 +212,20 @@ def clear(scope: Scope, address: str, username: str) -> None:
 def attempt(scope: Scope, address: str, username: str, password_ok: Callable[[], bool]) -> Outcome:
     """One login: refused unchecked while locked, else `password_ok()` is called and the outcome counted."""
     pol = policy(scope)
-    before = counts(scope, address, username)
+    keys_ = address_k, user_k = keys(scope, address, username)
+    reserved = Counts(_add(address_k, 1, pol.lockout, restart=False), _add(user_k, 1, pol.lockout, restart=False))
+    before = Counts(reserved.address - 1, reserved.username - 1)
     refusal = decide(before, pol)
     if refusal is not None:
+        _add(address_k, -1, pol.lockout, restart=False)
+        _add(user_k, -1, pol.lockout, restart=False)
         return Outcome(ok=False, refusal=refusal, counts=before, locked_now=False)
     if password_ok():
-        record_success(scope, address, username)
+        if pol.clear_address_on_success:
+            cache.delete_many([address_k, user_k])
+        else:
+            cache.delete(user_k)
+            _add(address_k, -1, pol.lockout, restart=False)
         return Outcome(ok=True, refusal=None, counts=before, locked_now=False)
-    after = record_failure(scope, address, username)
+    after = Counts(*(_add(k, 0, pol.lockout, restart=True) or _add(k, 1, pol.lockout, restart=True) for k in keys_))
     return Outcome(ok=False, refusal=None, counts=after, locked_now=decide(after, pol) is not None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from esaroutes import throttle
@@ -88,3 +90,31 @@ def test_counters_expire_lockout_seconds_after_the_last_failure(settings):
         throttle.record_failure(throttle.SMTP, "192.0.2.10", "dave")
     assert throttle.counts(throttle.SMTP, "192.0.2.10", "dave") == Counts(3, 3)
     assert wait_for(lambda: throttle.counts(throttle.SMTP, "192.0.2.10", "dave") == Counts(0, 0), timeout=30)
+
+
+def test_parallel_guesses_check_no_more_passwords_than_the_limit(settings):
+    """Twelve guesses at once, none answered yet: only the first three reach the password check."""
+    settings.ESAROUTES_SMTP_AUTH_MAX_FAILURES = 3
+    entered: list[int] = []
+    refused: list[int] = []
+    release = threading.Event()
+
+    def password_ok() -> bool:
+        entered.append(1)
+        release.wait(10)
+        return False
+
+    def guess(i: int) -> None:
+        outcome = throttle.attempt(throttle.SMTP, "192.0.2.11", f"user{i}", password_ok)
+        if outcome.refusal is not None:
+            refused.append(i)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: len(entered) + len(refused) == 12)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert (len(entered), len(refused)) == (3, 9)
+    assert throttle.counts(throttle.SMTP, "192.0.2.11", "user0").address == 3
