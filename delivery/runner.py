@@ -469,6 +469,12 @@ class Runner:
 
     async def _close_all(self) -> None:
         self._reaper_task.cancel()
+        # Batches still running (a shutdown normally drains them first: see worker.shutdown) end here, so their
+        # recorder gives their messages back instead of holding the lease until it runs out.
+        running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t is not self._reaper_task]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         pools, self._pool = self._pool, {}
         for idle in pools.values():
             for pooled in idle:

@@ -348,11 +348,13 @@ def shutdown() -> None:
     global _recorder
     with _recorder_lock:
         rec, _recorder = _recorder, None
-    if rec is not None and rec.pid == os.getpid():
-        if not rec.drain(settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT + 10):
-            logger.warning("delivery batches still in flight at shutdown: their leases run out")
+    if rec is not None and rec.pid != os.getpid():
+        rec = None  # the parent's, inherited by a fork: not ours to drain
+    if rec is not None and not rec.drain(settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT + 10):
+        logger.warning("delivery batches still in flight at shutdown are cancelled")
+    runner.shutdown_runner()  # cancels what is left: the recorder then gives those messages back
+    if rec is not None:
         rec.stop()
-    runner.shutdown_runner()
 
 
 def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from delivery import intake, runner
+from delivery import intake, worker
 
 
 @pytest.fixture
@@ -19,9 +19,9 @@ def fresh_runner(settings: Any) -> Iterator[None]:
     settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT = 10.0
     settings.ESAROUTES_DELIVERY_EHLO = "relay.esaroutes.test"
     settings.ESAROUTES_ROUTE_REFRESH = 0.0
-    runner.shutdown_runner()
+    worker.shutdown()  # the batches in flight recorded and released, then the runner stopped
     yield
-    runner.shutdown_runner()
+    worker.shutdown()
 
 
 def queue_message(
