@@ -87,3 +87,29 @@ def test_rows_that_open_the_relay_written_around_the_rules_are_ignored_by_the_li
     assert any("ALL = ACCEPT ignored" in w for w in warnings), warnings
     assert any("'0.0.0.0/0' ignored" in w for w in warnings), warnings
     assert any("'::/0' ignored" in w for w in warnings), warnings
+
+
+def test_the_migration_closes_rows_that_opened_the_relay_and_audits_them(transactional_db):
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([("routes", "0002_defaults")])  # 0003 changes no schema: going back only unapplies it
+    RecipientAccessRule.objects.create(domain="ALL", action="accept", comment="set in the admin")
+    RecipientAccessRule.objects.create(domain="partner.test", action="accept")
+    for network in ("0.0.0.0/0", "::/0", "10.0.0.0/8"):
+        RelayNetwork.objects.create(network=network)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert sorted(RecipientAccessRule.objects.values_list("domain", "action")) == [
+        ("ALL", "reject"),
+        ("partner.test", "accept"),
+    ]
+    assert set(RelayNetwork.objects.values_list("network", flat=True)) == {"10.0.0.0/8"}
+    assert sorted(AuditEntry.objects.values_list("actor_name", "action", "object_repr")) == [
+        ("migration", "delete", "0.0.0.0/0"),
+        ("migration", "delete", "::/0"),
+        ("migration", "update", "ALL REJECT"),
+    ]
+    assert AuditEntry.objects.get(action="update").before["comment"] == "set in the admin"
