@@ -861,9 +861,12 @@ class Stack:
         self.procs.append(proc)
         return proc
 
-    def start_smtpd(self, host: NetHost | None = None) -> Proc:
+    READY = {"smtpd": r"SMTP listener on", "worker": r"\bready\.", "beat": r"beat: Starting"}
+
+    def start_smtpd(self, host: NetHost | None = None, *, wait: bool = True) -> Proc:
         proc = self._start("smtpd", [str(VENV_BIN / "python"), "manage.py", "smtpd", "--grace", "2"], host)
-        proc.wait_for(r"SMTP listener on", 60)
+        if wait:
+            proc.wait_for(self.READY["smtpd"], 60)
         return proc
 
     def start_worker(self, *, wait: bool = True, concurrency: int = 2, host: NetHost | None = None) -> Proc:
@@ -877,18 +880,24 @@ class Stack:
         ]  # fmt: skip
         proc = self._start("worker", argv, host)
         if wait:
-            proc.wait_for(r"\bready\.", 60)
+            proc.wait_for(self.READY["worker"], 60)
         return proc
 
-    def start_beat(self, host: NetHost | None = None) -> Proc:
+    def start_beat(self, host: NetHost | None = None, *, wait: bool = True) -> Proc:
         data_dir = self.host_data_dir(host) if host is not None else self.data_dir
         argv = [
             str(VENV_BIN / "celery"), "-A", "esaroutes", "beat", "--loglevel", "INFO",
             "--schedule", str(data_dir / f"beat-schedule-{self._names['beat']}"),
         ]  # fmt: skip
         proc = self._start("beat", argv, host)
-        proc.wait_for(r"beat: Starting", 60)
+        if wait:
+            proc.wait_for(self.READY["beat"], 60)
         return proc
+
+    def wait_ready(self, procs: Iterable[Proc], timeout: float = 90) -> None:
+        """Wait for processes started with wait=False (they start side by side: Django's start-up is slow)."""
+        for proc in procs:
+            proc.wait_for(self.READY[proc.name.split("-")[0]], timeout)
 
     # --- the database, read directly ---
 

@@ -9,7 +9,7 @@ installation, so it cannot run on both, and on a machine that dies it would take
 re-ringing of the dead machine's mail) along until an operator starts another. Here it survives the kill.
 
 1. Host-down state is shared: route `down.test` is a host answering 421 to every connection, then a good one.
-   Only B's worker runs: B marks the bad host down. Then only A's worker runs (B's worker is SIGSTOPped): A's
+   Only B's worker runs (A's is SIGSTOPped): B marks the bad host down. Then only A's worker runs: A's
    deliveries go straight to the good host, and the bad host never sees a connection from A.
 2. Load: clients send into both listeners at once, for `dest.test` (two equal hosts, round-robin). Midway,
    everything in namespace A is SIGKILLed (`ip netns pids`), its listener included. A never comes back.
@@ -90,20 +90,22 @@ def _run(net, a, b, sinks, fallback, refuser, stack_factory):
     stack.route(harness.DOMAIN, sinks.route_text())
     stack.route("down.test", f"{refuser.route_text(0)}, {fallback.route_text(10)}")
     stack.relay_network(net.cidr)  # the clients reach each listener from its machine's root end
-    stack.start_beat()  # root namespace: see the module docstring
-    stack.start_smtpd(host=a)
-    stack.start_smtpd(host=b)
-    worker_b = stack.start_worker(host=b)
+    worker_a, worker_b = stack.start_worker(host=a, wait=False), stack.start_worker(host=b, wait=False)
+    starting = [stack.start_beat(wait=False), stack.start_smtpd(a, wait=False), stack.start_smtpd(b, wait=False)]
+    stack.wait_ready([worker_a, worker_b, *starting])  # beat in the root namespace: see the module docstring
 
-    # 1. Host-down state, shared through the database: B marks the bad host down, A skips it.
+    # 1. Host-down state, shared through the database: B marks the bad host down, A skips it. One worker at a
+    # time, the other SIGSTOPped, so that each machine's deliveries are its own plans. (A doorbell the stopped
+    # worker had already fetched waits in it; the sweep rings again for its message.)
+    worker_a.signal_group(signal.SIGSTOP)
     first = harness.inject(b.smtp_port, range(10_000, 10_000 + DOWN_MESSAGES), host=b.ip, domain="down.test")
     assert not first.refused, first.refused
     assert fallback.wait_for(first.accepted_keys(), 60), f"down.test via B: {fallback.tally(first.accepted_keys())}"
     assert set(refuser.connections) == {b.ip}, f"B's worker did not try the bad host first: {refuser.connections}"
     down = f"SELECT host FROM delivery_hoststatus WHERE port = {refuser.address[1]} AND down_until > now()"
     assert harness.wait_until(lambda: bool(stack.sql(down)), 30), "B did not mark the bad host down"
-    stack.start_worker(host=a)
-    worker_b.signal_group(signal.SIGSTOP)  # A's worker alone: what it delivers, it planned itself
+    worker_b.signal_group(signal.SIGSTOP)
+    worker_a.signal_group(signal.SIGCONT)
     try:
         tries_before = sum(refuser.connections.values())
         second = harness.inject(a.smtp_port, range(10_100, 10_100 + DOWN_MESSAGES), host=a.ip, domain="down.test")
