@@ -84,7 +84,7 @@ def _run(net, a, b, sinks, fallback, refuser, stack_factory):
         ESAROUTES_HOST_DOWN_MAX="600",
         # The round-robin position moves once per connection's worth of a batch: with at most 5 messages a
         # connection the load spreads over about 100 of them, so the shares measure the round-robin and not
-        # how big the batches happened to be (50, the default, gave 41-59 % over 500 messages).
+        # how big the batches happened to be (50, the default, gave 44-59 % over 500 messages).
         ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION=str(PER_CONNECTION),
     )
     stack.route(harness.DOMAIN, sinks.route_text())
