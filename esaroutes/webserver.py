@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
 from typing import Any
 
 from django.conf import settings
@@ -67,12 +68,26 @@ class DjangoApp(WSGIWrapper):
 
 
 class HypercornWorker(base.Worker):  # type: ignore[misc]
+    config: Config | None = None  # set once the worker serves
+
     def run(self) -> None:
         # Hypercorn owns (and closes) duplicates of the listening sockets gunicorn opened before forking.
         fds = [os.dup(s.fileno()) for s in self.sockets]
         # Finish in-flight requests before gunicorn's own graceful timeout runs out and it kills the process.
-        config = hypercorn_config(fds, graceful_timeout=max(1.0, self.cfg.graceful_timeout - 2))
-        asyncio.run(self._serve(config))
+        self.config = hypercorn_config(fds, graceful_timeout=max(1.0, self.cfg.graceful_timeout - 2))
+        asyncio.run(self._serve(self.config))
+
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGINT or SIGQUIT (Ctrl-C on a terminal): a quick stop, through Hypercorn's shutdown all the same.
+
+        gunicorn's own handler raises SystemExit wherever the loop happens to be, and asyncio logs a traceback for
+        every connection it then cancels. Idle and half-sent connections close at once; a request still running
+        gets a second."""
+        if self.config is None:  # still booting: gunicorn's own quick exit, nothing to close yet
+            super().handle_quit(sig, frame)
+            return
+        self.alive = False
+        self.config.graceful_timeout = 1.0
 
     async def _serve(self, config: Config) -> None:
         loop = asyncio.get_running_loop()
