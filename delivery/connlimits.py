@@ -25,6 +25,7 @@ every listener process, not each process alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import fcntl
@@ -34,12 +35,14 @@ import mmap
 import os
 import secrets
 import socket
+import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio
+from redis.connection import parse_url
 
 logger = logging.getLogger("delivery.listener")
 
@@ -182,11 +185,158 @@ return 0
 )
 _LEAVE = _PRELUDE + "forget(me)\nreturn 0\n"
 
-_REDIS_ERRORS = (redis.RedisError, OSError)
+_SCRIPTS = {"take": _TAKE, "release": _RELEASE, "sync": _SYNC, "leave": _LEAVE}
+
+
+class ReplyError(Exception):
+    """An error reply from Redis (`-ERR ...`, `-NOSCRIPT ...`)."""
+
+
+_REDIS_ERRORS = (ReplyError, OSError, TimeoutError, redis.RedisError)
+_INCOMPLETE = object()
+
+
+def _encode(args: tuple[str | int | float | bytes, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _parse(buffer: bytearray) -> tuple[Any, int]:
+    """One RESP2 reply (integer, status, error, bulk string) from the buffer's start, and its length; or
+    `_INCOMPLETE`. The scripts here never answer anything else."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return _INCOMPLETE, 0
+    kind, line = buffer[:1], bytes(buffer[1:end])
+    if kind == b":":
+        return int(line), end + 2
+    if kind == b"+":
+        return line.decode(), end + 2
+    if kind == b"-":
+        return ReplyError(line.decode(errors="replace")), end + 2
+    if kind == b"$":
+        size = int(line)
+        if size < 0:
+            return None, end + 2
+        if len(buffer) < end + 4 + size:
+            return _INCOMPLETE, 0
+        return bytes(buffer[end + 2 : end + 2 + size]), end + 4 + size
+    raise ConnectionError(f"unexpected reply from Redis: {bytes(buffer[:40])!r}")
+
+
+class _Connection(asyncio.Protocol):
+    """One Redis connection, commands pipelined in order: redis-py's asyncio client costs several times the CPU
+    per call, and a listener makes a call per connection (two with the release). Redis runs the commands of one
+    connection in the order they were sent, which the counter relies on."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiting: collections.deque[tuple[asyncio.Future[Any] | None, float]] = collections.deque()
+        self.error: BaseException | None = None  # set once lost, or after an error reply nobody waited for
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("Redis closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.buffer:
+            try:
+                value, size = _parse(self.buffer)
+            except (ValueError, ConnectionError) as exc:
+                self.abort(ConnectionError(str(exc)))
+                return
+            if value is _INCOMPLETE:
+                return
+            del self.buffer[:size]
+            if not self.waiting:
+                self.abort(ConnectionError("a reply from Redis that nothing asked for"))
+                return
+            future, _ = self.waiting.popleft()
+            if future is None:
+                if isinstance(value, ReplyError):
+                    self.error = value
+            elif not future.done():
+                if isinstance(value, ReplyError):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+
+    def send(self, *args: str | int | float | bytes) -> asyncio.Future[Any]:
+        if self.error is not None or self.transport is None:
+            raise ConnectionError(f"Redis connection unusable: {self.error}")
+        self.transport.write(_encode(args))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((future, time.monotonic()))
+        return future
+
+    def send_only(self, *args: str | int | float | bytes) -> None:
+        """A command whose reply nobody awaits (an error reply still marks the connection unusable)."""
+        if self.error is None and self.transport is not None:
+            self.transport.write(_encode(args))
+            self.waiting.append((None, time.monotonic()))
+
+    def oldest(self) -> float:
+        """Seconds the oldest unanswered command has waited."""
+        return time.monotonic() - self.waiting[0][1] if self.waiting else 0.0
+
+    def abort(self, exc: BaseException) -> None:
+        self._fail(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        while self.waiting:
+            future, _ = self.waiting.popleft()
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+
+async def _connect(url: str) -> _Connection:
+    params = parse_url(url)
+    loop = asyncio.get_running_loop()
+    conn: _Connection
+    if "path" in params:
+        _, conn = await loop.create_unix_connection(_Connection, params["path"])
+    else:
+        context = None
+        if url.startswith("rediss://"):
+            context = ssl.create_default_context()
+            if params.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        _, conn = await loop.create_connection(
+            _Connection, params.get("host", "localhost"), params.get("port", 6379), ssl=context
+        )
+    try:
+        if params.get("password"):
+            auth = [params["username"], params["password"]] if params.get("username") else [params["password"]]
+            await conn.send("AUTH", *auth)
+        if params.get("db"):
+            await conn.send("SELECT", params["db"])
+    except BaseException:
+        conn.abort(ConnectionError("closed"))
+        raise
+    return conn
 
 
 class RedisCounter(Counter):
-    """The counts of every listener process of the installation, in Redis (see the module's docstring)."""
+    """The counts of every listener process of the installation, in Redis (see the module's docstring).
+
+    One connection, commands in order: a take's script is sent and awaited; releases are sent without waiting
+    (several in one call when they come together) and counted here at once. The heartbeat's rewrite waits until
+    no take is unanswered, and sends the releases still waiting first, so what it writes is exactly what Redis
+    has of this process at that point of the connection's order.
+    """
 
     def __init__(self, limits: Limits, url: str, key: str, *, ttl: float = TTL, heartbeat: float = HEARTBEAT) -> None:
         super().__init__(limits)
@@ -194,27 +344,22 @@ class RedisCounter(Counter):
         self.ttl = ttl
         self.heartbeat = heartbeat
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._keys = [f"{key}:processes", f"{key}:totals"]
-        self._prefix = f"{key}:process:"
-        self._client: redis.asyncio.Redis[bytes] | None = None
-        self._scripts: dict[str, Any] = {}
-        self._lock = asyncio.Lock()
+        self._head: tuple[str, ...] = (f"{key}:processes", f"{key}:totals", f"{key}:process:", self.id)
+        self._conn: _Connection | None = None
+        self._shas: dict[str, bytes] = {}
         self._up = True
+        self._taking = 0
+        self._settled = asyncio.Event()  # set while no take is unanswered
+        self._settled.set()
         self._releasing: list[str] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._beating: asyncio.Task[None] | None = None
 
     @property
     def shared(self) -> bool:
-        """Whether the last Redis call answered (else this process counts alone)."""
-        return self._up
+        """Whether Redis answers (else this process counts alone)."""
+        return self._up and self._conn is not None
 
     async def start(self) -> None:
-        self._client = redis.asyncio.Redis.from_url(
-            self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
-        )
-        for name, text in (("take", _TAKE), ("release", _RELEASE), ("sync", _SYNC), ("leave", _LEAVE)):
-            self._scripts[name] = self._client.register_script(text)
         await self.sync()
         self._beating = asyncio.get_running_loop().create_task(self._beat())
 
@@ -223,77 +368,95 @@ class RedisCounter(Counter):
             self._beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._beating
-        if self._flusher is not None:
-            await self._flusher
-        if self._client is not None:
-            async with self._lock:
-                with contextlib.suppress(*_REDIS_ERRORS):
-                    await self._call("leave")
-            await self._client.aclose()  # type: ignore[attr-defined]  # redis 5+; the stubs are 4.6's
+        conn = self._conn
+        if conn is not None and conn.error is None:
+            self._send_releases()
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await asyncio.wait_for(self._call(conn, "leave"), REDIS_TIMEOUT)
+            conn.abort(ConnectionError("stopped"))
+        self._conn = None
 
     async def take(self, ip: str) -> bool:
-        if self._up:
-            async with self._lock:
-                if self._up:  # still: a call that failed meanwhile is not tried again for every connection
-                    try:
-                        verdict = await self._call("take", ip, self.limits.total, self.limits.per_client)
-                    except _REDIS_ERRORS as exc:
-                        self._down(exc)
-                    else:
-                        if verdict == 0:
-                            self._count(ip, 1)
-                        return verdict == 0
+        conn = self._conn
+        if conn is not None and conn.error is None:
+            self._taking += 1
+            self._settled.clear()
+            try:
+                verdict = await self._call(conn, "take", ip, self.limits.total, self.limits.per_client)
+            except _REDIS_ERRORS as exc:
+                self._down(exc)
+            else:
+                if verdict == 0:
+                    self._count(ip, 1)
+                return bool(verdict == 0)
+            finally:
+                self._taking -= 1
+                if not self._taking:
+                    self._settled.set()
         return self._take_alone(ip)
 
     def release(self, ip: str) -> None:
-        """Let go at once here; Redis hears of it in the next call (several releases go in one)."""
-        self._releasing.append(ip)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._count(ip, -1)
+        if self._conn is not None and self._conn.error is None:
+            if not self._releasing:
+                asyncio.get_running_loop().call_soon(self._send_releases)
+            self._releasing.append(ip)
 
     async def sync(self) -> None:
-        """Replace this process's counts in Redis with what it knows (the heartbeat)."""
-        async with self._lock:
-            fields: list[str | int] = [TOTAL, self.total]
-            for ip, n in self.clients.items():
-                fields += [ip, n]
-            try:
-                await self._call("sync", *fields)
-            except _REDIS_ERRORS as exc:
-                self._down(exc)
-                return
+        """Replace this process's counts in Redis with what it knows (each heartbeat); (re)connect first."""
+        try:
+            await asyncio.wait_for(self._sync(), REDIS_TIMEOUT)
+        except _REDIS_ERRORS as exc:
+            self._down(exc)
+            return
         if not self._up:
             self._up = True
             logger.info("SMTP connection limits: Redis answers again, counting over every listener process")
 
-    async def _flush(self) -> None:
-        while self._releasing:
-            async with self._lock:
-                batch, self._releasing = self._releasing, []
-                if self._up:
-                    try:
-                        await self._call("release", *batch)
-                    except _REDIS_ERRORS as exc:
-                        self._down(exc)  # the next heartbeat puts it right
-                for ip in batch:
-                    self._count(ip, -1)
+    async def _sync(self) -> None:
+        conn = self._conn
+        if conn is None or conn.error is not None:
+            self._conn = None
+            conn = await _connect(self.url)
+            for name, text in _SCRIPTS.items():
+                self._shas[name] = await conn.send("SCRIPT", "LOAD", text)
+            self._conn = conn
+        await self._settled.wait()  # no take unanswered: their outcome is not known here yet
+        self._send_releases()
+        fields: list[str | int] = [TOTAL, self.total]
+        for ip, n in self.clients.items():
+            fields += [ip, n]
+        await self._call(conn, "sync", *fields)
+
+    def _send_releases(self) -> None:
+        batch, self._releasing = self._releasing, []
+        if batch and self._conn is not None:
+            self._conn.send_only("EVALSHA", self._shas["release"], 2, *self._head, self.ttl, *batch)
+
+    def _call(self, conn: _Connection, name: str, *args: str | int) -> asyncio.Future[Any]:
+        return conn.send("EVALSHA", self._shas[name], 2, *self._head, self.ttl, *args)
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
+            conn = self._conn
+            if conn is not None and conn.oldest() > REDIS_TIMEOUT:  # Redis stalled: count alone, reconnect
+                self._down(TimeoutError(f"no reply from Redis in {REDIS_TIMEOUT:g} s"))
+            elif conn is not None and conn.error is not None:
+                self._down(conn.error)
             await self.sync()
 
-    async def _call(self, name: str, *args: str | int) -> int:
-        result = await self._scripts[name](keys=self._keys, args=[self._prefix, self.id, self.ttl, *args])
-        return int(result)
-
     def _down(self, exc: BaseException) -> None:
+        if self._conn is not None:
+            self._conn.abort(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+            self._conn = None
+        self._releasing = []  # counted here already; the next rewrite tells Redis
         if self._up:
             self._up = False
             logger.warning(
                 "SMTP connection limits: Redis unavailable (%s); each listener process counts its own connections "
                 "until it answers again",
-                exc,
+                str(exc) or type(exc).__name__,
             )
 
 
