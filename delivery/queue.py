@@ -93,6 +93,19 @@ def release(token: str, *, now: datetime, mids: Iterable[int] | None = None) -> 
     held.update(leased_by="", leased_until=None, next_attempt_at=Subquery(earliest))
 
 
+def postpone_recipients(pairs: Iterable[tuple[int, int]], *, until: datetime) -> None:
+    """Recipients (MID, RID) not tried in this batch (their hosts are not greeting this worker): due at `until`."""
+    rids: dict[int, list[int]] = defaultdict(list)
+    for mid, rid in pairs:
+        rids[mid].append(rid)
+    if not rids:
+        return
+    chosen = Q()
+    for mid, some in rids.items():
+        chosen |= Q(message_id=mid, rid__in=some)
+    Recipient.objects.filter(chosen, state__in=ACTIVE).update(next_attempt_at=until)
+
+
 def postpone_unfinished(token: str, *, now: datetime) -> None:
     """After a crash of the batch itself (a bug, not a host): do not hammer; try again after the first retry."""
     later = now + timedelta(seconds=60)

@@ -159,7 +159,9 @@ class Runner:
         # Shutting down: no new connection and no new message; group tasks waiting on a connect or a greeting
         # (nothing of theirs on the wire) are cancelled, their messages stay queued for a later retry.
         self._stopping = False
-        self._opening: set[asyncio.Task[Any]] = set()
+        # The group tasks opening a connection: the host, and since when (read by other threads: the lock)
+        self._opening: dict[asyncio.Task[Any], tuple[hosts.HostKey, float]] = {}
+        self._opening_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
@@ -176,6 +178,13 @@ class Runner:
         """Start delivering `groups` on the loop thread; `emit` is called (on the loop thread) per report."""
         return self._call(self.run(groups, emit))
 
+    def stalled_hosts(self, after: float) -> set[hosts.HostKey]:
+        """Hosts with a connection of ours that has waited `after` seconds or more for its connect, greeting, EHLO
+        or STARTTLS (any thread)."""
+        now = time.monotonic()
+        with self._opening_lock:
+            return {key for key, since in self._opening.values() if now - since >= after}
+
     def stop_sending(self) -> None:
         """Warm shutdown: finish the messages on the wire, start nothing new, give up connections being opened.
 
@@ -186,7 +195,9 @@ class Runner:
 
     async def _stop_sending(self) -> None:
         self._stopping = True
-        for task in list(self._opening):
+        with self._opening_lock:
+            opening = list(self._opening)
+        for task in opening:
             task.cancel()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -390,14 +401,16 @@ class Runner:
             raise _Stopped
         task = asyncio.current_task()
         assert task is not None
-        self._opening.add(task)  # nothing of this group is on the wire: a shutdown may cancel it here
+        with self._opening_lock:  # nothing of this group is on the wire: a shutdown may cancel it here
+            self._opening[task] = (destination.host.key, time.monotonic())
         try:
             loop = asyncio.get_running_loop()
             dcid = await loop.run_in_executor(self._executor, _next_dcid)
             session = smtp_client.HostSession(destination)
             opened = await session.open()
         finally:
-            self._opening.discard(task)
+            with self._opening_lock:
+                self._opening.pop(task, None)
         host = destination.host
         if isinstance(opened, smtp_client.Failure):
             ip = opened.peer_ip or host.address

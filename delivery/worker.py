@@ -24,12 +24,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from delivery import journal, queue, runner
+from delivery import hosts, journal, queue, runner
 
 logger = logging.getLogger("delivery.worker")
 
@@ -69,7 +70,11 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
         if plan.immediate:
             generated += _record([plan.immediate])
         if plan.groups:
-            flight = rec.start(token, plan.groups, claimed)
+            groups, held = hold_back(plan.groups, runner.get_runner().stalled_hosts(STALLED_AFTER))
+            if held:
+                _hold(held)
+            if groups:
+                flight = rec.start(token, groups, claimed)
     except Exception:
         logger.exception("delivery batch %s failed; its messages are retried later", token)
         queue.postpone_unfinished(token, now=timezone.now())
@@ -84,6 +89,30 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
     if flight is not None and wait:
         generated += flight.wait()
     return BatchResult(len(claimed), len(plan.groups), tuple(generated))
+
+
+def hold_back(
+    groups: Sequence[runner.Group], stalled: set[hosts.HostKey]
+) -> tuple[list[runner.Group], list[runner.Group]]:
+    """(groups to deliver now, groups held back). A group is held back when every host it may use has a connection
+    of this process waiting STALLED_AFTER seconds or more for its connect or greeting (`stalled`): another
+    connection would wait as long, and its messages would sit in memory meanwhile. Held back, they wait
+    STALLED_AFTER seconds in the queue, without an attempt, while the mail of other destinations goes on."""
+    run: list[runner.Group] = []
+    held: list[runner.Group] = []
+    for group in groups:
+        (held if group.hosts and all(h.key in stalled for h in group.hosts) else run).append(group)
+    return run, held
+
+
+def _hold(groups: Sequence[runner.Group]) -> None:
+    until = timezone.now() + timedelta(seconds=STALLED_AFTER)
+    queue.postpone_recipients([(j.mid, r.rid) for g in groups for j in g.jobs for r in j.recipients], until=until)
+    logger.info(
+        "%s messages wait %s s: every host of theirs has a connection of this worker waiting for its greeting",
+        sum(len(g.jobs) for g in groups),
+        STALLED_AFTER,
+    )
 
 
 def admit(held: int, stalled: int, limit: int) -> bool:

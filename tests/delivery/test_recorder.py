@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from delivery import runner, worker
+from delivery import engine, runner, smtp_client, worker
 from delivery.models import Message, Recipient
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
@@ -125,3 +125,34 @@ def test_a_full_process_still_delivers_once_what_fills_it_is_stalled(peers, sett
     assert good.wait_for_messages(1)[0].rcpt_tos == ("b@dest.test",)
     assert Recipient.objects.get(message_id=mid).state == "delivered"
     assert worker.recorder().load()[0] == 1  # the silent one still in flight
+
+
+def _group(*ports: int) -> runner.Group:
+    hosts = tuple(engine.Host("127.0.0.1", p, 0) for p in ports)
+    return runner.Group("r", "dest.test", hosts, smtp_client.Destination(host=hosts[0], helo="relay.test"), ())
+
+
+def test_hold_back_only_groups_whose_every_host_is_stalled():
+    only_stalled, one_healthy, healthy = _group(1), _group(1, 2), _group(3)
+    run, held = worker.hold_back([only_stalled, one_healthy, healthy], {("127.0.0.1", 1)})
+    assert run == [one_healthy, healthy] and held == [only_stalled]
+    assert worker.hold_back([only_stalled], set()) == ([only_stalled], [])
+
+
+def test_no_second_connection_to_a_host_that_does_not_greet_the_first(peers, monkeypatch):
+    monkeypatch.setattr(worker, "STALLED_AFTER", 0.5)
+    silent, good = peers.silent(), peers.start()
+    make_route("silent.test", f"{silent.host}:{silent.port}")
+    make_route("dest.test", f"{good.host}:{good.port}")
+    worker.deliver_batch([queue_message("a@silent.test")], wait=False)
+    silent.wait_for_connections(1)
+    wait_until(lambda: bool(runner.get_runner().stalled_hosts(0.5)))
+    later, healthy = queue_message("b@silent.test"), queue_message("c@dest.test")
+    before = timezone.now()
+    worker.deliver_batch([later, healthy], fill=False)
+    assert good.wait_for_messages(1)[0].rcpt_tos == ("c@dest.test",)
+    assert silent.connections == 1  # held back: no attempt, no connection, back in the queue for a while
+    r = Recipient.objects.get(message_id=later)
+    assert (r.state, r.attempts) == ("queued", 0) and r.next_attempt_at >= before + timedelta(seconds=0.5)
+    assert lease(later) == ("", None)
+    assert worker.recorder().load()[0] == 1  # only the first, still waiting for its greeting
