@@ -116,6 +116,10 @@ class Failure:
     tls_required: bool = False  # the policy required TLS and it could not be negotiated
     reused: bool = False  # the connection had already carried a message
 
+    def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
+        if len(self.text) > TEXT_LIMIT:
+            object.__setattr__(self, "text", safe_text(self.text))
+
     @property
     def reason(self) -> str:
         return engine.connection_error_reason(self.stage, self.code, timed_out=self.timed_out)
@@ -149,6 +153,10 @@ class RecipientOutcome:
     code: int | None
     text: str
 
+    def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
+        if len(self.text) > TEXT_LIMIT:
+            object.__setattr__(self, "text", safe_text(self.text))
+
     @property
     def status(self) -> tuple[str, str]:
         """(x.y.z, phrase) for the Delayed:/Bounced: line."""
@@ -162,6 +170,10 @@ class TransactionResult:
     failure: Failure | None = None  # the connection broke during this transaction (the session is now closed)
     possible_delivery: bool = False  # lost after the final dot was sent, before its reply (see module doc)
     data_reply: str = ""  # text of the 250 to the dot, for the "Response" line
+
+    def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
+        if len(self.data_reply) > TEXT_LIMIT:
+            object.__setattr__(self, "data_reply", safe_text(self.data_reply))
 
     def having(self, verdict: Verdict) -> tuple[RecipientOutcome, ...]:
         return tuple(o for o in self.outcomes if o.verdict is verdict)
@@ -311,7 +323,10 @@ class _SafeProtocol(SMTPProtocol):
             texts.append(line[4:].strip(b" \t\r\n"))
             if m.group(2) != b"-":
                 del buffer[:offset]
-                return aiosmtplib.SMTPResponse(int(m.group(1)), safe_text(b"\n".join(texts)))
+                # escaped, not cut: aiosmtplib reads EHLO's extensions and AUTH's challenges from the text; the
+                # outcomes and failures made of a reply cut it (TEXT_LIMIT)
+                text = safe_text(b"\n".join(texts), limit=4 * offset)
+                return aiosmtplib.SMTPResponse(int(m.group(1)), text)
 
 
 class _PipeliningProtocol(_SafeProtocol):

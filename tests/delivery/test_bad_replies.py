@@ -105,7 +105,7 @@ def test_a_bad_reply_sends_the_recipients_to_the_next_host_never_a_bounce(peers,
     mid = queue_message(A, B)
     result = worker.deliver_batch([mid])
 
-    assert good.wait_for_messages(1)[0].rcpt_tos == (A, B)
+    assert good.wait_for_messages(1, timeout=30)[0].rcpt_tos == (A, B)  # generous: the machine is shared
     assert list(Recipient.objects.filter(message_id=mid).values_list("state", flat=True)) == ["delivered"] * 2
     assert result.generated == () and Message.objects.count() == 1  # no DSN
     lines = list(MailLogLine.objects.order_by("id").values_list("text", flat=True))

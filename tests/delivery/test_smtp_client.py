@@ -694,3 +694,18 @@ def test_pipelining_starts_after_starttls(peers: PeerFactory) -> None:
     assert session.connection is not None and session.connection.tls_protocol is not None
     [message] = peer.wait_for_messages(1)
     assert message.tls and message.rcpt_tos == (A, B)
+
+
+def test_a_long_ehlo_reply_is_read_whole_the_extensions_after_its_first_2000_characters_too(peers: PeerFactory) -> None:
+    filler = "\r\n".join(f"250-X-FILLER-{i:03d} {'x' * 60}" for i in range(60))  # 4,500 characters
+    peer = peers.start(ehlo=f"250-peer.test\r\n{filler}\r\n250-8BITMIME\r\n250 PIPELINING", pipelining=True)
+
+    async def go() -> tuple[bool, frozenset[str], TransactionResult]:
+        async with HostSession(to(peer)) as session:
+            result = await session.send(envelope(A))
+            assert session.connection is not None
+            return _pipelined(session), session.connection.extensions, result
+
+    pipelined, extensions, result = asyncio.run(go())
+    assert {"8bitmime", "pipelining"} <= extensions and pipelined
+    assert result.delivered
