@@ -46,7 +46,7 @@ WARNING = "Warning"
 CRITICAL = "Critical"
 DEBUG = "Debug"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")  # and lone surrogates (bytes not UTF-8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +283,15 @@ def bounced(
 ) -> Line:
     text = _outcome("Bounced", dcid, mid, sender, recipient, rid, status, phrase, code, reply)
     return Line(text, mid=mid, dcid=dcid, domain=domain)
+
+
+def recorded_without_details(mid: int, error: str) -> Line:
+    """The outcome of a delivery could be recorded only reduced to its facts (see queue.essential_report)."""
+    return Line(
+        f"MID {mid} outcome recorded without its replies: recording it in full failed ({clean(error)})",
+        level=WARNING,
+        mid=mid,
+    )
 
 
 def pending(mid: int, rids: Iterable[int], until: datetime, profile: str) -> Line:

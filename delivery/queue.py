@@ -21,12 +21,12 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
@@ -402,6 +402,111 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
         if came_back:
             _kick_hosts(came_back, now)
     return generated
+
+
+#: What the database raises when it is not there (down, restarting, a dropped connection, a deadlock): the
+#: reports are fine and are recorded again later, as they are. Anything else is the reports' own fault.
+DATABASE_GONE = (OperationalError, InterfaceError)
+
+
+def record_safely(reports: Sequence[runner.Report], *, now: datetime | None = None) -> list[int]:
+    """record(), and when that fails for a reason of the reports' own (not DATABASE_GONE), record_apart()."""
+    try:
+        return record(reports, now=now)
+    except DATABASE_GONE:
+        raise
+    except Exception:
+        logger.warning("recording %s delivery reports failed; recording them one by one", len(reports), exc_info=True)
+        return record_apart(reports, now=now)
+
+
+def record_apart(reports: Sequence[runner.Report], *, now: datetime | None = None) -> list[int]:
+    """Record reports one at a time, after recording them together failed for a reason that is not the database's.
+
+    A report that fails alone is recorded again with its texts made safe (safe_report()), then, if that fails
+    too, reduced to its essential facts (essential_report()), with an application-log error: what a peer
+    accepted is recorded as delivered, so it is never sent again, whatever else came with it. Raises
+    DATABASE_GONE errors as they come, and whatever recording the essential facts raises.
+    """
+    generated: list[int] = []
+    for report in reports:
+        try:
+            generated += record([report], now=now)
+            continue
+        except DATABASE_GONE:
+            raise
+        except Exception:
+            logger.warning("recording a delivery report failed; recording it with safe texts", exc_info=True)
+        try:
+            generated += record([safe_report(report)], now=now)
+            continue
+        except DATABASE_GONE:
+            raise
+        except Exception as exc:
+            logger.exception(
+                "recording a delivery report of MID %s failed even with safe texts; recording only its essential facts",
+                ", ".join(str(mid) for mid in sorted({f.mid for f in report.finals})) or "-",
+            )
+            reduced = essential_report(report, exc)
+        generated += record([reduced], now=now)
+    return generated
+
+
+def safe_report(report: runner.Report) -> runner.Report:
+    """The report with every text made safe for any database (smtp_client.safe_text: no NUL, no undecodable
+    byte, no control character, capped)."""
+    safe = smtp_client.safe_text
+    return runner.Report(
+        finals=[
+            replace(f, text=safe(f.text), host=safe(f.host, 300), dsn_status=safe(f.dsn_status, 16))
+            for f in report.finals
+        ],
+        attempts=[
+            replace(a, host=safe(a.host, 255), ip=safe(a.ip, 64), response=safe(a.response)) for a in report.attempts
+        ],
+        lines=[
+            replace(
+                line,
+                text=safe(line.text, 4 * smtp_client.TEXT_LIMIT),
+                domain=safe(line.domain, 255),
+                host=safe(line.host, 255),
+            )
+            for line in report.lines
+        ],
+        host_events=[replace(e, host=safe(e.host, 255), error=safe(e.error)) for e in report.host_events],
+        journal=report.journal,
+    )
+
+
+_KEPT_STATES = (Recipient.State.DELIVERED, Recipient.State.DROPPED)
+
+
+def essential_report(report: runner.Report, error: BaseException) -> runner.Report:
+    """What must never be lost of a report that cannot be recorded as it is: who was delivered (or dropped).
+
+    Everyone else is delayed (retried later; a bounce is not made from a report whose texts cannot be read),
+    the attempts keep their codes and outcomes but no text, host events are left out, and the log keeps its
+    Delivery start / Message done lines plus one Warning line per message saying what happened.
+    """
+    why = f"reply not recorded: recording failed ({type(error).__name__}), see the application log"
+    finals = [
+        replace(
+            f,
+            state=f.state if f.state in _KEPT_STATES else Recipient.State.DELAYED,
+            text="" if f.state in _KEPT_STATES else why,
+            host=smtp_client.safe_text(f.host, 300),
+            dsn_status="",
+        )
+        for f in report.finals
+    ]
+    attempts = [replace(a, host=smtp_client.safe_text(a.host, 255), ip="", response=why) for a in report.attempts]
+    lines = [
+        replace(line, text=smtp_client.safe_text(line.text), domain="", host="")
+        for line in report.lines
+        if line.text.startswith(("Delivery start DCID ", "Message done DCID "))
+    ]
+    lines += [maillog.recorded_without_details(mid, type(error).__name__) for mid in sorted({f.mid for f in finals})]
+    return runner.Report(finals=finals, attempts=attempts, lines=lines, journal=report.journal)
 
 
 def _count_healthy(events: list[hosts.HostEvent], now: datetime) -> None:

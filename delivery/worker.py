@@ -388,7 +388,12 @@ def shutdown() -> None:
 
 def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:
     """queue.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
-    the reports are still in hand): the mail went out, so losing its outcome would send it twice."""
+    the reports are still in hand): the mail went out, so losing its outcome would send it twice.
+
+    Any other failure is the reports' own (a text the database refuses, a bug on one report's path), which no
+    retry cures and which must not stop the batch: they are recorded one by one, a report that fails alone
+    with safe texts, then reduced to its facts (queue.record_apart), so what a peer accepted is never sent again.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return queue.record(reports)
@@ -397,4 +402,11 @@ def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:
                 raise
             logger.warning("recording a delivery outcome failed (attempt %s); trying again", attempt, exc_info=True)
             time.sleep(0.05 * attempt)
+        except queue.DATABASE_GONE:
+            raise
+        except Exception:
+            logger.warning(
+                "recording %s delivery reports failed; recording them one by one", len(reports), exc_info=True
+            )
+            return queue.record_apart(reports)
     raise AssertionError("unreachable")
