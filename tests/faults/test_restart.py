@@ -37,7 +37,9 @@ def _run(stack: harness.Stack) -> harness.Proc:
 
 def test_ctrl_c_with_mail_queued_then_run_again_delivers_everything(backend, stack_factory, fault_sinks):
     n = int(os.environ.get("ESAROUTES_FAULT_MESSAGES", "1500"))
-    sinks = fault_sinks(2, delay=0.02)
+    # Slow sinks (a quarter second per recipient), so that most of the mail is still queued at Ctrl-C: the
+    # worker keeps many connections going at once, and with faster sinks it caught up with the injection.
+    sinks = fault_sinks(2, delay=0.25)
     stack = stack_factory(backend)
     stack.route(harness.DOMAIN, sinks.route_text())
     started = time.monotonic()
