@@ -63,16 +63,23 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
-    web, smtp = _free_port(), _free_port()
-    # What a newcomer runs: the embedded default in a fresh data directory, whichever database this pass uses.
+def newcomer_environ(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """This process's environment as a newcomer's shell has it: the embedded default (no DATABASE_URL, no
+    REDIS_URL) in a fresh data directory under tmp_path, plus `settings`."""
     environ = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("DJANGO_ALLOW") and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    environ.update(
-        ESAROUTES_DATA_DIR=str(tmp_path / "var"),
+    environ.update(ESAROUTES_DATA_DIR=str(tmp_path / "var"), **settings)
+    return environ
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path):
+    web, smtp = _free_port(), _free_port()
+    # What a newcomer runs: the embedded default in a fresh data directory, whichever database this pass uses.
+    environ = newcomer_environ(
+        tmp_path,
         ESAROUTES_WEB_LISTEN=f"127.0.0.1:{web}",
         ESAROUTES_SMTP_LISTEN=f"127.0.0.1:{smtp}",
         ESAROUTES_ADMIN_PASSWORD="a-long-admin-password",

@@ -57,13 +57,8 @@ class Server:
 def web_server(tmp_path: Path) -> Iterator[Server]:
     port = test_run._free_port()
     # The embedded default in a fresh data directory, as a newcomer's bin/run has it.
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DJANGO_ALLOW") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    environ.update(
-        ESAROUTES_DATA_DIR=str(tmp_path / "var"),
+    environ = test_run.newcomer_environ(
+        tmp_path,
         ESAROUTES_WEB_LISTEN=f"127.0.0.1:{port}",
         ESAROUTES_WEB_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
         ESAROUTES_ADMIN_PASSWORD=ADMIN_PASSWORD,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -170,13 +172,18 @@ def test_listener_stop_leaves_every_line_in_the_file(start_listener):
 # --- several processes on one port ------------------------------------------------------------------------------
 
 
-def _server_pid(port: int, client_port: int, pids: list[int]) -> int | None:
-    """The process holding the server side of the connection 127.0.0.1:client_port -> 127.0.0.1:port."""
-    want = f"0100007F:{port:04X} 0100007F:{client_port:04X}"
+def server_pid(port: int, client: tuple[str, int], pids: Iterable[int]) -> int | None:
+    """The process (of `pids`) holding the server side of the connection client -> 127.0.0.1:port, found through
+    /proc/net/tcp (addresses there are little-endian hex)."""
+
+    def hexaddr(ip: str, p: int) -> str:
+        return f"{socket.inet_aton(ip)[::-1].hex().upper()}:{p:04X}"
+
+    want = (hexaddr("127.0.0.1", port), hexaddr(*client))
     inode = None
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if f"{fields[1]} {fields[2]}" == want:
+        if (fields[1], fields[2]) == want:
             inode = fields[9]
     if inode is None:
         return None
@@ -220,7 +227,7 @@ def test_several_processes_share_the_port_and_each_accepts(base_rows, tmp_path):
         while len(seen) < 3 and time.monotonic() < deadline:
             with socket_module.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 assert sock.recv(1024).startswith(b"220 ")  # accepted and greeted
-                pid = _server_pid(port, sock.getsockname()[1], pids)
+                pid = server_pid(port, sock.getsockname(), pids)
                 assert pid is not None
                 seen.add(pid)
         assert seen == set(pids)
