@@ -421,7 +421,11 @@ class RedisCounter(Counter):
             for name, text in _SCRIPTS.items():
                 self._shas[name] = await conn.send("SCRIPT", "LOAD", text)
             self._conn = conn
-        await self._settled.wait()  # no take unanswered: their outcome is not known here yet
+        # No take unanswered (their outcome is not known here yet), checked again after every wake-up: a take
+        # can start between the event being set and this coroutine running, and a rewrite sent behind it would
+        # drop its slot from the totals until the next heartbeat (one connection too many admitted meanwhile).
+        while not self._settled.is_set():
+            await self._settled.wait()
         self._send_releases()
         fields: list[str | int] = [TOTAL, self.total]
         for ip, n in self.clients.items():
