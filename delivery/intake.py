@@ -7,8 +7,8 @@ doorbell is rung (`delivery.tasks.deliver` with the MIDs) from a background thre
 broker delays a `250`: the beat sweep sends whatever is due, so a lost doorbell costs a delay, never a message.
 
 Connection lines (`New SMTP ICID`, the `RELAY`/`ACCEPT` policy line, TLS, `Rejected by RAT`) are buffered by the
-listener and written in the transaction of the connection's next message, or with `ICID n close` by
-`log_lines()` when the connection ends: one transaction per message, none per connection except its close.
+listener and written in the transaction of the connection's next message, or with `ICID n close` in the
+listener's next group commit when the connection ends: no transaction of their own.
 """
 
 from __future__ import annotations
@@ -137,14 +137,6 @@ def message_lines(mid: int, inc: Incoming) -> list[maillog.Line]:
         lines.append(maillog.subject(mid, inc.subject))
     lines += [maillog.ready(mid, len(inc.data), inc.sender), maillog.queued(mid)]
     return lines
-
-
-def log_lines(lines: Sequence[maillog.Line], *, now: datetime | None = None) -> None:
-    """Write connection lines (and `ICID n close`) in their own small transaction."""
-    if not lines:
-        return
-    with transaction.atomic():
-        maillog.write(lines, at=now or timezone.now())
 
 
 def new_icid() -> int:

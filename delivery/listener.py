@@ -202,7 +202,6 @@ class Listener:
         self._commit_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="smtpd-commit")
         self._icids: collections.deque[int] = collections.deque()
         self._icid_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set whenever no session is open
         self._maillog_started = False
@@ -255,8 +254,6 @@ class Listener:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
         await self.connections.stop()
         if self.committer is not None:
             await self.committer.close()
@@ -297,12 +294,6 @@ class Listener:
                 if not self._icids:
                     self._icids.extend(await self.db(intake.reserve_icids, ICID_BLOCK))
         return self._icids.popleft()
-
-    def spawn(self, coro: Any) -> None:
-        """A background job (close lines) that `stop()` waits for."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def refresh_access(self) -> None:
         self.snapshot = await self.db(access.load_snapshot, self.snapshot)

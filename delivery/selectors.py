@@ -21,7 +21,6 @@ from typing import Any
 
 from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncMinute
-from django.utils import timezone
 
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
 
@@ -666,13 +665,5 @@ def active_recipient_count(*, mid: int | None = None, domain: str | None = None)
     return qs.count()
 
 
-def host_status(pk: int) -> HostStatus | None:
-    return HostStatus.objects.filter(pk=pk).first()
-
-
 def host_list() -> QuerySet[HostStatus]:
     return HostStatus.objects.order_by("host", "port")
-
-
-def now() -> datetime:
-    return timezone.now()

@@ -50,6 +50,7 @@ KINDS = {
     "auth": Q(auth_profile__isnull=False),
 }
 IMPORT_TTL = timedelta(hours=1)
+PROBE_TIMEOUT = 5.0  # seconds for each host's EHLO probe on the route test page
 
 can_view = permission_required("routes.view_route", raise_exception=True)
 can_add = permission_required("routes.add_route", raise_exception=True)
@@ -247,14 +248,10 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
                 raise PermissionDenied("opening SMTP connections needs the permission to change routes")
             targets = [(p.spec.host, p.spec.port) for p in context["hosts"]]
             context["probes"] = asyncio.run(
-                probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=_probe_timeout())
+                probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=PROBE_TIMEOUT)
             )
             context["rows"] = list(zip(context["hosts"], context["probes"], strict=True))
     return render(request, _partial(request, "routes/route_test.html", "test-result"), context)
-
-
-def _probe_timeout() -> float:
-    return float(getattr(settings, "ESAROUTES_PROBE_TIMEOUT", 5.0))
 
 
 def _plan(address: str) -> dict[str, Any]:

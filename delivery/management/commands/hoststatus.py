@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from delivery import maillog, selectors
 from delivery.management.commands.bouncerecipients import domain_arg
@@ -48,7 +49,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         domain: str = options["domain"]
-        now = selectors.now()
+        now = timezone.now()
         status = selectors.domain_status(domain, now)
         if status is None:
             raise CommandError(f"No record of host: {domain}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from delivery import maillog, selectors
 from delivery.management.commands.bouncerecipients import domain_arg, plural
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=100, help="recipients to list at most (default 100)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        now = selectors.now()
+        now = timezone.now()
         limit = max(1, options["limit"])
         sender = options["sender"]
         if sender is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from delivery import maillog, selectors
 
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        now = selectors.now()
+        now = timezone.now()
         limit = max(1, options["limit"])
         rows = selectors.destinations(now, sort=options["sort"], limit=limit)
         out = [
