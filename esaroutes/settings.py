@@ -139,6 +139,7 @@ REDIS_URL = env.env_url("REDIS_URL", ("redis", "rediss", "unix"))
 
 if REDIS_URL:
     CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT = "esaroutes.broker:Transport"  # kombu's, surviving a Redis restart (see there)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         # A task not acknowledged in this time is handed to another worker. Our tasks are short and idempotent
         # (the lease in the database decides who works), so a short window only costs a harmless re-check.

@@ -20,7 +20,9 @@ MESSAGES = 400
 
 def _finish(stack, sinks, injector, result, name, started, workers):
     keys = result.accepted_keys()
-    assert sinks.wait_for(keys, 120), f"not delivered: {sinks.tally(keys)}"
+    delivered = sinks.wait_for(keys, 120)
+    exited = "".join(f"\n{w.name} exited; its last lines:\n{w.tail()}" for w in workers if not w.alive())
+    assert delivered and not exited, f"not delivered: {sinks.tally(keys)}{exited}"
     assert stack.wait_queue_empty(60), f"{stack.queued()} messages still queued"
     for worker in workers:
         worker.stop()
