@@ -1,0 +1,190 @@
+"""Where mail for a domain goes now: the one answer, used by the planner, the route test page, `hoststatus` and
+the queue page, so what an operator is shown is the order delivery connects in.
+
+`Resolver.resolve(domain)` reads the route table and DNS once per domain: the route (or none), its hosts (or
+the domain's MX hosts, for a USEDNS route or no route), and the MX exchanges of each route host name (the ESA
+looks a route's host name up by MX, then A). `Resolution.order(rr_offset, down)` is then the pure rule of
+`engine.order_hosts` and `engine.expand_exchanges`: lowest priority first, equal priorities rotated by the
+route's round-robin position, hosts that are down left out while another host is up, MX names replaced by
+their exchanges in place.
+
+The planner asks for the order with the next round-robin position (`hosts.next_rr_offset`, one per new
+connection); the pages with the current one (`preview`), which is where the next connection will start.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from delivery import dns, engine, hosts
+from delivery.hosts import HostKey
+from delivery.models import HostStatus
+from routes import domains, matching, snapshot
+
+
+class Kind(enum.StrEnum):
+    ROUTE = "route"  # the route's hosts
+    USEDNS = "usedns"  # a route that says: by MX records
+    MX = "mx"  # no route applies: by MX records
+    DEVNULL = "devnull"  # accepted and dropped
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where one domain's mail goes, before the round-robin position and the host states are applied."""
+
+    domain: str
+    kind: Kind
+    entry: matching.RouteEntry | None = None
+    hosts: tuple[engine.Host, ...] = ()  # the route's hosts, or the MX hosts when they were looked up
+    exchanges: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # route host name -> MX exchanges
+    looked_up: bool = False  # MX hosts looked up (USEDNS or no route)
+    dns_error: str = ""  # the MX lookup failed: the mail waits (temporary) or bounces (`dns_hard`)
+    dns_hard: bool = False
+
+    @property
+    def key(self) -> str:
+        """The round-robin counter, and what the planner groups a connection's messages by."""
+        if self.kind == Kind.ROUTE and self.entry is not None:
+            return str(self.entry.id)
+        return f"mx:{self.domain}"
+
+    @property
+    def route_domain(self) -> str:
+        """The route's receiving domain in stored form ("" when no route applies)."""
+        return self.entry.domain if self.entry is not None else ""
+
+    def host_keys(self) -> set[HostKey]:
+        """Every host a connection may try, MX exchanges of route host names included."""
+        keys = {h.key for h in self.hosts}
+        keys |= {(x, h.port) for h in self.hosts for x in self.exchanges.get(h.address, ())}
+        return keys
+
+    def order(self, rr_offset: int, down: Collection[HostKey]) -> list[engine.Host]:
+        """The hosts a new connection tries, in order (the delivery engine's rule; see the module docstring)."""
+        return engine.expand_exchanges(engine.order_hosts(self.hosts, rr_offset, down), self.exchanges, down)
+
+    def via(self) -> dict[HostKey, str]:
+        """MX exchange -> the route host name it stands for."""
+        return {(x, h.port): h.address for h in self.hosts for x in self.exchanges.get(h.address, ())}
+
+
+class Resolver:
+    """Resolves domains against one route table, each domain and each route host name once (a planner's batch
+    holds many recipients of few domains). `dns=False` never waits on DNS: routes' own hosts are shown as they
+    are written and USEDNS or unrouted domains are not looked up (a status page that was not asked to)."""
+
+    def __init__(self, table: matching.RouteTable | None = None, *, dns: bool = True) -> None:
+        self.table = table if table is not None else snapshot.current_table()
+        self.dns = dns
+        self._resolved: dict[str, Resolution] = {}
+        self._exchanges: dict[str, tuple[str, ...]] = {}
+
+    def resolve(self, domain: str) -> Resolution:
+        found = self._resolved.get(domain)
+        if found is None:
+            found = self._resolved[domain] = self._resolve(domain)
+        return found
+
+    def _resolve(self, domain: str) -> Resolution:
+        entry = self.table.lookup(domain)
+        if entry is not None and entry.special == "devnull":
+            return Resolution(domain, Kind.DEVNULL, entry)
+        if entry is not None and not entry.special:
+            route_hosts = tuple(engine.Host(h.host, h.port, h.priority) for h in entry.hosts)
+            names = {h.host for h in entry.hosts if wants_mx(h)} if self.dns else set()
+            exchanges = {name: found for name in sorted(names) if (found := self._route_exchanges(name))}
+            return Resolution(domain, Kind.ROUTE, entry, route_hosts, exchanges)
+        kind = Kind.USEDNS if entry is not None else Kind.MX
+        if not self.dns:
+            return Resolution(domain, kind, entry)
+        try:
+            mx = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
+        except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
+            hard = isinstance(exc, dns.DnsHardFailure)
+            return Resolution(domain, kind, entry, looked_up=True, dns_error=str(exc), dns_hard=hard)
+        return Resolution(domain, kind, entry, tuple(mx), looked_up=True)
+
+    def _route_exchanges(self, name: str) -> tuple[str, ...]:
+        """The MX exchanges of a route's host name, best first; () when it has none (its own A/AAAA are used)
+        or when DNS fails (the name is then tried as it is, and a failure shows as a Connection Error)."""
+        if name not in self._exchanges:
+            try:
+                found = [h.address for h in dns.mx_hosts(name)]
+            except (dns.DnsHardFailure, dns.DnsTempFailure):
+                found = []
+            self._exchanges[name] = () if found == [name.lower().rstrip(".")] else tuple(found)
+        return self._exchanges[name]
+
+
+def wants_mx(spec: domains.HostSpec) -> bool:
+    """A route's host name is looked up by MX first, as the ESA does, unless written `[name]` (A/AAAA only).
+    IP addresses, and `localhost` names (RFC 6761: never sent to DNS), are used as they are."""
+    name = spec.host.lower().rstrip(".")
+    return not spec.a_only and spec.ip is None and name != "localhost" and not name.endswith(".localhost")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One host of a preview: in the order a new connection tries them, then those it leaves out."""
+
+    host: engine.Host
+    status: HostStatus | None  # its health record, if it was ever tried
+    via: str = ""  # the route host name this MX exchange stands for
+    skipped: bool = False  # down while another host is up: the next connection does not try it
+
+    @property
+    def down_until(self) -> datetime | None:
+        return self.status.down_until if self.status is not None else None
+
+    @property
+    def last_error(self) -> str:
+        return self.status.last_error if self.status is not None else ""
+
+    def down(self, now: datetime) -> bool:
+        until = self.down_until
+        return bool(until and until > now)
+
+
+@dataclass(frozen=True)
+class Preview:
+    resolution: Resolution
+    candidates: tuple[Candidate, ...]
+    rr_offset: int
+
+
+def preview(
+    domain: str, *, dns: bool = True, now: datetime | None = None, table: matching.RouteTable | None = None
+) -> Preview:
+    """What the next connection for `domain` would do now: the hosts it tries in order (with the route's current
+    round-robin position and the hosts marked down now), then the hosts it leaves out, with their health."""
+    now = now or timezone.now()
+    table = table if table is not None else snapshot.current_table(max_age=0)  # a page shows the latest change
+    resolution = Resolver(table, dns=dns).resolve(domain)
+    keys = resolution.host_keys()
+    down = hosts.down_hosts(keys, now)
+    offset = hosts.current_rr_offset(resolution.key) if resolution.hosts else 0
+    order = resolution.order(offset, down)
+    statuses = {(s.host, s.port): s for s in HostStatus.objects.filter(host__in={k[0] for k in keys})}
+    via = resolution.via()
+    tried = {h.key for h in order}
+    left_out = sorted(
+        (h for h in _all_hosts(resolution) if h.key not in tried), key=lambda h: (h.priority, h.address, h.port)
+    )
+    candidates = [Candidate(h, statuses.get(h.key), via.get(h.key, "")) for h in order]
+    candidates += [Candidate(h, statuses.get(h.key), via.get(h.key, ""), skipped=True) for h in left_out]
+    return Preview(resolution, tuple(candidates), offset)
+
+
+def _all_hosts(resolution: Resolution) -> list[engine.Host]:
+    out: list[engine.Host] = []
+    for h in resolution.hosts:
+        names = resolution.exchanges.get(h.address)
+        out += [engine.Host(x, h.port, h.priority) for x in names] if names else [h]
+    return out
