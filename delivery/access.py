@@ -13,9 +13,6 @@ The rules, in order, for one recipient:
 3. for those clients, source routes (`<@a:b@c>`), the percent hack (`a%b@c`), bang paths (`a!b@c`), quoted
    addresses (`"a@b"@c`) and address literals (`b@[192.0.2.1]`) are refused outright: a default route to `ALL`
    can never make this an open relay, because the route table only widens step 2 for named domains.
-
-`audit()` is the one place the access pages, the admin and the commands record a change (AuditEntry row, same
-transaction as the change).
 """
 
 from __future__ import annotations
@@ -30,14 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.hashers import check_password, make_password
-from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Max
 
 from routes import domains, matching, snapshot
 from routes.models import (
     OPEN_RELAY_MESSAGE,
-    AuditEntry,
     RecipientAccessRule,
     RelayNetwork,
     SmtpUser,
@@ -46,7 +41,6 @@ from routes.models import (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Actor = User | AnonymousUser | str
 
 RELAY_GROUP = "RELAYLIST"
 ACCEPT_GROUP = "UNKNOWNLIST"
@@ -232,30 +226,3 @@ def check_login(snap: AccessSnapshot, username: str, password: str) -> bool:
         make_password(password)  # the same hashing work as a real check: no user-name oracle by timing
         return False
     return check_password(password, encoded)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Audit
-
-
-def audit(
-    actor: Actor,
-    action: str,
-    obj: RecipientAccessRule | RelayNetwork | SmtpUser,
-    *,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """One AuditEntry for a change to an access table. Call it inside the transaction that makes the change."""
-    from routes import services  # routes.services is the one writer of audit entries
-
-    return services.record_audit(actor, action, type(obj).__name__, str(obj), before=before, after=after)
-
-
-def describe(obj: RecipientAccessRule | RelayNetwork | SmtpUser) -> dict[str, Any]:
-    """The audited fields of an access row (never a password hash)."""
-    if isinstance(obj, RecipientAccessRule):
-        return {"domain": obj.domain, "action": obj.action, "comment": obj.comment}
-    if isinstance(obj, RelayNetwork):
-        return {"network": obj.network, "comment": obj.comment}
-    return {"username": obj.username, "is_active": obj.is_active}

@@ -23,7 +23,6 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -32,9 +31,7 @@ from django.utils import timezone
 
 from delivery import engine, hosts, intake, maillog, runner, smtp_client
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
-from routes import domains, matching, services, snapshot
-from routes.models import AuditEntry
-from routes.services import Actor
+from routes import audit, domains, matching, services, snapshot
 
 logger = logging.getLogger("delivery.queue")
 
@@ -669,16 +666,14 @@ def _kick_hosts(keys: Iterable[hosts.HostKey], now: datetime) -> list[int]:
     return _make_due(Recipient.objects.filter(_route_domains_q(keys, snapshot.current_table())), now)
 
 
-def _audit(actor: Actor, what: str, detail: dict[str, Any]) -> None:
-    services.record_audit(actor, AuditEntry.Action.ACTION, "queue", what, after=detail)
-
-
 def _ring(mids: Sequence[int]) -> None:
     if mids:
         intake.ring_many(mids)
 
 
-def deliver_now(*, actor: Actor, now: datetime | None = None, domain: str | None = None, mid: int | None = None) -> int:
+def deliver_now(
+    *, actor: audit.Actor, now: datetime | None = None, domain: str | None = None, mid: int | None = None
+) -> int:
     """The ESA's `delivernow`: one message, one domain, or (neither given) everything queued. Returns MIDs kicked."""
     now = now or timezone.now()
     qs = Recipient.objects.all()
@@ -690,7 +685,7 @@ def deliver_now(*, actor: Actor, now: datetime | None = None, domain: str | None
     with transaction.atomic():
         mids = _make_due(qs, now)
         maillog.write([maillog.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
-        _audit(actor, what, {"messages": len(mids)})
+        audit.record_action(actor, "queue", what, {"messages": len(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)
 
@@ -718,7 +713,7 @@ def select_recipients(
     return qs
 
 
-def bounce_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: datetime | None = None) -> int:
+def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
     """Hard-bounce active recipients now (a DSN goes to each sender). Returns how many."""
     now = now or timezone.now()
     name = actor if isinstance(actor, str) else getattr(actor, "username", "") or "anonymous"
@@ -736,12 +731,12 @@ def bounce_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: dat
                 text=text,
             )
         generated = record([report], now=now)
-        _audit(actor, "bounce recipients", {"recipients": len(rows)})
+        audit.record_action(actor, "queue", "bounce recipients", {"recipients": len(rows)})
         transaction.on_commit(lambda: _ring(generated))
     return len(rows)
 
 
-def delete_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: datetime | None = None) -> int:
+def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
     """Delete active recipients from the queue, silently (no DSN), as `deleterecipients` does."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -755,16 +750,16 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: Actor, now: dat
         lines = [maillog.deleted(mid, rids) for mid, rids in by_mid.items()]
         lines += _finish_messages(by_mid, now, checked=False)
         maillog.write(lines, at=now)
-        _audit(actor, "delete recipients", {"recipients": len(rows)})
+        audit.record_action(actor, "queue", "delete recipients", {"recipients": len(rows)})
     return len(rows)
 
 
-def mark_host_up(host: str, port: int, *, actor: Actor, now: datetime | None = None) -> int:
+def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | None = None) -> int:
     """The hosts page's "retry now": the host is up, and its routes' backlog goes now. Returns MIDs kicked."""
     now = now or timezone.now()
     with transaction.atomic():
         hosts.mark_up(host, port)
         mids = _kick_hosts([(host, port)], now)
-        _audit(actor, f"mark host up {host}:{port}", {"messages": len(mids)})
+        audit.record_action(actor, "queue", f"mark host up {host}:{port}", {"messages": len(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)

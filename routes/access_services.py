@@ -6,7 +6,7 @@ domain, `ALL = ACCEPT` refused; `RelayNetwork.clean`: CIDR syntax, not `/0`; `Sm
 plus the SMTP AUTH password rule here (`password_errors`), which the admin's form calls too. A refusal is
 `AccessInvalid`, whose `errors` map each field to its messages, for the form that shows them.
 
-Each function runs in one transaction with its `AuditEntry` (via `delivery.access.audit`). The listener notices
+Each function runs in one transaction with its `AuditEntry` (via `routes.audit`). The listener notices
 the change within `ESAROUTES_SMTP_ACCESS_REFRESH` seconds (it fingerprints the tables), without a restart.
 """
 
@@ -19,8 +19,7 @@ from django.contrib.auth.hashers import make_password
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import IntegrityError, models, transaction
 
-from delivery import access
-from routes import domains
+from routes import audit, domains
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
 
 MIN_PASSWORD_LENGTH = 10
@@ -61,7 +60,7 @@ def password_errors(password: str | None, *, new: bool) -> list[str]:
 
 @transaction.atomic
 def rat_save(
-    actor: access.Actor, domain: str, action: str, comment: str = "", *, pk: int | None = None
+    actor: audit.Actor, domain: str, action: str, comment: str = "", *, pk: int | None = None
 ) -> RecipientAccessRule:
     """Add or change the rule for a domain (exact, `.partial` or `ALL`); with `pk`, change that rule (renaming it)."""
     if pk is None:
@@ -69,50 +68,50 @@ def rat_save(
         rule = RecipientAccessRule.objects.select_for_update().filter(domain=stored).first() or RecipientAccessRule()
     else:
         rule = RecipientAccessRule.objects.select_for_update().get(pk=pk)
-    before = access.describe(rule) if rule.pk else None
+    before = audit.describe(rule) if rule.pk else None
     rule.domain, rule.action, rule.comment = domain, action, comment
     _save(rule)
-    access.audit(
+    audit.record_change(
         actor,
         AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE,
         rule,
         before=before,
-        after=access.describe(rule),
+        after=audit.describe(rule),
     )
     return rule
 
 
 @transaction.atomic
-def rat_delete(actor: access.Actor, pk: int) -> None:
+def rat_delete(actor: audit.Actor, pk: int) -> None:
     rule = RecipientAccessRule.objects.select_for_update().get(pk=pk)
-    access.audit(actor, AuditEntry.Action.DELETE, rule, before=access.describe(rule))
+    audit.record_change(actor, AuditEntry.Action.DELETE, rule, before=audit.describe(rule))
     rule.delete()
 
 
 @transaction.atomic
-def relay_save(actor: access.Actor, network: str, comment: str = "", *, pk: int | None = None) -> RelayNetwork:
+def relay_save(actor: audit.Actor, network: str, comment: str = "", *, pk: int | None = None) -> RelayNetwork:
     """Add a relay network, or with `pk` change that one (its comment, or the network itself)."""
     relay = RelayNetwork() if pk is None else RelayNetwork.objects.select_for_update().get(pk=pk)
-    before = access.describe(relay) if relay.pk else None
+    before = audit.describe(relay) if relay.pk else None
     relay.network, relay.comment = network, comment
     _save(relay)
-    after = access.describe(relay)
+    after = audit.describe(relay)
     if after != before:
         action = AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE
-        access.audit(actor, action, relay, before=before, after=after)
+        audit.record_change(actor, action, relay, before=before, after=after)
     return relay
 
 
 @transaction.atomic
-def relay_delete(actor: access.Actor, pk: int) -> None:
+def relay_delete(actor: audit.Actor, pk: int) -> None:
     relay = RelayNetwork.objects.select_for_update().get(pk=pk)
-    access.audit(actor, AuditEntry.Action.DELETE, relay, before=access.describe(relay))
+    audit.record_change(actor, AuditEntry.Action.DELETE, relay, before=audit.describe(relay))
     relay.delete()
 
 
 @transaction.atomic
 def user_save(
-    actor: access.Actor, username: str, password: str | None, is_active: bool = True, *, pk: int | None = None
+    actor: audit.Actor, username: str, password: str | None, is_active: bool = True, *, pk: int | None = None
 ) -> SmtpUser:
     """Add a user, or change one's password (None keeps it) and active flag; with `pk`, change that user
     (renaming it). The password is stored hashed."""
@@ -120,23 +119,23 @@ def user_save(
         user = SmtpUser.objects.select_for_update().filter(username=username.strip()).first() or SmtpUser()
     else:
         user = SmtpUser.objects.select_for_update().get(pk=pk)
-    before = access.describe(user) if user.pk else None
+    before = audit.describe(user) if user.pk else None
     problems = password_errors(password, new=user.pk is None)
     user.username, user.is_active = username, is_active
     if password and not problems:
         user.password = make_password(password)
     _save(user, extra={"password": problems} if problems else None)
-    after = {**access.describe(user), **({"password": "(changed)"} if password else {})}
-    access.audit(
+    after = {**audit.describe(user), **({"password": "(changed)"} if password else {})}
+    audit.record_change(
         actor, AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE, user, before=before, after=after
     )
     return user
 
 
 @transaction.atomic
-def user_delete(actor: access.Actor, pk: int) -> None:
+def user_delete(actor: audit.Actor, pk: int) -> None:
     user = SmtpUser.objects.select_for_update().get(pk=pk)
-    access.audit(actor, AuditEntry.Action.DELETE, user, before=access.describe(user))
+    audit.record_change(actor, AuditEntry.Action.DELETE, user, before=audit.describe(user))
     user.delete()
 
 

@@ -19,15 +19,15 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from routes import domains, forms, services
+from routes import audit, domains, forms, services
 from routes.models import AuditEntry, AuthProfile, DestinationHost, Route
 
 if importlib.util.find_spec("routes.access_admin") is not None:  # the listener engineer's access-rule admin
     from routes import access_admin  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
 
 
-def _actor(request: HttpRequest) -> services.Actor:
-    user: services.Actor = request.user
+def _actor(request: HttpRequest) -> audit.Actor:
+    user: audit.Actor = request.user
     return user
 
 

@@ -213,7 +213,7 @@ class SmtpUser(models.Model):
 
 
 class AuditEntry(models.Model):
-    """Who changed what, when: written by routes.services in the same transaction as the change."""
+    """Who changed what, when: written by routes.audit in the same transaction as the change."""
 
     class Action(models.TextChoices):
         CREATE = "create", "Create"

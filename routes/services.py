@@ -5,7 +5,7 @@ and after) and bumps `RouteTableVersion`, so a worker's cached table (`routes.sn
 `ESAROUTES_ROUTE_REFRESH` seconds, and nothing is ever changed without its audit row. Views, the admin, the
 `smtproutes` command and the importer call these functions and nothing else to write routes.
 
-Actors: a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the command line).
+Actors (`routes.audit.Actor`): a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the CLI).
 
 Outgoing SMTP AUTH passwords are encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256) under
 `ESAROUTES_ENCRYPTION_KEY`, or, when that is not set, a key derived from `SECRET_KEY`. They are never shown back;
@@ -17,22 +17,20 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
-from routes import domains, importexport
+from routes import audit, domains, importexport
 from routes.models import AuditEntry, AuthProfile, DestinationHost, Route, RouteTableVersion
 
-Actor = User | AnonymousUser | str
 ImportMode = Literal["replace", "merge"]
 _CHUNK = 500  # ids or domains per IN (...) clause: far below SQLite's variable limit
 
@@ -75,21 +73,11 @@ class ImportSummary:
         return not (self.added or self.changed or self.removed)
 
 
-@dataclass
-class _Audit:
-    action: str
-    object_type: str
-    object_repr: str
-    before: Any = None
-    after: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Routes
 
 
-def route_create(*, data: RouteData, actor: Actor) -> Route:
+def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
     domain = _validated(data)
     with transaction.atomic():
         if domain_in_use(domain):
@@ -108,12 +96,12 @@ def route_create(*, data: RouteData, actor: Actor) -> Route:
             raise RouteInvalid(_exists(domain)) from None
         _write_hosts(route.pk, data.destination)
         after = route_state(route)
-        _record(actor, _Audit(AuditEntry.Action.CREATE, "route", domain, None, after))
+        audit.record_audit(actor, AuditEntry.Action.CREATE, "route", domain, after=after)
         _bump()
     return route
 
 
-def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
+def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route:
     """Replace a route's domain (renaming is allowed), destination and settings."""
     domain = _validated(data)
     with transaction.atomic():
@@ -137,12 +125,12 @@ def route_update(*, route_id: int, data: RouteData, actor: Actor) -> Route:
         route = _locked_route(route_id)  # the hosts as written, not the prefetched ones
         after = route_state(route)
         if after != before:
-            _record(actor, _Audit(AuditEntry.Action.UPDATE, "route", domain, before, after))
+            audit.record_audit(actor, AuditEntry.Action.UPDATE, "route", domain, before=before, after=after)
             _bump()
     return route
 
 
-def routes_delete(*, route_ids: Iterable[int], actor: Actor) -> list[str]:
+def routes_delete(*, route_ids: Iterable[int], actor: audit.Actor) -> list[str]:
     """Delete routes by id, one audit entry each; returns the deleted domains. Unknown ids are ignored."""
     ids = sorted(set(route_ids))
     deleted: list[str] = []
@@ -151,7 +139,7 @@ def routes_delete(*, route_ids: Iterable[int], actor: Actor) -> list[str]:
             routes = list(Route.objects.filter(pk__in=chunk).select_related("auth_profile", "bounce_profile"))
             _prefetch_hosts(routes)
             for route in routes:
-                _record(actor, _Audit(AuditEntry.Action.DELETE, "route", route.domain, route_state(route), None))
+                audit.record_audit(actor, AuditEntry.Action.DELETE, "route", route.domain, before=route_state(route))
                 deleted.append(route.domain)
             Route.objects.filter(pk__in=[route.pk for route in routes]).delete()
         if deleted:
@@ -159,20 +147,20 @@ def routes_delete(*, route_ids: Iterable[int], actor: Actor) -> list[str]:
     return deleted
 
 
-def routes_clear(*, actor: Actor) -> int:
+def routes_clear(*, actor: audit.Actor) -> int:
     """Delete every route (the ESA's CLEAR), audited as one entry listing what was there."""
     with transaction.atomic():
         before = table_text()
         count = Route.objects.count()
         DestinationHost.objects.all().delete()
         Route.objects.all().delete()
-        _record(actor, _Audit(AuditEntry.Action.CLEAR, "route table", f"{count} routes", before, {}))
+        audit.record_audit(actor, AuditEntry.Action.CLEAR, "route table", f"{count} routes", before=before, after={})
         _bump()
     return count
 
 
 def routes_import(
-    *, incoming: Mapping[str, importexport.FrozenDestination], mode: ImportMode, actor: Actor
+    *, incoming: Mapping[str, importexport.FrozenDestination], mode: ImportMode, actor: audit.Actor
 ) -> ImportSummary:
     """Apply a parsed routes file (`importexport.ParseResult.routes()`), all or nothing, as one audit entry.
 
@@ -226,7 +214,7 @@ def routes_import(
             transaction.on_commit(_analyze)  # fresh planner statistics at once, not at autovacuum's next pass
         note = f"{mode}: {len(plan.added)} added, {len(plan.changed)} changed, {len(removed)} removed"
         if not summary.is_empty:
-            _record(actor, _Audit(AuditEntry.Action.IMPORT, "route table", note, before, after))
+            audit.record_audit(actor, AuditEntry.Action.IMPORT, "route table", note, before=before, after=after)
             version = _bump()
             summary = ImportSummary(
                 mode=mode,
@@ -306,7 +294,7 @@ def current_version() -> int:
 
 
 def auth_profile_save(
-    *, profile_id: int | None, name: str, username: str, password: str | None, actor: Actor
+    *, profile_id: int | None, name: str, username: str, password: str | None, actor: audit.Actor
 ) -> AuthProfile:
     """Create (profile_id None) or update a profile. `password` None or "" keeps the stored one on update.
 
@@ -334,7 +322,7 @@ def auth_profile_save(
             if password and before is not None:
                 after["password"] = "changed"
             action = AuditEntry.Action.CREATE if before is None else AuditEntry.Action.UPDATE
-            _record(actor, _Audit(action, "auth profile", profile.name, before, after))
+            audit.record_audit(actor, action, "auth profile", profile.name, before=before, after=after)
             _bump()  # routes using it see the new credentials
     return profile
 
@@ -344,13 +332,13 @@ def auth_profile_password_errors(password: str | None, *, new: bool) -> list[str
     return ["A new profile needs a password."] if new and not password else []
 
 
-def auth_profile_delete(*, profile_id: int, actor: Actor) -> None:
+def auth_profile_delete(*, profile_id: int, actor: audit.Actor) -> None:
     """Delete a profile no route uses (the database refuses otherwise: `ProtectedError`)."""
     with transaction.atomic():
         profile = AuthProfile.objects.select_for_update().get(pk=profile_id)
         before = _profile_state(profile)
         profile.delete()
-        _record(actor, _Audit(AuditEntry.Action.DELETE, "auth profile", before["name"], before, None))
+        audit.record_audit(actor, AuditEntry.Action.DELETE, "auth profile", before["name"], before=before)
         _bump()
 
 
@@ -510,32 +498,6 @@ def _insert_many(sql: str, rows: Sequence[tuple[Any, ...]], per_statement: int =
 
 def _write_hosts(route_id: int, destination: domains.Destination) -> None:
     DestinationHost.objects.bulk_create(_host_rows(route_id, destination))
-
-
-def _record(actor: Actor, audit: _Audit) -> None:
-    record_audit(actor, audit.action, audit.object_type, audit.object_repr, before=audit.before, after=audit.after)
-
-
-def record_audit(
-    actor: Actor, action: str, object_type: str, object_repr: str, *, before: Any = None, after: Any = None
-) -> AuditEntry:
-    """One audit log entry (routes, access tables, queue actions): call it inside the change's transaction.
-
-    The actor is a User (the web UI, the admin) or a string such as "cli:alice"; its name is kept with the entry
-    so it survives the user's deletion.
-    """
-    user = actor if isinstance(actor, User) else None
-    name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
-    return AuditEntry.objects.create(
-        at=timezone.now(),
-        actor=user,
-        actor_name=name[:150],
-        action=action,
-        object_type=object_type,
-        object_repr=object_repr[:300],
-        before=before,
-        after=after,
-    )
 
 
 def _bump() -> int:
