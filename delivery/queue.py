@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from delivery import engine, hosts, intake, maillog, runner, smtp_client
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
-from routes import audit, domains, matching, services, snapshot
+from routes import audit, auth_profiles, domains, matching, snapshot
 
 logger = logging.getLogger("delivery.queue")
 
@@ -160,7 +160,7 @@ def _template(
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
         if entry.auth_profile_id not in auth_cache:
-            auth_cache[entry.auth_profile_id] = services.auth_credentials(entry.auth_profile_id)
+            auth_cache[entry.auth_profile_id] = auth_profiles.credentials(entry.auth_profile_id)
         auth = auth_cache[entry.auth_profile_id]
     return smtp_client.Destination(
         host=host,

@@ -8,7 +8,6 @@ one made on the Routes page or with `smtproutes`.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 from typing import Any
 
@@ -19,11 +18,9 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from routes import audit, domains, forms, services
+from routes import audit, auth_profiles, domains, forms, services
+from routes.access import admin as access_admin  # noqa: F401  (registers the access tables' admin)
 from routes.models import AuditEntry, AuthProfile, DestinationHost, Route
-
-if importlib.util.find_spec("routes.access_admin") is not None:  # the listener engineer's access-rule admin
-    from routes import access_admin  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
 
 
 def _actor(request: HttpRequest) -> audit.Actor:
@@ -232,7 +229,7 @@ class AuthProfileAdminForm(djforms.ModelForm[AuthProfile]):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        for message in services.auth_profile_password_errors(data.get("password"), new=self.instance.pk is None):
+        for message in auth_profiles.password_errors(data.get("password"), new=self.instance.pk is None):
             self.add_error("password", message)
         return data
 
@@ -248,7 +245,7 @@ class AuthProfileAdmin(admin.ModelAdmin[AuthProfile]):
         return bool(profile.password_encrypted)
 
     def save_model(self, request: HttpRequest, obj: AuthProfile, form: Any, change: bool) -> None:
-        saved = services.auth_profile_save(
+        saved = auth_profiles.save(
             profile_id=obj.pk if change else None,
             name=form.cleaned_data["name"],
             username=form.cleaned_data["username"],
@@ -258,11 +255,11 @@ class AuthProfileAdmin(admin.ModelAdmin[AuthProfile]):
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: AuthProfile) -> None:
-        services.auth_profile_delete(profile_id=obj.pk, actor=_actor(request))
+        auth_profiles.delete(profile_id=obj.pk, actor=_actor(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AuthProfile]) -> None:
         for pk in queryset.values_list("pk", flat=True):
-            services.auth_profile_delete(profile_id=pk, actor=_actor(request))
+            auth_profiles.delete(profile_id=pk, actor=_actor(request))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ by `routes.domains`; every write goes through `routes.services`, which validates
 table version in one transaction.
 
 The access tables' rules live in their models' `clean()` (which normalises, then checks), so a Django admin
-ModelForm (through `full_clean`) and `routes.access_services` (which calls `full_clean` before every save) refuse
+ModelForm (through `full_clean`) and `routes.access.services` (which calls `full_clean` before every save) refuse
 the same values with the same message at the same field: there is no second copy of a rule in a form.
 """
 

@@ -7,29 +7,22 @@ and after) and bumps `RouteTableVersion`, so a worker's cached table (`routes.sn
 
 Actors (`routes.audit.Actor`): a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the CLI).
 
-Outgoing SMTP AUTH passwords are encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256) under
-`ESAROUTES_ENCRYPTION_KEY`, or, when that is not set, a key derived from `SECRET_KEY`. They are never shown back;
-`auth_credentials` is the only way out, for the delivery side.
+Outgoing SMTP AUTH profiles, which routes use, are written by `routes.auth_profiles`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from cryptography.fernet import Fernet, InvalidToken
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from routes import audit, domains, importexport
-from routes.models import AuditEntry, AuthProfile, DestinationHost, Route, RouteTableVersion
+from routes.models import AuditEntry, DestinationHost, Route, RouteTableVersion
 
 ImportMode = Literal["replace", "merge"]
 _CHUNK = 500  # ids or domains per IN (...) clause: far below SQLite's variable limit
@@ -97,7 +90,7 @@ def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
         _write_hosts(route.pk, data.destination)
         after = route_state(route)
         audit.record_audit(actor, AuditEntry.Action.CREATE, "route", domain, after=after)
-        _bump()
+        bump_version()
     return route
 
 
@@ -126,7 +119,7 @@ def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route
         after = route_state(route)
         if after != before:
             audit.record_audit(actor, AuditEntry.Action.UPDATE, "route", domain, before=before, after=after)
-            _bump()
+            bump_version()
     return route
 
 
@@ -143,7 +136,7 @@ def routes_delete(*, route_ids: Iterable[int], actor: audit.Actor) -> list[str]:
                 deleted.append(route.domain)
             Route.objects.filter(pk__in=[route.pk for route in routes]).delete()
         if deleted:
-            _bump()
+            bump_version()
     return deleted
 
 
@@ -155,7 +148,7 @@ def routes_clear(*, actor: audit.Actor) -> int:
         DestinationHost.objects.all().delete()
         Route.objects.all().delete()
         audit.record_audit(actor, AuditEntry.Action.CLEAR, "route table", f"{count} routes", before=before, after={})
-        _bump()
+        bump_version()
     return count
 
 
@@ -215,7 +208,7 @@ def routes_import(
         note = f"{mode}: {len(plan.added)} added, {len(plan.changed)} changed, {len(removed)} removed"
         if not summary.is_empty:
             audit.record_audit(actor, AuditEntry.Action.IMPORT, "route table", note, before=before, after=after)
-            version = _bump()
+            version = bump_version()
             summary = ImportSummary(
                 mode=mode,
                 added=plan.added,
@@ -287,101 +280,6 @@ def export_text(*, now: datetime | None = None) -> str:
 
 def current_version() -> int:
     return RouteTableVersion.objects.filter(pk=1).values_list("version", flat=True).first() or 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Outgoing SMTP AUTH profiles
-
-
-def auth_profile_save(
-    *, profile_id: int | None, name: str, username: str, password: str | None, actor: audit.Actor
-) -> AuthProfile:
-    """Create (profile_id None) or update a profile. `password` None or "" keeps the stored one on update.
-
-    Raises ValidationError (by field) when the profile cannot be saved: the model's checks (`full_clean`) and
-    `auth_profile_password_errors`.
-    """
-    problems = auth_profile_password_errors(password, new=profile_id is None)
-    if problems:
-        raise ValidationError({"password": problems})
-    with transaction.atomic():
-        if profile_id is None:
-            profile = AuthProfile(name=name, username=username)
-            before = None
-        else:
-            profile = AuthProfile.objects.select_for_update().get(pk=profile_id)
-            before = _profile_state(profile)
-        profile.name = name
-        profile.username = username
-        if password:
-            profile.password_encrypted = encrypt_password(password)
-        profile.full_clean()
-        profile.save()
-        after = _profile_state(profile)
-        if before is None or after != before or password:
-            if password and before is not None:
-                after["password"] = "changed"
-            action = AuditEntry.Action.CREATE if before is None else AuditEntry.Action.UPDATE
-            audit.record_audit(actor, action, "auth profile", profile.name, before=before, after=after)
-            _bump()  # routes using it see the new credentials
-    return profile
-
-
-def auth_profile_password_errors(password: str | None, *, new: bool) -> list[str]:
-    """Why a profile's password cannot be set: a new profile needs one (None or "" keeps an existing one)."""
-    return ["A new profile needs a password."] if new and not password else []
-
-
-def auth_profile_delete(*, profile_id: int, actor: audit.Actor) -> None:
-    """Delete a profile no route uses (the database refuses otherwise: `ProtectedError`)."""
-    with transaction.atomic():
-        profile = AuthProfile.objects.select_for_update().get(pk=profile_id)
-        before = _profile_state(profile)
-        profile.delete()
-        audit.record_audit(actor, AuditEntry.Action.DELETE, "auth profile", before["name"], before=before)
-        _bump()
-
-
-def auth_credentials(profile_id: int) -> tuple[str, str] | None:
-    """(username, password) of an auth profile for SMTP AUTH, or None when it is gone or has no password.
-
-    For the delivery side only; never log or show the result.
-    """
-    row = AuthProfile.objects.filter(pk=profile_id).values_list("username", "password_encrypted").first()
-    if row is None or not row[1]:
-        return None
-    return row[0], decrypt_password(row[1])
-
-
-def encrypt_password(password: str) -> str:
-    return _fernet().encrypt(password.encode("utf-8")).decode("ascii")
-
-
-def decrypt_password(token: str) -> str:
-    try:
-        return _fernet().decrypt(token.encode("ascii")).decode("utf-8")
-    except InvalidToken:
-        raise ImproperlyConfigured(
-            "a stored SMTP AUTH password cannot be decrypted: ESAROUTES_ENCRYPTION_KEY (or SECRET_KEY, when the "
-            "former is not set) changed since it was saved; enter the password again"
-        ) from None
-
-
-def _fernet() -> Fernet:
-    key = settings.ESAROUTES_ENCRYPTION_KEY
-    if not key:
-        digest = hashlib.sha256(b"esaroutes auth profile passwords\x00" + settings.SECRET_KEY.encode()).digest()
-        key = base64.urlsafe_b64encode(digest).decode("ascii")
-    try:
-        return Fernet(key)
-    except (ValueError, TypeError):
-        raise ImproperlyConfigured(
-            "ESAROUTES_ENCRYPTION_KEY: expected a Fernet key (32 bytes in urlsafe base64, 44 characters)"
-        ) from None
-
-
-def _profile_state(profile: AuthProfile) -> dict[str, Any]:
-    return {"name": profile.name, "username": profile.username, "password": "set" if profile.password_encrypted else ""}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,7 +398,7 @@ def _write_hosts(route_id: int, destination: domains.Destination) -> None:
     DestinationHost.objects.bulk_create(_host_rows(route_id, destination))
 
 
-def _bump() -> int:
+def bump_version() -> int:
     """Next route table version, in the caller's transaction."""
     if not RouteTableVersion.objects.filter(pk=1).update(version=F("version") + 1, changed_at=timezone.now()):
         RouteTableVersion.objects.create(pk=1, version=1)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routes import access_views, views
+from routes import views
+from routes.access import views as access_views
 
 app_name = "routes"
 

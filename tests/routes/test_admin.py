@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from routes import services
+from routes import auth_profiles, services
 from routes.models import AuditEntry, AuthProfile, Route
 from tests.routes.helpers import make_route
 
@@ -117,14 +117,14 @@ def test_auth_profile_password_is_write_only_and_encrypted(admin_client_alice):
     assert response.status_code == 302
     profile = AuthProfile.objects.get()
     assert "hunter2" not in profile.password_encrypted
-    assert services.auth_credentials(profile.pk) == ("relay@example.com", "hunter2-pw")
+    assert auth_profiles.credentials(profile.pk) == ("relay@example.com", "hunter2-pw")
     page = admin_client_alice.get(reverse("admin:routes_authprofile_change", args=[profile.pk])).content.decode()
     assert "hunter2" not in page
     admin_client_alice.post(
         reverse("admin:routes_authprofile_change", args=[profile.pk]),
         {"name": "o365", "username": "other", "password": ""},
     )
-    assert services.auth_credentials(profile.pk) == ("other", "hunter2-pw")
+    assert auth_profiles.credentials(profile.pk) == ("other", "hunter2-pw")
     assert all("hunter2" not in str(e.before) + str(e.after) for e in AuditEntry.objects.all())
 
 

@@ -13,7 +13,8 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from delivery.models import BounceProfile
-from routes import access_services, importexport, services
+from routes import auth_profiles, importexport, services
+from routes.access import services as access_services
 from routes.models import (
     OPEN_RELAY_MESSAGE,
     AuditEntry,
@@ -191,7 +192,7 @@ def test_a_new_auth_profile_without_a_password_is_refused_by_the_admin_and_the_s
     response = superuser.post(reverse("admin:routes_authprofile_add"), {"name": "o365", "username": "relay"})
     assert response.context["adminform"].form.errors["password"] == ["A new profile needs a password."]
     with pytest.raises(ValidationError) as caught:
-        services.auth_profile_save(profile_id=None, name="o365", username="relay", password=None, actor="t")
+        auth_profiles.save(profile_id=None, name="o365", username="relay", password=None, actor="t")
     assert caught.value.message_dict == {"password": ["A new profile needs a password."]}
     assert written() == before
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from routes import domains, importexport, probe, services, snapshot
+from routes import auth_profiles, domains, importexport, probe, services, snapshot
 from routes.models import AuditEntry, AuthProfile, Route
 from tests.routes.helpers import make_route
 
@@ -67,7 +67,7 @@ def test_an_update_that_changes_nothing_is_not_audited():
 
 
 def test_import_replace_keeps_the_settings_of_changed_routes_and_merge_removes_nothing():
-    profile = services.auth_profile_save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
+    profile = auth_profiles.save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
     make_route("a.example", "old.example.net", auth_profile_id=profile.pk, tls="required")
     make_route("b.example", "mx.b.example")
     merged = services.routes_import(
@@ -114,31 +114,31 @@ def test_snapshot_builds_with_two_queries(django_assert_num_queries):
 
 
 def test_auth_profile_passwords_are_encrypted_and_only_auth_credentials_reads_them(settings):
-    profile = services.auth_profile_save(profile_id=None, name="o365", username="relay", password="pässword", actor="t")
+    profile = auth_profiles.save(profile_id=None, name="o365", username="relay", password="pässword", actor="t")
     stored = AuthProfile.objects.get().password_encrypted
     assert "pässword" not in stored and stored.startswith("gAAAA")
-    assert services.auth_credentials(profile.pk) == ("relay", "pässword")
-    assert services.auth_credentials(profile.pk + 1) is None
+    assert auth_profiles.credentials(profile.pk) == ("relay", "pässword")
+    assert auth_profiles.credentials(profile.pk + 1) is None
     assert all("pässword" not in str(e.after) for e in AuditEntry.objects.all())
     from cryptography.fernet import Fernet
 
     settings.ESAROUTES_ENCRYPTION_KEY = Fernet.generate_key().decode()
     with pytest.raises(ImproperlyConfigured, match="enter the password again"):
-        services.auth_credentials(profile.pk)
-    services.auth_profile_save(profile_id=profile.pk, name="o365", username="relay", password="new-one", actor="t")
-    assert services.auth_credentials(profile.pk) == ("relay", "new-one")
+        auth_profiles.credentials(profile.pk)
+    auth_profiles.save(profile_id=profile.pk, name="o365", username="relay", password="new-one", actor="t")
+    assert auth_profiles.credentials(profile.pk) == ("relay", "new-one")
     settings.ESAROUTES_ENCRYPTION_KEY = "not a key"
     with pytest.raises(ImproperlyConfigured, match="ESAROUTES_ENCRYPTION_KEY"):
-        services.auth_credentials(profile.pk)
+        auth_profiles.credentials(profile.pk)
 
 
 def test_auth_profile_in_use_cannot_be_deleted():
     from django.db.models import ProtectedError
 
-    profile = services.auth_profile_save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
+    profile = auth_profiles.save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
     make_route("a.example", auth_profile_id=profile.pk)
     with pytest.raises(ProtectedError):
-        services.auth_profile_delete(profile_id=profile.pk, actor="t")
+        auth_profiles.delete(profile_id=profile.pk, actor="t")
 
 
 # --- the live probe, against loopback peers only ---------------------------------------------------------------

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
-from routes import services
+from routes import auth_profiles, services
 from routes.models import AuditEntry, AuthProfile, Route
 from tests.routes.helpers import form_data, make_route
 
@@ -143,7 +143,7 @@ def test_host_row_returns_a_row_and_the_counter_out_of_band(client_alice):
 def test_auth_profile_dropdown_or_message(client_alice):
     page = client_alice.get(reverse("routes:route-add")).content.decode()
     assert "No outgoing SMTP authentication profiles are configured." in page
-    services.auth_profile_save(profile_id=None, name="o365", username="relay", password="s3cret!", actor="test")
+    auth_profiles.save(profile_id=None, name="o365", username="relay", password="s3cret!", actor="test")
     page = client_alice.get(reverse("routes:route-add")).content.decode()
     assert "o365" in page and "s3cret" not in page
     profile = AuthProfile.objects.get()

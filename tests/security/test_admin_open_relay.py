@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.urls import reverse
 
-from routes import access_services
+from routes.access import services as access_services
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork
 from tests.security.test_open_relay import foreign_client
 

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from django.core.management import call_command
 from django.db import connection
 
-from routes import services
+from routes import auth_profiles
 from routes.models import AuditEntry, AuthProfile, Route, SmtpUser
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("_fast_passwords")]
@@ -53,14 +53,14 @@ def test_passwords_are_encrypted_at_rest_under_the_configured_key_and_shown_nowh
     assert Fernet(key.encode()).decrypt(column.encode()).decode() == SECRET
     with pytest.raises(InvalidToken):
         Fernet(Fernet.generate_key()).decrypt(column.encode())
-    assert services.auth_credentials(profile.pk) == ("relay-user", SECRET)
+    assert auth_profiles.credentials(profile.pk) == ("relay-user", SECRET)
 
     # a new password replaces the old one, still encrypted; an empty one keeps it
     edit = f"/admin/routes/authprofile/{profile.pk}/change/"
     assert client.post(edit, {"name": "smarthost", "username": "relay-user", "password": NEW_SECRET}).status_code == 302
-    assert services.auth_credentials(profile.pk) == ("relay-user", NEW_SECRET)
+    assert auth_profiles.credentials(profile.pk) == ("relay-user", NEW_SECRET)
     assert client.post(edit, {"name": "smarthost", "username": "relay-user", "password": ""}).status_code == 302
-    assert services.auth_credentials(profile.pk) == ("relay-user", NEW_SECRET)
+    assert auth_profiles.credentials(profile.pk) == ("relay-user", NEW_SECRET)
     assert not leaks(raw_column("smarthost"), SECRET, NEW_SECRET)
 
     route = Route.objects.create(domain="dest.test", auth_profile=profile)
@@ -95,12 +95,12 @@ def test_passwords_are_encrypted_at_rest_under_the_configured_key_and_shown_nowh
 
 def test_a_stored_password_cannot_be_read_with_another_key(settings):
     settings.ESAROUTES_ENCRYPTION_KEY = Fernet.generate_key().decode()
-    profile = services.auth_profile_save(profile_id=None, name="p", username="u", password=SECRET, actor="test")
+    profile = auth_profiles.save(profile_id=None, name="p", username="u", password=SECRET, actor="test")
     settings.ESAROUTES_ENCRYPTION_KEY = Fernet.generate_key().decode()
     from django.core.exceptions import ImproperlyConfigured
 
     with pytest.raises(ImproperlyConfigured, match="enter the password again"):
-        services.auth_credentials(profile.pk)
+        auth_profiles.credentials(profile.pk)
 
 
 def test_inbound_smtp_auth_passwords_are_hashed_and_never_shown(client, alice):

@@ -1,5 +1,5 @@
 """Forms for the access pages. They only present the fields: every rule is the model's or the service's, checked
-by `routes.access_services` when the view saves, whose `AccessInvalid.show_on` puts each message at its field."""
+by `routes.access.services` when the view saves, whose `AccessInvalid.show_on` puts each message at its field."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Access rules in the browser: the Recipient Access Table, relay networks and SMTP AUTH users, on one page.
 
 Each table is a partial (`access-rat`, `access-relay`, `access-users`: the partial's root id is its hx-target);
-a form posts to its view, which reads it with `routes.access_forms`, writes through `routes.access_services`
+a form posts to its view, which reads it with `routes.access.forms`, writes through `routes.access.services`
 (validated by the models' rules, audited) and returns the table's partial, or the partial with the errors at
 their fields and status 422.
 """
@@ -16,7 +16,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
 from esaroutes.types import AuthedHtmxRequest
-from routes import access_forms, access_services
+from routes.access import forms, services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
 TEMPLATE = "routes/access_list.html"
@@ -26,15 +26,15 @@ can_change_relay = permission_required("routes.change_relaynetwork", raise_excep
 can_change_users = permission_required("routes.change_smtpuser", raise_exception=True)
 
 
-def _context(**forms: Any) -> dict[str, Any]:
+def _context(**bound: Any) -> dict[str, Any]:
     return {
         "rules": RecipientAccessRule.objects.order_by("domain"),
         "has_all_rule": RecipientAccessRule.objects.filter(domain="ALL").exists(),
         "relays": RelayNetwork.objects.order_by("network"),
         "users": SmtpUser.objects.order_by("username"),
-        "rat_form": forms.get("rat_form") or access_forms.RatForm(),
-        "relay_form": forms.get("relay_form") or access_forms.RelayForm(),
-        "user_form": forms.get("user_form") or access_forms.SmtpUserForm(),
+        "rat_form": bound.get("rat_form") or forms.RatForm(),
+        "relay_form": bound.get("relay_form") or forms.RelayForm(),
+        "user_form": bound.get("user_form") or forms.SmtpUserForm(),
     }
 
 
@@ -52,12 +52,12 @@ def access_list(request: AuthedHtmxRequest) -> HttpResponse:
 @require_POST
 @can_change_rat
 def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
-    form = access_forms.RatForm(request.POST)
+    form = forms.RatForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
         try:
-            access_services.rat_save(request.user, data["domain"], data["action"], data["comment"])
-        except access_services.AccessInvalid as exc:
+            services.rat_save(request.user, data["domain"], data["action"], data["comment"])
+        except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
             return _partial(request, "access-rat", _context())
@@ -68,18 +68,18 @@ def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
 @can_change_rat
 def rat_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if RecipientAccessRule.objects.filter(pk=pk).exists():
-        access_services.rat_delete(request.user, pk)
+        services.rat_delete(request.user, pk)
     return _partial(request, "access-rat", _context())
 
 
 @require_POST
 @can_change_relay
 def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
-    form = access_forms.RelayForm(request.POST)
+    form = forms.RelayForm(request.POST)
     if form.is_valid():
         try:
-            access_services.relay_save(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
-        except access_services.AccessInvalid as exc:
+            services.relay_save(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
+        except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
             return _partial(request, "access-relay", _context())
@@ -90,19 +90,19 @@ def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
 @can_change_relay
 def relay_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if RelayNetwork.objects.filter(pk=pk).exists():
-        access_services.relay_delete(request.user, pk)
+        services.relay_delete(request.user, pk)
     return _partial(request, "access-relay", _context())
 
 
 @require_POST
 @can_change_users
 def user_save(request: AuthedHtmxRequest) -> HttpResponse:
-    form = access_forms.SmtpUserForm(request.POST)
+    form = forms.SmtpUserForm(request.POST)
     if form.is_valid():
         data = form.cleaned_data
         try:
-            access_services.user_save(request.user, data["username"], data["password"] or None, data["is_active"])
-        except access_services.AccessInvalid as exc:
+            services.user_save(request.user, data["username"], data["password"] or None, data["is_active"])
+        except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
             return _partial(request, "access-users", _context())
@@ -113,5 +113,5 @@ def user_save(request: AuthedHtmxRequest) -> HttpResponse:
 @can_change_users
 def user_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if SmtpUser.objects.filter(pk=pk).exists():
-        access_services.user_delete(request.user, pk)
+        services.user_delete(request.user, pk)
     return _partial(request, "access-users", _context())

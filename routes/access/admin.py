@@ -1,7 +1,7 @@
-"""Admin for the access tables: every save and delete goes through `routes.access_services` (validated, audited).
+"""Admin for the access tables: every save and delete goes through `routes.access.services` (validated, audited).
 
 The rules are the models' `clean()` (run by the admin's ModelForm through `full_clean`, so a refusal comes back
-at its field with the Access page's message) and `access_services.password_errors`; saving through the services
+at its field with the Access page's message) and `services.password_errors`; saving through the services
 checks them again, in the transaction that writes the row and its audit entry.
 """
 
@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from routes import access_services
+from routes.access import services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
 
@@ -24,17 +24,15 @@ class RecipientAccessRuleAdmin(admin.ModelAdmin[RecipientAccessRule]):
     search_fields = ("domain", "comment")
 
     def save_model(self, request: HttpRequest, obj: RecipientAccessRule, form: Any, change: bool) -> None:
-        saved = access_services.rat_save(
-            request.user, obj.domain, obj.action, obj.comment, pk=obj.pk if change else None
-        )
+        saved = services.rat_save(request.user, obj.domain, obj.action, obj.comment, pk=obj.pk if change else None)
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: RecipientAccessRule) -> None:
-        access_services.rat_delete(request.user, obj.pk)
+        services.rat_delete(request.user, obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RecipientAccessRule]) -> None:
         for pk in queryset.values_list("pk", flat=True):
-            access_services.rat_delete(request.user, pk)
+            services.rat_delete(request.user, pk)
 
 
 @admin.register(RelayNetwork)
@@ -46,22 +44,22 @@ class RelayNetworkAdmin(admin.ModelAdmin[RelayNetwork]):
         return ("network",) if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: RelayNetwork, form: Any, change: bool) -> None:
-        saved = access_services.relay_save(request.user, obj.network, obj.comment, pk=obj.pk if change else None)
+        saved = services.relay_save(request.user, obj.network, obj.comment, pk=obj.pk if change else None)
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: RelayNetwork) -> None:
-        access_services.relay_delete(request.user, obj.pk)
+        services.relay_delete(request.user, obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RelayNetwork]) -> None:
         for pk in queryset.values_list("pk", flat=True):
-            access_services.relay_delete(request.user, pk)
+            services.relay_delete(request.user, pk)
 
 
 class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
     new_password = djforms.CharField(
         required=False,
         widget=djforms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=f"At least {access_services.MIN_PASSWORD_LENGTH} characters; empty keeps the password",
+        help_text=f"At least {services.MIN_PASSWORD_LENGTH} characters; empty keeps the password",
     )
 
     class Meta:
@@ -70,7 +68,7 @@ class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        for message in access_services.password_errors(data.get("new_password"), new=self.instance.pk is None):
+        for message in services.password_errors(data.get("new_password"), new=self.instance.pk is None):
             self.add_error("new_password", message)
         return data
 
@@ -81,7 +79,7 @@ class SmtpUserAdmin(admin.ModelAdmin[SmtpUser]):
     list_display = ("username", "is_active", "created_at")
 
     def save_model(self, request: HttpRequest, obj: SmtpUser, form: Any, change: bool) -> None:
-        saved = access_services.user_save(
+        saved = services.user_save(
             request.user,
             obj.username,
             form.cleaned_data.get("new_password") or None,
@@ -91,11 +89,11 @@ class SmtpUserAdmin(admin.ModelAdmin[SmtpUser]):
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: SmtpUser) -> None:
-        access_services.user_delete(request.user, obj.pk)
+        services.user_delete(request.user, obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SmtpUser]) -> None:
         for pk in queryset.values_list("pk", flat=True):
-            access_services.user_delete(request.user, pk)
+            services.user_delete(request.user, pk)
 
 
 __all__ = ["RecipientAccessRuleAdmin", "RelayNetworkAdmin", "SmtpUserAdmin"]
