@@ -29,24 +29,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from django.views.decorators.vary import vary_on_headers
 
 from delivery import forms, maillog, queue, selectors
 from delivery.models import HostStatus, Message, Recipient
-from esaroutes import permissions, tasks
+from esaroutes import htmx, permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
 from routes.models import AuditEntry
 
 PER_PAGE = 50
-# A page and its htmx partial share a URL: the browser's cache must keep them apart (or "back" shows a fragment).
-vary_on_htmx = vary_on_headers("HX-Request", "HX-History-Restore-Request")
-
-
-def _template(request: AuthedHtmxRequest, template: str, partial: str) -> str:
-    """The partial for an htmx request, the whole page otherwise (and for a history restore)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{template}#{partial}"
-    return template
 
 
 def _plural(n: int, word: str) -> str:
@@ -75,7 +65,7 @@ def heartbeat(now: datetime) -> dict[str, Any] | None:
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
     """The home page (Monitor > Delivery Status and `status detail`); help desk users land on tracking."""
     if not permissions.can(request.user, "dashboard.view"):
@@ -98,14 +88,14 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
         "lines": selectors.newest_lines(),
         "heartbeat": heartbeat(now),
     }
-    return render(request, _template(request, "delivery/dashboard.html", "dashboard-panel"), ctx)
+    return htmx.render(request, "delivery/dashboard.html", "dashboard-panel", ctx)
 
 
 # --- Mail log --------------------------------------------------------------------------------------------------
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 @permissions.require("maillog.view")
 def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
     """The mail log, newest at the bottom, following live with a keyset cursor (`?after=<last id>`).
@@ -150,7 +140,7 @@ def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
         "levels": maillog,
         "files": _log_files(),
     }
-    return render(request, _template(request, "delivery/maillog.html", "log-view"), ctx)
+    return htmx.render(request, "delivery/maillog.html", "log-view", ctx)
 
 
 def _log_files() -> list[dict[str, Any]]:
@@ -178,7 +168,7 @@ def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 @permissions.require("tracking.view")
 def tracking(request: AuthedHtmxRequest) -> HttpResponse:
     form = forms.TrackingForm(request.GET)
@@ -197,7 +187,7 @@ def tracking(request: AuthedHtmxRequest) -> HttpResponse:
         "query": query.urlencode(),
         "searched": searched,
     }
-    return render(request, _template(request, "delivery/tracking.html", "tracking-results"), ctx)
+    return htmx.render(request, "delivery/tracking.html", "tracking-results", ctx)
 
 
 @require_GET
@@ -228,7 +218,7 @@ def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 @permissions.require("hosts.view")
 def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:255]
@@ -241,7 +231,7 @@ def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     query = request.GET.copy()
     query.pop("page", None)
     ctx = {"page": page, "hosts": page.object_list, "q": q, "now": timezone.now(), "query": query.urlencode()}
-    return render(request, _template(request, "delivery/host_list.html", "host-table"), ctx)
+    return htmx.render(request, "delivery/host_list.html", "host-table", ctx)
 
 
 @require_POST
@@ -279,7 +269,7 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 @permissions.require("audit.view")
 def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     """Who changed what, when: every audited change (routes, access rules, queue actions), newest first."""
@@ -305,14 +295,14 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
         "actions": AuditEntry.Action.choices,
         "object_types": list(AuditEntry.objects.values_list("object_type", flat=True).distinct().order_by()[:50]),
     }
-    return render(request, _template(request, "audit/audit_list.html", "audit-table"), ctx)
+    return htmx.render(request, "audit/audit_list.html", "audit-table", ctx)
 
 
 # --- Queue -----------------------------------------------------------------------------------------------------
 
 
 @require_GET
-@vary_on_htmx
+@htmx.vary_on_htmx
 @permissions.require("queue.view")
 def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
     """`showrecipients`: queued and delayed recipients by destination, oldest first, next attempt, last reply."""
@@ -328,7 +318,7 @@ def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
         "query": query.urlencode(),
         "now": timezone.now(),
     }
-    return render(request, _template(request, "delivery/queue.html", "queue-table"), ctx)
+    return htmx.render(request, "delivery/queue.html", "queue-table", ctx)
 
 
 # --- Queue actions -----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from delivery.models import HostStatus
+from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
 from routes import domains, forms, importexport, matching, probe, services, snapshot
 from routes.models import AuditEntry, DestinationHost, Route
@@ -56,13 +57,6 @@ can_view = permission_required("routes.view_route", raise_exception=True)
 can_add = permission_required("routes.add_route", raise_exception=True)
 can_change = permission_required("routes.change_route", raise_exception=True)
 can_delete = permission_required("routes.delete_route", raise_exception=True)
-
-
-def _partial(request: AuthedHtmxRequest, template: str, name: str) -> str:
-    """The partial for an htmx request (the full page for a history restore), else the page."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{template}#{name}"
-    return template
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,7 +96,7 @@ def route_list(request: AuthedHtmxRequest) -> HttpResponse:
         "query": _query(q=q, sort=sort, kind=kind),
         "total": Route.objects.count(),
     }
-    return render(request, _partial(request, "routes/route_list.html", "route-table"), context)
+    return htmx.render(request, "routes/route_list.html", "route-table", context)
 
 
 def _search(q: str) -> Q:
@@ -150,7 +144,7 @@ def route_edit(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
 
 
 def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | None) -> HttpResponse:
-    template = _partial(request, "routes/route_form.html", "route-form")
+    template = htmx.partial_or_page(request, "routes/route_form.html", "route-form")
     context = {"editor": editor, "route": route}
     if request.method != "POST":
         return render(request, "routes/route_form.html", context)
@@ -251,7 +245,7 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
                 probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=PROBE_TIMEOUT)
             )
             context["rows"] = list(zip(context["hosts"], context["probes"], strict=True))
-    return render(request, _partial(request, "routes/route_test.html", "test-result"), context)
+    return htmx.render(request, "routes/route_test.html", "test-result", context)
 
 
 def _plan(address: str) -> dict[str, Any]:
@@ -358,7 +352,7 @@ def routes_import(request: AuthedHtmxRequest) -> HttpResponse:
         return render(request, "routes/route_import.html", {"mode": "replace"})
     mode: services.ImportMode = "merge" if request.POST.get("mode") == "merge" else "replace"
     token = request.POST.get("token", "")
-    template = _partial(request, "routes/route_import.html", "import-preview")
+    template = htmx.partial_or_page(request, "routes/route_import.html", "import-preview")
     if token:  # the confirmation
         data = _stored_upload(token)
         if data is None:
@@ -462,8 +456,6 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
             term = domains.to_ascii_name(term.strip(".")) if not term.isascii() else term
         entries = entries.filter(Q(object_repr__contains=term) | Q(actor_name__contains=q))
     page = Paginator(entries.order_by("-at", "-id"), PER_PAGE).get_page(request.GET.get("page"))
-    return render(
-        request,
-        _partial(request, "routes/audit_list.html", "audit-table"),
-        {"page": page, "entries": page.object_list, "q": q},
+    return htmx.render(
+        request, "routes/audit_list.html", "audit-table", {"page": page, "entries": page.object_list, "q": q}
     )

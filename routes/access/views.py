@@ -15,6 +15,7 @@ from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_POST
 
+from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
 from routes.access import forms, services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
@@ -38,11 +39,6 @@ def _context(**bound: Any) -> dict[str, Any]:
     }
 
 
-def _partial(request: AuthedHtmxRequest, name: str, context: dict[str, Any], status: int = 200) -> HttpResponse:
-    template = f"{TEMPLATE}#{name}" if request.htmx and not request.htmx.history_restore_request else TEMPLATE
-    return render(request, template, context, status=status)
-
-
 @require_GET
 @can_view
 def access_list(request: AuthedHtmxRequest) -> HttpResponse:
@@ -60,8 +56,8 @@ def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
         except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
-            return _partial(request, "access-rat", _context())
-    return _partial(request, "access-rat", _context(rat_form=form), status=422)
+            return htmx.render(request, TEMPLATE, "access-rat", _context())
+    return htmx.render(request, TEMPLATE, "access-rat", _context(rat_form=form), status=422)
 
 
 @require_POST
@@ -69,7 +65,7 @@ def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
 def rat_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if RecipientAccessRule.objects.filter(pk=pk).exists():
         services.rat_delete(request.user, pk)
-    return _partial(request, "access-rat", _context())
+    return htmx.render(request, TEMPLATE, "access-rat", _context())
 
 
 @require_POST
@@ -82,8 +78,8 @@ def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
         except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
-            return _partial(request, "access-relay", _context())
-    return _partial(request, "access-relay", _context(relay_form=form), status=422)
+            return htmx.render(request, TEMPLATE, "access-relay", _context())
+    return htmx.render(request, TEMPLATE, "access-relay", _context(relay_form=form), status=422)
 
 
 @require_POST
@@ -91,7 +87,7 @@ def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
 def relay_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if RelayNetwork.objects.filter(pk=pk).exists():
         services.relay_delete(request.user, pk)
-    return _partial(request, "access-relay", _context())
+    return htmx.render(request, TEMPLATE, "access-relay", _context())
 
 
 @require_POST
@@ -105,8 +101,8 @@ def user_save(request: AuthedHtmxRequest) -> HttpResponse:
         except services.AccessInvalid as exc:
             exc.show_on(form)
         else:
-            return _partial(request, "access-users", _context())
-    return _partial(request, "access-users", _context(user_form=form), status=422)
+            return htmx.render(request, TEMPLATE, "access-users", _context())
+    return htmx.render(request, TEMPLATE, "access-users", _context(user_form=form), status=422)
 
 
 @require_POST
@@ -114,4 +110,4 @@ def user_save(request: AuthedHtmxRequest) -> HttpResponse:
 def user_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     if SmtpUser.objects.filter(pk=pk).exists():
         services.user_delete(request.user, pk)
-    return _partial(request, "access-users", _context())
+    return htmx.render(request, TEMPLATE, "access-users", _context())
