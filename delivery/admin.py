@@ -1,8 +1,8 @@
 """The delivery models in the Django admin.
 
-The queue's state is changed only by `delivery.queue` (one transaction, state + attempts + log lines), so the
+The queue's state is changed only by `delivery.spool` (one transaction, state + attempts + log lines), so the
 admin shows messages, recipients, attempts, hosts and log lines read-only, and its actions call the same
-functions as the operator pages and commands (`delivery.queue`: deliver now, bounce, delete, mark host up), for
+functions as the operator pages and commands (`delivery.spool.actions`: deliver now, bounce, delete, mark host up), for
 those who hold the capability (`queue.change`, `hosts.change`); bounce and delete ask for confirmation first.
 Bounce profiles are plain configuration and editable.
 """
@@ -19,8 +19,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from delivery import queue, selectors
+from delivery import selectors
 from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, IdCounter, MailLogLine, Message, Recipient
+from delivery.spool import actions
 from esaroutes import permissions
 
 
@@ -36,7 +37,7 @@ class ReadOnlyAdmin(admin.ModelAdmin[Any]):
 
 
 class QueueActionAdmin(ReadOnlyAdmin):
-    """Read-only, with actions that go through `delivery.queue` for those who may change the queue or hosts."""
+    """Read-only, with actions that go through `delivery.spool.actions` for those who may change the queue or hosts."""
 
     def has_queue_permission(self, request: HttpRequest) -> bool:
         return permissions.can(request.user, "queue.change")
@@ -65,7 +66,7 @@ class QueueActionAdmin(ReadOnlyAdmin):
     def bounce(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
         page = self.confirm(request, recipients, "Bounce these recipients?", BOUNCE_EXPLAIN)
         if page is None:
-            n = queue.bounce_recipients(recipients, actor=request.user)
+            n = actions.bounce_recipients(recipients, actor=request.user)
             self.message_user(
                 request, f"{n} recipient{'' if n == 1 else 's'} bounced." if n else "No messages bounced."
             )
@@ -74,7 +75,7 @@ class QueueActionAdmin(ReadOnlyAdmin):
     def delete(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
         page = self.confirm(request, recipients, "Delete these recipients?", DELETE_EXPLAIN)
         if page is None:
-            n = queue.delete_recipients(recipients, actor=request.user)
+            n = actions.delete_recipients(recipients, actor=request.user)
             self.message_user(
                 request, f"{n} recipient{'' if n == 1 else 's'} deleted." if n else "No recipients deleted."
             )
@@ -162,17 +163,17 @@ class MessageAdmin(QueueActionAdmin):
         if len(mids) > MAX_KICKS:
             self.message_user(request, f"At most {MAX_KICKS} messages at a time.", messages.ERROR)
             return
-        kicked = sum(queue.deliver_now(actor=request.user, mid=mid) for mid in mids)
+        kicked = sum(actions.deliver_now(actor=request.user, mid=mid) for mid in mids)
         self.message_user(request, f"Rescheduled {kicked} message{'' if kicked == 1 else 's'} for immediate delivery.")
 
     @admin.action(permissions=["queue"], description="Bounce all active recipients of the selected messages")
     def bounce_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
-        chosen = queue.select_recipients(mids=queryset.values_list("pk", flat=True))
+        chosen = actions.select_recipients(mids=queryset.values_list("pk", flat=True))
         return self.bounce(request, chosen)
 
     @admin.action(permissions=["queue"], description="Delete all active recipients of the selected messages")
     def delete_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
-        chosen = queue.select_recipients(mids=queryset.values_list("pk", flat=True))
+        chosen = actions.select_recipients(mids=queryset.values_list("pk", flat=True))
         return self.delete(request, chosen)
 
     @admin.display(description="Pages")
@@ -215,12 +216,12 @@ class RecipientAdmin(QueueActionAdmin):
 
     @admin.action(permissions=["queue"], description="Bounce the selected recipients (if still active)")
     def bounce_selected(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
-        chosen = queue.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
+        chosen = actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
         return self.bounce(request, chosen)
 
     @admin.action(permissions=["queue"], description="Delete the selected recipients from the queue (no bounce)")
     def delete_from_queue(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
-        chosen = queue.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
+        chosen = actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
         return self.delete(request, chosen)
 
 
@@ -253,7 +254,7 @@ class HostStatusAdmin(QueueActionAdmin):
 
     @admin.action(permissions=["hosts"], description="Mark host up (retry now: send its routes' queued mail)")
     def mark_up(self, request: HttpRequest, queryset: QuerySet[HostStatus]) -> None:
-        kicked = sum(queue.mark_host_up(h.host, h.port, actor=request.user) for h in queryset[:MAX_KICKS])
+        kicked = sum(actions.mark_host_up(h.host, h.port, actor=request.user) for h in queryset[:MAX_KICKS])
         n = min(queryset.count(), MAX_KICKS)
         self.message_user(
             request,

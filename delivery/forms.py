@@ -151,7 +151,7 @@ class QueueActionForm(forms.Form):
         return d
 
     def selection(self) -> dict[str, Any]:
-        """Keyword arguments of `delivery.queue.select_recipients` for the chosen scope."""
+        """Keyword arguments of `delivery.spool.actions.select_recipients` for the chosen scope."""
         d = self.cleaned_data
         scope = d["scope"]
         if scope == "message":

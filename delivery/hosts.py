@@ -3,7 +3,7 @@
 Host health lives in `HostStatus` rows (the database is shared by all workers). A host that failed (refused,
 timed out, dropped, or rejected the greeting, EHLO or STARTTLS) is down for `engine.host_down_for()`: 60 s at
 first, doubling while it keeps failing, at most an hour (``ESAROUTES_HOST_DOWN_*``). Its first success marks it
-up at once; the caller then releases the backlog of the routes that use it (`delivery.queue.kick_host`).
+up at once; the caller then releases the backlog of the routes that use it (`delivery.spool.lease.kick_hosts`).
 
 The round-robin position is one counter per route, bumped once per new connection: in Redis when ``REDIS_URL``
 is set (an atomic INCR), else in the database's counter table (an UPDATE ... RETURNING, atomic on SQLite).

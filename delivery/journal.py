@@ -18,7 +18,7 @@ fsync, a power cut still means the old window).
 * A live process whose recording failed (the database went away) lets go of its files (:meth:`Journal.abandon`):
   the next :func:`recover`, its own next batch's included, records them once the database is back.
 * Files rotate every 1,000 entries or 60 s; one is deleted when every report in it is recorded.
-* Recovery never loops on an entry: reports are recorded through `queue.record_safely` (one by one, with safe
+* Recovery never loops on an entry: reports are recorded through `record.record_safely` (one by one, with safe
   texts, reduced to their facts if need be); an entry that still fails, or a file the database keeps refusing
   (QUARANTINE_AFTER times) while it answers, is set aside in ``<name>.bad`` with an application-log error.
 
@@ -258,9 +258,9 @@ def _quarantine_due(path: Path, exc: BaseException) -> bool:
     """Whether a file whose recording failed with EXC is to be dealt with entry by entry now."""
     from django.db import connection
 
-    from delivery import queue
+    from delivery.spool import lease
 
-    if not isinstance(exc, queue.DATABASE_GONE):
+    if not isinstance(exc, lease.DATABASE_GONE):
         return True  # record_safely() already reduced each report to its facts: another try changes nothing
     failures = _failures[path.name] = _failures.get(path.name, 0) + 1
     if failures < QUARANTINE_AFTER:
@@ -310,21 +310,22 @@ def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]]
 
     A report is recorded in one transaction, so it is not recorded yet if a recipient it delivers is still
     active (its other recipients may be active either way: delayed is active). Recording goes through
-    queue.record_safely(): a report that cannot be recorded as it is is recorded with safe texts, or reduced to
+    record.record_safely(): a report that cannot be recorded as it is is recorded with safe texts, or reduced to
     its facts, so a bad entry never fails the file over and over.
     """
-    from delivery import queue
     from delivery.models import Recipient
+    from delivery.spool import lease
+    from delivery.spool import record as spool_record
 
     if not reports:
         return 0
     pairs = {(f.mid, f.rid) for r in reports for f in r.finals}
     active = set(
-        Recipient.objects.filter(message_id__in={mid for mid, _ in pairs}, state__in=queue.ACTIVE).values_list(
+        Recipient.objects.filter(message_id__in={mid for mid, _ in pairs}, state__in=lease.ACTIVE).values_list(
             "message_id", "rid"
         )
     )
     todo = [r for r in reports if any(f.state == "delivered" and (f.mid, f.rid) in active for f in r.finals)]
     if todo:
-        (record or queue.record_safely)(todo)
+        (record or spool_record.record_safely)(todo)
     return len(todo)

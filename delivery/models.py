@@ -2,7 +2,7 @@
 
 A message (MID = primary key) and each recipient (RID 0, 1, ...) carry their own state, next attempt time and
 last reply; a worker owns a message while its lease runs (`leased_by`/`leased_until`, taken with a conditional
-UPDATE by `delivery.queue`). The raw bytes live in MessageBody so listing messages never drags the bodies along.
+UPDATE by `delivery.spool.lease`). The raw bytes live in MessageBody so listing messages never drags the bodies along.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The delivery loop: one long-lived event loop per worker process, with a pool of open SMTP connections.
 
-A Celery task (see `delivery.tasks`) claims a batch of messages, `delivery.queue.plan()` turns them into
+A Celery task (see `delivery.tasks`) claims a batch of messages, `delivery.spool.plan.plan()` turns them into
 `Group`s (the jobs of one route, with the hosts in the order to try), and `Runner.run()` delivers them here,
 in a background thread that owns the event loop. Results come back one `Report` per message and host chain, as
 soon as each message is through, through the `emit` callback: the task records them in the database at once

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers over `delivery.worker` and `delivery.queue`.
+"""Celery tasks: thin wrappers over `delivery.worker` and `delivery.spool`.
 
 `deliver(mids=[...])` is the doorbell the listener rings after commit (one task per group commit, not per
 message: a publish costs the listener about 0.4 ms of CPU); `sweep()` runs on Celery beat every
@@ -19,7 +19,8 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import hosts, journal, queue, worker
+from delivery import hosts, journal, worker
+from delivery.spool import lease
 
 logger = logging.getLogger("delivery.tasks")
 
@@ -43,7 +44,7 @@ def sweep() -> int:
         logger.warning("could not update the open connections gauge", exc_info=True)
     journal.recover()  # a worker process killed since the last sweep: its unrecorded deliveries
     batch = settings.ESAROUTES_DELIVERY_BATCH
-    mids = queue.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
+    mids = lease.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
     tasks = min(math.ceil(len(mids) / batch), MAX_TASKS_PER_SWEEP)
     for i in range(tasks):
         deliver.apply_async((mids[i * batch],))

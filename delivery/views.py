@@ -1,6 +1,6 @@
 """Operator pages: dashboard, mail log, message tracking, queue, hosts, domain status, audit log.
 
-Thin views: a form validates the URL's filters (400 on nonsense), `delivery.selectors` reads, `delivery.queue`
+Thin views: a form validates the URL's filters (400 on nonsense), `delivery.selectors` reads, `delivery.spool.actions`
 changes state, and each view declares the capability it needs (`esaroutes.permissions`; 403 otherwise).
 Regions htmx refreshes are partials named like their root element's id.
 """
@@ -30,8 +30,9 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from delivery import forms, maillog, queue, selectors
+from delivery import forms, maillog, selectors
 from delivery.models import HostStatus, Message, Recipient
+from delivery.spool import actions
 from esaroutes import htmx, permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
 from routes.models import AuditEntry
@@ -237,9 +238,9 @@ def host_list(request: AuthedHtmxRequest) -> HttpResponse:
 @require_POST
 @permissions.require("hosts.view", "hosts.change")
 def host_retry(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    """ "Retry now": mark the host up and send its routes' backlog now (`delivery.queue.mark_host_up`)."""
+    """ "Retry now": mark the host up and send its routes' backlog now (`delivery.actions.mark_host_up`)."""
     host = get_object_or_404(HostStatus, pk=pk)
-    kicked = queue.mark_host_up(host.host, host.port, actor=request.user)
+    kicked = actions.mark_host_up(host.host, host.port, actor=request.user)
     note = f"{host.host}:{host.port} marked up; {_plural(kicked, 'queued message')} sent now."
     if request.htmx:
         host.refresh_from_db()
@@ -355,36 +356,36 @@ def _deliver_now(form: forms.QueueActionForm, actor: Any) -> int:
     d = form.cleaned_data
     scope = d["scope"]
     if scope == "message":
-        return queue.deliver_now(actor=actor, mid=d["mid"])
+        return actions.deliver_now(actor=actor, mid=d["mid"])
     if scope == "domain":
-        return queue.deliver_now(actor=actor, domain=d["domain"])
+        return actions.deliver_now(actor=actor, domain=d["domain"])
     if scope == "all":
-        return queue.deliver_now(actor=actor)
-    mids = sorted(set(queue.select_recipients(recipient_ids=d["recipient"]).values_list("message_id", flat=True)))
-    return sum(queue.deliver_now(actor=actor, mid=mid) for mid in mids)
+        return actions.deliver_now(actor=actor)
+    mids = sorted(set(actions.select_recipients(recipient_ids=d["recipient"]).values_list("message_id", flat=True)))
+    return sum(actions.deliver_now(actor=actor, mid=mid) for mid in mids)
 
 
 @require_POST
 @permissions.require("queue.view", "queue.change")
 def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
     """Deliver now, bounce or delete: the first POST shows what would be done and asks; the confirmed POST
-    (`confirm=1`) calls `delivery.queue`, which logs it the ESA's way and audits it, then goes back with the
+    (`confirm=1`) calls `delivery.spool.actions`, which logs it the ESA's way and audits it, then goes back with the
     result as a message."""
     spec = QUEUE_ACTIONS[action]
     form = forms.QueueActionForm(request.POST)
     if not form.is_valid():
         return _bad_request(form)
     back = _next_url(request, form.cleaned_data.get("next") or "")
-    chosen = queue.select_recipients(**form.selection())
+    chosen = actions.select_recipients(**form.selection())
     if form.cleaned_data["confirm"]:
         if action == "deliver":
             kicked = _deliver_now(form, request.user)
             messages.success(request, f"Rescheduled {_plural(kicked, 'message')} for immediate delivery.")
         elif action == "bounce":
-            n = queue.bounce_recipients(chosen, actor=request.user)
+            n = actions.bounce_recipients(chosen, actor=request.user)
             messages.success(request, f"{_plural(n, 'recipient')} bounced." if n else "No messages bounced.")
         else:
-            n = queue.delete_recipients(chosen, actor=request.user)
+            n = actions.delete_recipients(chosen, actor=request.user)
             messages.success(request, f"{_plural(n, 'recipient')} deleted." if n else "No recipients deleted.")
         return HttpResponseRedirect(back)
     recipients, message_count = selectors.selection_size(chosen)

@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from delivery import hosts, journal, queue, runner
+from delivery import hosts, journal, runner
+from delivery.spool import lease, plan, record
 
 logger = logging.getLogger("delivery.worker")
 
@@ -55,40 +56,40 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
     journal.recover()  # deliveries that a dead (or failed) process saw answered 250 and did not record
     rec = recorder()
     rec.wait_for_room()
-    token = queue.new_token()
+    token = lease.new_token()
     now = timezone.now()
-    claimed = queue.claim(mids, token=token, now=now)
+    claimed = lease.claim(mids, token=token, now=now)
     limit = settings.ESAROUTES_DELIVERY_BATCH
     if fill and len(claimed) < limit:
-        claimed += queue.claim(queue.due(now=now, limit=limit - len(claimed), exclude=claimed), token=token, now=now)
+        claimed += lease.claim(lease.due(now=now, limit=limit - len(claimed), exclude=claimed), token=token, now=now)
     if not claimed:
         return BatchResult(0, 0, ())
     generated: list[int] = []
     flight: _Flight | None = None
     try:
-        plan = queue.plan(claimed, now=now)
-        if plan.immediate:
-            generated += _record([plan.immediate])
-        if plan.groups:
-            groups, held = hold_back(plan.groups, runner.get_runner().stalled_hosts(STALLED_AFTER))
+        planned = plan.plan(claimed, now=now)
+        if planned.immediate:
+            generated += _record([planned.immediate])
+        if planned.groups:
+            groups, held = hold_back(planned.groups, runner.get_runner().stalled_hosts(STALLED_AFTER))
             if held:
                 _hold(held)
             if groups:
                 flight = rec.start(token, groups, claimed)
     except Exception:
         logger.exception("delivery batch %s failed; its messages are retried later", token)
-        queue.postpone_unfinished(token, now=timezone.now())
-        queue.release(token, now=timezone.now())
+        lease.postpone_unfinished(token, now=timezone.now())
+        lease.release(token, now=timezone.now())
         raise
     if flight is None:
-        queue.release(token, now=timezone.now())
+        lease.release(token, now=timezone.now())
     if generated:
         from delivery import intake
 
         intake.ring_many(generated)
     if flight is not None and wait:
         generated += flight.wait()
-    return BatchResult(len(claimed), len(plan.groups), tuple(generated))
+    return BatchResult(len(claimed), len(planned.groups), tuple(generated))
 
 
 def hold_back(
@@ -107,7 +108,7 @@ def hold_back(
 
 def _hold(groups: Sequence[runner.Group]) -> None:
     until = timezone.now() + timedelta(seconds=STALLED_AFTER)
-    queue.postpone_recipients([(j.mid, r.rid) for g in groups for j in g.jobs for r in j.recipients], until=until)
+    lease.postpone_recipients([(j.mid, r.rid) for g in groups for j in g.jobs for r in j.recipients], until=until)
     logger.info(
         "%s messages wait %s s: every host of theirs has a connection of this worker waiting for its greeting",
         sum(len(g.jobs) for g in groups),
@@ -187,7 +188,7 @@ class Recorder:
                 outstanding.setdefault(job.mid, set()).update(r.rid for r in job.recipients)
         idle = [mid for mid in claimed if mid not in outstanding]  # nothing to send now: back at once
         if idle:
-            queue.release(token, now=timezone.now(), mids=idle)
+            lease.release(token, now=timezone.now(), mids=idle)
         flight = _Flight(token, journal.get(), outstanding, time.monotonic())
         with self._cond:
             self._flights[token] = flight
@@ -297,7 +298,7 @@ class Recorder:
             self._cond.notify_all()
         for f, mids in back.items():
             try:  # a message already done is not leased any more: this touches only those still queued
-                queue.release(f.token, now=timezone.now(), mids=mids)
+                lease.release(f.token, now=timezone.now(), mids=mids)
             except Exception:
                 logger.warning("releasing messages of batch %s failed; the batch's end does it", f.token, exc_info=True)
         if generated:
@@ -314,8 +315,8 @@ class Recorder:
             if error is not None:
                 logger.error("delivery batch %s failed; its messages are retried later", flight.token, exc_info=error)
                 flight.error = error
-                queue.postpone_unfinished(flight.token, now=timezone.now())
-            queue.release(flight.token, now=timezone.now())
+                lease.postpone_unfinished(flight.token, now=timezone.now())
+            lease.release(flight.token, now=timezone.now())
         except Exception as exc:
             logger.exception("releasing batch %s failed; its lease runs out", flight.token)
             flight.error = flight.error or exc
@@ -339,8 +340,8 @@ class Recorder:
             jnl.abandon()
         for f in flights:
             try:
-                queue.postpone_unfinished(f.token, now=timezone.now())
-                queue.release(f.token, now=timezone.now())
+                lease.postpone_unfinished(f.token, now=timezone.now())
+                lease.release(f.token, now=timezone.now())
             except Exception:
                 logger.warning("batch %s: its lease runs out", f.token, exc_info=True)
             f.error = error
@@ -353,7 +354,7 @@ class Recorder:
             tokens = list(self._flights)
         for token in tokens:
             try:
-                queue.renew(token, now=timezone.now())
+                lease.renew(token, now=timezone.now())
             except Exception:
                 logger.warning("renewing the lease of batch %s failed", token, exc_info=True)
 
@@ -387,26 +388,26 @@ def shutdown() -> None:
 
 
 def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:
-    """queue.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
+    """record.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
     the reports are still in hand): the mail went out, so losing its outcome would send it twice.
 
     Any other failure is the reports' own (a text the database refuses, a bug on one report's path), which no
     retry cures and which must not stop the batch: they are recorded one by one, a report that fails alone
-    with safe texts, then reduced to its facts (queue.record_apart), so what a peer accepted is never sent again.
+    with safe texts, then reduced to its facts (record.record_apart), so what a peer accepted is never sent again.
     """
     for attempt in range(1, attempts + 1):
         try:
-            return queue.record(reports)
+            return record.record(reports)
         except OperationalError:
             if attempt == attempts:
                 raise
             logger.warning("recording a delivery outcome failed (attempt %s); trying again", attempt, exc_info=True)
             time.sleep(0.05 * attempt)
-        except queue.DATABASE_GONE:
+        except lease.DATABASE_GONE:
             raise
         except Exception:
             logger.warning(
                 "recording %s delivery reports failed; recording them one by one", len(reports), exc_info=True
             )
-            return queue.record_apart(reports)
+            return record.record_apart(reports)
     raise AssertionError("unreachable")

@@ -13,9 +13,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from django.utils import timezone
 
-from delivery import queue, worker
+from delivery import worker
 from delivery.engine import Stage
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from delivery.spool import actions
 from routes import domains, services
 from routes.models import Route
 from tests.delivery.conftest import queue_message
@@ -167,7 +168,7 @@ def test_a_down_host_is_skipped_then_comes_back_and_its_backlog_flushes(peers):
         data=services.RouteData(domain="dest.test", destination=domains.parse_hosts(hosts_text((good, 0)))),
         actor="test",
     )
-    assert queue.deliver_now(actor="test", domain="dest.test") == 2
+    assert actions.deliver_now(actor="test", domain="dest.test") == 2
     worker.deliver_batch([])
     assert len(good.wait_for_messages(2)) == 2
     assert recipients(first) == [(0, "delivered")] and recipients(second) == [(0, "delivered")]
@@ -253,34 +254,6 @@ def test_an_expired_recipient_bounces_with_5_4_7(peers, settings):
         "Delivery expired (message too old) ('000', ['5.4.7 Delivery expired (message too old)'])"
     )
     assert len(result.generated) == 1
-
-
-def test_a_lease_is_exclusive_until_it_runs_out(settings):
-    make_route("dest.test", "/dev/null")
-    mid = queue_message("a@dest.test")
-    now = timezone.now()
-    assert queue.claim([mid], token="w1", now=now) == [mid]
-    assert queue.claim([mid], token="w2", now=now) == []
-    later = now + timedelta(seconds=settings.ESAROUTES_LEASE_SECONDS + 1)
-    assert queue.claim([mid], token="w2", now=later) == [mid]  # w1 died: its lease ran out
-
-
-def test_bounce_and_delete_recipients_as_the_operator(peers):
-    refused = peers.refused()
-    make_route("dest.test", hosts_text((refused, 0)))
-    make_route("origin.test", "/dev/null")
-    one, two = queue_message("a@dest.test"), queue_message("b@dest.test")
-    assert queue.bounce_recipients(queue.select_recipients(mids=[one]), actor="cli:root") == 1
-    assert queue.delete_recipients(queue.select_recipients(domain="dest.test"), actor="cli:root") == 1
-    assert recipients(one) == [(0, "bounced")] and recipients(two) == [(0, "deleted")]
-    r = Recipient.objects.get(message_id=one)
-    assert r.attempts == 0 and r.dsn_status == "5.0.0"
-    lines = log()
-    assert f"Deleted: MID {two} to [0]" in lines
-    assert f"Message finished MID {one} done" in lines and f"Message finished MID {two} done" in lines
-    assert Message.objects.filter(bounce_of_id=one).count() == 1
-    assert Message.objects.filter(bounce_of_id=two).count() == 0
-    assert queue.select_recipients().count() == 0  # nothing chosen: nothing selected
 
 
 def test_usedns_delivers_to_the_mx_and_a_dns_hard_failure_bounces_with_dcid_0(peers, dns_server, settings):

@@ -15,9 +15,10 @@ import pytest
 from django.conf import settings
 from django.db import OperationalError
 
-from delivery import journal, maillog, queue, worker
+from delivery import journal, maillog, worker
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
 from delivery.runner import Attempt, Final, Report
+from delivery.spool import record
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
 
@@ -82,7 +83,7 @@ def test_a_dead_processs_journaled_delivery_is_recorded_by_recover():
 def test_recover_skips_what_was_already_recorded_and_a_torn_last_entry():
     make_route("dest.test", "127.0.0.1:2525")
     first, second = queue_message("a@dest.test"), queue_message("b@dest.test")
-    queue.record([delivered_report(first)])  # the group commit made it for this one before the kill
+    record.record([delivered_report(first)])  # the group commit made it for this one before the kill
     journal_in_dead_process([first, second], how="torn")
 
     assert journal.recover() == 1
@@ -129,17 +130,17 @@ def test_a_delivery_whose_recording_failed_is_recorded_later_and_never_sent_agai
     good = peers.start()
     make_route("dest.test", f"{good.host}:{good.port}")
     mid = queue_message("a@dest.test")
-    real_record = queue.record
+    real_record = record.record
 
     def database_gone(reports: Any, **kwargs: Any) -> list[int]:
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(queue, "record", database_gone)
+    monkeypatch.setattr(record, "record", database_gone)
     with pytest.raises(OperationalError):
         worker.deliver_batch([mid])
     assert len(good.wait_for_messages(1)) == 1 and states(mid) == ["queued"]
 
-    monkeypatch.setattr(queue, "record", real_record)
+    monkeypatch.setattr(record, "record", real_record)
     Message.objects.filter(pk=mid).update(leased_by="", leased_until=None)  # as if the lease ran out
     worker.deliver_batch([mid])  # the next batch recovers the journal first: the message is done, not re-sent
     assert states(mid) == ["delivered"]
@@ -178,16 +179,16 @@ def test_a_journaled_delivery_with_a_reply_no_database_takes_is_recorded_at_the_
 def test_a_journal_entry_that_can_never_be_recorded_is_set_aside_not_retried_forever(monkeypatch, caplog):
     make_route("dest.test", "127.0.0.1:2525")
     good, bad = queue_message("a@dest.test"), queue_message("b@dest.test")
-    real_record = queue.record
+    real_record = record.record
     calls: list[int] = []
 
-    def record(reports: Any, **kwargs: Any) -> list[int]:
+    def flaky_record(reports: Any, **kwargs: Any) -> list[int]:
         calls.append(len(reports))
         if any(f.mid == bad for r in reports for f in r.finals):
             raise TypeError("a bug on this report's path, whatever its texts")
         return real_record(reports, **kwargs)
 
-    monkeypatch.setattr(queue, "record", record)
+    monkeypatch.setattr(record, "record", flaky_record)
     journal_of_dead_process(delivered_report(good), delivered_report(bad))
     journal.recover()
     assert states(good) == ["delivered"] and states(bad) == ["queued"]
@@ -205,7 +206,7 @@ def test_a_journal_file_the_database_keeps_refusing_while_it_answers_is_set_asid
     def refused(reports: Any, **kwargs: Any) -> list[int]:
         raise OperationalError("value too long for this database")  # not "the database is gone", though it says so
 
-    monkeypatch.setattr(queue, "record", refused)
+    monkeypatch.setattr(record, "record", refused)
     journal_of_dead_process(delivered_report(mid))
     for _ in range(journal.QUARANTINE_AFTER - 1):
         assert journal.recover() == 0
@@ -220,7 +221,7 @@ def test_a_recorded_report_with_a_delayed_recipient_is_not_recorded_again():
     mid = queue_message("a@dest.test", "b@dest.test")
     report = hostile_report(mid)
     journal_of_dead_process(report)
-    queue.record_safely([report])  # the group commit made it; the process died before the journal knew
+    record.record_safely([report])  # the group commit made it; the process died before the journal knew
     assert states(mid) == ["delivered", "delayed"]
     assert journal.recover() == 0
     assert DeliveryAttempt.objects.filter(message_id=mid).count() == 2  # not four

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from delivery import maillog, queue, worker
+from delivery import maillog, worker
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
 from delivery.runner import Attempt, Final, Report
+from delivery.spool import record
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
 
@@ -132,16 +133,16 @@ def test_a_report_that_cannot_be_recorded_as_is_still_records_its_deliveries(pee
     peer = peers.start()
     make_route("dest.test", f"{peer.host}:{peer.port}")
     bad, good = queue_message(A, B), queue_message(C)
-    real_record = queue.record
+    real_record = record.record
     calls: list[int] = []
 
-    def record(reports: Any, **kwargs: Any) -> list[int]:
+    def flaky_record(reports: Any, **kwargs: Any) -> list[int]:
         calls.append(len(reports))
         if any(f.mid == bad and "queued as" in f.text for r in reports for f in r.finals):
             raise ValueError("something no retry cures")
         return real_record(reports, **kwargs)
 
-    monkeypatch.setattr(queue, "record", record)
+    monkeypatch.setattr(record, "record", flaky_record)
     worker.deliver_batch([bad, good])
     assert len(peer.wait_for_messages(2)) == 2
     assert set(Recipient.objects.values_list("message_id", "state")) == {(bad, "delivered"), (good, "delivered")}

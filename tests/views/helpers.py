@@ -1,4 +1,4 @@
-"""Build queue rows and mail log lines the way the listener and delivery.queue write them."""
+"""Build queue rows and mail log lines the way the listener and delivery.spool write them."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def attempt(
     at: datetime | None = None,
     rids: tuple[int, ...] | None = None,
 ) -> int:
-    """One connection to `host` for the message's recipients, recorded like delivery.queue records it."""
+    """One connection to `host` for the message's recipients, recorded like delivery.spool.record records it."""
     at = at or timezone.now()
     dcid = next(_ids)
     recipients = [r for r in message.recipients.all() if rids is None or r.rid in rids]

@@ -1,4 +1,4 @@
-"""Admin actions go through delivery.queue: deliver now, bounce, delete (confirmed first), mark host up."""
+"""Admin actions go through delivery.spool.actions: deliver now, bounce, delete (confirmed first), mark host up."""
 
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 
-from delivery import queue, selectors
+from delivery import selectors
 from delivery.models import Recipient
+from delivery.spool import actions
 from routes import matching
 
 
@@ -85,7 +86,7 @@ class SelectionCommand(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="only say how many recipients would be chosen")
 
     def act(self, recipients: QuerySet[Recipient]) -> int:
-        return queue.bounce_recipients(recipients, actor=cli_actor())
+        return actions.bounce_recipients(recipients, actor=cli_actor())
 
     def handle(self, *args: Any, **options: Any) -> None:
         mids: list[int] | None = options["mid"]
@@ -101,7 +102,7 @@ class SelectionCommand(BaseCommand):
         for mid in mids or ():
             if not selectors.message_exists(mid):
                 raise CommandError(f"MID {mid}: no such message")
-        chosen = queue.select_recipients(mids=mids, domain=domain, sender=sender, everything=everything)
+        chosen = actions.select_recipients(mids=mids, domain=domain, sender=sender, everything=everything)
         n, m = selectors.selection_size(chosen)
         if n == 0:
             self.stdout.write(self.nothing)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from delivery import queue
 from delivery.management.commands.bouncerecipients import SelectionCommand, cli_actor
 from delivery.models import Recipient
+from delivery.spool import actions
 
 
 class Command(SelectionCommand):
@@ -25,4 +25,4 @@ class Command(SelectionCommand):
     nothing = "No recipients deleted."
 
     def act(self, recipients: QuerySet[Recipient]) -> int:
-        return queue.delete_recipients(recipients, actor=cli_actor())
+        return actions.delete_recipients(recipients, actor=cli_actor())

@@ -13,8 +13,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery import queue, selectors
+from delivery import selectors
 from delivery.management.commands.bouncerecipients import cli_actor, confirm, domain_arg, plural, positive_int
+from delivery.spool import actions
 
 
 class Command(BaseCommand):
@@ -38,7 +39,7 @@ class Command(BaseCommand):
             if not selectors.active_recipient_count(mid=mid):
                 self.stdout.write(f"MID {mid} has no queued recipient: nothing to deliver.")
                 return
-            kicked = queue.deliver_now(actor=cli_actor(), mid=mid)
+            kicked = actions.deliver_now(actor=cli_actor(), mid=mid)
             self.stdout.write(f"MID {mid} rescheduled for immediate delivery." if kicked else "Nothing to deliver.")
             return
         active = selectors.active_recipient_count(domain=domain)
@@ -49,6 +50,6 @@ class Command(BaseCommand):
         if everything and not options["yes"] and not confirm(question):
             self.stdout.write("Nothing was changed.")
             return
-        kicked = queue.deliver_now(actor=cli_actor(), domain=domain)
+        kicked = actions.deliver_now(actor=cli_actor(), domain=domain)
         where = f" for {domain}" if domain else ""
         self.stdout.write(f"Rescheduled {plural(kicked, 'message')}{where} for immediate delivery.")

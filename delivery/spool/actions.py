@@ -1,0 +1,122 @@
+"""The operator's actions on the queue: deliver now, bounce or delete recipients, mark a host up.
+
+These are the only code the pages, the admin and the commands call to change the queue; each is one
+transaction, logged the way the ESA logs it and recorded in the audit log, and rings the doorbell for what it
+made due once it commits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from delivery import hosts, intake, maillog, runner
+from delivery.models import Recipient
+from delivery.spool import lease, plan, record
+from routes import audit
+
+
+def _ring(mids: Sequence[int]) -> None:
+    if mids:
+        intake.ring_many(mids)
+
+
+def deliver_now(
+    *, actor: audit.Actor, now: datetime | None = None, domain: str | None = None, mid: int | None = None
+) -> int:
+    """The ESA's `delivernow`: one message, one domain, or (neither given) everything queued. Returns MIDs kicked."""
+    now = now or timezone.now()
+    qs = Recipient.objects.all()
+    if mid is not None:
+        qs = qs.filter(message_id=mid)
+    if domain is not None:
+        qs = qs.filter(domain=domain)
+    what = f"deliver now MID {mid}" if mid is not None else f"deliver now {domain or 'all domains'}"
+    with transaction.atomic():
+        mids = lease.make_due(qs, now)
+        maillog.write([maillog.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
+        audit.record_action(actor, "queue", what, {"messages": len(mids)})
+        transaction.on_commit(lambda: _ring(mids[:1000]))
+    return len(mids)
+
+
+def select_recipients(
+    *,
+    mids: Iterable[int] | None = None,
+    domain: str | None = None,
+    sender: str | None = None,
+    recipient_ids: Iterable[int] | None = None,
+    everything: bool = False,
+) -> QuerySet[Recipient]:
+    """Active recipients chosen the ways `bouncerecipients`/`deleterecipients` choose them. Nothing unless asked."""
+    qs = Recipient.objects.filter(state__in=lease.ACTIVE)
+    if mids is not None:
+        qs = qs.filter(message_id__in=list(mids))
+    if domain is not None:
+        qs = qs.filter(domain=domain)
+    if sender is not None:
+        qs = qs.filter(message__sender=sender)
+    if recipient_ids is not None:
+        qs = qs.filter(pk__in=list(recipient_ids))
+    if mids is None and domain is None and sender is None and recipient_ids is None and not everything:
+        return qs.none()
+    return qs
+
+
+def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
+    """Hard-bounce active recipients now (a DSN goes to each sender). Returns how many."""
+    now = now or timezone.now()
+    name = actor if isinstance(actor, str) else getattr(actor, "username", "") or "anonymous"
+    text = f"5.0.0 Bounced by the administrator ({name})"
+    with transaction.atomic():
+        rows = list(recipients.filter(state__in=lease.ACTIVE).select_related("message").select_for_update(of=("self",)))
+        report = runner.Report()
+        for r in rows:
+            plan.local_final(
+                report,
+                mid=r.message_id,
+                sender=r.message.sender,
+                rcpt=runner.Rcpt(r.rid, r.address, r.domain),
+                state=Recipient.State.BOUNCED,
+                text=text,
+            )
+        generated = record.record([report], now=now)
+        audit.record_action(actor, "queue", "bounce recipients", {"recipients": len(rows)})
+        transaction.on_commit(lambda: _ring(generated))
+    return len(rows)
+
+
+def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
+    """Delete active recipients from the queue, silently (no DSN), as `deleterecipients` does."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        rows = list(
+            recipients.filter(state__in=lease.ACTIVE).select_for_update().values_list("pk", "message_id", "rid")
+        )
+        by_mid: dict[int, list[int]] = defaultdict(list)
+        for _, mid, rid in rows:
+            by_mid[mid].append(rid)
+        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(
+            state=Recipient.State.DELETED, finished_at=now, next_attempt_at=None
+        )
+        lines = [maillog.deleted(mid, rids) for mid, rids in by_mid.items()]
+        lines += record.finish_messages(by_mid, now, checked=False)
+        maillog.write(lines, at=now)
+        audit.record_action(actor, "queue", "delete recipients", {"recipients": len(rows)})
+    return len(rows)
+
+
+def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | None = None) -> int:
+    """The hosts page's "retry now": the host is up, and its routes' backlog goes now. Returns MIDs kicked."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        hosts.mark_up(host, port)
+        mids = lease.kick_hosts([(host, port)], now)
+        audit.record_action(actor, "queue", f"mark host up {host}:{port}", {"messages": len(mids)})
+        transaction.on_commit(lambda: _ring(mids[:1000]))
+    return len(mids)

@@ -1,0 +1,217 @@
+"""Planning a batch: claimed messages become groups of jobs per route, with the hosts in the order to try.
+
+A recipient whose fate is decided here, with no connection (DCID 0: expiry, a /dev/null route, a DNS failure),
+goes into the plan's `immediate` report instead. The bounce profiles (retries, lifetime, whether to bounce) are
+read here for the recorder too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+
+from delivery import dns, engine, hosts, maillog, runner, smtp_client
+from delivery.models import BounceProfile, Message, MessageBody, Recipient
+from delivery.spool import lease
+from routes import auth_profiles, domains, matching, snapshot
+
+
+@dataclass
+class Plan:
+    groups: list[runner.Group] = field(default_factory=list)
+    immediate: runner.Report = field(default_factory=runner.Report)  # expiry, /dev/null, DNS failures
+
+
+_profiles_cache: tuple[float, dict[int | None, BounceProfile]] | None = None
+
+
+def bounce_profiles() -> dict[int | None, BounceProfile]:
+    """Bounce profiles by id (None: the default), read at most every ESAROUTES_ROUTE_REFRESH seconds."""
+    global _profiles_cache
+    if _profiles_cache is not None and time.monotonic() - _profiles_cache[0] < settings.ESAROUTES_ROUTE_REFRESH:
+        return _profiles_cache[1]
+    profiles = _read_profiles()
+    _profiles_cache = (time.monotonic(), profiles)
+    return profiles
+
+
+def _read_profiles() -> dict[int | None, BounceProfile]:
+    profiles: dict[int | None, BounceProfile] = {p.pk: p for p in BounceProfile.objects.all()}
+    default = next((p for p in profiles.values() if p.name == BounceProfile.DEFAULT_NAME), None)
+    profiles[None] = default or BounceProfile(name=BounceProfile.DEFAULT_NAME)
+    return profiles
+
+
+def profile_for(entry: matching.RouteEntry | None, profiles: dict[int | None, BounceProfile]) -> BounceProfile:
+    pid = entry.bounce_profile_id if entry is not None else None
+    return profiles.get(pid) or profiles[None]
+
+
+def _timeouts() -> smtp_client.Timeouts:
+    return smtp_client.Timeouts(
+        connect=settings.ESAROUTES_DELIVERY_CONNECT_TIMEOUT,
+        command=settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT,
+        data=settings.ESAROUTES_DELIVERY_DATA_TIMEOUT,
+        transaction=settings.ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT,
+    )
+
+
+def _template(
+    host: engine.Host, entry: matching.RouteEntry | None, auth_cache: dict[int, tuple[str, str] | None]
+) -> smtp_client.Destination:
+    auth = None
+    if entry is not None and entry.auth_profile_id is not None:
+        if entry.auth_profile_id not in auth_cache:
+            auth_cache[entry.auth_profile_id] = auth_profiles.credentials(entry.auth_profile_id)
+        auth = auth_cache[entry.auth_profile_id]
+    return smtp_client.Destination(
+        host=host,
+        helo=settings.ESAROUTES_DELIVERY_EHLO,
+        tls=smtp_client.TlsPolicy(entry.tls if entry is not None and not entry.special else "opportunistic"),
+        auth=auth,
+        timeouts=_timeouts(),
+        defer_on_4xx=bool(entry and entry.defer_on_4xx),
+        max_messages=settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION,
+        ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
+        source_address=settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None,
+    )
+
+
+def local_final(
+    report: runner.Report,
+    *,
+    mid: int,
+    sender: str,
+    rcpt: runner.Rcpt,
+    state: str,
+    text: str,
+    counts: bool = False,
+) -> None:
+    """A decision taken here, with no connection (DCID 0): expiry, a DNS failure, a /dev/null route, an
+    administrator's bounce. Only a DNS failure `counts` as a delivery attempt (it schedules the retry)."""
+    if state == Recipient.State.DROPPED:
+        report.finals.append(runner.Final(mid, rcpt.rid, state, None, text, attempt=False))
+        report.lines.append(maillog.message_done(0, mid, [rcpt.rid]))
+        report.lines.append(maillog.response(mid, [rcpt.rid], text))
+        return
+    status, phrase = engine.enhanced_status(None, text)
+    report.finals.append(runner.Final(mid, rcpt.rid, state, None, text, dsn_status=status, attempt=counts))
+    build = maillog.bounced if state == Recipient.State.BOUNCED else maillog.delayed
+    report.lines.append(build(0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain))
+
+
+def plan(mids: Sequence[int], *, now: datetime) -> Plan:
+    """Turn claimed messages into groups of jobs per route, with the hosts in the order to try."""
+    out = Plan()
+    messages = {m["pk"]: m for m in Message.objects.filter(pk__in=mids).values("pk", "sender", "received_at", "state")}
+    recipients = list(
+        Recipient.objects.filter(message_id__in=mids, state__in=lease.ACTIVE)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .order_by("message_id", "rid")
+        .values_list("message_id", "rid", "address", "domain", "attempts")
+    )
+    if not recipients:
+        return out
+    bodies = dict(
+        MessageBody.objects.filter(message_id__in={r[0] for r in recipients}).values_list("message_id", "data")
+    )
+    table = snapshot.current_table()
+    profiles = bounce_profiles()
+    mx_cache: dict[str, list[engine.Host] | Exception] = {}
+    auth_cache: dict[int, tuple[str, str] | None] = {}
+    exchanges: dict[str, list[str]] = {}  # route host name -> its MX exchanges, best first
+    # route key -> (entry, hosts, domain) and route key -> mid -> recipients
+    routes: dict[str, tuple[matching.RouteEntry | None, list[engine.Host], str]] = {}
+    jobs: dict[str, dict[int, list[runner.Rcpt]]] = defaultdict(lambda: defaultdict(list))
+    for mid, rid, address, domain, attempts in recipients:
+        message = messages[mid]
+        sender = message["sender"]
+        rcpt = runner.Rcpt(rid, address, domain)
+        entry = table.lookup(domain)
+        profile = profile_for(entry, profiles)
+        if attempts and engine.is_expired(
+            message["received_at"],
+            attempts,
+            now,
+            profile.max_retries,
+            timedelta(seconds=profile.max_queue_lifetime),
+        ):
+            text = "5.4.7 Delivery expired (message too old)"
+            local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.BOUNCED, text=text)
+            continue
+        if entry is not None and entry.special == "devnull":
+            text = "Dropped by the /dev/null route"
+            local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.DROPPED, text=text)
+            continue
+        if entry is None or entry.special == "usedns":
+            key = f"mx:{domain}"
+            if domain not in mx_cache:
+                try:
+                    mx_cache[domain] = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
+                except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
+                    mx_cache[domain] = exc
+            found = mx_cache[domain]
+            if isinstance(found, Exception):
+                state = Recipient.State.BOUNCED if isinstance(found, dns.DnsHardFailure) else Recipient.State.DELAYED
+                local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=state, text=str(found), counts=True)
+                continue
+            routes.setdefault(key, (entry, found, domain))
+        else:
+            key = f"route:{entry.id}"
+            if key not in routes:
+                routes[key] = (entry, [engine.Host(h.host, h.port, h.priority) for h in entry.hosts], domain)
+                for h in entry.hosts:
+                    if _wants_mx(h) and h.host not in exchanges:
+                        exchanges[h.host] = _exchanges(h.host)
+        jobs[key][mid].append(rcpt)
+    all_keys = {h.key for _, host_list, _ in routes.values() for h in host_list}
+    all_keys |= {
+        (x, h.port) for _, host_list, _ in routes.values() for h in host_list for x in exchanges.get(h.address, ())
+    }
+    down = hosts.down_hosts(all_keys, now)
+    per_connection = settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION
+    for key, by_mid in jobs.items():
+        entry, host_list, domain = routes[key]
+        job_list = [
+            runner.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))
+            for mid, rcpts in by_mid.items()
+        ]
+        route_key = str(entry.id) if entry is not None and key.startswith("route:") else key
+        for start in range(0, len(job_list), per_connection):
+            order = engine.expand_exchanges(
+                engine.order_hosts(host_list, hosts.next_rr_offset(route_key), down), exchanges, down
+            )
+            out.groups.append(
+                runner.Group(
+                    route_key=route_key,
+                    domain=domain,
+                    hosts=tuple(order),
+                    template=_template(order[0], entry, auth_cache),
+                    jobs=tuple(job_list[start : start + per_connection]),
+                    interface=settings.ESAROUTES_SMTP_INTERFACE,
+                )
+            )
+    return out
+
+
+def _wants_mx(spec: domains.HostSpec) -> bool:
+    """A route's host name is looked up by MX first, as the ESA does, unless written `[name]` (A/AAAA only).
+    IP addresses, and `localhost` names (RFC 6761: never sent to DNS), are used as they are."""
+    name = spec.host.lower().rstrip(".")
+    return not spec.a_only and spec.ip is None and name != "localhost" and not name.endswith(".localhost")
+
+
+def _exchanges(name: str) -> list[str]:
+    """The MX exchanges of a route's host name, best first; [] when it has none (its own A/AAAA are used) or
+    when DNS fails (the name is then tried as it is, and a failure shows as a Connection Error)."""
+    try:
+        found = [h.address for h in dns.mx_hosts(name)]
+    except (dns.DnsHardFailure, dns.DnsTempFailure):
+        return []
+    return [] if found == [name.lower().rstrip(".")] else found
