@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from delivery import engine, hosts, listener
 from delivery.models import HostStatus
 from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
@@ -233,7 +233,7 @@ class PlannedHost:
 def route_test(request: AuthedHtmxRequest) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
     address = source.get("address", "").strip()[:320]
-    context: dict[str, Any] = {"address": address, "send_available": _send_test_message() is not None}
+    context: dict[str, Any] = {"address": address}
     if address:
         context.update(_plan(address))
         context["rows"] = [(p, None) for p in context.get("hosts", [])]
@@ -283,47 +283,29 @@ def _plan(address: str) -> dict[str, Any]:
 def _try_order(
     hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]], route_id: int
 ) -> list[domains.HostSpec]:
-    """The order a new connection would try the hosts now, by the delivery engine's own rule when present.
+    """The order a new connection would try the hosts now, by the delivery engine's own rule.
 
-    The round-robin position (which equal-priority host goes first) is a shared counter of the delivery side
-    (delivery/hosts.py); until that module exists this page uses position 0, i.e. the order of entry.
+    The round-robin position (which equal-priority host goes first) is the delivery side's shared counter
+    (`delivery.hosts.current_rr_offset`).
     """
-    try:
-        from delivery import engine
-
-        by_key = {(h.host, h.port): h for h in hosts}
-        order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(route_id), down)
-        return [by_key[h.key] for h in order]
-    except (ImportError, AttributeError, TypeError, KeyError):
-        return sorted((h for h in hosts if (h.host, h.port) not in down), key=lambda h: h.priority) or sorted(
-            hosts, key=lambda h: h.priority
-        )
+    by_key = {(h.host, h.port): h for h in hosts}
+    order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(route_id), down)
+    return [by_key[h.key] for h in order]
 
 
 def _rr_offset(route_id: int) -> int:
     """Where the route's next connection starts its rotation (the round-robin key of a route is its id)."""
-    from delivery import hosts  # lazy: routes must import without the delivery side loaded
-
     return hosts.current_rr_offset(route_id)
-
-
-def _send_test_message() -> Any:
-    try:
-        listener = importlib.import_module("delivery.listener")
-    except ImportError:
-        return None
-    return getattr(listener, "send_test_message", None)
 
 
 @require_POST
 @can_change
 def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
     address = request.POST.get("address", "").strip()[:320]
-    send = _send_test_message()
-    if send is None or not address:
+    if not address:
         return HttpResponseBadRequest("sending a test message is not available")
     try:
-        result = send(address)
+        result = listener.send_test_message(address)
     except Exception as exc:  # the listener's errors are shown to the admin, not turned into a 500
         text = f"Not sent: {exc}"
     else:

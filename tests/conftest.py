@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-pytest_plugins = [p for p in ("tests.peers",) if (Path(__file__).parent / "peers.py").exists()] + ["tests.dnsserver"]
+pytest_plugins = ["tests.peers", "tests.dnsserver"]
 
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set (embedded default pass)")
 needs_postgres = pytest.mark.skipif(

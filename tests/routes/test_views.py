@@ -324,7 +324,7 @@ def test_changes_page_lists_the_audit_log_and_filters(client_alice):
 
 
 def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, monkeypatch):
-    from routes import views
+    from delivery import listener
 
     sent: list[str] = []
 
@@ -332,7 +332,7 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
         sent.append(to)
         return "250 ok queued as 42"
 
-    monkeypatch.setattr(views, "_send_test_message", lambda: fake_send)
+    monkeypatch.setattr(listener, "send_test_message", fake_send)
     make_route("example.com", "mx.example.com")
     page = client_alice.get(reverse("routes:route-test"), {"address": "u@example.com"}).content.decode()
     assert "Send test message" in page
@@ -342,6 +342,6 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
     def failing(to: str) -> str:
         raise RuntimeError("554 no thanks")
 
-    monkeypatch.setattr(views, "_send_test_message", lambda: failing)
+    monkeypatch.setattr(listener, "send_test_message", failing)
     body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
     assert "Not sent: 554 no thanks" in body
