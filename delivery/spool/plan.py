@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Q
 
-from delivery import dns, engine, hosts, maillog, runner, smtp_client
+from delivery import engine, hosts, maillog, resolve, runner, smtp_client
 from delivery.models import BounceProfile, Message, MessageBody, Recipient
 from delivery.spool import lease
-from routes import auth_profiles, domains, matching, snapshot
+from routes import auth_profiles, matching, snapshot
 
 
 @dataclass
@@ -121,19 +121,16 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     bodies = dict(
         MessageBody.objects.filter(message_id__in={r[0] for r in recipients}).values_list("message_id", "data")
     )
-    table = snapshot.current_table()
+    resolver = resolve.Resolver(snapshot.current_table())
     profiles = bounce_profiles()
-    mx_cache: dict[str, list[engine.Host] | Exception] = {}
     auth_cache: dict[int, tuple[str, str] | None] = {}
-    exchanges: dict[str, list[str]] = {}  # route host name -> its MX exchanges, best first
-    # route key -> (entry, hosts, domain) and route key -> mid -> recipients
-    routes: dict[str, tuple[matching.RouteEntry | None, list[engine.Host], str]] = {}
+    routes: dict[str, resolve.Resolution] = {}  # round-robin key -> where that connection's mail goes
     jobs: dict[str, dict[int, list[runner.Rcpt]]] = defaultdict(lambda: defaultdict(list))
     for mid, rid, address, domain, attempts in recipients:
         message = messages[mid]
         sender = message["sender"]
         rcpt = runner.Rcpt(rid, address, domain)
-        entry = table.lookup(domain)
+        entry = resolver.table.lookup(domain)
         profile = profile_for(entry, profiles)
         if attempts and engine.is_expired(
             message["received_at"],
@@ -145,73 +142,37 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             text = "5.4.7 Delivery expired (message too old)"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.BOUNCED, text=text)
             continue
-        if entry is not None and entry.special == "devnull":
+        where = resolver.resolve(domain)
+        if where.kind == resolve.Kind.DEVNULL:
             text = "Dropped by the /dev/null route"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.DROPPED, text=text)
             continue
-        if entry is None or entry.special == "usedns":
-            key = f"mx:{domain}"
-            if domain not in mx_cache:
-                try:
-                    mx_cache[domain] = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
-                except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
-                    mx_cache[domain] = exc
-            found = mx_cache[domain]
-            if isinstance(found, Exception):
-                state = Recipient.State.BOUNCED if isinstance(found, dns.DnsHardFailure) else Recipient.State.DELAYED
-                local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=state, text=str(found), counts=True)
-                continue
-            routes.setdefault(key, (entry, found, domain))
-        else:
-            key = f"route:{entry.id}"
-            if key not in routes:
-                routes[key] = (entry, [engine.Host(h.host, h.port, h.priority) for h in entry.hosts], domain)
-                for h in entry.hosts:
-                    if _wants_mx(h) and h.host not in exchanges:
-                        exchanges[h.host] = _exchanges(h.host)
-        jobs[key][mid].append(rcpt)
-    all_keys = {h.key for _, host_list, _ in routes.values() for h in host_list}
-    all_keys |= {
-        (x, h.port) for _, host_list, _ in routes.values() for h in host_list for x in exchanges.get(h.address, ())
-    }
-    down = hosts.down_hosts(all_keys, now)
+        if where.dns_error:
+            state = Recipient.State.BOUNCED if where.dns_hard else Recipient.State.DELAYED
+            local_final(
+                out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=state, text=where.dns_error, counts=True
+            )
+            continue
+        routes.setdefault(where.key, where)
+        jobs[where.key][mid].append(rcpt)
+    down = hosts.down_hosts({k for where in routes.values() for k in where.host_keys()}, now)
     per_connection = settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION
     for key, by_mid in jobs.items():
-        entry, host_list, domain = routes[key]
+        where = routes[key]
         job_list = [
             runner.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))
             for mid, rcpts in by_mid.items()
         ]
-        route_key = str(entry.id) if entry is not None and key.startswith("route:") else key
         for start in range(0, len(job_list), per_connection):
-            order = engine.expand_exchanges(
-                engine.order_hosts(host_list, hosts.next_rr_offset(route_key), down), exchanges, down
-            )
+            order = where.order(hosts.next_rr_offset(key), down)
             out.groups.append(
                 runner.Group(
-                    route_key=route_key,
-                    domain=domain,
+                    route_key=key,
+                    domain=where.domain,
                     hosts=tuple(order),
-                    template=_template(order[0], entry, auth_cache),
+                    template=_template(order[0], where.entry, auth_cache),
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=settings.ESAROUTES_SMTP_INTERFACE,
                 )
             )
     return out
-
-
-def _wants_mx(spec: domains.HostSpec) -> bool:
-    """A route's host name is looked up by MX first, as the ESA does, unless written `[name]` (A/AAAA only).
-    IP addresses, and `localhost` names (RFC 6761: never sent to DNS), are used as they are."""
-    name = spec.host.lower().rstrip(".")
-    return not spec.a_only and spec.ip is None and name != "localhost" and not name.endswith(".localhost")
-
-
-def _exchanges(name: str) -> list[str]:
-    """The MX exchanges of a route's host name, best first; [] when it has none (its own A/AAAA are used) or
-    when DNS fails (the name is then tried as it is, and a failure shows as a Connection Error)."""
-    try:
-        found = [h.address for h in dns.mx_hosts(name)]
-    except (dns.DnsHardFailure, dns.DnsTempFailure):
-        return []
-    return [] if found == [name.lower().rstrip(".")] else found
