@@ -29,8 +29,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from delivery import engine, hosts, listener
-from delivery.models import HostStatus
+from delivery import listener, resolve
 from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
 from routes import domains, forms, importexport, matching, probe, services, snapshot
@@ -222,6 +221,7 @@ class PlannedHost:
     down_until: Any = None
     last_error: str = ""
     skipped: bool = False
+    via: str = ""  # the route host name this MX exchange stands for
 
     @property
     def label(self) -> str:
@@ -260,42 +260,22 @@ def _plan(address: str) -> dict[str, Any]:
     )
     if entry.special:
         return plan
+    # The order delivery's next connection uses (delivery.resolve: MX exchanges of route host names included),
+    # then the hosts it leaves out (down while another host is up), flagged.
     now = timezone.now()
-    status = {
-        (s.host, s.port): s
-        for s in HostStatus.objects.filter(host__in={h.host for h in entry.hosts}, down_until__gt=now)
-    }
-    ordered = _try_order(entry.hosts, set(status), entry.id)
-    # Hosts the engine leaves out (down, while another host of the route is up) are listed last, flagged.
-    skipped = [h for h in sorted(entry.hosts, key=lambda h: h.priority) if h not in ordered]
+    preview = resolve.preview(domain or address, table=table, now=now)
+    specs = {(h.host, h.port): h for h in entry.hosts}
     plan["hosts"] = [
         PlannedHost(
-            spec=h,
-            down_until=status[(h.host, h.port)].down_until if (h.host, h.port) in status else None,
-            last_error=status[(h.host, h.port)].last_error if (h.host, h.port) in status else "",
-            skipped=h in skipped,
+            spec=specs.get(c.host.key) or domains.HostSpec(c.host.address, c.host.port, c.host.priority),
+            down_until=c.down_until if c.down(now) else None,
+            last_error=c.last_error if c.down(now) else "",
+            skipped=c.skipped,
+            via=c.via,
         )
-        for h in [*ordered, *skipped]
+        for c in preview.candidates
     ]
     return plan
-
-
-def _try_order(
-    hosts: tuple[domains.HostSpec, ...], down: set[tuple[str, int]], route_id: int
-) -> list[domains.HostSpec]:
-    """The order a new connection would try the hosts now, by the delivery engine's own rule.
-
-    The round-robin position (which equal-priority host goes first) is the delivery side's shared counter
-    (`delivery.hosts.current_rr_offset`).
-    """
-    by_key = {(h.host, h.port): h for h in hosts}
-    order = engine.order_hosts([engine.Host(h.host, h.port, h.priority) for h in hosts], _rr_offset(route_id), down)
-    return [by_key[h.key] for h in order]
-
-
-def _rr_offset(route_id: int) -> int:
-    """Where the route's next connection starts its rotation (the round-robin key of a route is its id)."""
-    return hosts.current_rr_offset(route_id)
 
 
 @require_POST

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
-from delivery import resolve
+from delivery import hosts, resolve
 from delivery.engine import Host
 from delivery.models import HostStatus
+from delivery.spool import plan as planner
 from routes import matching, snapshot
+from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
 
 pytestmark = pytest.mark.django_db
@@ -131,3 +135,33 @@ def test_preview_lists_the_order_then_the_hosts_left_out_with_their_health(dns_s
         ("mx1.dest.test", "relay.dest.test", True),
     ]
     assert p.candidates[-1].last_error == "refused" and p.candidates[-1].down(now)
+
+
+# --- every caller agrees ----------------------------------------------------------------------------------------
+
+
+def _page_order(body: str, names: list[str]) -> list[str]:
+    """The hosts of the route test page's table, in the order of its rows."""
+    rows = re.findall(r"<tr><td>(\d+|skipped)</td><td>\d+</td><td>([^<\s]+)", body)
+    return [host for n, host in rows if n != "skipped" and host in names]
+
+
+def test_the_planner_and_the_route_test_page_agree_mx_expansion_included(dns_server, client, alice):
+    """The same route table, host states and round-robin position give the same hosts in the same order."""
+    dns_server.add("relay.dest.test", "MX", "10 mx1.dest.test.")
+    dns_server.add("relay.dest.test", "MX", "20 mx2.dest.test.")
+    route = make_route("dest.test", "relay.dest.test/pri=10, a.dest.test/pri=10, backup.dest.test/pri=20")
+    now = timezone.now()
+    HostStatus.objects.create(host="mx1.dest.test", port=25, down_until=now + timedelta(minutes=5), last_error="x")
+    hosts.next_rr_offset(str(route.pk))  # the route's next connection starts at its second host
+    every = ["a.dest.test", "relay.dest.test", "mx1.dest.test", "mx2.dest.test", "backup.dest.test"]
+
+    shown = [c.host.address for c in resolve.preview("dest.test").candidates if not c.skipped]
+    client.force_login(alice)
+    body = client.get(reverse("routes:route-test"), {"address": "u@dest.test"}).content.decode()
+    page = _page_order(body, every)
+    planned = [h.address for h in planner.plan([queue_message("u@dest.test")], now=timezone.now()).groups[0].hosts]
+
+    assert planned == ["a.dest.test", "mx2.dest.test", "backup.dest.test"]  # rotated once, mx1 down
+    assert shown == page == planned
+    assert "(MX of relay.dest.test)" in body
