@@ -3,7 +3,7 @@
     export DATABASE_URL=postgres://postgres@127.0.0.1:5432/esaroutes_bench REDIS_URL=redis://127.0.0.1:6379/13
     ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python bench/backlog.py --messages 100000
 
-The messages are written straight into the queue (`delivery.intake.accept_many`, the listener's own group commit,
+The messages are written straight into the queue (`delivery.spool.intake.accept_many`, the listener's own group commit,
 without the doorbell), so the worker finds them all due at once through beat's sweep, as after an outage. The
 destination is one `smtp-sink`. Every few seconds the table shows how many are still queued and the resident
 memory of the worker (its main process and pool children together): it must stay flat however long the queue.
@@ -30,8 +30,8 @@ django.setup()
 from django.db.models import Max  # noqa: E402
 
 from bench.relay import free_port, rss_kib, start_sink  # noqa: E402
-from delivery import intake  # noqa: E402
 from delivery.models import Message  # noqa: E402
+from delivery.spool import doorbell, intake  # noqa: E402
 from routes import domains, services  # noqa: E402
 from routes.models import Route  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
     else:
         services.route_update(route_id=existing.pk, data=data, actor="bench")
     start_mid = Message.objects.aggregate(m=Max("pk"))["m"] or 0
-    intake.ring_many = lambda mids: None  # no doorbells: the sweep finds them, as after an outage
+    doorbell.ring_many = lambda mids: None  # no doorbells: the sweep finds them, as after an outage
     started = time.monotonic()
     for done in range(0, args.messages, 1000):
         batch = [

@@ -5,7 +5,7 @@ Shape
   installation's limits, over every listener process: `delivery.connlimits`),
   the cached `access.AccessSnapshot` (refreshed in the background at most every `ESAROUTES_SMTP_ACCESS_REFRESH`
   seconds, never on the RCPT path) and a bounded `ThreadPoolExecutor` (`ESAROUTES_SMTP_DB_THREADS`) for the ORM.
-  Every database call is one sync function from `delivery.intake` (one transaction each) run in that pool: not
+  Every database call is one sync function from `delivery.spool.intake` (one transaction each) run in that pool: not
   `sync_to_async`'s default single thread, which would serialise every session's commit behind the others;
   several commits in flight let PostgreSQL group their WAL flushes. A failed job closes its thread's connection,
   so a restarted database is reconnected on the next job, and `stop()` closes every thread's connection.
@@ -52,7 +52,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import access, connlimits, intake, maillog
+from delivery import access, connlimits, maillog
+from delivery.spool import intake
 from esaroutes import throttle
 
 logger = logging.getLogger("delivery.listener")

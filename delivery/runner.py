@@ -109,7 +109,7 @@ class Report:
     attempts: list[Attempt] = field(default_factory=list)
     lines: list[maillog.Line] = field(default_factory=list)
     host_events: list[hosts.HostEvent] = field(default_factory=list)
-    journal: int = 0  # the journal file holding it until it is recorded (delivery.journal), 0 for none
+    journal: int = 0  # the journal file holding it until it is recorded (delivery.spool.journal), 0 for none
 
     def __bool__(self) -> bool:
         return bool(self.finals or self.attempts or self.lines or self.host_events)

@@ -19,8 +19,8 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import hosts, journal, worker
-from delivery.spool import lease
+from delivery import hosts, worker
+from delivery.spool import journal, lease, record
 
 logger = logging.getLogger("delivery.tasks")
 
@@ -42,7 +42,7 @@ def sweep() -> int:
         hosts.store_connection_gauges()
     except Exception:  # a gauge must never stop the sweep
         logger.warning("could not update the open connections gauge", exc_info=True)
-    journal.recover()  # a worker process killed since the last sweep: its unrecorded deliveries
+    journal.recover(record.record_safely)  # a worker process killed since the last sweep: its unrecorded deliveries
     batch = settings.ESAROUTES_DELIVERY_BATCH
     mids = lease.due(now=timezone.now(), limit=batch * MAX_TASKS_PER_SWEEP)
     tasks = min(math.ceil(len(mids) / batch), MAX_TASKS_PER_SWEEP)

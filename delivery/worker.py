@@ -30,8 +30,8 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from delivery import hosts, journal, runner
-from delivery.spool import lease, plan, record
+from delivery import hosts, runner
+from delivery.spool import journal, lease, plan, record
 
 logger = logging.getLogger("delivery.worker")
 
@@ -44,7 +44,7 @@ STALLED_AFTER = 10.0
 class BatchResult:
     claimed: int
     groups: int
-    generated: tuple[int, ...]  # bounce messages created, already rung
+    generated: tuple[int, ...]  # bounce messages created (their doorbell rings when they commit)
 
 
 def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = True) -> BatchResult:
@@ -53,7 +53,9 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
     `wait`: return once the batch is delivered and recorded (raising what its recording raised); without it
     (the Celery task) return as soon as the batch is handed to the runner and the recorder.
     """
-    journal.recover()  # deliveries that a dead (or failed) process saw answered 250 and did not record
+    journal.recover(
+        record.record_safely
+    )  # deliveries that a dead (or failed) process saw answered 250 and did not record
     rec = recorder()
     rec.wait_for_room()
     token = lease.new_token()
@@ -83,10 +85,6 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
         raise
     if flight is None:
         lease.release(token, now=timezone.now())
-    if generated:
-        from delivery import intake
-
-        intake.ring_many(generated)
     if flight is not None and wait:
         generated += flight.wait()
     return BatchResult(len(claimed), len(planned.groups), tuple(generated))
@@ -278,7 +276,7 @@ class Recorder:
 
     def _through(self, reports: list[tuple[_Flight, runner.Report]], generated: list[int]) -> None:
         """Recorded: a message whose recipients all have their final goes back now, not at the end of the batch
-        (its slowest group's end); bounces generated are rung."""
+        (its slowest group's end); bounces generated ring the doorbell as they commit."""
         now = time.monotonic()
         back: dict[_Flight, list[int]] = {}
         with self._cond:
@@ -301,10 +299,6 @@ class Recorder:
                 lease.release(f.token, now=timezone.now(), mids=mids)
             except Exception:
                 logger.warning("releasing messages of batch %s failed; the batch's end does it", f.token, exc_info=True)
-        if generated:
-            from delivery import intake
-
-            intake.ring_many(generated)
 
     def _finish(self, flight: _Flight) -> None:
         """The runner is through with the batch: after a failure of its own, postpone what is unfinished; then

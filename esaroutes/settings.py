@@ -27,7 +27,7 @@ DATA_DIR = env.env_path("ESAROUTES_DATA_DIR", BASE_DIR / "var")
 LOG_DIR = DATA_DIR / "log"
 MAIL_LOG_DIR = LOG_DIR / "mail_logs"
 BROKER_DIR = DATA_DIR / "broker"
-JOURNAL_DIR = DATA_DIR / "journal"  # deliveries not yet recorded, per worker process (delivery.journal)
+JOURNAL_DIR = DATA_DIR / "journal"  # deliveries not yet recorded, per worker process (delivery.spool.journal)
 for _d in (
     DATA_DIR,
     LOG_DIR,

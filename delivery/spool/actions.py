@@ -15,15 +15,15 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from delivery import hosts, intake, maillog, runner
+from delivery import hosts, maillog, runner
 from delivery.models import Recipient
-from delivery.spool import lease, plan, record
+from delivery.spool import doorbell, lease, plan, record
 from routes import audit
 
 
 def _ring(mids: Sequence[int]) -> None:
     if mids:
-        intake.ring_many(mids)
+        doorbell.ring_many(mids)
 
 
 def deliver_now(
@@ -85,9 +85,8 @@ def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
                 state=Recipient.State.BOUNCED,
                 text=text,
             )
-        generated = record.record([report], now=now)
+        record.record([report], now=now)  # the bounces it generates ring the doorbell when they commit
         audit.record_action(actor, "queue", "bounce recipients", {"recipients": len(rows)})
-        transaction.on_commit(lambda: _ring(generated))
     return len(rows)
 
 

@@ -21,9 +21,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from delivery import dsn, engine, hosts, intake, maillog, runner, smtp_client
+from delivery import dsn, engine, hosts, maillog, runner, smtp_client
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
-from delivery.spool import lease, plan
+from delivery.spool import intake, lease, plan
 from routes import matching, snapshot
 
 logger = logging.getLogger("delivery.spool.record")

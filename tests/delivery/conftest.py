@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from delivery import intake, worker
+from delivery import worker
+from delivery.spool import intake
 
 
 @pytest.fixture

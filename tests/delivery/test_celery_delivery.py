@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from delivery import intake, tasks
+from delivery import tasks
 from delivery.models import Message
+from delivery.spool import doorbell
 from tests.delivery.conftest import queue_message
 from tests.delivery.test_delivery import hosts_text
 from tests.routes.helpers import make_route
@@ -39,7 +40,7 @@ def test_the_doorbell_reaches_a_real_worker(peers, celery_worker_thread):
 def test_the_sweep_sends_what_no_doorbell_announced(peers, celery_worker_thread, monkeypatch):
     good = peers.start()
     make_route("dest.test", hosts_text((good, 0)))
-    monkeypatch.setattr(intake, "ring_many", lambda mids: None)  # the broker lost the doorbell
+    monkeypatch.setattr(doorbell, "ring_many", lambda mids: None)  # the broker lost the doorbell
     mid = queue_message("lost@dest.test")
     # one batch task for everything due (0 when a stale task of an earlier test, still in the broker, took it)
     assert tasks.sweep() in (0, 1)

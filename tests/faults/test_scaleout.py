@@ -257,7 +257,7 @@ def _copies(sinks: harness.Sinks) -> dict[tuple[str, str], list[tuple[float, int
 def _unrecorded_in_journal(stack: harness.Stack, host: harness.NetHost) -> set[tuple[str, str]]:
     """The (Message-ID, recipient) of deliveries in `host`'s journal whose recipient is still active in the
     database: seen answered 250 by the dead machine and never recorded."""
-    from delivery import journal
+    from delivery.spool import journal
 
     finals = [
         (f.mid, f.rid)

@@ -9,7 +9,7 @@ loop wedged when a pool process was killed holding the shared queue's read lock)
 worker.
 
 Expected: every message answered 250 reaches a sink. A message can be sent twice only when its end of data or its
-250 was on the wire when the worker died: a 250 the worker has read is in its journal (delivery.journal) and is
+250 was on the wire when the worker died: a 250 the worker has read is in its journal (delivery.spool.journal) and is
 recorded by recover() even if the worker dies before its group commit. A diagnosis of the duplicates (the time to
 the nearest kill) is written to duplicates.txt in the test's directory.
 """
@@ -74,7 +74,7 @@ def test_sigkill_a_worker_20_times_under_load_loses_nothing(backend, stack_facto
         f"{tally.line(injector.sent)} in {elapsed:.0f} s",
     )
     assert tally.lost == 0 and tally.unexpected == 0
-    # A delivery is journaled the moment its 250 is read (delivery.journal) and recorded by recover() if its
+    # A delivery is journaled the moment its 250 is read (delivery.spool.journal) and recorded by recover() if its
     # process dies before the group commit. What a kill can still send twice is a message whose end of data or
     # 250 was on the wire at that instant (RFC 1047): at most one per open connection of the killed process.
     # Each kill here lands right after a sink took a message, the worst moment. Before the journal: 42-78

@@ -15,8 +15,9 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import OperationalError, connection
 
-from delivery import intake, listener, maillog
+from delivery import listener, maillog
 from delivery.models import MailLogLine, Message, MessageBody, Recipient
+from delivery.spool import intake
 from routes.models import RecipientAccessRule, RelayNetwork, Route, SmtpUser
 from tests.conftest import needs_postgres
 from tests.listener.conftest import SENDER, log_texts, send, wait_for

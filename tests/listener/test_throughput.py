@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import intake, listener, maillog
+from delivery import listener, maillog
 from delivery.models import MailLogLine, Message, MessageBody, Recipient
+from delivery.spool import intake
 from tests.listener.conftest import SENDER, send
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,16 +15,16 @@ import pytest
 from django.conf import settings
 from django.db import OperationalError
 
-from delivery import journal, maillog, worker
+from delivery import maillog, worker
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
 from delivery.runner import Attempt, Final, Report
-from delivery.spool import record
+from delivery.spool import journal, record
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def delivered_report(mid: int, dcid: int = 77) -> Report:
@@ -48,8 +48,8 @@ def journal_in_dead_process(mids: list[int], *, how: str = "kill") -> None:
         django.setup()
         from django.conf import settings
         settings.JOURNAL_DIR = {str(settings.JOURNAL_DIR)!r}
-        from delivery import journal
-        from tests.delivery.test_journal import delivered_report
+        from delivery.spool import journal
+        from tests.delivery.spool.test_journal import delivered_report
         j = journal.get()
         for mid in {mids!r}:
             j.note(delivered_report(mid))
@@ -70,14 +70,14 @@ def test_a_dead_processs_journaled_delivery_is_recorded_by_recover():
     journal_in_dead_process([mid])
     assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1
 
-    assert journal.recover() == 1
+    assert journal.recover(record.record_safely) == 1
     assert states(mid) == ["delivered"]
     assert Message.objects.get(pk=mid).state == "done"
     assert list(DeliveryAttempt.objects.filter(message_id=mid).values_list("outcome", "code")) == [("delivered", 250)]
     texts = list(MailLogLine.objects.filter(mid=mid).values_list("text", flat=True))
     assert f"Message done DCID 77 MID {mid} to RID [0]" in texts and f"Message finished MID {mid} done" in texts
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []  # gone once recorded
-    assert journal.recover() == 0  # and never recorded twice
+    assert journal.recover(record.record_safely) == 0  # and never recorded twice
 
 
 def test_recover_skips_what_was_already_recorded_and_a_torn_last_entry():
@@ -86,7 +86,7 @@ def test_recover_skips_what_was_already_recorded_and_a_torn_last_entry():
     record.record([delivered_report(first)])  # the group commit made it for this one before the kill
     journal_in_dead_process([first, second], how="torn")
 
-    assert journal.recover() == 1
+    assert journal.recover(record.record_safely) == 1
     assert states(first) == states(second) == ["delivered"]
     assert DeliveryAttempt.objects.filter(message_id=first).count() == 1  # nothing written twice
 
@@ -95,7 +95,7 @@ def test_a_live_processs_journal_is_left_alone():
     mid = queue_message("a@dest.test")
     live = journal.get()
     live.note(delivered_report(mid))
-    assert journal.recover() == 0  # its owner holds the lock: it records it itself
+    assert journal.recover(record.record_safely) == 0  # its owner holds the lock: it records it itself
     assert states(mid) == ["queued"]
     assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1
 
@@ -170,7 +170,7 @@ def test_a_journaled_delivery_with_a_reply_no_database_takes_is_recorded_at_the_
     make_route("dest.test", "127.0.0.1:2525")
     mid = queue_message("a@dest.test", "b@dest.test")
     journal_of_dead_process(hostile_report(mid))
-    assert journal.recover() == 1
+    assert journal.recover(record.record_safely) == 1
     assert states(mid) == ["delivered", "delayed"]
     assert Recipient.objects.get(message_id=mid, rid=1).last_response == "4.3.0 first\n\\xff\\xfe\\xc3( nul\\x00"
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
@@ -190,14 +190,14 @@ def test_a_journal_entry_that_can_never_be_recorded_is_set_aside_not_retried_for
 
     monkeypatch.setattr(record, "record", flaky_record)
     journal_of_dead_process(delivered_report(good), delivered_report(bad))
-    journal.recover()
+    journal.recover(record.record_safely)
     assert states(good) == ["delivered"] and states(bad) == ["queued"]
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
     [aside] = Path(settings.JOURNAL_DIR).glob("*.bad")
     assert [r.finals[0].mid for r in journal.read(aside)] == [bad]
     assert any(r.levelname == "ERROR" and "set aside" in r.getMessage() for r in caplog.records)
     before = len(calls)
-    assert journal.recover() == 0 and len(calls) == before  # never tried again
+    assert journal.recover(record.record_safely) == 0 and len(calls) == before  # never tried again
 
 
 def test_a_journal_file_the_database_keeps_refusing_while_it_answers_is_set_aside(monkeypatch):
@@ -209,9 +209,9 @@ def test_a_journal_file_the_database_keeps_refusing_while_it_answers_is_set_asid
     monkeypatch.setattr(record, "record", refused)
     journal_of_dead_process(delivered_report(mid))
     for _ in range(journal.QUARANTINE_AFTER - 1):
-        assert journal.recover() == 0
+        assert journal.recover(record.record_safely) == 0
         assert len(list(Path(settings.JOURNAL_DIR).glob("*.jnl"))) == 1  # a database error: tried again
-    assert journal.recover() == 0
+    assert journal.recover(record.record_safely) == 0
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []
     assert len(list(Path(settings.JOURNAL_DIR).glob("*.bad"))) == 1
 
@@ -223,5 +223,5 @@ def test_a_recorded_report_with_a_delayed_recipient_is_not_recorded_again():
     journal_of_dead_process(report)
     record.record_safely([report])  # the group commit made it; the process died before the journal knew
     assert states(mid) == ["delivered", "delayed"]
-    assert journal.recover() == 0
+    assert journal.recover(record.record_safely) == 0
     assert DeliveryAttempt.objects.filter(message_id=mid).count() == 2  # not four

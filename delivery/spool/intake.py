@@ -13,11 +13,6 @@ listener's next group commit when the connection ends: no transaction of their o
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import queue
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -27,8 +22,7 @@ from django.utils import timezone
 
 from delivery import ids, maillog
 from delivery.models import Message, MessageBody, Recipient
-
-logger = logging.getLogger("delivery.intake")
+from delivery.spool import doorbell
 
 
 @dataclass(frozen=True)
@@ -95,7 +89,7 @@ def accept_many(
         for mid, inc in zip(mids, incomings, strict=True):
             out += message_lines(mid, inc)
         maillog.write(out, at=now)
-        transaction.on_commit(lambda: ring_many(mids))
+        transaction.on_commit(lambda: doorbell.ring_many(mids))
     return mids
 
 
@@ -163,85 +157,6 @@ def reserve_icids(n: int) -> list[int]:
 def stamp(line: maillog.Line, at: datetime | None = None) -> maillog.Line:
     """The line with its event time fixed now, for lines buffered until a later transaction."""
     return replace(line, at=at or timezone.now())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The doorbell
-
-
-_doorbell: queue.SimpleQueue[int] = queue.SimpleQueue()
-_doorbell_thread: threading.Thread | None = None
-_doorbell_lock = threading.Lock()
-
-
-def ring_many(mids: Sequence[int]) -> None:
-    for mid in mids:
-        ring(mid)
-
-
-def ring(mid: int) -> None:
-    """Ask a worker to deliver MID now: queued for the doorbell thread, so the broker never delays a reply."""
-    global _doorbell_thread
-    if _doorbell_thread is None or not _doorbell_thread.is_alive():
-        with _doorbell_lock:
-            if _doorbell_thread is None or not _doorbell_thread.is_alive():
-                _doorbell_thread = threading.Thread(target=_doorbell_loop, name="esaroutes-doorbell", daemon=True)
-                _doorbell_thread.start()
-    _doorbell.put(mid)
-
-
-#: Under load, the doorbell rings at most once per this many seconds, with every MID committed meanwhile: a
-#: Celery publish costs the listener about 0.4 ms of CPU, and at a few hundred messages per second one task per
-#: group commit was 14% of its work. A message that comes after a quiet spell is rung at once.
-RING_INTERVAL = 0.02
-
-
-def _doorbell_loop() -> None:
-    last = 0.0
-    while True:
-        mids = [_doorbell.get()]
-        wait = last + RING_INTERVAL - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)  # coalesce: the MIDs committed in the meantime go in the same task
-        with contextlib.suppress(queue.Empty):
-            while len(mids) < 500:
-                mids.append(_doorbell.get_nowait())
-        last = time.monotonic()
-        _ring(mids)
-
-
-_tasks_missing_since: float | None = None
-
-
-#: MIDs per doorbell task: a few tasks per group commit, so every worker process gets a share.
-RING_CHUNK = 8
-
-
-def _ring(mids: list[int]) -> None:
-    """One task per RING_CHUNK MIDs, sent over one broker connection; log (never raise) a missing task module
-    or a broker error: the sweep re-sends."""
-    global _tasks_missing_since
-    if _tasks_missing_since is not None and time.monotonic() - _tasks_missing_since < 30:
-        return  # a failed import costs a walk of sys.path: try again in a while, not per message
-    try:
-        from delivery import tasks  # type: ignore[attr-defined,unused-ignore]  # lazy: written by the delivery side
-    except ImportError:
-        _tasks_missing_since = time.monotonic()
-        logger.warning("delivery.tasks is not importable; queued messages wait for the queue sweep")
-        return
-    _tasks_missing_since = None
-    try:
-        with tasks.deliver.app.producer_or_acquire() as producer:
-            for start in range(0, len(mids), RING_CHUNK):
-                chunk = mids[start : start + RING_CHUNK]
-                tasks.deliver.apply_async(kwargs={"mids": chunk}, retry=False, producer=producer)
-    except Exception:
-        logger.warning(
-            "MIDs %s..%s: delivery doorbell not sent (the queue sweep will pick them up)",
-            mids[0],
-            mids[-1],
-            exc_info=True,
-        )
 
 
 def close_connection() -> None:

@@ -18,9 +18,10 @@ fsync, a power cut still means the old window).
 * A live process whose recording failed (the database went away) lets go of its files (:meth:`Journal.abandon`):
   the next :func:`recover`, its own next batch's included, records them once the database is back.
 * Files rotate every 1,000 entries or 60 s; one is deleted when every report in it is recorded.
-* Recovery never loops on an entry: reports are recorded through `record.record_safely` (one by one, with safe
-  texts, reduced to their facts if need be); an entry that still fails, or a file the database keeps refusing
-  (QUARANTINE_AFTER times) while it answers, is set aside in ``<name>.bad`` with an application-log error.
+* Recovery never loops on an entry: reports are recorded through the recorder its caller passes in
+  (`record.record_safely`: one by one, with safe texts, reduced to their facts if need be); an entry that still
+  fails, or a file the database keeps refusing (QUARANTINE_AFTER times) while it answers, is set aside in
+  ``<name>.bad`` with an application-log error.
 
 The window left is the time between the peer's 250 leaving it and the runner reading it: a kill inside it sends
 that message again (at most one per open connection of the killed process). Nothing else can be closed from this
@@ -44,12 +45,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
+
+from delivery.models import Recipient
+from delivery.spool import lease
 
 if TYPE_CHECKING:
     from delivery.runner import Report
 
-logger = logging.getLogger("delivery.journal")
+logger = logging.getLogger("delivery.spool.journal")
 
 _HEADER = struct.Struct(">I")
 ROTATE_ENTRIES = 1000
@@ -198,7 +203,7 @@ def read(path: Path) -> list[Report]:
     return out
 
 
-def recover(record: Callable[[list[Report]], object] | None = None) -> int:
+def recover(record: Callable[[list[Report]], object]) -> int:
     """Record what dead processes of this machine journaled and did not record; returns reports recorded.
 
     Never raises: a file that cannot be recorded now (the database is down) stays for the next call.
@@ -256,10 +261,6 @@ QUARANTINE_AFTER = 3
 
 def _quarantine_due(path: Path, exc: BaseException) -> bool:
     """Whether a file whose recording failed with EXC is to be dealt with entry by entry now."""
-    from django.db import connection
-
-    from delivery.spool import lease
-
     if not isinstance(exc, lease.DATABASE_GONE):
         return True  # record_safely() already reduced each report to its facts: another try changes nothing
     failures = _failures[path.name] = _failures.get(path.name, 0) + 1
@@ -273,7 +274,7 @@ def _quarantine_due(path: Path, exc: BaseException) -> bool:
     return True
 
 
-def _quarantine(path: Path, reports: Sequence[Report], record: Callable[[list[Report]], object] | None) -> int:
+def _quarantine(path: Path, reports: Sequence[Report], record: Callable[[list[Report]], object]) -> int:
     """Record the file's entries one at a time; those that cannot be go to ``<name>.bad``, with an error in the
     application log (an operator's matter: their recipients are still queued and will be sent again)."""
     recorded = 0
@@ -305,18 +306,14 @@ def _mids(report: Report) -> str:
     return ", ".join(str(mid) for mid in sorted({f.mid for f in report.finals})) or "-"
 
 
-def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]], object] | None = None) -> int:
+def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]], object]) -> int:
     """Record the reports not recorded yet; returns how many. Raises if recording does.
 
     A report is recorded in one transaction, so it is not recorded yet if a recipient it delivers is still
-    active (its other recipients may be active either way: delayed is active). Recording goes through
-    record.record_safely(): a report that cannot be recorded as it is is recorded with safe texts, or reduced to
-    its facts, so a bad entry never fails the file over and over.
+    active (its other recipients may be active either way: delayed is active). Recording goes through RECORD,
+    `record.record_safely()` in the callers: a report that cannot be recorded as it is is recorded with safe
+    texts, or reduced to its facts, so a bad entry never fails the file over and over.
     """
-    from delivery.models import Recipient
-    from delivery.spool import lease
-    from delivery.spool import record as spool_record
-
     if not reports:
         return 0
     pairs = {(f.mid, f.rid) for r in reports for f in r.finals}
@@ -327,5 +324,5 @@ def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]]
     )
     todo = [r for r in reports if any(f.state == "delivered" and (f.mid, f.rid) in active for f in r.finals)]
     if todo:
-        (record or spool_record.record_safely)(todo)
+        record(todo)
     return len(todo)
