@@ -19,7 +19,6 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from delivery import selectors
 from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, IdCounter, MailLogLine, Message, Recipient
 from delivery.spool import actions
 from esaroutes import permissions
@@ -183,10 +182,10 @@ class MessageAdmin(QueueActionAdmin):
     @admin.display(description="Mail log lines")
     def log_lines(self, obj: Message) -> SafeString:
         """The message's own lines, its ICID's and its DCIDs' (MailLogLine has no foreign key: it is a log)."""
-        story = selectors.message_story(obj, max_lines=500)
+        lines = obj.log_lines(500)
         return format_html(
             '<pre class="maillog">{}</pre>',
-            format_html_join("\n", "{} {}: {}", ((ln.at.strftime("%c"), ln.level, ln.text) for ln in story.lines)),
+            format_html_join("\n", "{} {}: {}", ((ln.at.strftime("%c"), ln.level, ln.text) for ln in lines)),
         )
 
 

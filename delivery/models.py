@@ -76,6 +76,22 @@ class Message(models.Model):
     def __str__(self) -> str:
         return f"MID {self.pk}"
 
+    def log_lines(self, limit: int) -> list[MailLogLine]:
+        """The message's mail log lines in log order, at most `limit`: the MID's own, plus its ICID's connection
+        lines and its DCIDs' connection lines (which name no MID)."""
+        dcids = set(self.attempts.values_list("dcid", flat=True))
+        # Three index lookups merged in Python: an OR across three columns defeats SQLite's planner.
+        parts = [models.Q(mid=self.pk)]
+        if self.icid:
+            parts.append(models.Q(icid=self.icid, mid__isnull=True))
+        if dcids:
+            parts.append(models.Q(dcid__in=dcids, mid__isnull=True))
+        found: dict[int, MailLogLine] = {}
+        for cond in parts:
+            for line in MailLogLine.objects.filter(cond).order_by("id")[:limit]:
+                found[line.pk] = line
+        return [found[k] for k in sorted(found)][:limit]
+
 
 class MessageBody(models.Model):
     message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="body")

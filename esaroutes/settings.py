@@ -104,6 +104,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "esaroutes.permissions.capabilities",
             ],
+            # The monitor's tag library is not in an app's templatetags folder: named here for {% load %}.
+            "libraries": {"maillog_tags": "delivery.monitor.templatetags.maillog_tags"},
         },
     },
 ]

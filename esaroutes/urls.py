@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
 
-from delivery import metrics
+from delivery.monitor import metrics
 from esaroutes import login, views
 
 admin.site.site_header = "esaroutes administration"
@@ -13,7 +13,7 @@ admin.site.site_title = "esaroutes"
 admin.site.index_title = "Routes, queue and mail log"
 
 urlpatterns = [
-    path("", include("delivery.urls")),
+    path("", include("delivery.monitor.urls")),
     path("routes/", include("routes.urls")),
     path("login/", login_not_required(login.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

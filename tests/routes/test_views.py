@@ -311,14 +311,16 @@ def test_read_only_user_may_look_up_but_not_connect(client, django_user_model):
     assert response.status_code == 403
 
 
-def test_changes_page_lists_the_audit_log_and_filters(client_alice):
+def test_changes_link_leads_to_the_audit_log_which_filters_unicode_domains(client_alice):
     make_route("xn--bcher-kva.example", "mx.example.com")
     make_route("other.example", "mx.example.com", actor="cli:bob")
     page = client_alice.get(reverse("routes:route-list")).content.decode()
-    assert reverse("routes:audit-list") in page
-    body = client_alice.get(reverse("routes:audit-list")).content.decode()
+    assert reverse("delivery:audit-list") in page
+    old = client_alice.get(reverse("routes:audit-list"), {"q": "bücher"})
+    assert old.status_code == 302 and old.url == reverse("delivery:audit-list") + "?q=b%C3%BCcher"
+    body = client_alice.get(reverse("delivery:audit-list")).content.decode()
     assert "cli:bob" in body and "xn--bcher-kva.example" in body
-    filtered = client_alice.get(reverse("routes:audit-list"), {"q": "bücher"}, **HTMX).content.decode()
+    filtered = client_alice.get(reverse("delivery:audit-list"), {"q": "bücher"}, **HTMX).content.decode()
     assert filtered.lstrip().startswith('<section id="audit-table"')
     assert "xn--bcher-kva.example" in filtered and "other.example" not in filtered
 

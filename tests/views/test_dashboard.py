@@ -7,8 +7,8 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from delivery import selectors
 from delivery.models import DeliveryAttempt
+from delivery.monitor import selectors
 from esaroutes import tasks
 from tests.views.helpers import attempt, make_message
 

@@ -20,8 +20,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import QuerySet
 
-from delivery import selectors
 from delivery.models import Recipient
+from delivery.monitor import selectors
 from delivery.spool import actions
 from routes import matching
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery import selectors
 from delivery.management.commands.bouncerecipients import cli_actor, confirm, domain_arg, plural, positive_int
+from delivery.monitor import selectors
 from delivery.spool import actions
 
 

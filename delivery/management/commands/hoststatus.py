@@ -14,9 +14,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from delivery import maillog, selectors
+from delivery import maillog
 from delivery.management.commands.bouncerecipients import domain_arg
 from delivery.models import HostStatus
+from delivery.monitor import selectors
 
 WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
 

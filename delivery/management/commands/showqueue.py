@@ -11,8 +11,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from delivery import maillog, selectors
+from delivery import maillog
 from delivery.management.commands.bouncerecipients import domain_arg, plural
+from delivery.monitor import selectors
 
 
 class Command(BaseCommand):

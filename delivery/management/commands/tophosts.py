@@ -8,7 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from delivery import maillog, selectors
+from delivery import maillog
+from delivery.monitor import selectors
 
 
 class Command(BaseCommand):

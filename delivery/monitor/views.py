@@ -1,12 +1,14 @@
 """Operator pages: dashboard, mail log, message tracking, queue, hosts, domain status, audit log.
 
-Thin views: a form validates the URL's filters (400 on nonsense), `delivery.selectors` reads, `delivery.spool.actions`
-changes state, and each view declares the capability it needs (`esaroutes.permissions`; 403 otherwise).
+Thin views: a form validates the URL's filters (400 on nonsense), `delivery.monitor.selectors` reads,
+`delivery.spool.actions` changes state, and each view declares the capability it needs (`esaroutes.permissions`;
+403 otherwise).
 Regions htmx refreshes are partials named like their root element's id.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,13 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from delivery import forms, maillog, selectors
+from delivery import maillog
 from delivery.models import HostStatus, Message, Recipient
+from delivery.monitor import forms, selectors
 from delivery.spool import actions
 from esaroutes import htmx, permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
+from routes import domains
 from routes.models import AuditEntry
 
 PER_PAGE = 50
@@ -273,14 +277,21 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
 @htmx.vary_on_htmx
 @permissions.require("audit.view")
 def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
-    """Who changed what, when: every audited change (routes, access rules, queue actions), newest first."""
+    """Who changed what, when: every audited change (routes, access rules, queue actions), newest first.
+
+    `?q=` matches the object or the user; a Unicode domain (`bücher.example`) also matches its stored IDNA form.
+    """
     form = forms.AuditFilterForm(request.GET)
     if not form.is_valid():
         return HttpResponseBadRequest("bad filter")
     qs = AuditEntry.objects.all()
     q = form.cleaned_data.get("q") or ""
     if q:
-        qs = qs.filter(Q(object_repr__icontains=q) | Q(actor_name__icontains=q))
+        match = Q(object_repr__icontains=q) | Q(actor_name__icontains=q)
+        if not q.isascii():
+            with contextlib.suppress(ValueError, UnicodeError):
+                match |= Q(object_repr__icontains=domains.to_ascii_name(q.lower().strip(".")))
+        qs = qs.filter(match)
     if form.cleaned_data.get("action"):
         qs = qs.filter(action=form.cleaned_data["action"])
     if form.cleaned_data.get("object_type"):

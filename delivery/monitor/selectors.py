@@ -417,24 +417,12 @@ class MessageStory:
 def message_story(message: Message, *, max_lines: int = 2000) -> MessageStory:
     """Everything tracking shows about one message: headers, recipients, attempts, log lines, generated bounces.
 
-    The log lines are the MID's own, plus its ICID's connection lines and its DCIDs' connection lines (which name
-    no MID), in log order.
+    The log lines are `Message.log_lines`: the MID's own, plus its ICID's and its DCIDs' connection lines.
     """
     headers = parse_headers(message)
     recipients = list(message.recipients.order_by("rid"))
     attempts = list(message.attempts.select_related("recipient").order_by("at", "id"))
-    dcids = {a.dcid for a in attempts}
-    # Three index lookups merged in Python: an OR across three columns defeats SQLite's planner.
-    parts = [Q(mid=message.pk)]
-    if message.icid:
-        parts.append(Q(icid=message.icid, mid__isnull=True))
-    if dcids:
-        parts.append(Q(dcid__in=dcids, mid__isnull=True))
-    found: dict[int, MailLogLine] = {}
-    for cond in parts:
-        for line in MailLogLine.objects.filter(cond).order_by("id")[: max_lines + 1]:
-            found[line.pk] = line
-    lines = [found[k] for k in sorted(found)][: max_lines + 1]
+    lines = message.log_lines(max_lines + 1)
     bounces = list(message.generated_bounces.order_by("id"))
     return MessageStory(
         message, headers, recipients, attempts, lines[:max_lines], bounces, lines_capped=len(lines) > max_lines

@@ -34,8 +34,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from delivery import selectors
 from delivery.models import DeliveryAttempt, HostStatus, Message, Recipient
+from delivery.monitor import selectors
 
 LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)  # seconds
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery import views
+from delivery.monitor import views
 
 app_name = "delivery"
 

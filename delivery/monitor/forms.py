@@ -8,8 +8,8 @@ from typing import Any
 
 from django import forms
 
-from delivery import selectors
 from delivery.models import MailLogLine
+from delivery.monitor import selectors
 from routes import matching
 
 TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), ("empty", "is empty"))
