@@ -175,8 +175,10 @@ def path_syntax_ok(argument: str) -> bool:
     return _PATH.fullmatch(argument.lstrip(" ")) is not None
 
 
-def recipient_domain(address: str) -> str:
-    """The stored form of the recipient's domain: IDNA lower case, `[192.0.2.1]` kept as is, "" when none."""
+def envelope_domain(address: str) -> str:
+    """The domain a recipient is stored and counted under (`Recipient.domain`): IDNA lower case, an address
+    literal `[192.0.2.1]` kept as is, "" when none. The route lookup's form is `matching.recipient_domain`, which
+    has no answer for a literal."""
     local, at, domain = address.rpartition("@")
     if not at or not local:
         return ""
@@ -194,7 +196,7 @@ def check_recipient(snap: AccessSnapshot, address: str, *, raw: str = "", relay:
     local = address.rpartition("@")[0]
     if "%" in local or "!" in local or "@" in local:  # `"a@b"@c`: an address inside the quoted local part
         return Decision(Verdict.DENY, "percent hack, bang path or routing in the local part")
-    domain = recipient_domain(address)
+    domain = envelope_domain(address)
     if not domain or domain.startswith("["):
         return Decision(Verdict.DENY, "no domain name")
     return rat_decision(snap, domain)

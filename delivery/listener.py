@@ -820,7 +820,7 @@ class Handler:
         assert isinstance(raw, bytes)
         now = timezone.now()
         sender = "" if envelope.mail_from in ("<>", None) else str(envelope.mail_from)
-        recipients = tuple((r, access.recipient_domain(r)) for r in envelope.rcpt_tos)
+        recipients = tuple((r, access.envelope_domain(r)) for r in envelope.rcpt_tos)
         headers = header_values(raw)
         data = received_header(self.listener.config, conn, session, envelope.rcpt_tos, now) + raw
         pending, conn.pending = conn.pending, []

@@ -150,7 +150,9 @@ def per_minute_chart(now: datetime, minutes: int = 60) -> Chart:
 
 
 @dataclass
-class Destination:
+class DestinationRow:
+    """One destination domain on the dashboard and in `tophosts`: its counters and its hosts."""
+
     domain: str
     active: int = 0
     delivered: int = 0
@@ -177,11 +179,11 @@ def destinations(
     sort: str = "active",
     limit: int = 20,
     domain_states: Iterable[tuple[str, str, int]] | None = None,
-) -> list[Destination]:
+) -> list[DestinationRow]:
     """`tophosts`: the destination domains with their recipients by state and their latest host status."""
-    by_domain: dict[str, Destination] = {}
+    by_domain: dict[str, DestinationRow] = {}
     for domain, state, n in recipient_domain_states() if domain_states is None else domain_states:
-        d = by_domain.setdefault(domain, Destination(domain))
+        d = by_domain.setdefault(domain, DestinationRow(domain))
         if state in Recipient.ACTIVE:
             d.active += n
         elif state == Recipient.State.DELIVERED:
@@ -196,7 +198,7 @@ def destinations(
         "hard": "hard_bounced",
     }.get(sort, "active")
 
-    def key(d: Destination) -> tuple[int, str]:
+    def key(d: DestinationRow) -> tuple[int, str]:
         return (-int(getattr(d, attr)), d.domain)
 
     # Soft bounces and host statuses cost a query per set of domains: compute them for the rows shown only
