@@ -9,6 +9,7 @@ Actors: a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the 
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
@@ -17,6 +18,15 @@ from django.utils import timezone
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
 
 Actor = User | AnonymousUser | str
+
+
+def cli_actor() -> str:
+    """The audit log's actor for a management command: `cli:<unix user>`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}"
 
 
 def record_audit(

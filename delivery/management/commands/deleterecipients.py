@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from delivery.management.commands.bouncerecipients import SelectionCommand, cli_actor
+from delivery.management.commands import _cli
 from delivery.models import Recipient
 from delivery.spool import actions
+from routes import audit
 
 
-class Command(SelectionCommand):
+class Command(_cli.SelectionCommand):
     help = (
         "Delete queued recipients without a bounce, chosen by --mid, --domain, --sender, or --all; "
         "like the ESA's deleterecipients."
@@ -25,4 +26,4 @@ class Command(SelectionCommand):
     nothing = "No recipients deleted."
 
     def act(self, recipients: QuerySet[Recipient]) -> int:
-        return actions.delete_recipients(recipients, actor=cli_actor())
+        return actions.delete_recipients(recipients, actor=audit.cli_actor())

@@ -13,17 +13,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery.management.commands.bouncerecipients import cli_actor, confirm, domain_arg, plural, positive_int
+from delivery.management.commands import _cli
 from delivery.monitor import selectors
 from delivery.spool import actions
+from routes import audit
 
 
 class Command(BaseCommand):
     help = "Reschedule queued mail for immediate delivery: one DOMAIN, one message (--mid) or --all."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("domain", nargs="?", type=domain_arg, help="destination (recipient) domain")
-        parser.add_argument("--mid", type=positive_int, help="one message")
+        parser.add_argument("domain", nargs="?", type=_cli.domain_arg, help="destination (recipient) domain")
+        parser.add_argument("--mid", type=_cli.positive_int, help="one message")
         parser.add_argument("--all", action="store_true", help="every queued message")
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation (with --all)")
 
@@ -39,17 +40,17 @@ class Command(BaseCommand):
             if not selectors.active_recipient_count(mid=mid):
                 self.stdout.write(f"MID {mid} has no queued recipient: nothing to deliver.")
                 return
-            kicked = actions.deliver_now(actor=cli_actor(), mid=mid)
+            kicked = actions.deliver_now(actor=audit.cli_actor(), mid=mid)
             self.stdout.write(f"MID {mid} rescheduled for immediate delivery." if kicked else "Nothing to deliver.")
             return
         active = selectors.active_recipient_count(domain=domain)
         if not active:
             self.stdout.write(f"Nothing queued for {domain}." if domain else "The queue is empty.")
             return
-        question = f"Are you sure you want to deliver all queued mail now ({plural(active, 'recipient')})?"
-        if everything and not options["yes"] and not confirm(question):
+        question = f"Are you sure you want to deliver all queued mail now ({_cli.plural(active, 'recipient')})?"
+        if everything and not options["yes"] and not _cli.confirm(question):
             self.stdout.write("Nothing was changed.")
             return
-        kicked = actions.deliver_now(actor=cli_actor(), domain=domain)
+        kicked = actions.deliver_now(actor=audit.cli_actor(), domain=domain)
         where = f" for {domain}" if domain else ""
-        self.stdout.write(f"Rescheduled {plural(kicked, 'message')}{where} for immediate delivery.")
+        self.stdout.write(f"Rescheduled {_cli.plural(kicked, 'message')}{where} for immediate delivery.")

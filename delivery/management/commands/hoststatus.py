@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from delivery import maillog
-from delivery.management.commands.bouncerecipients import domain_arg
+from delivery.management.commands import _cli
 from delivery.models import HostStatus
 from delivery.monitor import selectors
 
@@ -43,7 +43,7 @@ class Command(BaseCommand):
     help = "Show a destination domain's mail status: counters, gauges, its route's hosts and their last errors."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("domain", type=domain_arg, help="destination (recipient) domain, e.g. example.com")
+        parser.add_argument("domain", type=_cli.domain_arg, help="destination (recipient) domain, e.g. example.com")
         parser.add_argument(
             "--dns", action="store_true", help="look the MX hosts up (USEDNS routes and unrouted domains)"
         )

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from delivery import maillog
-from delivery.management.commands.bouncerecipients import domain_arg, plural
+from delivery.management.commands import _cli
 from delivery.monitor import selectors
 
 
@@ -20,7 +20,7 @@ class Command(BaseCommand):
     help = "List queued and delayed recipients by destination domain, oldest first, with next attempt and last reply."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--domain", type=domain_arg, help="only this destination domain")
+        parser.add_argument("--domain", type=_cli.domain_arg, help="only this destination domain")
         parser.add_argument("--sender", help="only messages from this envelope sender (exact; <> for bounces)")
         parser.add_argument("--limit", type=int, default=100, help="recipients to list at most (default 100)")
 
@@ -56,5 +56,5 @@ class Command(BaseCommand):
                     out.append(f"{'':60}last reply: {reply}")
         shown = sum(len(rs) for _, rs in groups)
         if shown < total:
-            out += ["", f"{plural(total - shown, 'more recipient')} not shown (use --limit)."]
+            out += ["", f"{_cli.plural(total - shown, 'more recipient')} not shown (use --limit)."]
         self.stdout.write("\n".join(out))

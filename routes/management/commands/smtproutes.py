@@ -13,23 +13,14 @@ Changes are recorded in the audit log as "cli:<unix user>". Errors go to stderr 
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from routes import domains, importexport, services
+from routes import audit, domains, importexport, services
 from routes.models import Route
-
-
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"cli:{user}"
 
 
 class Command(BaseCommand):
@@ -69,7 +60,7 @@ class Command(BaseCommand):
         destination = self._hosts(options["hosts"])
         try:
             route = services.route_create(
-                data=services.RouteData(domain=domain, destination=destination), actor=_actor()
+                data=services.RouteData(domain=domain, destination=destination), actor=audit.cli_actor()
             )
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
@@ -88,7 +79,7 @@ class Command(BaseCommand):
             defer_on_4xx=route.defer_on_4xx,
         )
         try:
-            saved = services.route_update(route_id=route.pk, data=data, actor=_actor())
+            saved = services.route_update(route_id=route.pk, data=data, actor=audit.cli_actor())
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
         renamed = f" (renamed from {route.domain})" if saved.domain != route.domain else ""
@@ -96,7 +87,7 @@ class Command(BaseCommand):
 
     def do_delete(self, options: dict[str, Any]) -> None:
         route = self._route(options["domain"])
-        services.routes_delete(route_ids=[route.pk], actor=_actor())
+        services.routes_delete(route_ids=[route.pk], actor=audit.cli_actor())
         self.stdout.write(f"Deleted {route.domain}")
 
     def do_import(self, options: dict[str, Any]) -> None:
@@ -110,7 +101,7 @@ class Command(BaseCommand):
             lines = "\n".join(f"  {name}: {error}" for error in parsed.errors)
             raise CommandError(f"Import failed, nothing was changed ({len(parsed.errors)} errors):\n{lines}")
         mode: services.ImportMode = "replace" if options["replace"] else "merge"
-        summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=_actor())
+        summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=audit.cli_actor())
         self.stdout.write(
             f"Imported {len(parsed.rows)} routes ({mode}): {len(summary.added)} added, {len(summary.changed)} "
             f"changed, {len(summary.removed)} removed, {summary.unchanged} unchanged"
@@ -137,7 +128,7 @@ class Command(BaseCommand):
             if answer.strip().lower() not in ("y", "yes"):
                 self.stdout.write("Nothing was changed.")
                 return
-        deleted = services.routes_clear(actor=_actor())
+        deleted = services.routes_clear(actor=audit.cli_actor())
         self.stdout.write(f"Cleared the route table ({deleted} routes deleted)")
 
     # --- helpers ----------------------------------------------------------------------------------------------
