@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from routes import domains, services
@@ -29,3 +30,10 @@ def form_data(domain: str, rows: list[tuple[str, str, str]], **extra: Any) -> di
         data[f"hosts-{i}-port"] = port
     data.update(extra)
     return data
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound for a moment, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

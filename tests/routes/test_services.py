@@ -1,14 +1,9 @@
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 
-from routes import auth_profiles, domains, importexport, probe, services, snapshot
-from routes.models import AuditEntry, AuthProfile, Route
+from routes import auth_profiles, domains, importexport, services, snapshot
+from routes.models import AuditEntry, Route
 from tests.routes.helpers import make_route
 
 pytestmark = pytest.mark.django_db
@@ -111,82 +106,6 @@ def test_snapshot_builds_with_two_queries(django_assert_num_queries):
     with django_assert_num_queries(3):  # version, routes, hosts
         table = snapshot.build_table()
     assert len(table) == 30 and table.lookup("x@d7.example").hosts[1].priority == 10
-
-
-def test_auth_profile_passwords_are_encrypted_and_only_auth_credentials_reads_them(settings):
-    profile = auth_profiles.save(profile_id=None, name="o365", username="relay", password="pässword", actor="t")
-    stored = AuthProfile.objects.get().password_encrypted
-    assert "pässword" not in stored and stored.startswith("gAAAA")
-    assert auth_profiles.credentials(profile.pk) == ("relay", "pässword")
-    assert auth_profiles.credentials(profile.pk + 1) is None
-    assert all("pässword" not in str(e.after) for e in AuditEntry.objects.all())
-    from cryptography.fernet import Fernet
-
-    settings.ESAROUTES_ENCRYPTION_KEY = Fernet.generate_key().decode()
-    with pytest.raises(ImproperlyConfigured, match="enter the password again"):
-        auth_profiles.credentials(profile.pk)
-    auth_profiles.save(profile_id=profile.pk, name="o365", username="relay", password="new-one", actor="t")
-    assert auth_profiles.credentials(profile.pk) == ("relay", "new-one")
-    settings.ESAROUTES_ENCRYPTION_KEY = "not a key"
-    with pytest.raises(ImproperlyConfigured, match="ESAROUTES_ENCRYPTION_KEY"):
-        auth_profiles.credentials(profile.pk)
-
-
-def test_auth_profile_in_use_cannot_be_deleted():
-    from django.db.models import ProtectedError
-
-    profile = auth_profiles.save(profile_id=None, name="p", username="u", password="pw-123", actor="t")
-    make_route("a.example", auth_profile_id=profile.pk)
-    with pytest.raises(ProtectedError):
-        auth_profiles.delete(profile_id=profile.pk, actor="t")
-
-
-# --- the live probe, against loopback peers only ---------------------------------------------------------------
-
-
-@pytest.fixture
-def loopback_smtp():
-    """A real aiosmtpd server on 127.0.0.1 (tests/peers.py was not there yet when this was written)."""
-    from aiosmtpd.controller import Controller
-
-    class Sink:
-        async def handle_DATA(self, server, session, envelope):
-            return "250 OK"
-
-    controller = Controller(Sink(), hostname="127.0.0.1", port=_closed_port(), server_hostname="peer.test")
-    controller.start()
-    yield controller
-    controller.stop()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_probe_reports_greeting_ehlo_and_quit_or_the_failure(loopback_smtp):
-    port = loopback_smtp.port
-    dead = _closed_port()
-    ok, refused = asyncio.run(probe.probe_all([("127.0.0.1", port), ("127.0.0.1", dead)], helo="relay.test", seconds=3))
-    assert ok.ok and ok.lines[0].startswith("220") and ok.lines[1].startswith("250") and ok.lines[2].startswith("221")
-    assert not refused.ok and refused.lines[0].startswith("no answer")
-
-
-def test_probe_times_out_on_a_silent_peer():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    port = server.getsockname()[1]
-    accepted: list[socket.socket] = []
-    threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True).start()
-    try:
-        result = asyncio.run(probe.probe("127.0.0.1", port, helo="relay.test", seconds=0.5))
-    finally:
-        for conn in accepted:
-            conn.close()
-        server.close()
-    assert not result.ok and "no answer" in result.lines[0] and result.seconds < 3
 
 
 def test_a_large_import_takes_the_bulk_path_and_round_trips():

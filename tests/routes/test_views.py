@@ -282,16 +282,16 @@ def test_read_only_user_cannot_edit(client, django_user_model):
 def test_route_test_connects_to_each_host_when_asked(client_alice):
     from aiosmtpd.controller import Controller
 
-    from tests.routes.test_services import _closed_port
+    from tests.routes.helpers import closed_port
 
     class Sink:
         async def handle_DATA(self, server, session, envelope):
             return "250 OK"
 
-    controller = Controller(Sink(), hostname="127.0.0.1", port=_closed_port(), server_hostname="peer.test")
+    controller = Controller(Sink(), hostname="127.0.0.1", port=closed_port(), server_hostname="peer.test")
     controller.start()
     try:
-        make_route("loop.test", f"127.0.0.1:{controller.port}, 127.0.0.2:{_closed_port()}/pri=10")
+        make_route("loop.test", f"127.0.0.1:{controller.port}, 127.0.0.2:{closed_port()}/pri=10")
         body = client_alice.post(
             reverse("routes:route-test"), {"address": "u@loop.test", "connect": "1"}, **HTMX
         ).content.decode()
