@@ -77,12 +77,16 @@ class Resolution:
 
 class Resolver:
     """Resolves domains against one route table, each domain and each route host name once (a planner's batch
-    holds many recipients of few domains). `dns=False` never waits on DNS: routes' own hosts are shown as they
-    are written and USEDNS or unrouted domains are not looked up (a status page that was not asked to)."""
+    holds many recipients of few domains).
 
-    def __init__(self, table: matching.RouteTable | None = None, *, dns: bool = True) -> None:
+    `domain_mx=False` does not look USEDNS or unrouted domains up (a status page that was not asked to wait on
+    DNS for them); a route's host names are still expanded by MX, as delivery does. `dns=False` asks DNS
+    nothing at all: routes' hosts as they are written."""
+
+    def __init__(self, table: matching.RouteTable | None = None, *, dns: bool = True, domain_mx: bool = True) -> None:
         self.table = table if table is not None else snapshot.current_table()
         self.dns = dns
+        self.domain_mx = dns and domain_mx
         self._resolved: dict[str, Resolution] = {}
         self._exchanges: dict[str, tuple[str, ...]] = {}
 
@@ -102,7 +106,7 @@ class Resolver:
             exchanges = {name: found for name in sorted(names) if (found := self._route_exchanges(name))}
             return Resolution(domain, Kind.ROUTE, entry, route_hosts, exchanges)
         kind = Kind.USEDNS if entry is not None else Kind.MX
-        if not self.dns:
+        if not self.domain_mx:
             return Resolution(domain, kind, entry)
         try:
             mx = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
@@ -160,13 +164,18 @@ class Preview:
 
 
 def preview(
-    domain: str, *, dns: bool = True, now: datetime | None = None, table: matching.RouteTable | None = None
+    domain: str,
+    *,
+    dns: bool = True,
+    domain_mx: bool = True,
+    now: datetime | None = None,
+    table: matching.RouteTable | None = None,
 ) -> Preview:
     """What the next connection for `domain` would do now: the hosts it tries in order (with the route's current
     round-robin position and the hosts marked down now), then the hosts it leaves out, with their health."""
     now = now or timezone.now()
     table = table if table is not None else snapshot.current_table(max_age=0)  # a page shows the latest change
-    resolution = Resolver(table, dns=dns).resolve(domain)
+    resolution = Resolver(table, dns=dns, domain_mx=domain_mx).resolve(domain)
     keys = resolution.host_keys()
     down = hosts.down_hosts(keys, now)
     offset = hosts.current_rr_offset(resolution.key) if resolution.hosts else 0

@@ -558,68 +558,6 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
     }
 
 
-@dataclass(frozen=True)
-class RouteHost:
-    """One host a domain's mail goes to (a route's host or an MX host) with its health, if it was ever tried."""
-
-    host: str
-    port: int
-    priority: int
-    status: HostStatus | None
-
-    def down(self, now: datetime) -> bool:
-        return bool(self.status and self.status.down_until and self.status.down_until > now)
-
-
-@dataclass(frozen=True)
-class DomainRoute:
-    """Where a domain's mail goes: `kind` is "route" (its hosts), "usedns" or "mx" (by MX records: no route),
-    or "devnull". `hosts` are the routed hosts, or the MX hosts when they were looked up (`resolved`)."""
-
-    domain: str
-    kind: str
-    route_domain: str = ""
-    hosts: tuple[RouteHost, ...] = ()
-    resolved: bool = False
-    mx_error: str = ""
-
-
-def _with_status(specs: Sequence[tuple[str, int, int]]) -> tuple[RouteHost, ...]:
-    statuses = {(h.host, h.port): h for h in HostStatus.objects.filter(host__in={s[0] for s in specs})}
-    return tuple(RouteHost(h, p, pri, statuses.get((h, p))) for h, p, pri in specs)
-
-
-def domain_route(domain: str, *, resolve_mx: bool = False) -> DomainRoute:
-    """The route a domain's mail takes now (from the route table in memory) and its hosts' health.
-
-    By MX records (USEDNS or no route) the MX hosts are looked up only when `resolve_mx` is set: a status page
-    or command must not wait on DNS unless asked.
-    """
-    from django.conf import settings
-
-    from routes import snapshot
-
-    entry = snapshot.current_table().lookup(domain)
-    route_domain = entry.domain if entry is not None else ""
-    if entry is not None and entry.special == "devnull":
-        return DomainRoute(domain, "devnull", route_domain)
-    if entry is not None and not entry.special:
-        return DomainRoute(
-            domain, "route", route_domain, _with_status([(h.host, h.port, h.priority) for h in entry.hosts])
-        )
-    kind = "usedns" if entry is not None else "mx"
-    if not resolve_mx:
-        return DomainRoute(domain, kind, route_domain)
-    from delivery import dns
-
-    try:
-        found = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
-    except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
-        return DomainRoute(domain, kind, route_domain, resolved=True, mx_error=str(exc))
-    specs = [(h.address, h.port, h.priority) for h in found]
-    return DomainRoute(domain, kind, route_domain, _with_status(specs), resolved=True)
-
-
 def queue_listing(
     *, domain: str = "", sender: str | None = None, limit: int = 100
 ) -> tuple[list[tuple[str, list[Recipient]]], int]:

@@ -32,7 +32,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from delivery import maillog
+from delivery import maillog, resolve
 from delivery.models import HostStatus, Message, Recipient
 from delivery.monitor import forms, selectors
 from delivery.spool import actions
@@ -257,15 +257,17 @@ def host_retry(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
 @require_GET
 @permissions.require("hosts.view")
 def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
-    """`hoststatus <domain>`: counters, gauges, hosts, the latest 5xx error and the route for the domain (its
-    hosts and their state; MX hosts are not looked up here)."""
+    """`hoststatus <domain>`: counters, gauges, hosts, the latest 5xx error and the route for the domain: its
+    hosts in the order the next connection tries them, as delivery resolves them (`delivery.resolve`; the MX
+    exchanges of a route's host names included), with their state. USEDNS or unrouted domains are not looked up
+    in DNS here: the hosts tried for them are listed above."""
     now = timezone.now()
     status = selectors.domain_status(domain, now)
-    route = selectors.domain_route(domain.lower())
+    route = resolve.preview(domain.lower(), domain_mx=False, now=now)
     return render(
         request,
         "delivery/domain_detail.html",
-        {"status": status, "domain": domain.lower(), "route": route, "now": now},
+        {"status": status, "domain": domain.lower(), "route": route, "where": route.resolution, "now": now},
         status=200 if status else 404,
     )
 

@@ -61,8 +61,10 @@ def test_hoststatus_lists_the_routes_hosts_with_state_and_last_error(run, dest):
     assert "Route: dest.test" in routes
     mx1 = next(line for line in routes.splitlines() if "mx1.dest.test:25" in line)
     mx2 = next(line for line in routes.splitlines() if "mx2.dest.test:2525" in line)
-    assert mx1.split()[0] == "10" and "down until" in mx1
-    assert mx2.split()[0] == "20" and mx2.rstrip().endswith("up")
+    # in the order the next connection tries them: mx2 first, mx1 (down while mx2 is up) left out, last
+    assert routes.index("mx2.dest.test:2525") < routes.index("mx1.dest.test:25")
+    assert mx2.split()[:2] == ["1", "20"] and mx2.rstrip().endswith("up")
+    assert mx1.split()[:2] == ["skip", "10"] and "down until" in mx1
     assert "last error" in routes and "451 4.3.0 busy" in routes
 
 
@@ -90,9 +92,9 @@ def test_hoststatus_dns_looks_the_mx_hosts_up(run, monkeypatch):
     make_message(recipients=("x@mx.test",))
     monkeypatch.setattr("delivery.dns.mx_hosts", lambda domain, port=25: [engine.Host("mx9.mx.test", port, 5)])
     out = run("hoststatus", "mx.test", "--dns").out
-    assert "MX hosts (looked up now):" in out
+    assert "MX hosts (looked up now), in the order the next connection tries them:" in out
     line = next(line for line in out.splitlines() if "mx9.mx.test" in line)
-    assert line.split()[0] == "5" and "never tried" in line
+    assert line.split()[:2] == ["1", "5"] and "never tried" in line
 
 
 def test_hoststatus_usedns_route_and_dns_failure(run, monkeypatch):

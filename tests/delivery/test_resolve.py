@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -146,22 +148,40 @@ def _page_order(body: str, names: list[str]) -> list[str]:
     return [host for n, host in rows if n != "skipped" and host in names]
 
 
-def test_the_planner_and_the_route_test_page_agree_mx_expansion_included(dns_server, client, alice):
+def _hoststatus_order(domain: str) -> list[str]:
+    out = io.StringIO()
+    call_command("hoststatus", domain, stdout=out)
+    text = out.getvalue()
+    rows = [line.split() for line in text[text.index("SMTP routes for this host:") :].splitlines()]
+    return [row[2].rsplit(":", 1)[0] for row in rows if row and row[0].isdigit()]
+
+
+def _domain_page_order(body: str) -> list[str]:
+    return re.findall(r'<tr><td>\d+</td><td class="num">\d+</td><td>([^<\s]+):\d+', body)
+
+
+def test_planner_route_test_page_hoststatus_and_domain_page_agree_mx_expansion_included(dns_server, client, alice):
     """The same route table, host states and round-robin position give the same hosts in the same order."""
     dns_server.add("relay.dest.test", "MX", "10 mx1.dest.test.")
     dns_server.add("relay.dest.test", "MX", "20 mx2.dest.test.")
     route = make_route("dest.test", "relay.dest.test/pri=10, a.dest.test/pri=10, backup.dest.test/pri=20")
     now = timezone.now()
     HostStatus.objects.create(host="mx1.dest.test", port=25, down_until=now + timedelta(minutes=5), last_error="x")
-    hosts.next_rr_offset(str(route.pk))  # the route's next connection starts at its second host
+    hosts.next_rr_offset(str(route.pk))  # the route's next connection starts one host further
+    mid = queue_message("u@dest.test")
     every = ["a.dest.test", "relay.dest.test", "mx1.dest.test", "mx2.dest.test", "backup.dest.test"]
 
     shown = [c.host.address for c in resolve.preview("dest.test").candidates if not c.skipped]
     client.force_login(alice)
     body = client.get(reverse("routes:route-test"), {"address": "u@dest.test"}).content.decode()
     page = _page_order(body, every)
-    planned = [h.address for h in planner.plan([queue_message("u@dest.test")], now=timezone.now()).groups[0].hosts]
+    command = _hoststatus_order("dest.test")
+    domain_page = _domain_page_order(client.get("/hosts/domain/dest.test/").content.decode())
+    planned = [h.address for h in planner.plan([mid], now=timezone.now()).groups[0].hosts]  # takes the turn
 
-    assert planned == ["a.dest.test", "mx2.dest.test", "backup.dest.test"]  # rotated once, mx1 down
-    assert shown == page == planned
+    # relay.dest.test and a.dest.test take turns (the counter may hold earlier tests' turns); mx1 is down
+    after = hosts.current_rr_offset(route.pk)
+    first = ["a.dest.test", "mx2.dest.test"] if after % 2 == 0 else ["mx2.dest.test", "a.dest.test"]
+    assert planned == [*first, "backup.dest.test"]
+    assert shown == page == command == domain_page == planned
     assert "(MX of relay.dest.test)" in body

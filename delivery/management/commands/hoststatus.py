@@ -1,9 +1,11 @@
 """`manage.py hoststatus DOMAIN`: a destination domain's mail status, laid out like the ESA's `hoststatus`.
 
-Counters and gauges come from the queue tables; then the route the domain's mail takes now and each of its hosts
-with its state (up, or down until when), counters and last error. For USEDNS or an unrouted domain the MX hosts
-are looked up only with `--dns` (a status command must not hang on DNS); without it, the hosts that were tried
-for the domain are shown. An unknown domain prints "No record of host" and exits with status 1.
+Counters and gauges come from the queue tables; then the route the domain's mail takes now (`delivery.resolve`,
+as delivery sees it): its hosts in the order the next connection tries them, the MX exchanges of a route host
+name in its place, then the hosts that connection leaves out (down while another is up), each with its state
+(up, or down until when), counters and last error. For USEDNS or an unrouted domain the MX hosts are looked up
+only with `--dns` (a status command must not hang on DNS); without it, the hosts that were tried for the domain
+are shown. An unknown domain prints "No record of host" and exits with status 1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from delivery import maillog
+from delivery import maillog, resolve
 from delivery.management.commands import _cli
 from delivery.models import HostStatus
 from delivery.monitor import selectors
@@ -54,7 +56,7 @@ class Command(BaseCommand):
         status = selectors.domain_status(domain, now)
         if status is None:
             raise CommandError(f"No record of host: {domain}")
-        route = selectors.domain_route(domain, resolve_mx=options["dns"])
+        route = resolve.preview(domain, domain_mx=options["dns"], now=now)
         up = status["up"]
         out = [
             f"Host mail status for: {domain}",
@@ -96,32 +98,37 @@ class Command(BaseCommand):
         out += self.route_lines(route, status["hosts"], now)
         self.stdout.write("\n".join(out))
 
-    def route_lines(self, route: selectors.DomainRoute, tried: list[HostStatus], now: datetime) -> list[str]:
-        shown: list[tuple[int | None, str, HostStatus | None]] = []
-        if route.kind == "devnull":
-            return [f"  {route.route_domain}: /dev/null (accepted and dropped)"]
-        if route.kind == "route":
-            lines = [f"  Route: {route.route_domain}"]
-            shown = [(h.priority, f"{h.host}:{h.port}", h.status) for h in route.hosts]
-        else:
-            how = f"{route.route_domain}: USEDNS" if route.kind == "usedns" else "No route"
+    def route_lines(self, preview: resolve.Preview, tried: list[HostStatus], now: datetime) -> list[str]:
+        where = preview.resolution
+        shown: list[tuple[str, int | None, str, HostStatus | None]] = []  # (order, priority, host, status)
+        if where.kind == resolve.Kind.DEVNULL:
+            return [f"  {where.route_domain}: /dev/null (accepted and dropped)"]
+        if where.kind == resolve.Kind.MX or where.kind == resolve.Kind.USEDNS:
+            how = f"{where.route_domain}: USEDNS" if where.kind == resolve.Kind.USEDNS else "No route"
             lines = [f"  {how} (delivered by MX records)"]
-            if route.mx_error:
-                lines.append(f"  MX lookup failed: {route.mx_error}")
-            elif route.resolved:
-                lines.append("  MX hosts (looked up now):")
-                shown = [(h.priority, f"{h.host}:{h.port}", h.status) for h in route.hosts]
-            else:
+            if where.dns_error:
+                return [*lines, f"  MX lookup failed: {where.dns_error}"]
+            if not where.looked_up:
                 lines.append("  MX hosts not looked up (add --dns); hosts tried for this domain:")
-                shown = [(None, f"{h.host}:{h.port}", h) for h in tried]
+                shown = [("", None, f"{h.host}:{h.port}", h) for h in tried]
+            else:
+                lines.append("  MX hosts (looked up now), in the order the next connection tries them:")
+        else:
+            lines = [f"  Route: {where.route_domain}, in the order the next connection tries its hosts:"]
+        if where.looked_up or where.kind == resolve.Kind.ROUTE:
+            n = 0
+            for c in preview.candidates:
+                n += not c.skipped
+                name = f"{c.host.address}:{c.host.port}" + (f" (MX of {c.via})" if c.via else "")
+                shown.append(("skip" if c.skipped else str(n), c.host.priority, name, c.status))
         if not shown:
             return [*lines, "  (none)"]
-        lines.append(f"  {'Pri':>5}  {'Host':<36} {'Delivered':>9} {'Failed':>7}  State")
-        for priority, name, hs in shown:
+        lines.append(f"  {'#':>4} {'Pri':>5}  {'Host':<36} {'Delivered':>9} {'Failed':>7}  State")
+        for order, priority, name, hs in shown:
             pri = "" if priority is None else str(priority)
             delivered = hs.delivered if hs else 0
             failed = hs.failed if hs else 0
-            lines.append(f"  {pri:>5}  {name:<36} {delivered:>9} {failed:>7}  {host_state(hs, now)}")
+            lines.append(f"  {order:>4} {pri:>5}  {name:<36} {delivered:>9} {failed:>7}  {host_state(hs, now)}")
             if hs and hs.last_error:
-                lines.append(f"{'':9}last error {when(hs.last_error_at)}: {hs.last_error}")
+                lines.append(f"{'':14}last error {when(hs.last_error_at)}: {hs.last_error}")
         return lines
