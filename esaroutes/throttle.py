@@ -3,7 +3,7 @@
 Who uses it
 - The web: `esaroutes.login.ThrottledModelBackend` is the only authentication backend, so `/login/`, `/admin/login/`
   and anything later that calls `django.contrib.auth.authenticate()` (an API) share the `WEB` counters.
-- SMTP AUTH: the listener's `Handler._auth` (delivery/listener.py) runs `attempt(SMTP, ...)` in its worker pool.
+- SMTP AUTH: the listener's `Handler._auth` (delivery/listener/handler.py) runs `attempt(SMTP, ...)` in its worker pool.
 
 Two scopes, not one: `WEB` counts Django users, `SMTP` counts `SmtpUser`s, two tables whose names may coincide for
 different people. Sharing would let a mail client with a stale password lock an administrator out of the web UI

@@ -29,7 +29,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from delivery import listener, resolve
+from delivery import resolve
+from delivery.listener import sendtest
 from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
 from routes import domains, forms, importexport, matching, probe, services, snapshot
@@ -285,7 +286,7 @@ def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
     if not address:
         return HttpResponseBadRequest("sending a test message is not available")
     try:
-        result = listener.send_test_message(address)
+        result = sendtest.send_test_message(address)
     except Exception as exc:  # the listener's errors are shown to the admin, not turned into a 500
         text = f"Not sent: {exc}"
     else:

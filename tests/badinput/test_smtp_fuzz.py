@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from delivery import listener
+from delivery.listener import headers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -89,7 +89,7 @@ def test_random_command_streams_never_crash_or_leak_and_the_next_session_is_serv
 @settings(max_examples=300, deadline=None)
 @given(raw=st.text(max_size=300))
 def test_decode_subject_never_raises_and_is_always_storable(raw):
-    subject = listener.decode_subject(raw)
+    subject = headers.decode_subject(raw)
     assert len(subject) <= 998
     assert not any(ch == "\x00" or "\ud800" <= ch <= "\udfff" for ch in subject)
 
@@ -100,5 +100,5 @@ def test_encoded_word_subjects_never_raise(words):
     import base64
 
     raw = " ".join(f"=?{charset}?b?{base64.b64encode(data).decode()}?=" for charset, data in words)
-    subject = listener.decode_subject(raw)
+    subject = headers.decode_subject(raw)
     assert not any(ch == "\x00" or "\ud800" <= ch <= "\udfff" for ch in subject)

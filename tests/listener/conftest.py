@@ -11,7 +11,7 @@ from typing import Any
 import aiosmtplib
 import pytest
 
-from delivery import listener as listener_module
+from delivery.listener import config, server
 from delivery.models import IdCounter, MailLogLine
 from routes.models import RelayNetwork, RouteTableVersion
 
@@ -29,7 +29,7 @@ def base_rows(transactional_db: None) -> None:
 
 
 class Running:
-    def __init__(self, thread: listener_module.ListenerThread) -> None:
+    def __init__(self, thread: server.ListenerThread) -> None:
         self.thread = thread
 
     @property
@@ -121,12 +121,11 @@ class RawClient:
 @pytest.fixture
 def start_listener(base_rows: None) -> Iterator[Callable[..., Running]]:
     """Start a listener with config overrides; stopped (gracefully) at teardown."""
-    started: list[listener_module.ListenerThread] = []
+    started: list[server.ListenerThread] = []
 
     def start(**overrides: Any) -> Running:
         overrides = {"host": "127.0.0.1", "port": 0, "hostname": "relay.test", "access_refresh": 0.2, **overrides}
-        config = listener_module.config_from_settings(**overrides)
-        thread = listener_module.ListenerThread(config).start()
+        thread = server.ListenerThread(config.config_from_settings(**overrides)).start()
         started.append(thread)
         return Running(thread)
 

@@ -24,8 +24,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from delivery import connlimits
-from delivery.connlimits import Limits, Verdict
+from delivery.listener import connlimits
+from delivery.listener.connlimits import Limits, Verdict
 from tests.listener import test_throughput
 
 ROOT = Path(__file__).resolve().parents[2]

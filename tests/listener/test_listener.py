@@ -15,7 +15,8 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.db import OperationalError, connection
 
-from delivery import listener, maillog
+from delivery import maillog
+from delivery.listener import headers, sendtest
 from delivery.models import MailLogLine, Message, MessageBody, Recipient
 from delivery.spool import intake
 from routes.models import RecipientAccessRule, RelayNetwork, Route, SmtpUser
@@ -434,7 +435,7 @@ def test_handler_errors_answer_451_and_log_a_traceback(smtpd, monkeypatch, caplo
     def boom(data, names=()):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(listener, "header_values", boom)
+    monkeypatch.setattr(headers, "header_values", boom)
     with pytest.raises(aiosmtplib.SMTPDataError) as info:
         smtpd.send(["bob@dest.test"])
     assert info.value.code == 451
@@ -512,12 +513,12 @@ def test_ipv6_listener(start_listener):
 
 def test_send_test_message_goes_through_the_listener(smtpd, settings):
     settings.ESAROUTES_SMTP_LISTEN = ("127.0.0.1", smtpd.port)
-    reply = listener.send_test_message("bob@dest.test")
+    reply = sendtest.send_test_message("bob@dest.test")
     mid = int(reply.rpartition(" ")[2])
     assert Message.objects.get(pk=mid).recipients.get().address == "bob@dest.test"
     not_a_relay_client(smtpd)
     with pytest.raises(RuntimeError, match=r"550 5\.7\.1"):
-        listener.send_test_message("bob@elsewhere.test")
+        sendtest.send_test_message("bob@elsewhere.test")
 
 
 def test_sendtest_command(smtpd, settings, capsys):

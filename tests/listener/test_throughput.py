@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from delivery import listener, maillog
+from delivery import maillog
+from delivery.listener.session import Session
 from delivery.models import MailLogLine, Message, MessageBody, Recipient
 from delivery.spool import intake
 from tests.listener.conftest import SENDER, send
@@ -54,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 @pytest.mark.parametrize("limit", [0, 64])
 def test_address_fast_path_returns_what_aiosmtpd_parser_returns(arg, limit):
-    session = listener.Session.__new__(listener.Session)
+    session = Session.__new__(Session)
     session.local_part_limit = limit
     assert session._getaddr(arg) == SMTP._getaddr(session, arg)
 

@@ -326,7 +326,7 @@ def test_changes_link_leads_to_the_audit_log_which_filters_unicode_domains(clien
 
 
 def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, monkeypatch):
-    from delivery import listener
+    from delivery.listener import sendtest
 
     sent: list[str] = []
 
@@ -334,7 +334,7 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
         sent.append(to)
         return "250 ok queued as 42"
 
-    monkeypatch.setattr(listener, "send_test_message", fake_send)
+    monkeypatch.setattr(sendtest, "send_test_message", fake_send)
     make_route("example.com", "mx.example.com")
     page = client_alice.get(reverse("routes:route-test"), {"address": "u@example.com"}).content.decode()
     assert "Send test message" in page
@@ -344,6 +344,6 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
     def failing(to: str) -> str:
         raise RuntimeError("554 no thanks")
 
-    monkeypatch.setattr(listener, "send_test_message", failing)
+    monkeypatch.setattr(sendtest, "send_test_message", failing)
     body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
     assert "Not sent: 554 no thanks" in body

@@ -15,7 +15,7 @@ from django.contrib.auth.hashers import make_password
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from delivery import listener as listener_module
+from delivery.listener import sendtest
 from delivery.models import HostStatus, MailLogLine, Message, Recipient
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
 from tests.conftest import PASSWORD
@@ -103,7 +103,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
     attempt(message, host="127.0.0.1", port=9, code=451, reply="busy", outcome="delayed")
     route = Route.objects.create(domain="dest.test")
     route.hosts.create(host="127.0.0.1", port=9, priority=0, position=0)
-    monkeypatch.setattr(listener_module, "send_test_message", lambda to, **kw: "250 fake")
+    monkeypatch.setattr(sendtest, "send_test_message", lambda to, **kw: "250 fake")
     (settings.MAIL_LOG_DIR).mkdir(parents=True, exist_ok=True)
     (settings.MAIL_LOG_DIR / "mail.current").write_text("Begin Logfile\n")
     return {

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery import listener
+from delivery.listener import sendtest
 
 
 class Command(BaseCommand):
@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            reply = listener.send_test_message(options["to"], sender=options["sender"], subject=options["subject"])
+            reply = sendtest.send_test_message(options["to"], sender=options["sender"], subject=options["subject"])
         except RuntimeError as exc:
             raise CommandError(f"not sent: {exc}") from None
         self.stdout.write(f"250 {reply}")

@@ -33,7 +33,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from delivery import connlimits, listener
+from delivery.listener import connlimits, server, tls
+from delivery.listener.config import Config, config_from_settings
 
 logger = logging.getLogger("delivery.listener")
 
@@ -69,11 +70,11 @@ class Command(BaseCommand):
             overrides["host"], overrides["port"] = parse_listen(listen[:-1] + "1" if any_port else listen)
             if any_port:
                 overrides["port"] = 0
-        config = listener.config_from_settings(**overrides)
+        config = config_from_settings(**overrides)
         processes = max(1, options["processes"] or settings.ESAROUTES_SMTP_PROCESSES)
-        sock = listener.listen_socket(config.host, config.port)
+        sock = server.listen_socket(config.host, config.port)
         config = replace(config, port=int(sock.getsockname()[1]))
-        listener.tls_context(config)  # make the self-signed certificate (if needed) once, before the children start
+        tls.tls_context(config)  # make the self-signed certificate (if needed) once, before the children start
         table = None
         if processes > 1 and not settings.REDIS_URL:
             table = connlimits.SharedCounter(
@@ -113,7 +114,7 @@ class Command(BaseCommand):
 
     async def _run(
         self,
-        config: listener.Config,
+        config: Config,
         sock: socket.socket | None,
         *,
         ready_fd: int,
@@ -128,7 +129,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        async def ready(running: listener.Listener) -> None:
+        async def ready(running: server.Listener) -> None:
             if children is None:  # a child: tell the first process it listens
                 os.write(ready_fd, b".")
                 return
@@ -147,10 +148,10 @@ class Command(BaseCommand):
 
         announcing: list[asyncio.Task[None]] = []
 
-        def on_ready(running: listener.Listener) -> None:
+        def on_ready(running: server.Listener) -> None:
             announcing.append(loop.create_task(ready(running)))
 
-        await listener.serve(config, stop, ready=on_ready, sock=sock, connections=table)
+        await server.serve(config, stop, ready=on_ready, sock=sock, connections=table)
 
 
 def _read_ready(fd: int, waiting: int, children: list[int]) -> bytes:
