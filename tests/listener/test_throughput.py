@@ -1,5 +1,5 @@
 """What the listener does to go fast, kept honest: the address fast path, ICID blocks, the background mail log
-writer, group commits, and several processes on one port."""
+writer, and several processes on one port (intake's ICID reservation and group commit: tests/delivery/spool)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ from django.utils import timezone
 
 from delivery import maillog
 from delivery.listener.session import Session
-from delivery.models import MailLogLine, Message, MessageBody, Recipient
-from delivery.spool import intake
-from tests.listener.conftest import SENDER, send
+from delivery.models import MailLogLine, Message, Recipient
+from tests.listener.conftest import send
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,50 +59,12 @@ def test_address_fast_path_returns_what_aiosmtpd_parser_returns(arg, limit):
     assert session._getaddr(arg) == SMTP._getaddr(session, arg)
 
 
-@pytest.mark.django_db
-def test_reserved_icids_are_fresh_and_unique():
-    first = intake.reserve_icids(5)
-    single = intake.new_icid()
-    second = intake.reserve_icids(5)
-    everything = [*first, single, *second]
-    assert len(set(everything)) == 11
-    assert first == sorted(first) and max(first) < single < min(second)
-
-
 def test_one_connection_costs_no_icid_query_until_the_block_is_used(start_listener, django_assert_max_num_queries):
     smtpd = start_listener()
     smtpd.send(["bob@dest.test"])
     first = Message.objects.get().icid
     smtpd.send(["bob@dest.test"])
     assert Message.objects.order_by("-id")[0].icid == first + 1  # the next ICID of this listener's block
-
-
-@pytest.mark.django_db(transaction=True)
-def test_group_commit_of_many_messages_is_all_or_nothing(monkeypatch):
-    now = timezone.now()
-    incomings = [
-        intake.Incoming(icid=7, sender=SENDER, recipients=(("bob@dest.test", "dest.test"),), data=b"x" * i)
-        for i in range(1, 4)
-    ]
-    real = maillog.write
-
-    def failing(lines, *, at):
-        real(lines, at=at)
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(maillog, "write", failing)
-    with pytest.raises(OSError):
-        intake.accept_many(incomings, now=now)
-    assert (Message.objects.count(), MessageBody.objects.count(), Recipient.objects.count()) == (0, 0, 0)
-    assert MailLogLine.objects.count() == 0
-    monkeypatch.setattr(maillog, "write", real)
-    mids = intake.accept_many(incomings, [maillog.icid_close(6)], now=now)
-    assert mids == sorted(mids) and len(mids) == 3
-    assert [m.size for m in Message.objects.order_by("id")] == [1, 2, 3]
-    assert [bytes(b.data) for b in MessageBody.objects.order_by("message_id")] == [b"x", b"xx", b"xxx"]
-    assert list(Message.objects.values_list("state", flat=True).distinct()) == [Message.State.QUEUED]
-    assert MailLogLine.objects.filter(text="ICID 6 close").exists()
-    assert MailLogLine.objects.filter(mid=mids[2], text=f"MID {mids[2]} queued for delivery").exists()
 
 
 # --- the background mail log writer -----------------------------------------------------------------------------
