@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 from aiosmtpd.smtp import Session as SmtpSession
@@ -19,13 +20,12 @@ from django.utils import timezone
 
 from delivery import access, maillog
 from delivery.listener import headers
+from delivery.listener.commit import Committer
+from delivery.listener.config import Config
 from delivery.listener.conn import Conn
+from delivery.listener.session import Session
 from delivery.spool import intake
 from esaroutes import throttle
-
-if TYPE_CHECKING:
-    from delivery.listener.server import Listener
-    from delivery.listener.session import Session
 
 logger = logging.getLogger("delivery.listener")
 
@@ -35,8 +35,21 @@ AUTH_THROTTLED = "421 4.7.0 Too many authentication failures, try again later"
 _HELO_OK = re.compile(r"[\x21-\x7e]{1,255}")
 
 
+R = TypeVar("R")
+
+
+class Owner(Protocol):
+    """What the handler uses of its listener (`server.Listener`)."""
+
+    config: Config
+    snapshot: access.AccessSnapshot
+    committer: Committer | None
+
+    async def db(self, fn: Callable[..., R], *args: Any) -> R: ...
+
+
 class Handler:
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Owner) -> None:
         self.listener = listener
 
     async def handle_exception(self, error: Exception) -> str:

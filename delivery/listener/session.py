@@ -11,19 +11,20 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiosmtpd
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, _AuthMechAttr
 from aiosmtpd.smtp import Session as SmtpSession
 
 from delivery import access, maillog
+from delivery.listener import connlimits
+from delivery.listener.commit import Committer
+from delivery.listener.config import Config
 from delivery.listener.conn import Conn
 from delivery.spool import intake
-
-if TYPE_CHECKING:
-    from delivery.listener.server import Listener
 
 logger = logging.getLogger("delivery.listener")
 
@@ -45,8 +46,26 @@ IDENT = "ESMTP esaroutes"
 _FAST_INIT = aiosmtpd.__version__.startswith("1.4.")
 
 
+class Owner(Protocol):
+    """What a session uses of its listener (`server.Listener`)."""
+
+    config: Config
+    handler: Any  # the aiosmtpd handler: `handler.Handler`
+    tls: ssl.SSLContext | None
+    smtp_names: Names | None
+    sessions: set[Session]
+    connections: connlimits.Counter
+    committer: Committer | None
+    snapshot: access.AccessSnapshot
+    _idle: asyncio.Event
+
+    async def next_icid(self) -> int: ...
+
+    async def reverse_dns(self, ip: str) -> tuple[str, bool]: ...
+
+
 class Session(SMTP):
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Owner) -> None:
         config = listener.config
         names = listener.smtp_names
         if names is None or not _FAST_INIT:
@@ -81,7 +100,7 @@ class Session(SMTP):
         self._ended = False
         self._out = b""
 
-    def _light_init(self, listener: Listener, names: Names) -> None:
+    def _light_init(self, listener: Owner, names: Names) -> None:
         """aiosmtpd 1.4's `SMTP.__init__` minus its per-connection introspection (`inspect.getmembers` and
         `dir()` of the protocol and the handler, over a millisecond per connection): the method tables are
         rebuilt from the names the first session found. Guarded by `_FAST_INIT` (aiosmtpd 1.4.x only)."""

@@ -31,7 +31,7 @@ def stand_in_listener() -> SimpleNamespace:
         tls=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
         smtp_names=None,
     )
-    listener.handler = Handler(listener)  # type: ignore[arg-type]
+    listener.handler = Handler(listener)
     return listener
 
 
@@ -58,9 +58,9 @@ def test_light_init_leaves_the_state_the_real_constructor_leaves(monkeypatch):
 
     async def build() -> tuple[Session, Session]:
         listener = stand_in_listener()
-        real = Session(listener)  # type: ignore[arg-type]  # the first session runs the real constructor
+        real = Session(listener)  # the first session runs the real constructor
         assert listener.smtp_names is not None
-        light = Session(listener)  # type: ignore[arg-type]  # later ones the light one
+        light = Session(listener)  # later ones the light one
         return real, light
 
     real, light = asyncio.run(build())
@@ -106,7 +106,7 @@ def test_a_session_sees_the_commands_already_waiting(received, pending):
     buffer counts as "a command is waiting")."""
 
     async def check() -> None:
-        session = Session(stand_in_listener())  # type: ignore[arg-type]
+        session = Session(stand_in_listener())
         # what connection_made does through StreamReaderProtocol: hand the session its reader
         session._cb_client_connected(session._stream_reader, None)  # type: ignore[attr-defined,arg-type]
         session._reader.feed_data(received)
