@@ -22,9 +22,10 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import dns, engine, hosts
-from delivery.hosts import HostKey
+from delivery import engine
 from delivery.models import HostStatus
+from delivery.outbound import dns, hosts
+from delivery.outbound.hosts import HostKey
 from routes import domains, matching, snapshot
 
 

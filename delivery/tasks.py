@@ -19,7 +19,8 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import hosts, worker
+from delivery import worker
+from delivery.outbound import hosts
 from delivery.spool import journal, lease, record
 
 logger = logging.getLogger("delivery.tasks")

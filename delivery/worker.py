@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from delivery import hosts, runner
+from delivery import outcome
+from delivery.outbound import hosts, runner
 from delivery.spool import journal, lease, plan, record
 
 logger = logging.getLogger("delivery.worker")
@@ -91,20 +92,20 @@ def deliver_batch(mids: Sequence[int] = (), *, fill: bool = True, wait: bool = T
 
 
 def hold_back(
-    groups: Sequence[runner.Group], stalled: set[hosts.HostKey]
-) -> tuple[list[runner.Group], list[runner.Group]]:
+    groups: Sequence[outcome.Group], stalled: set[hosts.HostKey]
+) -> tuple[list[outcome.Group], list[outcome.Group]]:
     """(groups to deliver now, groups held back). A group is held back when every host it may use has a connection
     of this process waiting STALLED_AFTER seconds or more for its connect or greeting (`stalled`): another
     connection would wait as long, and its messages would sit in memory meanwhile. Held back, they wait
     STALLED_AFTER seconds in the queue, without an attempt, while the mail of other destinations goes on."""
-    run: list[runner.Group] = []
-    held: list[runner.Group] = []
+    run: list[outcome.Group] = []
+    held: list[outcome.Group] = []
     for group in groups:
         (held if group.hosts and all(h.key in stalled for h in group.hosts) else run).append(group)
     return run, held
 
 
-def _hold(groups: Sequence[runner.Group]) -> None:
+def _hold(groups: Sequence[outcome.Group]) -> None:
     until = timezone.now() + timedelta(seconds=STALLED_AFTER)
     lease.postpone_recipients([(j.mid, r.rid) for g in groups for j in g.jobs for r in j.recipients], until=until)
     logger.info(
@@ -152,7 +153,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._inbox: stdqueue.SimpleQueue[tuple[_Flight, runner.Report | None] | object] = stdqueue.SimpleQueue()
+        self._inbox: stdqueue.SimpleQueue[tuple[_Flight, outcome.Report | None] | object] = stdqueue.SimpleQueue()
         self._cond = threading.Condition()
         self._flights: dict[str, _Flight] = {}
         self._thread = threading.Thread(target=self._main, name="esaroutes-recorder", daemon=True)
@@ -178,7 +179,7 @@ class Recorder:
             while not admit(*self.load(), settings.ESAROUTES_DELIVERY_MAX_IN_FLIGHT):
                 self._cond.wait(1.0)
 
-    def start(self, token: str, groups: Sequence[runner.Group], claimed: Sequence[int]) -> _Flight:
+    def start(self, token: str, groups: Sequence[outcome.Group], claimed: Sequence[int]) -> _Flight:
         """Deliver `groups` (the batch of lease `token`); the recorder records and releases it."""
         outstanding: dict[int, set[int]] = {}
         for group in groups:
@@ -191,7 +192,7 @@ class Recorder:
         with self._cond:
             self._flights[token] = flight
 
-        def emit(report: runner.Report) -> None:  # on the runner's loop thread, as soon as a message is through
+        def emit(report: outcome.Report) -> None:  # on the runner's loop thread, as soon as a message is through
             flight.journal.note(report)  # a delivery survives this process's death from here on
             self._inbox.put((flight, report))
 
@@ -222,7 +223,7 @@ class Recorder:
         try:
             while True:
                 renew_every = max(0.5, settings.ESAROUTES_LEASE_SECONDS / 3)
-                items: list[tuple[_Flight, runner.Report | None]] = []
+                items: list[tuple[_Flight, outcome.Report | None]] = []
                 stop = False
                 try:
                     item = self._inbox.get(timeout=max(0.05, renewed + renew_every - time.monotonic()))
@@ -248,7 +249,7 @@ class Recorder:
         finally:
             connections.close_all()
 
-    def _step(self, items: list[tuple[_Flight, runner.Report | None]]) -> None:
+    def _step(self, items: list[tuple[_Flight, outcome.Report | None]]) -> None:
         reports = [(f, r) for f, r in items if r is not None]
         finished = [f for f, r in items if r is None]
         if reports:
@@ -274,7 +275,7 @@ class Recorder:
         for f in ended:
             f.done.set()
 
-    def _through(self, reports: list[tuple[_Flight, runner.Report]], generated: list[int]) -> None:
+    def _through(self, reports: list[tuple[_Flight, outcome.Report]], generated: list[int]) -> None:
         """Recorded: a message whose recipients all have their final goes back now, not at the end of the batch
         (its slowest group's end); bounces generated ring the doorbell as they commit."""
         now = time.monotonic()
@@ -381,7 +382,7 @@ def shutdown() -> None:
         rec.stop()
 
 
-def _record(reports: list[runner.Report], attempts: int = 5) -> list[int]:
+def _record(reports: list[outcome.Report], attempts: int = 5) -> list[int]:
     """record.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
     the reports are still in hand): the mail went out, so losing its outcome would send it twice.
 

@@ -9,7 +9,7 @@ Load as a plugin (``"tests.dnsserver"`` in ``pytest_plugins`` of tests/conftest.
 
 The fixture starts one server per test on 127.0.0.1, UDP and TCP on the same random free port, in a thread;
 points ``settings.ESAROUTES_DNS_SERVERS`` at it (through pytest-django's ``settings`` fixture, so it is undone
-after the test); and clears delivery.dns's resolver and answer caches before and after the test.
+after the test); and clears delivery.outbound.dns's resolver and answer caches before and after the test.
 
 What it answers (the server is authoritative for every name, like one big zone under the root):
 
@@ -260,8 +260,8 @@ def running_dns_server(**kwargs: Any) -> Iterator[DnsServer]:
 
 @pytest.fixture
 def dns_server(settings: Any) -> Iterator[DnsServer]:
-    """A fresh authoritative server per test, used by delivery.dns through ESAROUTES_DNS_SERVERS."""
-    from delivery import dns as delivery_dns
+    """A fresh authoritative server per test, used by delivery.outbound.dns through ESAROUTES_DNS_SERVERS."""
+    from delivery.outbound import dns as delivery_dns
 
     with running_dns_server() as server:
         settings.ESAROUTES_DNS_SERVERS = [server.address]

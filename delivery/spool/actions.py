@@ -15,8 +15,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from delivery import hosts, maillog, runner
+from delivery import maillog, outcome
 from delivery.models import Recipient
+from delivery.outbound import hosts
 from delivery.spool import doorbell, lease, plan, record
 from routes import audit
 
@@ -75,13 +76,13 @@ def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
     text = f"5.0.0 Bounced by the administrator ({name})"
     with transaction.atomic():
         rows = list(recipients.filter(state__in=lease.ACTIVE).select_related("message").select_for_update(of=("self",)))
-        report = runner.Report()
+        report = outcome.Report()
         for r in rows:
             plan.local_final(
                 report,
                 mid=r.message_id,
                 sender=r.message.sender,
-                rcpt=runner.Rcpt(r.rid, r.address, r.domain),
+                rcpt=outcome.Rcpt(r.rid, r.address, r.domain),
                 state=Recipient.State.BOUNCED,
                 text=text,
             )

@@ -7,7 +7,7 @@ report of every delivery is appended to this process's journal file the moment t
 to the recorder: one `write()` to a local file, which survives the death of the process (not of the machine: no
 fsync, a power cut still means the old window).
 
-    var/journal/<pid>-<random>-<n>.jnl     length-prefixed pickles of `runner.Report`, flock'ed by their live owner
+    var/journal/<pid>-<random>-<n>.jnl     length-prefixed pickles of `outcome.Report`, flock'ed by their live owner
 
 * A process holds an exclusive `flock` on each of its journal files for as long as it lives; the kernel drops it
   when the process dies, SIGKILL included. A file whose lock can be taken belongs to a dead process.
@@ -42,17 +42,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from delivery import outcome
 from delivery.models import Recipient
 from delivery.spool import lease
-
-if TYPE_CHECKING:
-    from delivery.runner import Report
 
 logger = logging.getLogger("delivery.spool.journal")
 
@@ -89,7 +86,7 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    def note(self, report: Report) -> None:
+    def note(self, report: outcome.Report) -> None:
         """Journal REPORT if it delivers anything; tags it with its file for :meth:`recorded`."""
         if not any(f.state == "delivered" for f in report.finals):
             return
@@ -105,7 +102,7 @@ class Journal:
             segment.outstanding += 1
             report.journal = segment.number
 
-    def recorded(self, reports: Iterable[Report]) -> None:
+    def recorded(self, reports: Iterable[outcome.Report]) -> None:
         """These reports are committed: a file with nothing outstanding (and no longer written) goes."""
         with self._lock:
             for report in reports:
@@ -188,10 +185,10 @@ def shutdown() -> None:
 # -- reading back --------------------------------------------------------------------------------------------
 
 
-def read(path: Path) -> list[Report]:
+def read(path: Path) -> list[outcome.Report]:
     """The reports in a journal file; a torn last entry (the process died inside its write) is left out."""
     data = path.read_bytes()
-    out: list[Report] = []
+    out: list[outcome.Report] = []
     offset = 0
     while offset + _HEADER.size <= len(data):
         (size,) = _HEADER.unpack_from(data, offset)
@@ -203,7 +200,7 @@ def read(path: Path) -> list[Report]:
     return out
 
 
-def recover(record: Callable[[list[Report]], object]) -> int:
+def recover(record: Callable[[list[outcome.Report]], object]) -> int:
     """Record what dead processes of this machine journaled and did not record; returns reports recorded.
 
     Never raises: a file that cannot be recorded now (the database is down) stays for the next call.
@@ -274,11 +271,11 @@ def _quarantine_due(path: Path, exc: BaseException) -> bool:
     return True
 
 
-def _quarantine(path: Path, reports: Sequence[Report], record: Callable[[list[Report]], object]) -> int:
+def _quarantine(path: Path, reports: Sequence[outcome.Report], record: Callable[[list[outcome.Report]], object]) -> int:
     """Record the file's entries one at a time; those that cannot be go to ``<name>.bad``, with an error in the
     application log (an operator's matter: their recipients are still queued and will be sent again)."""
     recorded = 0
-    bad: list[Report] = []
+    bad: list[outcome.Report] = []
     for report in reports:
         try:
             recorded += record_unrecorded([report], record)
@@ -302,11 +299,11 @@ def _quarantine(path: Path, reports: Sequence[Report], record: Callable[[list[Re
     return recorded
 
 
-def _mids(report: Report) -> str:
+def _mids(report: outcome.Report) -> str:
     return ", ".join(str(mid) for mid in sorted({f.mid for f in report.finals})) or "-"
 
 
-def record_unrecorded(reports: Sequence[Report], record: Callable[[list[Report]], object]) -> int:
+def record_unrecorded(reports: Sequence[outcome.Report], record: Callable[[list[outcome.Report]], object]) -> int:
     """Record the reports not recorded yet; returns how many. Raises if recording does.
 
     A report is recorded in one transaction, so it is not recorded yet if a recipient it delivers is still

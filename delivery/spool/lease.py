@@ -17,8 +17,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
 
-from delivery import hosts
 from delivery.models import Message, Recipient
+from delivery.outbound import hosts
 from routes import matching, snapshot
 
 #: The states of a recipient still to be delivered.

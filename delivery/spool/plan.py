@@ -16,16 +16,17 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db.models import Q
 
-from delivery import engine, hosts, maillog, resolve, runner, smtp_client
+from delivery import engine, maillog, outcome, resolve
 from delivery.models import BounceProfile, Message, MessageBody, Recipient
+from delivery.outbound import hosts
 from delivery.spool import lease
 from routes import auth_profiles, matching, snapshot
 
 
 @dataclass
 class Plan:
-    groups: list[runner.Group] = field(default_factory=list)
-    immediate: runner.Report = field(default_factory=runner.Report)  # expiry, /dev/null, DNS failures
+    groups: list[outcome.Group] = field(default_factory=list)
+    immediate: outcome.Report = field(default_factory=outcome.Report)  # expiry, /dev/null, DNS failures
 
 
 _profiles_cache: tuple[float, dict[int | None, BounceProfile]] | None = None
@@ -53,8 +54,8 @@ def profile_for(entry: matching.RouteEntry | None, profiles: dict[int | None, Bo
     return profiles.get(pid) or profiles[None]
 
 
-def _timeouts() -> smtp_client.Timeouts:
-    return smtp_client.Timeouts(
+def _timeouts() -> outcome.Timeouts:
+    return outcome.Timeouts(
         connect=settings.ESAROUTES_DELIVERY_CONNECT_TIMEOUT,
         command=settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT,
         data=settings.ESAROUTES_DELIVERY_DATA_TIMEOUT,
@@ -64,16 +65,16 @@ def _timeouts() -> smtp_client.Timeouts:
 
 def _template(
     host: engine.Host, entry: matching.RouteEntry | None, auth_cache: dict[int, tuple[str, str] | None]
-) -> smtp_client.Destination:
+) -> outcome.Destination:
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
         if entry.auth_profile_id not in auth_cache:
             auth_cache[entry.auth_profile_id] = auth_profiles.credentials(entry.auth_profile_id)
         auth = auth_cache[entry.auth_profile_id]
-    return smtp_client.Destination(
+    return outcome.Destination(
         host=host,
         helo=settings.ESAROUTES_DELIVERY_EHLO,
-        tls=smtp_client.TlsPolicy(entry.tls if entry is not None and not entry.special else "opportunistic"),
+        tls=outcome.TlsPolicy(entry.tls if entry is not None and not entry.special else "opportunistic"),
         auth=auth,
         timeouts=_timeouts(),
         defer_on_4xx=bool(entry and entry.defer_on_4xx),
@@ -84,11 +85,11 @@ def _template(
 
 
 def local_final(
-    report: runner.Report,
+    report: outcome.Report,
     *,
     mid: int,
     sender: str,
-    rcpt: runner.Rcpt,
+    rcpt: outcome.Rcpt,
     state: str,
     text: str,
     counts: bool = False,
@@ -96,12 +97,12 @@ def local_final(
     """A decision taken here, with no connection (DCID 0): expiry, a DNS failure, a /dev/null route, an
     administrator's bounce. Only a DNS failure `counts` as a delivery attempt (it schedules the retry)."""
     if state == Recipient.State.DROPPED:
-        report.finals.append(runner.Final(mid, rcpt.rid, state, None, text, attempt=False))
+        report.finals.append(outcome.Final(mid, rcpt.rid, state, None, text, attempt=False))
         report.lines.append(maillog.message_done(0, mid, [rcpt.rid]))
         report.lines.append(maillog.response(mid, [rcpt.rid], text))
         return
     status, phrase = engine.enhanced_status(None, text)
-    report.finals.append(runner.Final(mid, rcpt.rid, state, None, text, dsn_status=status, attempt=counts))
+    report.finals.append(outcome.Final(mid, rcpt.rid, state, None, text, dsn_status=status, attempt=counts))
     build = maillog.bounced if state == Recipient.State.BOUNCED else maillog.delayed
     report.lines.append(build(0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain))
 
@@ -125,11 +126,11 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     profiles = bounce_profiles()
     auth_cache: dict[int, tuple[str, str] | None] = {}
     routes: dict[str, resolve.Resolution] = {}  # round-robin key -> where that connection's mail goes
-    jobs: dict[str, dict[int, list[runner.Rcpt]]] = defaultdict(lambda: defaultdict(list))
+    jobs: dict[str, dict[int, list[outcome.Rcpt]]] = defaultdict(lambda: defaultdict(list))
     for mid, rid, address, domain, attempts in recipients:
         message = messages[mid]
         sender = message["sender"]
-        rcpt = runner.Rcpt(rid, address, domain)
+        rcpt = outcome.Rcpt(rid, address, domain)
         entry = resolver.table.lookup(domain)
         profile = profile_for(entry, profiles)
         if attempts and engine.is_expired(
@@ -160,13 +161,13 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     for key, by_mid in jobs.items():
         where = routes[key]
         job_list = [
-            runner.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))
+            outcome.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))
             for mid, rcpts in by_mid.items()
         ]
         for start in range(0, len(job_list), per_connection):
             order = where.order(hosts.next_rr_offset(key), down)
             out.groups.append(
-                runner.Group(
+                outcome.Group(
                     route_key=key,
                     domain=where.domain,
                     hosts=tuple(order),

@@ -21,8 +21,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from delivery import dsn, engine, hosts, maillog, runner, smtp_client
+from delivery import dsn, engine, maillog, outcome
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
+from delivery.outbound import hosts, smtp_client
 from delivery.spool import intake, lease, plan
 from routes import matching, snapshot
 
@@ -39,7 +40,7 @@ def _retry_at(
     return now + wait
 
 
-def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> list[int]:
+def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) -> list[int]:
     """Apply reports in one transaction. Returns the MIDs of bounce messages generated (to ring for delivery).
 
     A final for a recipient that is no longer active (an operator bounced or deleted it meanwhile) is ignored;
@@ -62,7 +63,7 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
         table = snapshot.current_table()
         profiles = plan.bounce_profiles()
         changed: list[Recipient] = []
-        bounced: dict[int, list[tuple[Recipient, runner.Final]]] = defaultdict(list)
+        bounced: dict[int, list[tuple[Recipient, outcome.Final]]] = defaultdict(list)
         for f in finals:
             r = by_key.get((f.mid, f.rid))
             if r is None or r.state not in lease.ACTIVE:
@@ -112,7 +113,7 @@ def record(reports: Sequence[runner.Report], *, now: datetime | None = None) -> 
     return generated
 
 
-def record_safely(reports: Sequence[runner.Report], *, now: datetime | None = None) -> list[int]:
+def record_safely(reports: Sequence[outcome.Report], *, now: datetime | None = None) -> list[int]:
     """record(), and when that fails for a reason of the reports' own (not DATABASE_GONE), record_apart()."""
     try:
         return record(reports, now=now)
@@ -123,7 +124,7 @@ def record_safely(reports: Sequence[runner.Report], *, now: datetime | None = No
         return record_apart(reports, now=now)
 
 
-def record_apart(reports: Sequence[runner.Report], *, now: datetime | None = None) -> list[int]:
+def record_apart(reports: Sequence[outcome.Report], *, now: datetime | None = None) -> list[int]:
     """Record reports one at a time, after recording them together failed for a reason that is not the database's.
 
     A report that fails alone is recorded again with its texts made safe (safe_report()), then, if that fails
@@ -155,11 +156,11 @@ def record_apart(reports: Sequence[runner.Report], *, now: datetime | None = Non
     return generated
 
 
-def safe_report(report: runner.Report) -> runner.Report:
+def safe_report(report: outcome.Report) -> outcome.Report:
     """The report with every text made safe for any database (smtp_client.safe_text: no NUL, no undecodable
     byte, no control character, capped)."""
     safe = smtp_client.safe_text
-    return runner.Report(
+    return outcome.Report(
         finals=[
             replace(f, text=safe(f.text), host=safe(f.host, 300), dsn_status=safe(f.dsn_status, 16))
             for f in report.finals
@@ -184,7 +185,7 @@ def safe_report(report: runner.Report) -> runner.Report:
 _KEPT_STATES = (Recipient.State.DELIVERED, Recipient.State.DROPPED)
 
 
-def essential_report(report: runner.Report, error: BaseException) -> runner.Report:
+def essential_report(report: outcome.Report, error: BaseException) -> outcome.Report:
     """What must never be lost of a report that cannot be recorded as it is: who was delivered (or dropped).
 
     Everyone else is delayed (retried later; a bounce is not made from a report whose texts cannot be read),
@@ -209,10 +210,10 @@ def essential_report(report: runner.Report, error: BaseException) -> runner.Repo
         if line.text.startswith(("Delivery start DCID ", "Message done DCID "))
     ]
     lines += [maillog.recorded_without_details(mid, type(error).__name__) for mid in sorted({f.mid for f in finals})]
-    return runner.Report(finals=finals, attempts=attempts, lines=lines, journal=report.journal)
+    return outcome.Report(finals=finals, attempts=attempts, lines=lines, journal=report.journal)
 
 
-def _count_healthy(events: list[hosts.HostEvent], now: datetime) -> None:
+def _count_healthy(events: list[outcome.HostEvent], now: datetime) -> None:
     came_back = hosts.count_healthy(events, now)
     if came_back:
         with transaction.atomic():
@@ -279,7 +280,7 @@ def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True)
 
 
 def _generate_bounces(
-    bounced: dict[int, list[tuple[Recipient, runner.Final]]],
+    bounced: dict[int, list[tuple[Recipient, outcome.Final]]],
     profiles: dict[int | None, BounceProfile],
     table: matching.RouteTable,
     now: datetime,

@@ -80,7 +80,7 @@ def test_hoststatus_by_mx_does_not_query_dns_unless_asked(run, monkeypatch):
     def no_dns(*args, **kwargs):
         raise AssertionError("looked up DNS")
 
-    monkeypatch.setattr("delivery.dns.mx_hosts", no_dns)
+    monkeypatch.setattr("delivery.outbound.dns.mx_hosts", no_dns)
     out = run("hoststatus", "mx.test").out
     assert "No route (delivered by MX records)" in out
     assert "MX hosts not looked up (add --dns)" in out and "mail.mx.test:25" in out
@@ -90,7 +90,7 @@ def test_hoststatus_dns_looks_the_mx_hosts_up(run, monkeypatch):
     from delivery import engine
 
     make_message(recipients=("x@mx.test",))
-    monkeypatch.setattr("delivery.dns.mx_hosts", lambda domain, port=25: [engine.Host("mx9.mx.test", port, 5)])
+    monkeypatch.setattr("delivery.outbound.dns.mx_hosts", lambda domain, port=25: [engine.Host("mx9.mx.test", port, 5)])
     out = run("hoststatus", "mx.test", "--dns").out
     assert "MX hosts (looked up now), in the order the next connection tries them:" in out
     line = next(line for line in out.splitlines() if "mx9.mx.test" in line)
@@ -98,7 +98,7 @@ def test_hoststatus_dns_looks_the_mx_hosts_up(run, monkeypatch):
 
 
 def test_hoststatus_usedns_route_and_dns_failure(run, monkeypatch):
-    from delivery import dns
+    from delivery.outbound import dns
 
     make_route(".mx.test", "USEDNS")
     snapshot.invalidate()
@@ -107,7 +107,7 @@ def test_hoststatus_usedns_route_and_dns_failure(run, monkeypatch):
     def fail(domain, port=25):
         raise dns.DnsHardFailure("5.1.2 Domain a.mx.test does not exist")
 
-    monkeypatch.setattr("delivery.dns.mx_hosts", fail)
+    monkeypatch.setattr("delivery.outbound.dns.mx_hosts", fail)
     out = run("hoststatus", "a.mx.test", "--dns").out
     assert ".mx.test: USEDNS (delivered by MX records)" in out
     assert "MX lookup failed: 5.1.2 Domain a.mx.test does not exist" in out

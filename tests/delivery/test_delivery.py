@@ -353,7 +353,8 @@ def test_reply_table(peers, settings, first, script, ends, marks_down):
 
 
 def test_open_connections_are_counted_for_the_hosts_page(peers, settings):
-    from delivery import hosts, runner, tasks
+    from delivery import tasks
+    from delivery.outbound import hosts, runner
 
     settings.ESAROUTES_DELIVERY_IDLE = 60.0  # the connection stays open in the pool after the batch
     good = peers.start()

@@ -1,4 +1,4 @@
-"""delivery.dns against a real authoritative server on loopback (tests/dnsserver.py). No other network."""
+"""delivery.outbound.dns against a real authoritative server on loopback (tests/dnsserver.py). No other network."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from delivery import dns as mx_dns
 from delivery.engine import Host
+from delivery.outbound import dns as mx_dns
 from tests.dnsserver import DnsServer
 
 

@@ -11,7 +11,7 @@ from django.test import Client
 
 from delivery import maillog, worker
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
-from delivery.runner import Attempt, Final, Report
+from delivery.outcome import Attempt, Final, Report
 from delivery.spool import record
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route

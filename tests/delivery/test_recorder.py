@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from delivery import engine, runner, smtp_client, worker
+from delivery import engine, outcome, worker
 from delivery.models import Message, Recipient
+from delivery.outbound import runner
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
 
@@ -127,9 +128,9 @@ def test_a_full_process_still_delivers_once_what_fills_it_is_stalled(peers, sett
     assert worker.recorder().load()[0] == 1  # the silent one still in flight
 
 
-def _group(*ports: int) -> runner.Group:
+def _group(*ports: int) -> outcome.Group:
     hosts = tuple(engine.Host("127.0.0.1", p, 0) for p in ports)
-    return runner.Group("r", "dest.test", hosts, smtp_client.Destination(host=hosts[0], helo="relay.test"), ())
+    return outcome.Group("r", "dest.test", hosts, outcome.Destination(host=hosts[0], helo="relay.test"), ())
 
 
 def test_hold_back_only_groups_whose_every_host_is_stalled():

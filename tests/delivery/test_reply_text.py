@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiosmtplib
 import pytest
 
-from delivery.smtp_client import TEXT_LIMIT, BadReply, _translate, safe_text
+from delivery.outbound.smtp_client import TEXT_LIMIT, BadReply, _translate, safe_text
 
 CUT = f" [... cut at {TEXT_LIMIT} of "
 

@@ -11,9 +11,10 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from delivery import hosts, resolve
+from delivery import resolve
 from delivery.engine import Host
 from delivery.models import HostStatus
+from delivery.outbound import hosts
 from delivery.spool import plan as planner
 from routes import matching, snapshot
 from tests.delivery.conftest import queue_message

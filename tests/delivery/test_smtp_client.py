@@ -8,17 +8,8 @@ import time
 import pytest
 
 from delivery.engine import Host, Stage, Verdict
-from delivery.smtp_client import (
-    Connection,
-    Destination,
-    Envelope,
-    Failure,
-    HostSession,
-    Timeouts,
-    TlsPolicy,
-    TransactionResult,
-    wire_body,
-)
+from delivery.outbound.smtp_client import Connection, Envelope, Failure, HostSession, TransactionResult, wire_body
+from delivery.outcome import Destination, Timeouts, TlsPolicy
 from tests.peers import Peer, PeerFactory, SmtpSink
 
 FAST = Timeouts(connect=2.0, command=2.0, data=2.0, transaction=5.0)
@@ -621,7 +612,7 @@ def test_delivers_to_postfix_smtp_sink(smtp_sink: SmtpSink) -> None:
 
 
 def _pipelined(session: HostSession) -> bool:
-    from delivery.smtp_client import _PipeliningProtocol
+    from delivery.outbound.smtp_client import _PipeliningProtocol
 
     return session._smtp is not None and isinstance(session._smtp.protocol, _PipeliningProtocol)
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from delivery import runner, worker
+from delivery import worker
 from delivery.engine import Stage
 from delivery.models import HostStatus, Recipient
+from delivery.outbound import runner
 from tests.delivery.conftest import queue_message
 from tests.faults.conftest import report
 from tests.routes.helpers import make_route

@@ -298,7 +298,7 @@ def test_domain_page_lists_the_routes_hosts(as_user, queued):
 
 def test_route_test_page_starts_where_the_routes_round_robin_is(as_user):
     """The route test page shows the order the next connection of that route will use (its counter, by id)."""
-    from delivery import hosts
+    from delivery.outbound import hosts
     from routes import snapshot
     from tests.routes.helpers import make_route
 

@@ -42,57 +42,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import re
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
 import aiosmtplib
 from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtocol
 
-from delivery import engine
+from delivery import engine, outcome
 from delivery.engine import Stage, Verdict
-
-
-class TlsPolicy(enum.StrEnum):
-    """Per-route STARTTLS policy; the values are those of ``routes.models.Route.TLS``."""
-
-    OFF = "off"
-    OPPORTUNISTIC = "opportunistic"  # if offered; no verification; handshake failure = host failure
-    REQUIRED = "required"  # must be offered and negotiated; no verification
-    REQUIRED_VERIFY = "required_verify"  # and the certificate must verify for the host's name or IP
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds. Defaults follow RFC 5321 §4.5.3.2 for commands (5 min) and the final dot (10 min)."""
-
-    connect: float = 30.0  # TCP connect, per address
-    command: float = 300.0  # each reply: greeting, EHLO, STARTTLS (+handshake), AUTH, MAIL, RCPT, DATA, RSET, QUIT
-    data: float = 600.0  # the reply to the final dot
-    transaction: float = 1800.0  # cap on the whole session setup, and on each message transaction
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    host: engine.Host
-    helo: str  # our EHLO name (never socket.getfqdn())
-    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
-    auth: tuple[str, str] | None = field(default=None, repr=False)  # (username, password), after STARTTLS
-    timeouts: Timeouts = Timeouts()
-    defer_on_4xx: bool = False  # a 4xx after MAIL FROM keeps the recipients queued instead of trying the next host
-    max_messages: int = 50  # per connection
-    ca_file: str | None = None  # trust anchors for REQUIRED_VERIFY; None = the system store
-    source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice
-
-    def __post_init__(self) -> None:
-        if not self.helo or not self.helo.isascii() or any(c.isspace() for c in self.helo):
-            raise ValueError(f"bad EHLO name {self.helo!r}")
-        if self.max_messages < 1:
-            raise ValueError("max_messages must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,14 +382,14 @@ def needs_smtputf8(envelope: Envelope) -> bool:
 
 
 @functools.cache
-def tls_context(policy: TlsPolicy, ca_file: str | None = None) -> ssl.SSLContext:
+def tls_context(policy: outcome.TlsPolicy, ca_file: str | None = None) -> ssl.SSLContext:
     """One shared client context per policy (contexts are thread-safe and costly to build)."""
-    if policy is TlsPolicy.REQUIRED_VERIFY:
+    if policy is outcome.TlsPolicy.REQUIRED_VERIFY:
         return ssl.create_default_context(cafile=ca_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    if policy is TlsPolicy.OPPORTUNISTIC:
+    if policy is outcome.TlsPolicy.OPPORTUNISTIC:
         # Without verification TLS only defeats passive listening; an old cipher still beats clear text, and
         # a handshake failure would fail the whole host. REQUIRED keeps OpenSSL's defaults.
         ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
@@ -448,7 +409,7 @@ class HostSession:
     Create, use and close a session inside one event loop.
     """
 
-    def __init__(self, destination: Destination) -> None:
+    def __init__(self, destination: outcome.Destination) -> None:
         self.destination = destination
         self.connection: Connection | None = None
         self.failure: Failure | None = None
@@ -518,7 +479,7 @@ class HostSession:
             extensions=frozenset(smtp.esmtp_extensions),
             tls_protocol=tls[0] if tls else None,
             tls_cipher=tls[1] if tls else None,
-            tls_verified=bool(tls) and self.destination.tls is TlsPolicy.REQUIRED_VERIFY,
+            tls_verified=bool(tls) and self.destination.tls is outcome.TlsPolicy.REQUIRED_VERIFY,
             authenticated=authenticated,
         )
         return self.connection
@@ -567,11 +528,11 @@ class HostSession:
         """Apply the TLS policy; returns (protocol, cipher) when TLS is up."""
         assert self._smtp is not None
         policy = self.destination.tls
-        if policy is TlsPolicy.OFF:
+        if policy is outcome.TlsPolicy.OFF:
             return None
         offered = self._smtp.supports_extension("starttls")
         if not offered:
-            if policy is TlsPolicy.OPPORTUNISTIC:
+            if policy is outcome.TlsPolicy.OPPORTUNISTIC:
                 return None
             self._stage = Stage.TLS
             raise _PolicyFailure("STARTTLS not offered", tls_required=True)
@@ -583,11 +544,11 @@ class HostSession:
                 timeout=self.destination.timeouts.command,
             )
         except aiosmtplib.SMTPResponseException as exc:
-            if policy is TlsPolicy.OPPORTUNISTIC and 400 <= exc.code < 500 and self._smtp.is_connected:
+            if policy is outcome.TlsPolicy.OPPORTUNISTIC and 400 <= exc.code < 500 and self._smtp.is_connected:
                 return None  # "454 TLS not available": refused before any handshake, the session is still clean
-            raise _PolicyFailure(cause=exc, tls_required=policy is not TlsPolicy.OPPORTUNISTIC) from exc
+            raise _PolicyFailure(cause=exc, tls_required=policy is not outcome.TlsPolicy.OPPORTUNISTIC) from exc
         except _TRANSPORT_ERRORS as exc:
-            raise _PolicyFailure(cause=exc, tls_required=policy is not TlsPolicy.OPPORTUNISTIC) from exc
+            raise _PolicyFailure(cause=exc, tls_required=policy is not outcome.TlsPolicy.OPPORTUNISTIC) from exc
         ssl_object = self._smtp.get_transport_info("ssl_object")
         self._stage = Stage.EHLO
         await self._ehlo()  # RFC 3207 §4.2: forget what was learnt before TLS
@@ -733,7 +694,7 @@ class _PolicyFailure(aiosmtplib.SMTPException):
 class _Transaction:
     """The state of one MAIL..DATA exchange, so that a break at any point still yields every outcome."""
 
-    def __init__(self, envelope: Envelope, destination: Destination) -> None:
+    def __init__(self, envelope: Envelope, destination: outcome.Destination) -> None:
         self.envelope = envelope
         self.destination = destination
         self.stage = Stage.MAIL

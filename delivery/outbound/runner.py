@@ -7,7 +7,7 @@ soon as each message is through, through the `emit` callback: the task records t
 (group commit), so a worker killed in the middle leaves at most the message in flight on each connection
 unrecorded.
 
-What happens on the wire follows `delivery.engine` (the decisions) and `delivery.smtp_client` (the SMTP):
+What happens on the wire follows `delivery.engine` (the decisions) and `delivery.outbound.smtp_client` (the SMTP):
 
 * the group's hosts are tried in order; a host that fails to connect, greet, EHLO or STARTTLS gets a
   ``Connection Error`` line and its recipients go on at once to the next host;
@@ -32,90 +32,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from delivery import engine, hosts, ids, maillog, smtp_client
+from delivery import engine, ids, maillog, outcome
 from delivery.engine import Verdict
 from delivery.models import DeliveryAttempt
+from delivery.outbound import hosts, smtp_client
 
 logger = logging.getLogger("delivery.runner")
 
 
-@dataclass(frozen=True, slots=True)
-class Rcpt:
-    rid: int
-    address: str
-    domain: str
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """One message's recipients for one route."""
-
-    mid: int
-    sender: str
-    body: bytes
-    recipients: tuple[Rcpt, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """Jobs that go the same way: `hosts` in the order to try (already rotated and with down hosts left out)."""
-
-    route_key: str
-    domain: str  # the recipient domain, for the Connection Error line
-    hosts: tuple[engine.Host, ...]
-    template: smtp_client.Destination  # everything but the host
-    jobs: tuple[Job, ...]
-    interface: str = "Data 1"
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """Where one recipient ends up after this attempt: delivered, bounced, or delayed (the queue schedules it)."""
-
-    mid: int
-    rid: int
-    state: str  # a Recipient.State value: delivered / bounced / delayed
-    code: int | None
-    text: str
-    host: str = ""
-    dsn_status: str = ""
-    attempt: bool = True  # counts as a delivery attempt (False for a local decision: expiry, /dev/null, admin)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    mid: int
-    rid: int
-    dcid: int
-    host: str
-    ip: str
-    port: int
-    code: int | None
-    response: str
-    outcome: str  # a DeliveryAttempt.Outcome value
-
-
-@dataclass(slots=True)
-class Report:
-    """What to record in one transaction: recipients' final states, attempts, log lines, host events."""
-
-    finals: list[Final] = field(default_factory=list)
-    attempts: list[Attempt] = field(default_factory=list)
-    lines: list[maillog.Line] = field(default_factory=list)
-    host_events: list[hosts.HostEvent] = field(default_factory=list)
-    journal: int = 0  # the journal file holding it until it is recorded (delivery.spool.journal), 0 for none
-
-    def __bool__(self) -> bool:
-        return bool(self.finals or self.attempts or self.lines or self.host_events)
-
-
-Emit = Callable[[Report], None]
+Emit = Callable[[outcome.Report], None]
 
 #: A verdict that ends this attempt for the recipient: its state, the attempt's outcome, its mail-log line.
 _FINAL = {
@@ -151,7 +82,7 @@ class Runner:
 
     def __init__(self, *, idle: float) -> None:
         self.idle = idle
-        self._pool: dict[smtp_client.Destination, list[_Pooled]] = {}
+        self._pool: dict[outcome.Destination, list[_Pooled]] = {}
         # Open connections per host, published for the hosts page (hosts.publish_connections) every few seconds
         self._open: collections.Counter[hosts.HostKey] = collections.Counter()
         self._published: tuple[float, dict[hosts.HostKey, int]] | None = None
@@ -174,7 +105,7 @@ class Runner:
 
     # --- the sync side ---------------------------------------------------------------------------------------
 
-    def submit(self, groups: Sequence[Group], emit: Emit) -> concurrent.futures.Future[None]:
+    def submit(self, groups: Sequence[outcome.Group], emit: Emit) -> concurrent.futures.Future[None]:
         """Start delivering `groups` on the loop thread; `emit` is called (on the loop thread) per report."""
         return self._call(self.run(groups, emit))
 
@@ -215,7 +146,7 @@ class Runner:
 
     # --- delivering ------------------------------------------------------------------------------------------
 
-    async def run(self, groups: Sequence[Group], emit: Emit) -> None:
+    async def run(self, groups: Sequence[outcome.Group], emit: Emit) -> None:
         failed_now: set[hosts.HostKey] = set()  # hosts that failed during this run: skipped if others remain
         results = await asyncio.gather(*(self._run_group(g, emit, failed_now) for g in groups), return_exceptions=True)
         for group, result in zip(groups, results, strict=True):
@@ -224,8 +155,8 @@ class Runner:
             elif isinstance(result, BaseException):
                 logger.error("delivery of route %s failed", group.route_key, exc_info=result)
 
-    async def _run_group(self, group: Group, emit: Emit, failed_now: set[hosts.HostKey]) -> None:
-        carry = Report()  # connection lines waiting for the next job's report
+    async def _run_group(self, group: outcome.Group, emit: Emit, failed_now: set[hosts.HostKey]) -> None:
+        carry = outcome.Report()  # connection lines waiting for the next job's report
         try:
             await self._run_group_on(group, emit, failed_now, carry)
         except (_Stopped, asyncio.CancelledError) as exc:
@@ -236,8 +167,10 @@ class Runner:
                 raise
             logger.info("delivery of route %s stopped by the shutdown; its messages stay queued", group.route_key)
 
-    async def _run_group_on(self, group: Group, emit: Emit, failed_now: set[hosts.HostKey], carry: Report) -> None:
-        pending: list[tuple[Job, list[Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
+    async def _run_group_on(
+        self, group: outcome.Group, emit: Emit, failed_now: set[hosts.HostKey], carry: outcome.Report
+    ) -> None:
+        pending: list[tuple[outcome.Job, list[outcome.Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
         last: dict[tuple[int, int], _Last] = {}
         for index, host in enumerate(group.hosts):
             if not pending:
@@ -255,7 +188,7 @@ class Runner:
                         for r in rcpts:
                             last[(job.mid, r.rid)] = pooled
                             carry.attempts.append(
-                                Attempt(
+                                outcome.Attempt(
                                     job.mid,
                                     r.rid,
                                     pooled.dcid,
@@ -296,7 +229,7 @@ class Runner:
             for r in rcpts:
                 info = last.get((job.mid, r.rid), _Last())
                 status, phrase = engine.enhanced_status(info.code, info.text)
-                report.finals.append(Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
+                report.finals.append(outcome.Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
                 report.lines.append(
                     maillog.delayed(
                         info.dcid,
@@ -317,45 +250,47 @@ class Runner:
     async def _send(
         self,
         pooled: _Pooled,
-        group: Group,
-        job: Job,
-        rcpts: list[Rcpt],
+        group: outcome.Group,
+        job: outcome.Job,
+        rcpts: list[outcome.Rcpt],
         last: dict[tuple[int, int], _Last],
-    ) -> tuple[Report, list[Rcpt], bool]:
+    ) -> tuple[outcome.Report, list[outcome.Rcpt], bool]:
         """One message over one open connection: (report, recipients for the next host, connection broke)."""
         session, dcid = pooled.session, pooled.dcid
         host = session.destination.host
         ip = session.connection.peer_ip if session.connection else ""
         by_rid = {r.rid: r for r in rcpts}
         envelope = smtp_client.Envelope(job.mid, job.sender, tuple((r.rid, r.address) for r in rcpts), job.body)
-        report = Report(lines=[maillog.delivery_start(dcid, job.mid, by_rid)])
+        report = outcome.Report(lines=[maillog.delivery_start(dcid, job.mid, by_rid)])
         result = await session.send(envelope)
-        carried: list[Rcpt] = []
+        carried: list[outcome.Rcpt] = []
         delivered: list[int] = []
         for o in result.outcomes:
             r = by_rid[o.rid]
             status, phrase = o.status
             if o.verdict is Verdict.DELIVERED:
                 delivered.append(o.rid)
-                report.finals.append(Final(job.mid, o.rid, "delivered", o.code, o.text, host.address, status))
-                outcome = DeliveryAttempt.Outcome.DELIVERED
+                report.finals.append(outcome.Final(job.mid, o.rid, "delivered", o.code, o.text, host.address, status))
+                kind = DeliveryAttempt.Outcome.DELIVERED
             elif o.verdict in _FINAL:
-                state, outcome, line = _FINAL[o.verdict]
-                report.finals.append(Final(job.mid, o.rid, state, o.code, o.text, host.address, status))
+                state, kind, line = _FINAL[o.verdict]
+                report.finals.append(outcome.Final(job.mid, o.rid, state, o.code, o.text, host.address, status))
                 report.lines.append(
                     line(dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain)
                 )
             else:
                 carried.append(r)
                 last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address)
-                outcome = DeliveryAttempt.Outcome.NEXT_HOST
-            report.attempts.append(Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, outcome))
+                kind = DeliveryAttempt.Outcome.NEXT_HOST
+            report.attempts.append(
+                outcome.Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, kind)
+            )
         if delivered:
             report.lines.append(maillog.message_done(dcid, job.mid, delivered))
             report.lines.append(maillog.response(job.mid, delivered, result.data_reply))
         failure = result.failure
         report.host_events.append(
-            hosts.HostEvent(
+            outcome.HostEvent(
                 host.address,
                 host.port,
                 ok=failure is None or not failure.marks_host_down,
@@ -385,7 +320,9 @@ class Runner:
 
     # --- the pool --------------------------------------------------------------------------------------------
 
-    async def _acquire(self, destination: smtp_client.Destination, group: Group, carry: Report) -> _Pooled | _Last:
+    async def _acquire(
+        self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report
+    ) -> _Pooled | _Last:
         """An idle pooled connection to the destination, else a new one (its lines go into `carry`).
 
         When the connection failed: the Connection Error line and the host event are in `carry`, and the
@@ -422,7 +359,7 @@ class Runner:
             if opened.tls_required:
                 carry.lines.append(maillog.tls_required_failed(dcid, ip))
             carry.host_events.append(
-                hosts.HostEvent(
+                outcome.HostEvent(
                     host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
                 )
             )
@@ -432,11 +369,11 @@ class Runner:
         )
         if opened.tls_protocol:
             carry.lines.append(maillog.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
-        carry.host_events.append(hosts.HostEvent(host.address, host.port, ok=True))
+        carry.host_events.append(outcome.HostEvent(host.address, host.port, ok=True))
         self._open[host.key] += 1
         return _Pooled(session, dcid)
 
-    async def _release(self, destination: smtp_client.Destination, pooled: _Pooled, carry: Report) -> None:
+    async def _release(self, destination: outcome.Destination, pooled: _Pooled, carry: outcome.Report) -> None:
         if pooled.session.usable and self.idle > 0:
             pooled.idle_since = time.monotonic()
             self._pool.setdefault(destination, []).append(pooled)

@@ -17,7 +17,6 @@ import logging
 import time
 import zlib
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
@@ -26,29 +25,12 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Q
 
-from delivery import engine, ids
+from delivery import engine, ids, outcome
 from delivery.models import HostStatus, IdCounter
 
 logger = logging.getLogger("delivery.hosts")
 
 HostKey = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class HostEvent:
-    """What one connection taught us about a host: applied in the transaction that records the outcomes."""
-
-    host: str
-    port: int
-    ok: bool  # the connection opened (and a message went through, when any was sent)
-    error: str = ""  # for a failure: the `details` of the Connection Error line
-    marks_down: bool = True  # a failure that says something about the host (see engine.marks_host_down)
-    delivered: int = 0  # recipients delivered on this connection
-    failed: int = 0  # recipients that failed on this connection (next host, delayed, bounced)
-
-    @property
-    def key(self) -> HostKey:
-        return (self.host, self.port)
 
 
 def down_hosts(keys: Collection[HostKey], now: datetime) -> set[HostKey]:
@@ -68,18 +50,18 @@ def _down_schedule(failures: int) -> timedelta:
     )
 
 
-def split_healthy(events: Iterable[HostEvent]) -> tuple[list[HostEvent], list[HostEvent]]:
+def split_healthy(events: Iterable[outcome.HostEvent]) -> tuple[list[outcome.HostEvent], list[outcome.HostEvent]]:
     """(the events of hosts that only succeeded here, the others): the first can wait for `count_healthy()`."""
     events = list(events)
     failed = {e.key for e in events if not e.ok}
-    healthy: list[HostEvent] = []
-    others: list[HostEvent] = []
+    healthy: list[outcome.HostEvent] = []
+    others: list[outcome.HostEvent] = []
     for event in events:
         (others if event.key in failed else healthy).append(event)
     return healthy, others
 
 
-def count_healthy(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
+def count_healthy(events: Iterable[outcome.HostEvent], now: datetime) -> set[HostKey]:
     """Successes, added to their hosts' counters after the outcomes' transaction, in a short one of their own.
 
     In the recording transaction these UPDATEs held the rows of the busiest hosts locked until its commit, and
@@ -88,7 +70,7 @@ def count_healthy(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
     few). A host that was not healthy after all (another worker marked it down meanwhile) goes through
     `apply_events`, which marks it up; returns the hosts that came back.
     """
-    merged: dict[HostKey, list[HostEvent]] = {}
+    merged: dict[HostKey, list[outcome.HostEvent]] = {}
     for event in events:
         merged.setdefault(event.key, []).append(event)
     if not merged:
@@ -100,13 +82,13 @@ def count_healthy(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
         return apply_events([e for key in sorted(merged) for e in merged[key]], now)
 
 
-def apply_events(events: Iterable[HostEvent], now: datetime) -> set[HostKey]:
+def apply_events(events: Iterable[outcome.HostEvent], now: datetime) -> set[HostKey]:
     """Fold connection outcomes into HostStatus (call inside the recording transaction).
 
     Returns the hosts that came back: they were down (or failing) and a connection to them just succeeded, so
     the caller should release the backlog queued for their routes.
     """
-    merged: dict[HostKey, list[HostEvent]] = {}
+    merged: dict[HostKey, list[outcome.HostEvent]] = {}
     for event in events:
         merged.setdefault(event.key, []).append(event)
     if not merged:
