@@ -116,7 +116,7 @@ class Report:
 
     finals: list[Final] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
-    lines: list[maillog.Line] = field(default_factory=list)
+    lines: list[maillog.lines.Line] = field(default_factory=list)
     host_events: list[HostEvent] = field(default_factory=list)
     journal: int = 0  # the journal file holding it until it is recorded (delivery.spool.journal), 0 for none
 

@@ -28,7 +28,7 @@ class Committer:
         self._commit = commit  # runs a sync function in the listener's commit thread (`Listener.commit`)
         self.max_batch = max_batch
         self._waiting: list[tuple[intake.Incoming, asyncio.Future[int]]] = []
-        self._lines: list[maillog.Line] = []
+        self._lines: list[maillog.lines.Line] = []
         self._wake = asyncio.Event()
         self._busy = 0
         self._idle = asyncio.Event()
@@ -42,7 +42,7 @@ class Committer:
         self._kick()
         return await future
 
-    def log(self, lines: list[maillog.Line]) -> None:
+    def log(self, lines: list[maillog.lines.Line]) -> None:
         self._lines += lines
         self._kick()
 
@@ -78,7 +78,9 @@ class Committer:
                 if not self._busy and not self._waiting and not self._lines:
                     self._idle.set()
 
-    async def _write(self, batch: list[tuple[intake.Incoming, asyncio.Future[int]]], lines: list[maillog.Line]) -> None:
+    async def _write(
+        self, batch: list[tuple[intake.Incoming, asyncio.Future[int]]], lines: list[maillog.lines.Line]
+    ) -> None:
         try:
             mids = await self._commit(intake.accept_many, [incoming for incoming, _ in batch], lines)
         except Exception as exc:

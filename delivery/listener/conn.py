@@ -21,7 +21,7 @@ class Conn:
     auth_user: str = ""
     messages: int = 0
     errors: int = 0
-    pending: list[maillog.Line] = field(default_factory=list)
+    pending: list[maillog.lines.Line] = field(default_factory=list)
 
-    def log(self, line: maillog.Line) -> None:
+    def log(self, line: maillog.lines.Line) -> None:
         self.pending.append(intake.stamp(line))

@@ -83,7 +83,7 @@ class Handler:
         ssl_object = (session.ssl or {}).get("ssl_object")
         if ssl_object is not None:
             cipher = ssl_object.cipher()
-            conn.log(maillog.icid_tls(conn.icid, ssl_object.version() or "", cipher[0] if cipher else ""))
+            conn.log(maillog.lines.icid_tls(conn.icid, ssl_object.version() or "", cipher[0] if cipher else ""))
         return True
 
     async def handle_MAIL(
@@ -112,7 +112,7 @@ class Handler:
         relay = conn.relay or bool(session.authenticated)
         decision = access.check_recipient(self.listener.snapshot, address, raw=server.rcpt_raw, relay=relay)
         if not decision.accepted:
-            conn.log(maillog.rejected_by_rat(conn.icid, address))
+            conn.log(maillog.lines.rejected_by_rat(conn.icid, address))
             return f"550 5.7.1 <{address}>... Relaying denied"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -189,18 +189,18 @@ class Handler:
             server._close()
             return AuthResult(success=False, handled=True)
         if not outcome.ok:
-            lines = [maillog.auth_failed(conn.icid, username, mechanism)]
+            lines = [maillog.lines.auth_failed(conn.icid, username, mechanism)]
             refusal = throttle.decide(outcome.counts, throttle.policy(throttle.SMTP)) if outcome.locked_now else None
             if refusal is not None:
                 lines.append(_throttled_line(conn, username, refusal))
             self._log_auth(server, *lines)
             logger.info("ICID %s: SMTP AUTH failed for %r from %s", conn.icid, username, conn.ip)
             return AuthResult(success=False, handled=False)
-        self._log_auth(server, maillog.auth_succeeded(conn.icid, username, mechanism))
+        self._log_auth(server, maillog.lines.auth_succeeded(conn.icid, username, mechanism))
         conn.auth_user = username
         return AuthResult(success=True, auth_data=parsed.auth_data)
 
-    def _log_auth(self, server: Session, *lines: maillog.Line) -> None:
+    def _log_auth(self, server: Session, *lines: maillog.lines.Line) -> None:
         """Into the mail log now (an operator alerts on these), after the connection's lines still buffered."""
         conn = server.conn
         stamped = [intake.stamp(line) for line in lines]
@@ -211,9 +211,9 @@ class Handler:
         self.listener.committer.log([*pending, *stamped])
 
 
-def _throttled_line(conn: Conn, username: str, refusal: throttle.Refusal) -> maillog.Line:
+def _throttled_line(conn: Conn, username: str, refusal: throttle.Refusal) -> maillog.lines.Line:
     failures = refusal.counts.address if refusal.by == "address" else refusal.counts.username
-    return maillog.auth_throttled(conn.icid, conn.ip, username, refusal.by, failures, refusal.lockout)
+    return maillog.lines.auth_throttled(conn.icid, conn.ip, username, refusal.by, failures, refusal.lockout)
 
 
 def _ip_or_none(text: str) -> str | None:

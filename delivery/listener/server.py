@@ -87,7 +87,7 @@ class Listener:
         await self.connections.start()
         self.server = await loop.create_server(lambda: Session(self), sock=sock)
         self._refresher = loop.create_task(self._refresh_loop())
-        maillog.start_background_writer()
+        maillog.writer.start_background_writer()
         self._maillog_started = True
         self.committer = Committer(self.commit, writers=1)
         logger.info("SMTP listener on %s port %s", *self.address)
@@ -116,7 +116,7 @@ class Listener:
         self._commit_executor.shutdown(wait=True)
         if self._maillog_started:
             self._maillog_started = False
-            await loop.run_in_executor(None, maillog.stop_background_writer)
+            await loop.run_in_executor(None, maillog.writer.stop_background_writer)
 
     def _close_db_connections(self) -> None:
         """Run `connection.close()` once in every worker thread (a barrier makes each thread take one job)."""

@@ -158,7 +158,7 @@ class Session(SMTP):
             self._ended = True
             self._uncount()
             if self.conn.icid:
-                lines = [*self.conn.pending, intake.stamp(maillog.icid_close(self.conn.icid))]
+                lines = [*self.conn.pending, intake.stamp(maillog.lines.icid_close(self.conn.icid))]
                 self.conn.pending = []
                 if self.listener.committer is not None:
                     self.listener.committer.log(lines)
@@ -213,11 +213,11 @@ class Session(SMTP):
         local_ip = str(sockname[0]) if sockname else ""
         network = access.relay_match(listener.snapshot, conn.ip)
         conn.relay = network is not None
-        conn.log(maillog.new_icid(conn.icid, listener.config.interface, local_ip, conn.ip, conn.rdns, verified))
+        conn.log(maillog.lines.new_icid(conn.icid, listener.config.interface, local_ip, conn.ip, conn.rdns, verified))
         if network is not None:
-            conn.log(maillog.icid_policy(conn.icid, "RELAY", access.RELAY_GROUP, str(network)))
+            conn.log(maillog.lines.icid_policy(conn.icid, "RELAY", access.RELAY_GROUP, str(network)))
         else:
-            conn.log(maillog.icid_policy(conn.icid, "ACCEPT", access.ACCEPT_GROUP, "ALL"))
+            conn.log(maillog.lines.icid_policy(conn.icid, "ACCEPT", access.ACCEPT_GROUP, "ALL"))
 
     def _close(self) -> None:
         if self.transport is not None:

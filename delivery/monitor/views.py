@@ -149,7 +149,7 @@ def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
 
 
 def _log_files() -> list[dict[str, Any]]:
-    log = maillog.log_file()
+    log = maillog.writer.log_file()
     paths = [*reversed(log.saved_files())]
     if log.path.exists():
         paths.insert(0, log.path)
@@ -160,7 +160,7 @@ def _log_files() -> list[dict[str, Any]]:
 @permissions.require("maillog.view")
 def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
     """mail.current or a rolled-over file, by name (only names that the log directory lists)."""
-    log = maillog.log_file()
+    log = maillog.writer.log_file()
     allowed: dict[str, Path] = {p.name: p for p in log.saved_files()}
     allowed[log.path.name] = log.path
     path = allowed.get(name)

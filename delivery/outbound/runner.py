@@ -50,8 +50,8 @@ Emit = Callable[[outcome.Report], None]
 
 #: A verdict that ends this attempt for the recipient: its state, the attempt's outcome, its mail-log line.
 _FINAL = {
-    Verdict.BOUNCE: ("bounced", DeliveryAttempt.Outcome.BOUNCED, maillog.bounced),
-    Verdict.DEFER: ("delayed", DeliveryAttempt.Outcome.DELAYED, maillog.delayed),
+    Verdict.BOUNCE: ("bounced", DeliveryAttempt.Outcome.BOUNCED, maillog.lines.bounced),
+    Verdict.DEFER: ("delayed", DeliveryAttempt.Outcome.DELAYED, maillog.lines.delayed),
 }
 
 
@@ -231,7 +231,7 @@ class Runner:
                 status, phrase = engine.enhanced_status(info.code, info.text)
                 report.finals.append(outcome.Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
                 report.lines.append(
-                    maillog.delayed(
+                    maillog.lines.delayed(
                         info.dcid,
                         job.mid,
                         job.sender,
@@ -261,7 +261,7 @@ class Runner:
         ip = session.connection.peer_ip if session.connection else ""
         by_rid = {r.rid: r for r in rcpts}
         envelope = smtp_client.Envelope(job.mid, job.sender, tuple((r.rid, r.address) for r in rcpts), job.body)
-        report = outcome.Report(lines=[maillog.delivery_start(dcid, job.mid, by_rid)])
+        report = outcome.Report(lines=[maillog.lines.delivery_start(dcid, job.mid, by_rid)])
         result = await session.send(envelope)
         carried: list[outcome.Rcpt] = []
         delivered: list[int] = []
@@ -286,8 +286,8 @@ class Runner:
                 outcome.Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, kind)
             )
         if delivered:
-            report.lines.append(maillog.message_done(dcid, job.mid, delivered))
-            report.lines.append(maillog.response(job.mid, delivered, result.data_reply))
+            report.lines.append(maillog.lines.message_done(dcid, job.mid, delivered))
+            report.lines.append(maillog.lines.response(job.mid, delivered, result.data_reply))
         failure = result.failure
         report.host_events.append(
             outcome.HostEvent(
@@ -302,7 +302,7 @@ class Runner:
         )
         if failure is not None:
             report.lines.append(
-                maillog.connection_error(
+                maillog.lines.connection_error(
                     dcid,
                     group.domain,
                     failure.peer_ip or host.address,
@@ -352,12 +352,12 @@ class Runner:
         if isinstance(opened, smtp_client.Failure):
             ip = opened.peer_ip or host.address
             carry.lines.append(
-                maillog.connection_error(
+                maillog.lines.connection_error(
                     dcid, group.domain, ip, host.port, _details(opened), group.interface, opened.reason
                 )
             )
             if opened.tls_required:
-                carry.lines.append(maillog.tls_required_failed(dcid, ip))
+                carry.lines.append(maillog.lines.tls_required_failed(dcid, ip))
             carry.host_events.append(
                 outcome.HostEvent(
                     host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
@@ -365,10 +365,12 @@ class Runner:
             )
             return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip)
         carry.lines.append(
-            maillog.new_dcid(dcid, group.interface, opened.peer_ip, host.port, domain=group.domain, host=host.address)
+            maillog.lines.new_dcid(
+                dcid, group.interface, opened.peer_ip, host.port, domain=group.domain, host=host.address
+            )
         )
         if opened.tls_protocol:
-            carry.lines.append(maillog.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
+            carry.lines.append(maillog.lines.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
         carry.host_events.append(outcome.HostEvent(host.address, host.port, ok=True))
         self._open[host.key] += 1
         return _Pooled(session, dcid)
@@ -380,13 +382,13 @@ class Runner:
             return
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
-        carry.lines.append(maillog.dcid_close(pooled.dcid))
+        carry.lines.append(maillog.lines.dcid_close(pooled.dcid))
 
     async def _close(self, pooled: _Pooled) -> None:
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _write_lines, [maillog.dcid_close(pooled.dcid)])
+        await loop.run_in_executor(self._executor, _write_lines, [maillog.lines.dcid_close(pooled.dcid)])
 
     async def _reaper(self) -> None:
         while True:
@@ -445,10 +447,10 @@ def _next_dcid() -> int:
     return ids.next_id("dcid")
 
 
-def _write_lines(lines: list[maillog.Line]) -> None:
+def _write_lines(lines: list[maillog.lines.Line]) -> None:
     close_old_connections()
     with transaction.atomic():
-        maillog.write(lines, at=timezone.now())
+        maillog.writer.write(lines, at=timezone.now())
 
 
 _runner: Runner | None = None

@@ -40,7 +40,7 @@ def deliver_now(
     what = f"deliver now MID {mid}" if mid is not None else f"deliver now {domain or 'all domains'}"
     with transaction.atomic():
         mids = lease.make_due(qs, now)
-        maillog.write([maillog.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
+        maillog.writer.write([maillog.lines.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
         audit.record_action(actor, "queue", what, {"messages": len(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)
@@ -104,9 +104,9 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
         Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(
             state=Recipient.State.DELETED, finished_at=now, next_attempt_at=None
         )
-        lines = [maillog.deleted(mid, rids) for mid, rids in by_mid.items()]
+        lines = [maillog.lines.deleted(mid, rids) for mid, rids in by_mid.items()]
         lines += record.finish_messages(by_mid, now, checked=False)
-        maillog.write(lines, at=now)
+        maillog.writer.write(lines, at=now)
         audit.record_action(actor, "queue", "delete recipients", {"recipients": len(rows)})
     return len(rows)
 

@@ -38,7 +38,7 @@ class Incoming:
     auth_user: str = ""
     message_id: str = ""
     subject: str = ""
-    pending_lines: tuple[maillog.Line, ...] = ()  # the connection's buffered lines, written first
+    pending_lines: tuple[maillog.lines.Line, ...] = ()  # the connection's buffered lines, written first
 
 
 def accept(incoming: Incoming, *, now: datetime | None = None) -> int:
@@ -47,13 +47,13 @@ def accept(incoming: Incoming, *, now: datetime | None = None) -> int:
 
 
 def accept_many(
-    incomings: Sequence[Incoming], lines: Sequence[maillog.Line] = (), *, now: datetime | None = None
+    incomings: Sequence[Incoming], lines: Sequence[maillog.lines.Line] = (), *, now: datetime | None = None
 ) -> list[int]:
     """Store several messages (and loose connection lines) in ONE transaction: the listener's group commit.
 
     All or nothing: on any failure nothing of any of them remains and the exception propagates. The MIDs come
     back in order. One multi-row INSERT per table (messages with RETURNING id, bodies, recipients, log lines)
-    whatever the batch size, with explicit columns and no model instances (`maillog.BulkInsert`).
+    whatever the batch size, with explicit columns and no model instances (`maillog.writer.BulkInsert`).
     """
     now = now or timezone.now()
     at = connection.ops.adapt_datetimefield_value(now)
@@ -88,12 +88,12 @@ def accept_many(
         out = list(lines)
         for mid, inc in zip(mids, incomings, strict=True):
             out += message_lines(mid, inc)
-        maillog.write(out, at=now)
+        maillog.writer.write(out, at=now)
         transaction.on_commit(lambda: doorbell.ring_many(mids))
     return mids
 
 
-_MESSAGES = maillog.BulkInsert(
+_MESSAGES = maillog.writer.BulkInsert(
     Message,
     (
         "icid",
@@ -110,26 +110,29 @@ _MESSAGES = maillog.BulkInsert(
     fixed={"state": Message.State.QUEUED},
     returning=True,
 )
-_BODIES = maillog.BulkInsert(MessageBody, ("message_id", "data"))
-_RECIPIENTS = maillog.BulkInsert(
+_BODIES = maillog.writer.BulkInsert(MessageBody, ("message_id", "data"))
+_RECIPIENTS = maillog.writer.BulkInsert(
     Recipient, ("message_id", "rid", "address", "domain", "next_attempt_at"), fixed={"state": Recipient.State.QUEUED}
 )
 
 
-def message_lines(mid: int, inc: Incoming) -> list[maillog.Line]:
+def message_lines(mid: int, inc: Incoming) -> list[maillog.lines.Line]:
     """The connection's buffered lines, then the message's: Start MID ... queued for delivery."""
     icid = inc.icid
     lines = [
         *inc.pending_lines,
-        maillog.start_mid(mid, icid),
-        maillog.mid_from(mid, icid, inc.sender),
-        *(maillog.mid_to(mid, icid, rid, address, domain) for rid, (address, domain) in enumerate(inc.recipients)),
+        maillog.lines.start_mid(mid, icid),
+        maillog.lines.mid_from(mid, icid, inc.sender),
+        *(
+            maillog.lines.mid_to(mid, icid, rid, address, domain)
+            for rid, (address, domain) in enumerate(inc.recipients)
+        ),
     ]
     if inc.message_id:
-        lines.append(maillog.message_id(mid, inc.message_id))
+        lines.append(maillog.lines.message_id(mid, inc.message_id))
     if inc.subject:
-        lines.append(maillog.subject(mid, inc.subject))
-    lines += [maillog.ready(mid, len(inc.data), inc.sender), maillog.queued(mid)]
+        lines.append(maillog.lines.subject(mid, inc.subject))
+    lines += [maillog.lines.ready(mid, len(inc.data), inc.sender), maillog.lines.queued(mid)]
     return lines
 
 
@@ -154,7 +157,7 @@ def reserve_icids(n: int) -> list[int]:
     return list(range(int(row[0]) - n + 1, int(row[0]) + 1))
 
 
-def stamp(line: maillog.Line, at: datetime | None = None) -> maillog.Line:
+def stamp(line: maillog.lines.Line, at: datetime | None = None) -> maillog.lines.Line:
     """The line with its event time fixed now, for lines buffered until a later transaction."""
     return replace(line, at=at or timezone.now())
 

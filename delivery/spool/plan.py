@@ -98,12 +98,12 @@ def local_final(
     administrator's bounce. Only a DNS failure `counts` as a delivery attempt (it schedules the retry)."""
     if state == Recipient.State.DROPPED:
         report.finals.append(outcome.Final(mid, rcpt.rid, state, None, text, attempt=False))
-        report.lines.append(maillog.message_done(0, mid, [rcpt.rid]))
-        report.lines.append(maillog.response(mid, [rcpt.rid], text))
+        report.lines.append(maillog.lines.message_done(0, mid, [rcpt.rid]))
+        report.lines.append(maillog.lines.response(mid, [rcpt.rid], text))
         return
     status, phrase = engine.enhanced_status(None, text)
     report.finals.append(outcome.Final(mid, rcpt.rid, state, None, text, dsn_status=status, attempt=counts))
-    build = maillog.bounced if state == Recipient.State.BOUNCED else maillog.delayed
+    build = maillog.lines.bounced if state == Recipient.State.BOUNCED else maillog.lines.delayed
     report.lines.append(build(0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain))
 
 

@@ -106,7 +106,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
             transaction.on_commit(functools.partial(_count_healthy, healthy, now), robust=True)
         still_active = {mid for (mid, _), r in by_key.items() if r.state in lease.ACTIVE}
         lines += finish_messages(mids - still_active, now)
-        maillog.write(lines, at=now)
+        maillog.writer.write(lines, at=now)
         generated = _generate_bounces(bounced, profiles, table, now)
         if came_back:
             lease.kick_hosts(came_back, now)
@@ -209,7 +209,9 @@ def essential_report(report: outcome.Report, error: BaseException) -> outcome.Re
         for line in report.lines
         if line.text.startswith(("Delivery start DCID ", "Message done DCID "))
     ]
-    lines += [maillog.recorded_without_details(mid, type(error).__name__) for mid in sorted({f.mid for f in finals})]
+    lines += [
+        maillog.lines.recorded_without_details(mid, type(error).__name__) for mid in sorted({f.mid for f in finals})
+    ]
     return outcome.Report(finals=finals, attempts=attempts, lines=lines, journal=report.journal)
 
 
@@ -220,7 +222,7 @@ def _count_healthy(events: list[outcome.HostEvent], now: datetime) -> None:
             lease.kick_hosts(came_back, now)
 
 
-_ATTEMPTS = maillog.BulkInsert(
+_ATTEMPTS = maillog.writer.BulkInsert(
     DeliveryAttempt, ("recipient_id", "message_id", "dcid", "at", "host", "ip", "port", "code", "response", "outcome")
 )
 
@@ -258,7 +260,7 @@ def _update_recipients(rows: Sequence[Recipient]) -> None:
         )
 
 
-def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True) -> list[maillog.Line]:
+def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True) -> list[maillog.lines.Line]:
     """Messages with no active recipient left are done: `Message finished MID n done`.
 
     `checked`: the caller knows these messages have no active recipient left (it holds their rows locked).
@@ -276,7 +278,7 @@ def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True)
     Message.objects.filter(pk__in=done).update(
         state=Message.State.DONE, finished_at=now, next_attempt_at=None, leased_by="", leased_until=None
     )
-    return [maillog.message_finished(mid) for mid in done]
+    return [maillog.lines.message_finished(mid) for mid in done]
 
 
 def _generate_bounces(
@@ -332,5 +334,5 @@ def _generate_bounces(
     new_mids = intake.accept_many(incoming, now=now)
     for new_mid, mid in zip(new_mids, origins, strict=True):
         Message.objects.filter(pk=new_mid).update(bounce_of_id=mid)
-    maillog.write([maillog.generated_bounce(n, m) for n, m in zip(new_mids, origins, strict=True)], at=now)
+    maillog.writer.write([maillog.lines.generated_bounce(n, m) for n, m in zip(new_mids, origins, strict=True)], at=now)
     return new_mids

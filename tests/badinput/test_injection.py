@@ -57,7 +57,7 @@ def injected(smtpd) -> Message:
 
 
 def test_nothing_a_client_sends_starts_a_new_mail_log_line(injected):
-    assert maillog.flush(10)
+    assert maillog.writer.flush(10)
     raw = (Path(settings.MAIL_LOG_DIR) / "mail.current").read_bytes()
     text = raw.decode("utf-8")
     lines = [line for line in text.split("\n")[:-1] if not line.startswith(("Begin Logfile", "Version:", "Time "))]

@@ -31,8 +31,8 @@ def log_texts(mid: int) -> list[str]:
 
 
 def mail_current() -> str:
-    maillog.flush()
-    return maillog.log_file().path.read_bytes().decode("utf-8")
+    maillog.writer.flush()
+    return maillog.writer.log_file().path.read_bytes().decode("utf-8")
 
 
 def assert_safe(text: str) -> None:
@@ -162,12 +162,12 @@ def test_a_report_with_texts_no_database_takes_is_recorded_safe_and_the_others_a
         r = Report(
             finals=[Final(mid, 0, "delivered", 250, "2.0.0 Ok", "127.0.0.1")],
             attempts=[Attempt(mid, 0, 7, "127.0.0.1", "127.0.0.1", 2525, 250, "2.0.0 Ok", "delivered")],
-            lines=[maillog.message_done(7, mid, [0])],
+            lines=[maillog.lines.message_done(7, mid, [0])],
         )
         if delayed is not None:
             r.finals.append(Final(mid, 1, "delayed", 451, delayed, "127.0.0.1", "4.3.0"))
             r.attempts.append(Attempt(mid, 1, 7, "127.0.0.1", "127.0.0.1", 2525, 451, delayed, "next_host"))
-            r.lines.append(maillog.delayed(7, mid, "s@o.test", B, 1, "4.3.0", "busy", 451, delayed))
+            r.lines.append(maillog.lines.delayed(7, mid, "s@o.test", B, 1, "4.3.0", "busy", 451, delayed))
         return r
 
     worker._record([report(hostile, delayed=text), report(plain)])

@@ -33,7 +33,7 @@ def not_a_relay_client(smtpd: Any) -> None:
 
 
 def mail_current() -> list[str]:
-    assert maillog.flush(10)  # the listener appends from its background writer, just after the commit
+    assert maillog.writer.flush(10)  # the listener appends from its background writer, just after the commit
     path = Path(settings.MAIL_LOG_DIR) / "mail.current"
     header = ("Begin Logfile", "Version: ", "Time offset from UTC")
     return [line for line in path.read_text().splitlines() if not any(h in line for h in header)]

@@ -1,5 +1,6 @@
-"""What the listener does to go fast, kept honest: the address fast path, ICID blocks, the background mail log
-writer, and several processes on one port (intake's ICID reservation and group commit: tests/delivery/spool)."""
+"""What the listener does to go fast, kept honest: the address fast path, ICID blocks, every line in the mail log
+file at stop, and several processes on one port (intake's ICID reservation and group commit: tests/delivery/spool;
+the background mail log writer: tests/delivery/maillog/test_writer.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,9 +17,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
-from delivery import maillog
 from delivery.listener.session import Session
 from delivery.models import MailLogLine, Message, Recipient
 from tests.listener.conftest import send
@@ -73,51 +71,6 @@ def test_one_connection_costs_no_icid_query_until_the_block_is_used(start_listen
 def _file_lines(directory: Path) -> list[str]:
     text = (directory / "mail.current").read_text()
     return [line.split(" Info: ", 1)[1] for line in text.splitlines() if " Info: " in line]
-
-
-def test_background_writer_appends_every_line_in_order_and_flushes_at_stop(settings, tmp_path):
-    settings.MAIL_LOG_DIR = tmp_path
-    at = timezone.now()
-    maillog.start_background_writer()
-    try:
-
-        def producer(base: int) -> None:
-            for i in range(200):
-                maillog._append([maillog.format_line(maillog.queued(base + i), at)])
-
-        producer(0)
-        threads = [threading.Thread(target=producer, args=(1000 * k,)) for k in (1, 2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        maillog.stop_background_writer()
-    lines = [x for x in _file_lines(tmp_path) if x.startswith("MID ")]
-    assert lines[:200] == [f"MID {i} queued for delivery" for i in range(200)]
-    assert len(lines) == 600
-    numbers = [int(x.split()[1]) for x in lines]
-    for k in (1, 2):  # each producer's lines in its own order
-        assert [f"MID {n} queued for delivery" for n in numbers if n // 1000 == k] == [
-            f"MID {1000 * k + i} queued for delivery" for i in range(200)
-        ]
-    maillog._append(["after stop"])  # no writer any more: appended at once
-    assert (tmp_path / "mail.current").read_text().endswith("after stop\n")
-
-
-def test_rollover_takes_the_lines_committed_before_it(settings, tmp_path):
-    settings.MAIL_LOG_DIR = tmp_path
-    at = timezone.now()
-    maillog.start_background_writer()
-    try:
-        maillog._append([maillog.format_line(maillog.queued(1), at)])
-        saved = maillog.log_file().rollover()
-        maillog._append([maillog.format_line(maillog.queued(2), at)])
-        assert maillog.flush(10)
-    finally:
-        maillog.stop_background_writer()
-    assert saved is not None and "MID 1 queued" in saved.read_text()
-    assert "MID 2 queued" in (tmp_path / "mail.current").read_text()
 
 
 def test_listener_stop_leaves_every_line_in_the_file(start_listener):

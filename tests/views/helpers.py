@@ -44,18 +44,18 @@ def make_message(
             bounce_of=bounce_of,
         )
         MessageBody.objects.create(message=m, data=body.encode())
-        lines = [maillog.start_mid(m.pk, icid), maillog.mid_from(m.pk, icid, sender)]
+        lines = [maillog.lines.start_mid(m.pk, icid), maillog.lines.mid_from(m.pk, icid, sender)]
         for rid, address in enumerate(recipients):
             domain = address.rpartition("@")[2].lower()
             Recipient.objects.create(message=m, rid=rid, address=address, domain=domain, next_attempt_at=at)
-            lines.append(maillog.mid_to(m.pk, icid, rid, address, domain))
+            lines.append(maillog.lines.mid_to(m.pk, icid, rid, address, domain))
         lines += [
-            maillog.message_id(m.pk, message_id),
-            maillog.subject(m.pk, subject),
-            maillog.ready(m.pk, len(body), sender),
-            maillog.queued(m.pk),
+            maillog.lines.message_id(m.pk, message_id),
+            maillog.lines.subject(m.pk, subject),
+            maillog.lines.ready(m.pk, len(body), sender),
+            maillog.lines.queued(m.pk),
         ]
-        maillog.write(lines, at=at)
+        maillog.writer.write(lines, at=at)
     return m
 
 
@@ -76,8 +76,8 @@ def attempt(
     recipients = [r for r in message.recipients.all() if rids is None or r.rid in rids]
     with transaction.atomic():
         hs, _ = HostStatus.objects.get_or_create(host=host, port=port)
-        lines: list[Any] = [maillog.new_dcid(dcid, "Data 1", host, port, domain=recipients[0].domain, host=host)]
-        lines.append(maillog.delivery_start(dcid, message.pk, [r.rid for r in recipients]))
+        lines: list[Any] = [maillog.lines.new_dcid(dcid, "Data 1", host, port, domain=recipients[0].domain, host=host)]
+        lines.append(maillog.lines.delivery_start(dcid, message.pk, [r.rid for r in recipients]))
         for r in recipients:
             DeliveryAttempt.objects.create(
                 recipient=r,
@@ -100,7 +100,7 @@ def attempt(
                 r.state = Recipient.State.BOUNCED
                 r.finished_at = at
                 lines.append(
-                    maillog.bounced(
+                    maillog.lines.bounced(
                         dcid,
                         message.pk,
                         message.sender,
@@ -117,7 +117,7 @@ def attempt(
                 r.state = Recipient.State.DELAYED
                 r.next_attempt_at = at + timedelta(minutes=1)
                 lines.append(
-                    maillog.delayed(
+                    maillog.lines.delayed(
                         dcid,
                         message.pk,
                         message.sender,
@@ -132,8 +132,8 @@ def attempt(
                 )
             r.save()
         if outcome == DeliveryAttempt.Outcome.DELIVERED:
-            lines.append(maillog.message_done(dcid, message.pk, [r.rid for r in recipients]))
-            lines.append(maillog.response(message.pk, [r.rid for r in recipients], reply))
+            lines.append(maillog.lines.message_done(dcid, message.pk, [r.rid for r in recipients]))
+            lines.append(maillog.lines.response(message.pk, [r.rid for r in recipients], reply))
             hs.delivered += len(recipients)
             hs.last_success_at = at
             hs.consecutive_failures = 0
@@ -143,9 +143,9 @@ def attempt(
             hs.last_error = f"{code} {reply}"
             hs.last_error_at = at
         hs.save()
-        lines.append(maillog.dcid_close(dcid))
+        lines.append(maillog.lines.dcid_close(dcid))
         if not message.recipients.filter(state__in=Recipient.ACTIVE).exists():
             Message.objects.filter(pk=message.pk).update(state=Message.State.DONE, finished_at=at)
-            lines.append(maillog.message_finished(message.pk))
-        maillog.write(lines, at=at)
+            lines.append(maillog.lines.message_finished(message.pk))
+        maillog.writer.write(lines, at=at)
     return dcid

@@ -47,7 +47,7 @@ def test_tail_caps_rows_per_response(as_user, settings):
     settings.ESAROUTES_LOG_PAGE_ROWS = 10
     make_message()
     first = MailLogLine.objects.latest("id").pk
-    maillog.write([maillog.queued(i) for i in range(25)], at=timezone.now())
+    maillog.writer.write([maillog.lines.queued(i) for i in range(25)], at=timezone.now())
     response = as_user("alice").get(f"/log/?after={first}", headers={"HX-Request": "true"})
     assert len(ids(response)) == 10
     assert f"after={ids(response)[-1]}" in response.content.decode()
@@ -81,7 +81,7 @@ def test_filters(as_user, query, expect):
     a = make_message(subject="FindMe please", icid=4242)
     b = make_message(recipients=("x@other.test",))
     dcid = attempt(a, host="mx1.dest.test")
-    maillog.write([maillog.tls_required_failed(dcid, "192.0.2.1")], at=timezone.now())
+    maillog.writer.write([maillog.lines.tls_required_failed(dcid, "192.0.2.1")], at=timezone.now())
     response = as_user("dave").get("/log/?" + query.format(a=a.pk, dcid=dcid))
     assert response.status_code == 200
     shown = list(MailLogLine.objects.filter(id__in=ids(response)))
@@ -109,7 +109,7 @@ def test_time_range_and_default_bound_of_text_search(as_user):
 
 def test_older_lines_by_keyset(as_user, settings):
     settings.ESAROUTES_LOG_PAGE_ROWS = 10
-    maillog.write([maillog.queued(i) for i in range(1, 31)], at=timezone.now())
+    maillog.writer.write([maillog.lines.queued(i) for i in range(1, 31)], at=timezone.now())
     client = as_user("alice")
     first_page = ids(client.get("/log/"))
     assert len(first_page) == 10
@@ -132,7 +132,7 @@ def test_html_in_a_line_is_text(as_user):
 def test_download_current_and_rolled_files(as_user, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         make_message(subject="on disk")
-    log = maillog.log_file()
+    log = maillog.writer.log_file()
     saved = log.rollover()
     with django_capture_on_commit_callbacks(execute=True):
         make_message(subject="after rollover")

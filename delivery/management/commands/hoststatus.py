@@ -25,7 +25,7 @@ WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
 
 
 def when(at: datetime | None, default: str = "(never)") -> str:
-    return maillog.ctime(at) if at else default
+    return maillog.lines.ctime(at) if at else default
 
 
 def row(indent: int, label: str, value: object) -> str:
@@ -37,7 +37,7 @@ def host_state(status: HostStatus | None, now: datetime) -> str:
     if status is None:
         return "never tried"
     if status.down_until and status.down_until > now:
-        return f"down until {maillog.ctime(status.down_until)}"
+        return f"down until {maillog.lines.ctime(status.down_until)}"
     return "up"
 
 
@@ -60,7 +60,7 @@ class Command(BaseCommand):
         up = status["up"]
         out = [
             f"Host mail status for: {domain}",
-            f"Status as of:         {maillog.ctime(now)}",
+            f"Status as of:         {maillog.lines.ctime(now)}",
             f"Host up/down:         {'unknown (no connection yet)' if up is None else 'up' if up else 'down'}",
             "",
             "Counters:",
@@ -93,7 +93,7 @@ class Command(BaseCommand):
             "----------",
         ]
         last = status["last_5xx"]
-        out.append(f"{maillog.ctime(last.at)} {last.host}: {last.code} {last.response}" if last else "(never)")
+        out.append(f"{maillog.lines.ctime(last.at)} {last.host}: {last.code} {last.response}" if last else "(never)")
         out += ["", "SMTP routes for this host:"]
         out += self.route_lines(route, status["hosts"], now)
         self.stdout.write("\n".join(out))

@@ -31,7 +31,7 @@ class Command(BaseCommand):
         if sender is not None:
             sender = "" if sender.strip() == "<>" else sender.strip().strip("<>")
         groups, total = selectors.queue_listing(domain=options["domain"] or "", sender=sender, limit=limit)
-        out = [f"Status as of: {maillog.ctime(now)}"]
+        out = [f"Status as of: {maillog.lines.ctime(now)}"]
         if not total or not groups:
             out.append(f"Nothing queued for {options['domain']}." if options["domain"] else "The queue is empty.")
             self.stdout.write("\n".join(out))
@@ -45,7 +45,9 @@ class Command(BaseCommand):
                 m = r.message
                 out.append(f"{m.pk:<10}{m.size:<10}{(m.sender or '<>'):<40}{m.subject[:60]}")
                 due = (
-                    "now" if r.next_attempt_at is None or r.next_attempt_at <= now else maillog.ctime(r.next_attempt_at)
+                    "now"
+                    if r.next_attempt_at is None or r.next_attempt_at <= now
+                    else maillog.lines.ctime(r.next_attempt_at)
                 )
                 reply = f"{r.last_code or ''} {r.last_response}".strip()
                 if reply and r.last_host:

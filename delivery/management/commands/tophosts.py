@@ -29,7 +29,7 @@ class Command(BaseCommand):
         limit = max(1, options["limit"])
         rows = selectors.destinations(now, sort=options["sort"], limit=limit)
         out = [
-            f"Status as of:                  {maillog.ctime(now)}",
+            f"Status as of:                  {maillog.lines.ctime(now)}",
             f"Sorted by:                     {selectors.DESTINATION_SORTS[options['sort']]}",
             "Hosts marked with '*' were down as of the last delivery attempt.",
             f"{'':45}{'Active':>8}{'Conn.':>8}{'Deliv.':>9}{'Soft':>9}{'Hard':>9}",

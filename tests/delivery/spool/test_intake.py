@@ -29,19 +29,19 @@ def test_group_commit_of_many_messages_is_all_or_nothing(monkeypatch):
         intake.Incoming(icid=7, sender=SENDER, recipients=(("bob@dest.test", "dest.test"),), data=b"x" * i)
         for i in range(1, 4)
     ]
-    real = maillog.write
+    real = maillog.writer.write
 
     def failing(lines, *, at):
         real(lines, at=at)
         raise OSError("disk gone")
 
-    monkeypatch.setattr(maillog, "write", failing)
+    monkeypatch.setattr(maillog.writer, "write", failing)
     with pytest.raises(OSError):
         intake.accept_many(incomings, now=now)
     assert (Message.objects.count(), MessageBody.objects.count(), Recipient.objects.count()) == (0, 0, 0)
     assert MailLogLine.objects.count() == 0
-    monkeypatch.setattr(maillog, "write", real)
-    mids = intake.accept_many(incomings, [maillog.icid_close(6)], now=now)
+    monkeypatch.setattr(maillog.writer, "write", real)
+    mids = intake.accept_many(incomings, [maillog.lines.icid_close(6)], now=now)
     assert mids == sorted(mids) and len(mids) == 3
     assert [m.size for m in Message.objects.order_by("id")] == [1, 2, 3]
     assert [bytes(b.data) for b in MessageBody.objects.order_by("message_id")] == [b"x", b"xx", b"xxx"]

@@ -31,7 +31,7 @@ def delivered_report(mid: int, dcid: int = 77) -> Report:
     return Report(
         finals=[Final(mid, 0, "delivered", 250, "2.0.0 Ok: queued as X", "127.0.0.1")],
         attempts=[Attempt(mid, 0, dcid, "127.0.0.1", "127.0.0.1", 2525, 250, "2.0.0 Ok", "delivered")],
-        lines=[maillog.message_done(dcid, mid, [0])],
+        lines=[maillog.lines.message_done(dcid, mid, [0])],
     )
 
 

@@ -1,0 +1,275 @@
+"""The mail log's lines in the ESA's own format: pure builders, no database, no file.
+
+A line on disk reads `Wed Jul  2 09:15:07 2014 Info: New SMTP DCID 299 interface ...`: ctime local time with a
+space-padded day, the level, then the event. Values that come from the outside world (subjects, Message-IDs,
+replies) are quoted the way Python's repr() quotes a string, which also escapes CR, LF and every other control
+character, so nothing a client sends can start a new log line. Addresses and other unquoted values go through
+`clean()`, which escapes the same characters.
+
+Builders return `Line` objects; `delivery.maillog.writer.write()` stores them and appends them to the file;
+`format_line()` gives a line's text on disk.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+INFO = "Info"
+WARNING = "Warning"
+CRITICAL = "Critical"
+DEBUG = "Debug"
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff]")  # and lone surrogates (bytes not UTF-8)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    text: str
+    level: str = INFO
+    mid: int | None = None
+    icid: int | None = None
+    dcid: int | None = None
+    domain: str = ""
+    host: str = ""
+    at: datetime | None = field(default=None, compare=False)
+
+
+def quote(value: str) -> str:
+    """ESA quoting: repr() of the string, so control characters are always escaped."""
+    return repr(str(value))
+
+
+def clean(value: object) -> str:
+    """An unquoted value with every control character escaped (a CR/LF can never end the line)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
+def rid_list(rids: Iterable[int]) -> str:
+    return "[" + ", ".join(str(r) for r in rids) + "]"
+
+
+def reply_tuple(code: int | None, text: str) -> str:
+    """`('452', ['4.3.1 Insufficient system resources'])`; `'000'` when there was no SMTP reply."""
+    lines = [clean(line) for line in (text.splitlines() or [""])]
+    return repr((f"{code:03d}" if code else "000", lines))
+
+
+def ctime(at: datetime) -> str:
+    """`Wed Jul  2 09:15:07 2014` in the machine's local time, like the ESA."""
+    return time.ctime(at.timestamp())
+
+
+# --- inbound ------------------------------------------------------------------------------------------------
+
+
+def new_icid(icid: int, interface: str, interface_ip: str, address: str, rdns: str, verified: bool) -> Line:
+    return Line(
+        f"New SMTP ICID {icid} interface {clean(interface)} ({interface_ip}) address {address} "
+        f"reverse dns host {clean(rdns or 'unknown')} verified {'yes' if verified else 'no'}",
+        icid=icid,
+    )
+
+
+def icid_policy(icid: int, action: str, group: str, rule: str) -> Line:
+    return Line(f"ICID {icid} {action} SG {clean(group)} match {clean(rule)} SBRS not enabled", icid=icid)
+
+
+def icid_tls(icid: int, protocol: str, cipher: str) -> Line:
+    return Line(f"ICID {icid} TLS success protocol {clean(protocol)} cipher {clean(cipher)}", icid=icid)
+
+
+def start_mid(mid: int, icid: int) -> Line:
+    return Line(f"Start MID {mid} ICID {icid}", mid=mid, icid=icid)
+
+
+def mid_from(mid: int, icid: int, sender: str) -> Line:
+    return Line(f"MID {mid} ICID {icid} From: <{clean(sender)}>", mid=mid, icid=icid)
+
+
+def mid_to(mid: int, icid: int, rid: int, address: str, domain: str = "") -> Line:
+    return Line(f"MID {mid} ICID {icid} RID {rid} To: <{clean(address)}>", mid=mid, icid=icid, domain=domain)
+
+
+def rejected_by_rat(icid: int, address: str, mid: int | None = None) -> Line:
+    prefix = f"MID {mid} ICID {icid}" if mid is not None else f"ICID {icid}"
+    return Line(f"{prefix} To: <{clean(address)}> Rejected by RAT", mid=mid, icid=icid)
+
+
+def message_id(mid: int, value: str) -> Line:
+    return Line(f"MID {mid} Message-ID {quote(value)}", mid=mid)
+
+
+def subject(mid: int, value: str) -> Line:
+    return Line(f"MID {mid} Subject {quote(value)}", mid=mid)
+
+
+def ready(mid: int, size: int, sender: str) -> Line:
+    return Line(f"MID {mid} ready {size} bytes from <{clean(sender)}>", mid=mid)
+
+
+def queued(mid: int) -> Line:
+    return Line(f"MID {mid} queued for delivery", mid=mid)
+
+
+def icid_close(icid: int) -> Line:
+    return Line(f"ICID {icid} close", icid=icid)
+
+
+def auth_succeeded(icid: int, user: str, mechanism: str) -> Line:
+    """The ESA's `SMTP Auth: (ICID 450) succeeded for user: ironport using AUTH mechanism: PLAIN with profile: ...`
+    (TAC 118570), without the profile: esaroutes has one user table."""
+    return Line(
+        f"SMTP Auth: (ICID {icid}) succeeded for user: {clean(user)} using AUTH mechanism: {mechanism}", icid=icid
+    )
+
+
+def auth_failed(icid: int, user: str, mechanism: str) -> Line:
+    return Line(f"SMTP Auth: (ICID {icid}) failed for user: {clean(user)} using AUTH mechanism: {mechanism}", icid=icid)
+
+
+def auth_throttled(icid: int, address: str, user: str, by: str, failures: int, lockout: int) -> Line:
+    """A client refused AUTH by the throttle (ours, in the same shape): a Warning, the line to alert on."""
+    return Line(
+        f"SMTP Auth: (ICID {icid}) address {clean(address)} user: {clean(user)} throttled: too many authentication "
+        f"failures ({failures} for the {by}), AUTH refused for {lockout} seconds after the last failure",
+        level=WARNING,
+        icid=icid,
+    )
+
+
+# --- delivery -----------------------------------------------------------------------------------------------
+
+
+def new_dcid(dcid: int, interface: str, address: str, port: int, *, domain: str = "", host: str = "") -> Line:
+    return Line(
+        f"New SMTP DCID {dcid} interface {interface} address {address} port {port}",
+        dcid=dcid,
+        domain=domain,
+        host=host or address,
+    )
+
+
+def dcid_tls(dcid: int, protocol: str, cipher: str) -> Line:
+    return Line(f"DCID {dcid} TLS success protocol {clean(protocol)} cipher {clean(cipher)}", dcid=dcid)
+
+
+def tls_required_failed(dcid: int, address: str) -> Line:
+    return Line(
+        f"DCID {dcid} IP {address} TLS was required but could not be successfully negotiated",
+        level=WARNING,
+        dcid=dcid,
+        host=address,
+    )
+
+
+def delivery_start(dcid: int, mid: int, rids: Iterable[int]) -> Line:
+    return Line(f"Delivery start DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid)
+
+
+def message_done(dcid: int, mid: int, rids: Iterable[int]) -> Line:
+    return Line(f"Message done DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid)
+
+
+def response(mid: int, rids: Iterable[int], text: str) -> Line:
+    return Line(f"MID {mid} RID {rid_list(rids)} Response {quote(text)}", mid=mid)
+
+
+def message_finished(mid: int, how: str = "done") -> Line:
+    return Line(f"Message finished MID {mid} {how}", mid=mid)
+
+
+def dcid_close(dcid: int) -> Line:
+    return Line(f"DCID {dcid} close", dcid=dcid)
+
+
+def connection_error(
+    dcid: int, domain: str, address: str, port: int, details: str, interface: str, reason: str
+) -> Line:
+    return Line(
+        f"Connection Error: DCID {dcid} domain: {clean(domain)} IP: {address} port: {port} "
+        f"details: {clean(details)} interface: {interface} reason: {reason}",
+        dcid=dcid,
+        domain=domain,
+        host=address,
+    )
+
+
+def _outcome(
+    kind: str,
+    dcid: int,
+    mid: int,
+    sender: str,
+    recipient: str,
+    rid: int,
+    status: str,
+    phrase: str,
+    code: int | None,
+    reply: str,
+) -> str:
+    return (
+        f"{kind}: DCID {dcid} MID {mid} From: <{clean(sender)}> To: <{clean(recipient)}> RID {rid} - "
+        f"{status} - {phrase} {reply_tuple(code, reply)}"
+    )
+
+
+def delayed(
+    dcid: int,
+    mid: int,
+    sender: str,
+    recipient: str,
+    rid: int,
+    status: str,
+    phrase: str,
+    code: int | None,
+    reply: str,
+    *,
+    domain: str = "",
+) -> Line:
+    text = _outcome("Delayed", dcid, mid, sender, recipient, rid, status, phrase, code, reply)
+    return Line(text, mid=mid, dcid=dcid, domain=domain)
+
+
+def bounced(
+    dcid: int,
+    mid: int,
+    sender: str,
+    recipient: str,
+    rid: int,
+    status: str,
+    phrase: str,
+    code: int | None,
+    reply: str,
+    *,
+    domain: str = "",
+) -> Line:
+    text = _outcome("Bounced", dcid, mid, sender, recipient, rid, status, phrase, code, reply)
+    return Line(text, mid=mid, dcid=dcid, domain=domain)
+
+
+def recorded_without_details(mid: int, error: str) -> Line:
+    """The outcome of a delivery could be recorded only reduced to its facts (see queue.essential_report)."""
+    return Line(
+        f"MID {mid} outcome recorded without its replies: recording it in full failed ({clean(error)})",
+        level=WARNING,
+        mid=mid,
+    )
+
+
+def generated_bounce(new_mid: int, mid: int) -> Line:
+    return Line(f"MID {new_mid} was generated for bounce of MID {mid}", mid=new_mid)
+
+
+def deleted(mid: int, rids: Iterable[int]) -> Line:
+    return Line(f"Deleted: MID {mid} to {rid_list(rids)}", mid=mid)
+
+
+def kicking(domain: str) -> Line:
+    return Line(f"Kicking destination {clean(domain)}", domain=domain)
+
+
+def format_line(line: Line, at: datetime) -> str:
+    return f"{ctime(line.at or at)} {line.level}: {line.text}"
