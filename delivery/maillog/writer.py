@@ -9,8 +9,7 @@ The append happens in the committing thread, unless the process started the back
 committed batches are waiting in one write, and `flush()` (called at shutdown, at exit and by `rollover()`)
 waits until everything handed to it is on disk. The database rows never wait for it.
 
-`BulkInsert` is the multi-row INSERT with explicit columns used for the log lines and by `intake` for messages:
-no model instances, the SQL text built once per row count.
+The rows go in through `esaroutes.bulk.BulkInsert` (COPY on PostgreSQL, multi-row VALUES on SQLite).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import atexit
 import fcntl
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -27,12 +25,12 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 
 from delivery.maillog import lines
+from esaroutes import bulk
 
 logger = logging.getLogger("delivery.maillog")
 
@@ -62,145 +60,18 @@ def write(batch: Sequence[lines.Line], *, at: datetime) -> None:
     transaction.on_commit(lambda: _append(rendered))
 
 
-_line_insert_cache: BulkInsert | None = None
+_line_insert_cache: bulk.BulkInsert | None = None
 
 
-def _line_insert() -> BulkInsert:
+def _line_insert() -> bulk.BulkInsert:
     global _line_insert_cache
     if _line_insert_cache is None:
         from delivery.models import MailLogLine  # the models import this module's builders' callers
 
-        _line_insert_cache = BulkInsert(MailLogLine, ("at", "level", "text", "mid", "icid", "dcid", "domain", "host"))
-    return _line_insert_cache
-
-
-class BulkInsert:
-    """`INSERT INTO t (every column) VALUES (...), (...) [RETURNING id]` for one model, on the current connection
-    (on PostgreSQL: `COPY`, or `INSERT ... SELECT FROM unnest(...) RETURNING id`; see `_prepare`).
-
-    `given` are the attnames each row supplies, in order, already adapted for the database (datetimes through
-    `connection.ops.adapt_datetimefield_value`); `fixed` sets other columns to one value for every row; every
-    other column but an auto primary key gets the model field's default, so a column added later with a default
-    needs no change here. Constant values that are plain numbers, NULL or simple words are written into the SQL
-    text, the rest are parameters. Rows are sent in chunks that stay under the database's parameter limit.
-    """
-
-    def __init__(
-        self,
-        model: type[models.Model],
-        given: Sequence[str],
-        *,
-        fixed: dict[str, Any] | None = None,
-        returning: bool = False,
-    ) -> None:
-        self.model = model
-        self.given = tuple(given)
-        self.fixed = dict(fixed or {})
-        self.returning = returning
-        self._vendor = ""
-        self._sql: dict[int, str] = {}
-        self._constants: tuple[Any, ...] = ()
-        self._row_sql = ""
-        self._unnest_sql = ""
-        self._copy_sql = ""
-        self._every_row: tuple[Any, ...] = ()
-        self._chunk = 1
-
-    def _prepare(self) -> None:
-        opts = self.model._meta
-        by_attname = {f.attname: f for f in opts.concrete_fields}
-        given = [by_attname[a] for a in self.given]
-        rest = [
-            f
-            for f in opts.concrete_fields
-            if f.attname not in self.given
-            and not (f.primary_key and isinstance(f, models.AutoField | models.BigAutoField | models.SmallAutoField))
-        ]
-        placeholders = ["%s"] * len(given)
-        constants: list[Any] = []
-        every_row: list[Any] = []
-        for f in rest:
-            value = self.fixed[f.attname] if f.attname in self.fixed else f.get_default()
-            value = f.get_db_prep_save(value, connection)
-            every_row.append(value)
-            literal = _sql_literal(value)
-            if literal is None:
-                placeholders.append("%s")
-                constants.append(value)
-            else:
-                placeholders.append(literal)
-        self._constants = tuple(constants)
-        qn = connection.ops.quote_name
-        self._head = f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in [*given, *rest])}) VALUES "
-        self._row_sql = "(" + ", ".join(placeholders) + ")"
-        self._tail = f" RETURNING {qn(opts.pk.column)}" if self.returning else ""
-        # PostgreSQL: psycopg parses a statement it has not cached (over 50 parameters or 4 KB, as every
-        # multi-row VALUES list here was) with a regular expression on each call, and quotes each parameter in
-        # Python: that was a third of the listener's CPU time. Rows without RETURNING go by COPY (rows formatted
-        # in C: 50 log lines cost 0.55 ms of CPU instead of 2.1); rows with it as one array per column through
-        # unnest(), so the statement's text stays the same whatever the number of rows.
-        self._copy_sql = f"COPY {qn(opts.db_table)} ({', '.join(qn(f.column) for f in [*given, *rest])}) FROM STDIN"
-        self._every_row = tuple(every_row)
-        columns = ", ".join(f"%s::{f.db_type(connection)}[]" for f in given)
-        names = [f"c{i}" for i in range(len(given))]
-        self._unnest_sql = (
-            f"INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in [*given, *rest])}) "
-            f"SELECT {', '.join([*names, *placeholders[len(given) :]])} "
-            f"FROM unnest({columns}) AS u({', '.join(names)}){self._tail}"
+        _line_insert_cache = bulk.BulkInsert(
+            MailLogLine, ("at", "level", "text", "mid", "icid", "dcid", "domain", "host")
         )
-        per_row = max(1, len(given) + len(constants))
-        self._chunk = max(1, (30000 if connection.vendor == "sqlite" else 60000) // per_row)
-        self._vendor = connection.vendor
-        self._sql = {}
-
-    def run(self, rows: Sequence[Sequence[Any]]) -> list[int]:
-        """Insert the rows; with `returning`, their primary keys in row order (else [])."""
-        if self._vendor != connection.vendor:
-            self._prepare()
-        constants = self._constants
-        if self._vendor == "postgresql":
-            if not rows:
-                return []
-            if not self.returning:
-                every_row = self._every_row
-                with connection.cursor() as cursor, cursor.cursor.copy(self._copy_sql) as copy:
-                    for row in rows:
-                        copy.write_row((*row, *every_row))
-                return []
-            with connection.cursor() as cursor:
-                cursor.execute(self._unnest_sql, [*constants, *(list(column) for column in zip(*rows, strict=True))])
-                return [int(r[0]) for r in cursor.fetchall()]
-        out: list[int] = []
-        with connection.cursor() as cursor:
-            for start in range(0, len(rows), self._chunk):
-                chunk = rows[start : start + self._chunk]
-                sql = self._sql.get(len(chunk))
-                if sql is None:
-                    sql = self._sql[len(chunk)] = self._head + ", ".join([self._row_sql] * len(chunk)) + self._tail
-                params: list[Any] = []
-                for row in chunk:
-                    params += row
-                    params += constants
-                cursor.execute(sql, params)
-                if self.returning:
-                    out += [int(r[0]) for r in cursor.fetchall()]
-        return out
-
-
-_SIMPLE = re.compile(r"[A-Za-z0-9_ .:-]*")
-
-
-def _sql_literal(value: Any) -> str | None:
-    """The SQL text of a constant that needs no quoting rules beyond '...': None, ints, simple words."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and _SIMPLE.fullmatch(value):
-        return f"'{value}'"
-    return None
+    return _line_insert_cache
 
 
 def _append(rendered: list[str]) -> None:

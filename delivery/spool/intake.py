@@ -23,6 +23,7 @@ from django.utils import timezone
 from delivery import ids, maillog
 from delivery.models import Message, MessageBody, Recipient
 from delivery.spool import doorbell
+from esaroutes import bulk
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def accept_many(
 
     All or nothing: on any failure nothing of any of them remains and the exception propagates. The MIDs come
     back in order. One multi-row INSERT per table (messages with RETURNING id, bodies, recipients, log lines)
-    whatever the batch size, with explicit columns and no model instances (`maillog.writer.BulkInsert`).
+    whatever the batch size, with explicit columns and no model instances (`bulk.BulkInsert`).
     """
     now = now or timezone.now()
     at = connection.ops.adapt_datetimefield_value(now)
@@ -93,7 +94,7 @@ def accept_many(
     return mids
 
 
-_MESSAGES = maillog.writer.BulkInsert(
+_MESSAGES = bulk.BulkInsert(
     Message,
     (
         "icid",
@@ -110,8 +111,8 @@ _MESSAGES = maillog.writer.BulkInsert(
     fixed={"state": Message.State.QUEUED},
     returning=True,
 )
-_BODIES = maillog.writer.BulkInsert(MessageBody, ("message_id", "data"))
-_RECIPIENTS = maillog.writer.BulkInsert(
+_BODIES = bulk.BulkInsert(MessageBody, ("message_id", "data"))
+_RECIPIENTS = bulk.BulkInsert(
     Recipient, ("message_id", "rid", "address", "domain", "next_attempt_at"), fixed={"state": Recipient.State.QUEUED}
 )
 

@@ -25,6 +25,7 @@ from delivery import dsn, engine, maillog, outcome
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
 from delivery.outbound import hosts, smtp_client
 from delivery.spool import intake, lease, plan
+from esaroutes import bulk
 from routes import matching, snapshot
 
 logger = logging.getLogger("delivery.spool.record")
@@ -222,7 +223,7 @@ def _count_healthy(events: list[outcome.HostEvent], now: datetime) -> None:
             lease.kick_hosts(came_back, now)
 
 
-_ATTEMPTS = maillog.writer.BulkInsert(
+_ATTEMPTS = bulk.BulkInsert(
     DeliveryAttempt, ("recipient_id", "message_id", "dcid", "at", "host", "ip", "port", "code", "response", "outcome")
 )
 
