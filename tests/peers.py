@@ -100,6 +100,7 @@ class Peer:
         self._cond = threading.Condition()
         self._connections = 0
         self._messages: list[ReceivedMessage] = []
+        self._reads: list[bytes] = []
         self._server: asyncio.AbstractServer | None = None
         self._socket: socket.socket | None = None  # the refused port
         self._transports: set[asyncio.BaseTransport] = set()
@@ -119,6 +120,13 @@ class Peer:
     def messages(self) -> list[ReceivedMessage]:
         with self._cond:
             return list(self._messages)
+
+    @property
+    def reads(self) -> list[bytes]:
+        """What the peer received, one item per read of its socket (after STARTTLS: the decrypted bytes), on
+        every connection in order: what a client wrote at once arrives in one read on loopback."""
+        with self._cond:
+            return list(self._reads)
 
     def wait_for_messages(self, n: int, timeout: float = 5.0) -> list[ReceivedMessage]:
         with self._cond:
@@ -142,6 +150,10 @@ class Peer:
         with self._cond:
             self._connections += 1
             self._cond.notify_all()
+
+    def _read(self, data: bytes) -> None:
+        with self._cond:
+            self._reads.append(data)
 
     def _received(self, message: ReceivedMessage) -> None:
         with self._cond:
@@ -214,7 +226,7 @@ class _Refuser(asyncio.Protocol):
 
 
 class _ScriptedSMTP(SMTP):
-    """aiosmtpd's server with a reply to the DATA command itself and a connection counter."""
+    """aiosmtpd's server with a reply to the DATA command itself, a connection counter and a record of each read."""
 
     def __init__(self, peer: Peer, script: Script, **kwargs: Any) -> None:
         super().__init__(_Handler(peer, script), **kwargs)
@@ -225,6 +237,10 @@ class _ScriptedSMTP(SMTP):
         if self._original_transport is None:  # not the second call that STARTTLS makes
             self.peer._connected(transport)
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.peer._read(bytes(data))
+        super().data_received(data)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.script.starttls_reply is not None:

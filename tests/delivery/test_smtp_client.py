@@ -611,24 +611,31 @@ def test_delivers_to_postfix_smtp_sink(smtp_sink: SmtpSink) -> None:
 # --- PIPELINING (RFC 2920): MAIL, RCPT... and DATA in one write, the same outcomes --------------------------
 
 
-def _pipelined(session: HostSession) -> bool:
-    from delivery.outbound.smtp_client import _PipeliningProtocol
+def _transactions(peer: Peer) -> list[list[bytes]]:
+    """The commands in each read of the peer's that starts with MAIL FROM: [[MAIL, RCPT, RCPT, DATA]] when the
+    client pipelined them in one write, [[MAIL]] when it waited for each reply (observed on the wire)."""
+    return [
+        [line[:4].upper() for line in read.split(b"\r\n") if line] for read in peer.reads if read[:4].upper() == b"MAIL"
+    ]
 
-    return session._smtp is not None and isinstance(session._smtp.protocol, _PipeliningProtocol)
 
-
-def test_a_peer_offering_pipelining_gets_the_pipelined_protocol_and_the_same_outcomes(peers: PeerFactory) -> None:
+def test_a_peer_offering_pipelining_gets_mail_the_rcpts_and_data_in_one_write_and_the_same_outcomes(
+    peers: PeerFactory,
+) -> None:
     peer = peers.start(pipelining=True, rcpt={B: "452 4.3.1 Insufficient system resources"})
 
-    async def go() -> tuple[bool, list[TransactionResult]]:
+    async def go() -> list[TransactionResult]:
         async with HostSession(to(peer)) as session:
             first = await session.send(envelope(A, B, C, mid=1))
             second = await session.send(envelope(B, mid=2))  # refused alone: RSET, and the session goes on
             third = await session.send(envelope(C, mid=3))
-            return _pipelined(session), [first, second, third]
+            return [first, second, third]
 
-    pipelined, (first, second, third) = asyncio.run(go())
-    assert pipelined
+    first, second, third = asyncio.run(go())
+    writes = _transactions(peer)
+    assert writes[0] == [b"MAIL", b"RCPT", b"RCPT", b"RCPT", b"DATA"]
+    assert writes[-1] == [b"MAIL", b"RCPT", b"DATA"]
+    assert len(writes) == 3
     assert verdicts(first) == {0: Verdict.DELIVERED, 1: Verdict.NEXT_HOST, 2: Verdict.DELIVERED}
     assert (first.outcomes[1].stage, first.outcomes[1].code) == (Stage.RCPT, 452)
     assert verdicts(second) == {0: Verdict.NEXT_HOST} and second.failure is None
@@ -663,25 +670,23 @@ def test_pipelined_refused_data_concerns_the_accepted_recipients(peers: PeerFact
 
 def test_a_peer_without_pipelining_gets_one_command_at_a_time(peers: PeerFactory) -> None:
     peer = peers.start()
-
-    async def go() -> bool:
-        async with HostSession(to(peer)) as session:
-            await session.send(envelope())
-            return _pipelined(session)
-
-    assert not asyncio.run(go())
+    assert deliver(to(peer), envelope(A, B)).delivered
+    assert _transactions(peer) == [[b"MAIL"]]
+    commands = [read[:4].upper() for read in peer.reads]
+    assert commands[commands.index(b"MAIL") :][:4] == [b"MAIL", b"RCPT", b"RCPT", b"DATA"]  # one read each
 
 
 def test_pipelining_starts_after_starttls(peers: PeerFactory) -> None:
     peer = peers.start(starttls=True, pipelining=True)
 
-    async def go() -> tuple[bool, TransactionResult, HostSession]:
+    async def go() -> tuple[TransactionResult, HostSession]:
         async with HostSession(to(peer, tls=TlsPolicy.OPPORTUNISTIC)) as session:
             result = await session.send(envelope(A, B))
-            return _pipelined(session), result, session
+            return result, session
 
-    pipelined, result, session = asyncio.run(go())
-    assert pipelined and result.delivered
+    result, session = asyncio.run(go())
+    assert result.delivered
+    assert _transactions(peer) == [[b"MAIL", b"RCPT", b"RCPT", b"DATA"]]
     assert session.connection is not None and session.connection.tls_protocol is not None
     [message] = peer.wait_for_messages(1)
     assert message.tls and message.rcpt_tos == (A, B)
@@ -691,12 +696,13 @@ def test_a_long_ehlo_reply_is_read_whole_the_extensions_after_its_first_2000_cha
     filler = "\r\n".join(f"250-X-FILLER-{i:03d} {'x' * 60}" for i in range(60))  # 4,500 characters
     peer = peers.start(ehlo=f"250-peer.test\r\n{filler}\r\n250-8BITMIME\r\n250 PIPELINING", pipelining=True)
 
-    async def go() -> tuple[bool, frozenset[str], TransactionResult]:
+    async def go() -> tuple[frozenset[str], TransactionResult]:
         async with HostSession(to(peer)) as session:
             result = await session.send(envelope(A))
             assert session.connection is not None
-            return _pipelined(session), session.connection.extensions, result
+            return session.connection.extensions, result
 
-    pipelined, extensions, result = asyncio.run(go())
-    assert {"8bitmime", "pipelining"} <= extensions and pipelined
+    extensions, result = asyncio.run(go())
+    assert {"8bitmime", "pipelining"} <= extensions
+    assert _transactions(peer) == [[b"MAIL", b"RCPT", b"DATA"]]
     assert result.delivered
