@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from delivery import worker
+from delivery.models import MailLogLine, Recipient
 from delivery.spool import intake
 
 
@@ -42,3 +44,21 @@ def queue_message(
             message_id="<m@origin.test>",
         )
     )
+
+
+def hosts_text(*pairs: tuple[Any, int]) -> str:
+    """Route destination text for peers: `127.0.0.1:port/pri=N, ...`."""
+    return ", ".join(f"{p.host}:{p.port}/pri={pri}" for p, pri in pairs)
+
+
+def log(mid: int | None = None) -> list[str]:
+    qs = MailLogLine.objects.order_by("id")
+    return [line.text for line in qs if mid is None or line.mid in (None, mid) or f"MID {mid} " in line.text]
+
+
+def grep(pattern: str, lines: list[str]) -> list[str]:
+    return [line for line in lines if re.search(pattern, line)]
+
+
+def recipients(mid: int) -> list[tuple[int, str]]:
+    return list(Recipient.objects.filter(message_id=mid).order_by("rid").values_list("rid", "state"))

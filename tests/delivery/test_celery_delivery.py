@@ -10,8 +10,7 @@ import pytest
 from delivery import tasks
 from delivery.models import Message
 from delivery.spool import doorbell
-from tests.delivery.conftest import queue_message
-from tests.delivery.test_delivery import hosts_text
+from tests.delivery.conftest import hosts_text, queue_message
 from tests.routes.helpers import make_route
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]

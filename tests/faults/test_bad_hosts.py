@@ -2,7 +2,7 @@
 marked down and skipped, and the mail goes to the next host.
 
 The delivery path is the real one (queue → plan → runner → real SMTP over loopback → record) run in this
-process, as in tests/delivery/test_delivery.py, with short timeouts; elapsed time is measured per batch.
+process, as in tests/delivery/outbound/test_runner.py, with short timeouts; elapsed time is measured per batch.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ import pytest
 
 from delivery.models import Message, Recipient
 from delivery.spool import actions
-from tests.delivery.conftest import queue_message
-from tests.delivery.test_delivery import hosts_text, log, recipients
+from tests.delivery.conftest import hosts_text, log, queue_message, recipients
 from tests.routes.helpers import make_route
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]
