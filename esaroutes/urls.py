@@ -18,6 +18,7 @@ urlpatterns = [
     path("login/", login_not_required(login.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon, name="favicon"),  # for clients that ask without reading the page's <link>
     path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/login/", login.admin_login),  # before admin.site.urls: the admin's page, behind the login throttle
     path("admin/", admin.site.urls),

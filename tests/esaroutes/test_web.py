@@ -66,3 +66,11 @@ def test_logins_are_refused_after_repeated_failures(client, alice, settings):
     cache.clear()
     response = client.post("/login/", {"username": "alice", "password": PASSWORD})
     assert response.status_code == 302
+
+
+def test_the_pages_link_an_icon_and_favicon_ico_leads_to_it(client):
+    """Browsers ask for an icon on every page: a 404 there is an error in the console of every page."""
+    login_page = client.get("/login/").content.decode()
+    assert 'rel="icon"' in login_page and "img/favicon.svg" in login_page
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301 and response["Location"].endswith("img/favicon.svg")

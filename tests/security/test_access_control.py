@@ -28,7 +28,7 @@ A, B, C, D = "alice", "bob", "carol", "dave"  # Administrator, Operator, Read-on
 EVERYONE = {A, B, C, D}
 VIEWERS = {A, B, C}
 CHANGERS = {A, B}
-PUBLIC = {"login", "healthz", "metrics"}
+PUBLIC = {"login", "healthz", "metrics", "favicon"}
 
 
 def _post(**data: Any) -> dict[str, Any]:
