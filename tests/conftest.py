@@ -1,4 +1,4 @@
-"""Shared fixtures: a recurring cast of users, real Celery workers, and (in tests.peers) scripted SMTP peers."""
+"""Shared fixtures: a recurring cast of users, real Celery workers, and (in tests.support.peers) scripted SMTP peers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.peers", "tests.dnsserver"]
+pytest_plugins = ["tests.support.peers", "tests.support.dnsserver"]
 
 needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="REDIS_URL is not set (embedded default pass)")
 needs_postgres = pytest.mark.skipif(

@@ -12,8 +12,8 @@ import pytest
 from delivery import worker
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
 from tests.delivery.conftest import queue_message
-from tests.peers import Peer, PeerFactory
 from tests.routes.helpers import make_route
+from tests.support.peers import Peer, PeerFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner")]
 

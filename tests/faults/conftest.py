@@ -1,4 +1,4 @@
-"""Fault tests: the relay's real processes on private services (see tests/faults/harness.py).
+"""Fault tests: the relay's real processes on private services (see tests/support/harness.py).
 
 Which backends run: `bin/test` runs the suite twice, so by default the PostgreSQL + Redis variants run in its
 PostgreSQL pass (the pytest process's DATABASE_URL is PostgreSQL) and the embedded variants in its embedded pass;
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from tests.faults import harness
+from tests.support import harness
 
 SUMMARY: list[str] = []
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import harness
 from tests.faults.conftest import backend_selected, report
+from tests.support import harness
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from tests.faults import harness
 from tests.faults.conftest import report
+from tests.support import harness
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -1,4 +1,6 @@
-"""delivery.outbound.dns against a real authoritative server on loopback (tests/dnsserver.py). No other network."""
+"""delivery.outbound.dns against a real authoritative server on loopback (tests/support/dnsserver.py).
+
+No other network."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from delivery.engine import Host
 from delivery.outbound import dns as mx_dns
-from tests.dnsserver import DnsServer
+from tests.support.dnsserver import DnsServer
 
 
 def hosts(domain: str, **kwargs: int) -> list[tuple[str, int]]:

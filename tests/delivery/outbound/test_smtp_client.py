@@ -10,7 +10,7 @@ import pytest
 from delivery.engine import Host, Stage, Verdict
 from delivery.outbound.smtp_client import Connection, Envelope, Failure, HostSession, TransactionResult, wire_body
 from delivery.outcome import Destination, Timeouts, TlsPolicy
-from tests.peers import Peer, PeerFactory, SmtpSink
+from tests.support.peers import Peer, PeerFactory, SmtpSink
 
 FAST = Timeouts(connect=2.0, command=2.0, data=2.0, transaction=5.0)
 STALL = Timeouts(connect=0.5, command=0.5, data=0.5, transaction=5.0)

@@ -1,6 +1,6 @@
 """A scriptable authoritative DNS server on loopback, for the whole test suite (dnspython only).
 
-Load as a plugin (``"tests.dnsserver"`` in ``pytest_plugins`` of tests/conftest.py) and ask for the fixture:
+Load as a plugin (``"tests.support.dnsserver"`` in ``pytest_plugins`` of tests/conftest.py) and ask for the fixture:
 
     def test_mx_order(dns_server: DnsServer) -> None:
         dns_server.add("example.test", "MX", "20 mx2.example.test.")

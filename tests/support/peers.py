@@ -1,6 +1,6 @@
 """Scripted SMTP peers on loopback, for the whole test suite.
 
-Load as a plugin (``pytest_plugins = ["tests.peers"]`` in tests/conftest.py) and ask for the fixtures:
+Load as a plugin (``pytest_plugins = ["tests.support.peers"]`` in tests/conftest.py) and ask for the fixtures:
 
     def test_4xx_at_rcpt(peers: PeerFactory) -> None:
         busy = peers.start(rcpt="452 4.3.1 Insufficient system resources")
