@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import io
 import logging
 import os
 import pickle
@@ -42,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -185,6 +187,24 @@ def shutdown() -> None:
 # -- reading back --------------------------------------------------------------------------------------------
 
 
+#: Where the types a journal holds lived before the layout of 2026-12 (issue 18): a journal a process left
+#: behind just before an upgrade still reads, so its deliveries are recorded rather than sent again.
+MOVED = {
+    ("delivery.runner", "Report"): ("delivery.outcome", "Report"),
+    ("delivery.runner", "Final"): ("delivery.outcome", "Final"),
+    ("delivery.runner", "Attempt"): ("delivery.outcome", "Attempt"),
+    ("delivery.runner", "Rcpt"): ("delivery.outcome", "Rcpt"),
+    ("delivery.hosts", "HostEvent"): ("delivery.outcome", "HostEvent"),
+    ("delivery.maillog", "Line"): ("delivery.maillog.lines", "Line"),
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = MOVED.get((module, name), (module, name))
+        return super().find_class(module, name)
+
+
 def read(path: Path) -> list[outcome.Report]:
     """The reports in a journal file; a torn last entry (the process died inside its write) is left out."""
     data = path.read_bytes()
@@ -195,7 +215,8 @@ def read(path: Path) -> list[outcome.Report]:
         start = offset + _HEADER.size
         if start + size > len(data):
             break
-        out.append(pickle.loads(data[start : start + size]))  # our own file (mode 0600, in DATA_DIR), never input
+        entry = io.BytesIO(data[start : start + size])
+        out.append(_Unpickler(entry).load())  # our own file (mode 0600, in DATA_DIR), never input
         offset = start + size
     return out
 

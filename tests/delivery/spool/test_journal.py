@@ -4,10 +4,13 @@ away) before the group commit, and is never sent again. Real processes for "dead
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,29 @@ def test_a_dead_processs_journaled_delivery_is_recorded_by_recover():
     assert f"Message done DCID 77 MID {mid} to RID [0]" in texts and f"Message finished MID {mid} done" in texts
     assert list(Path(settings.JOURNAL_DIR).glob("*.jnl")) == []  # gone once recorded
     assert journal.recover(record.record_safely) == 0  # and never recorded twice
+
+
+def test_a_journal_written_before_the_types_moved_is_still_recorded(monkeypatch):
+    """A process killed just before an upgrade left a journal that names the types where they lived then
+    (delivery.runner, delivery.maillog): recover() reads it, so those deliveries are recorded, not sent again."""
+    make_route("dest.test", "127.0.0.1:2525")
+    mid = queue_message("a@dest.test")
+    report = delivered_report(mid)
+    with monkeypatch.context() as m:  # pickle the types under their old module names, as the old code did
+        for cls, old_module in ((Report, "delivery.runner"), (Final, "delivery.runner"), (Attempt, "delivery.runner")):
+            m.setattr(cls, "__module__", old_module)
+        m.setattr(maillog.lines.Line, "__module__", "delivery.maillog")
+        m.setitem(sys.modules, "delivery.runner", types.SimpleNamespace(Report=Report, Final=Final, Attempt=Attempt))
+        m.setattr(maillog, "Line", maillog.lines.Line, raising=False)
+        data = pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"delivery.runner" in data and b"delivery.outcome" not in data
+    where = Path(settings.JOURNAL_DIR)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "4194000-0000abcd-1.jnl").write_bytes(struct.pack(">I", len(data)) + data)
+
+    assert journal.recover(record.record_safely) == 1
+    assert states(mid) == ["delivered"]
+    assert list(where.glob("*.jnl")) == []
 
 
 def test_recover_skips_what_was_already_recorded_and_a_torn_last_entry():
