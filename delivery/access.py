@@ -66,7 +66,7 @@ _PARAMETER = r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?"  # esmtp-key
 _PATH = re.compile(rf"(?:<(?:@{_DOMAIN}(?:,@{_DOMAIN})*:)?{_MAILBOX}>|<>|{_MAILBOX})(?:[ \t]+{_PARAMETER})*[ \t]*")
 MAX_ADDRESS_LENGTH = 256  # RFC 5321 §4.5.3.1.3: a path, brackets included
 
-logger = logging.getLogger("delivery.access")
+logger = logging.getLogger(__name__)
 
 
 class Verdict(enum.Enum):

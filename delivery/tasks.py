@@ -23,7 +23,7 @@ from delivery import worker
 from delivery.outbound import hosts
 from delivery.spool import journal, lease, record
 
-logger = logging.getLogger("delivery.tasks")
+logger = logging.getLogger(__name__)
 
 #: At most this many batch tasks per sweep: enough to keep every worker busy until the next sweep.
 MAX_TASKS_PER_SWEEP = 64

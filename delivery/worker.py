@@ -34,7 +34,7 @@ from delivery import outcome
 from delivery.outbound import hosts, runner
 from delivery.spool import journal, lease, plan, record
 
-logger = logging.getLogger("delivery.worker")
+logger = logging.getLogger(__name__)
 
 #: A batch that has had no report for this long is stalled (a silent host, a stuck transaction): its messages
 #: count against the hard bound of :func:`admit`, not against the room for moving mail.

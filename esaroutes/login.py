@@ -24,7 +24,7 @@ from django.http import HttpRequest, HttpResponse
 
 from esaroutes import throttle
 
-logger = logging.getLogger("esaroutes.login")
+logger = logging.getLogger(__name__)
 
 _REFUSAL = "_esaroutes_throttle_refusal"
 

@@ -10,7 +10,7 @@ from typing import Any
 from delivery import maillog
 from delivery.spool import intake
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 
 class Committer:

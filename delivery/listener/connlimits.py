@@ -44,7 +44,7 @@ from typing import Any
 import redis
 from redis.connection import parse_url
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 TTL = 5.0  # seconds a listener process's counts live in Redis without a heartbeat
 HEARTBEAT = 1.0  # seconds between heartbeats (each also rewrites the process's counts)

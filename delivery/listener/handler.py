@@ -27,7 +27,7 @@ from delivery.listener.session import Session
 from delivery.spool import intake
 from esaroutes import throttle
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 LOCAL_ERROR = "451 4.3.0 Local error, try again later"
 AUTH_THROTTLED = "421 4.7.0 Too many authentication failures, try again later"

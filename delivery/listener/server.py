@@ -29,7 +29,7 @@ from delivery.listener.session import Names, Session
 from delivery.listener.tls import tls_context
 from delivery.spool import intake
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 

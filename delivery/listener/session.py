@@ -26,7 +26,7 @@ from delivery.listener.config import Config
 from delivery.listener.conn import Conn
 from delivery.spool import intake
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 

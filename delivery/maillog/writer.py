@@ -32,7 +32,7 @@ from django.db import connection, transaction
 from delivery.maillog import lines
 from esaroutes import bulk
 
-logger = logging.getLogger("delivery.maillog")
+logger = logging.getLogger(__name__)
 
 
 def write(batch: Sequence[lines.Line], *, at: datetime) -> None:

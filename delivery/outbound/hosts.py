@@ -28,7 +28,7 @@ from django.db.models import Q
 from delivery import engine, ids, outcome
 from delivery.models import HostStatus, IdCounter
 
-logger = logging.getLogger("delivery.hosts")
+logger = logging.getLogger(__name__)
 
 HostKey = tuple[str, int]
 

@@ -43,7 +43,7 @@ from delivery.engine import Verdict
 from delivery.models import DeliveryAttempt
 from delivery.outbound import hosts, smtp_client
 
-logger = logging.getLogger("delivery.runner")
+logger = logging.getLogger(__name__)
 
 
 Emit = Callable[[outcome.Report], None]

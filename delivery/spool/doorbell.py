@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from esaroutes.celery import app
 
-logger = logging.getLogger("delivery.spool.doorbell")
+logger = logging.getLogger(__name__)
 
 TASK = "delivery.tasks.deliver"
 

@@ -53,7 +53,7 @@ from delivery import outcome
 from delivery.models import Recipient
 from delivery.spool import lease
 
-logger = logging.getLogger("delivery.spool.journal")
+logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
 ROTATE_ENTRIES = 1000

@@ -28,7 +28,7 @@ from delivery.spool import intake, lease, plan
 from esaroutes import bulk
 from routes import matching, snapshot
 
-logger = logging.getLogger("delivery.spool.record")
+logger = logging.getLogger(__name__)
 
 
 def _retry_at(

@@ -12,7 +12,7 @@ from django.conf import settings
 from delivery import maillog
 from delivery.models import MailLogLine, Message
 from tests.listener.conftest import log_texts, wait_for
-from tests.views.helpers import attempt
+from tests.support.messages import attempt
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from delivery.models import HostStatus
 from routes.models import AuditEntry
 from tests.browser.operator_helpers import console_errors, login
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

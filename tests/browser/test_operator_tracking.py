@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from delivery.models import DeliveryAttempt
 from tests.browser.operator_helpers import console_errors
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.operator_helpers import console_errors
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

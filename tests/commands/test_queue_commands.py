@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from delivery.models import MailLogLine, Message, Recipient
 from routes.models import AuditEntry
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 

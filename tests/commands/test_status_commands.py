@@ -12,7 +12,7 @@ from django.utils import timezone
 from delivery.models import DeliveryAttempt, HostStatus, Recipient
 from routes import snapshot
 from tests.routes.helpers import make_route
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,7 @@ from delivery.models import HostStatus, MailLogLine, Message, Recipient
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
 from tests.conftest import PASSWORD
 from tests.routes.helpers import form_data
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("_fast_passwords")]
 

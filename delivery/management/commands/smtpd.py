@@ -36,7 +36,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from delivery.listener import connlimits, server, tls
 from delivery.listener.config import Config, config_from_settings
 
-logger = logging.getLogger("delivery.listener")
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):

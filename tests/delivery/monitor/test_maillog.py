@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from delivery import maillog
 from delivery.models import MailLogLine
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 

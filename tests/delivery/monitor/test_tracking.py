@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from delivery.models import DeliveryAttempt
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 Outcome = DeliveryAttempt.Outcome

@@ -1,4 +1,4 @@
-"""The process's recorder (delivery.worker.Recorder): batches in flight are recorded, renewed and released by one
+"""delivery.worker: the process's recorder (Recorder): batches in flight are recorded, renewed and released by one
 thread while the task that claimed them has returned; and the back-pressure decision (worker.admit).
 
 Real loopback peers and the real runner; a host that accepts TCP and never greets keeps a batch in flight.

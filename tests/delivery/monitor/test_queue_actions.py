@@ -11,7 +11,7 @@ from django.utils import timezone
 from delivery.models import HostStatus, MailLogLine, Message, Recipient
 from routes.models import AuditEntry
 from tests.conftest import PASSWORD
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 

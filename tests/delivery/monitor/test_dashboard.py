@@ -10,7 +10,7 @@ from django.utils import timezone
 from delivery.models import DeliveryAttempt
 from delivery.monitor import selectors
 from esaroutes import tasks
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 Outcome = DeliveryAttempt.Outcome

@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 
 from delivery.models import DeliveryAttempt
 from esaroutes import permissions, roles
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 Outcome = DeliveryAttempt.Outcome

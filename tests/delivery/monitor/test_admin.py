@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from delivery.models import MailLogLine
-from tests.views.helpers import attempt, make_message
+from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
 
