@@ -7,7 +7,7 @@ checks them again, in the transaction that writes the row and its audit entry.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django import forms as djforms
 from django.contrib import admin
@@ -17,9 +17,25 @@ from django.http import HttpRequest
 from routes.access import services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
+Row = TypeVar("Row", RecipientAccessRule, RelayNetwork, SmtpUser)
+
+
+class _AccessAdmin(admin.ModelAdmin[Row]):
+    """Deletes, one or a selection, go through the services: each in one transaction with its audit entry."""
+
+    delete_row: staticmethod[[Any, int], None]
+
+    def delete_model(self, request: HttpRequest, obj: Row) -> None:
+        self.delete_row(request.user, obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Row]) -> None:
+        for pk in queryset.values_list("pk", flat=True):
+            self.delete_row(request.user, pk)
+
 
 @admin.register(RecipientAccessRule)
-class RecipientAccessRuleAdmin(admin.ModelAdmin[RecipientAccessRule]):
+class RecipientAccessRuleAdmin(_AccessAdmin[RecipientAccessRule]):
+    delete_row = staticmethod(services.rat_delete)
     list_display = ("domain", "action", "comment", "updated_at")
     search_fields = ("domain", "comment")
 
@@ -27,16 +43,10 @@ class RecipientAccessRuleAdmin(admin.ModelAdmin[RecipientAccessRule]):
         saved = services.rat_save(request.user, obj.domain, obj.action, obj.comment, pk=obj.pk if change else None)
         obj.pk = saved.pk
 
-    def delete_model(self, request: HttpRequest, obj: RecipientAccessRule) -> None:
-        services.rat_delete(request.user, obj.pk)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RecipientAccessRule]) -> None:
-        for pk in queryset.values_list("pk", flat=True):
-            services.rat_delete(request.user, pk)
-
 
 @admin.register(RelayNetwork)
-class RelayNetworkAdmin(admin.ModelAdmin[RelayNetwork]):
+class RelayNetworkAdmin(_AccessAdmin[RelayNetwork]):
+    delete_row = staticmethod(services.relay_delete)
     list_display = ("network", "comment", "created_at")
     fields = ("network", "comment")
 
@@ -46,13 +56,6 @@ class RelayNetworkAdmin(admin.ModelAdmin[RelayNetwork]):
     def save_model(self, request: HttpRequest, obj: RelayNetwork, form: Any, change: bool) -> None:
         saved = services.relay_save(request.user, obj.network, obj.comment, pk=obj.pk if change else None)
         obj.pk = saved.pk
-
-    def delete_model(self, request: HttpRequest, obj: RelayNetwork) -> None:
-        services.relay_delete(request.user, obj.pk)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[RelayNetwork]) -> None:
-        for pk in queryset.values_list("pk", flat=True):
-            services.relay_delete(request.user, pk)
 
 
 class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
@@ -74,7 +77,8 @@ class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
 
 
 @admin.register(SmtpUser)
-class SmtpUserAdmin(admin.ModelAdmin[SmtpUser]):
+class SmtpUserAdmin(_AccessAdmin[SmtpUser]):
+    delete_row = staticmethod(services.user_delete)
     form = SmtpUserAdminForm
     list_display = ("username", "is_active", "created_at")
 
@@ -87,13 +91,6 @@ class SmtpUserAdmin(admin.ModelAdmin[SmtpUser]):
             pk=obj.pk if change else None,
         )
         obj.pk = saved.pk
-
-    def delete_model(self, request: HttpRequest, obj: SmtpUser) -> None:
-        services.user_delete(request.user, obj.pk)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SmtpUser]) -> None:
-        for pk in queryset.values_list("pk", flat=True):
-            services.user_delete(request.user, pk)
 
 
 __all__ = ["RecipientAccessRuleAdmin", "RelayNetworkAdmin", "SmtpUserAdmin"]

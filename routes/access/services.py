@@ -13,6 +13,7 @@ the change within `ESAROUTES_SMTP_ACCESS_REFRESH` seconds (it fingerprints the t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from django import forms
 from django.contrib.auth.hashers import make_password
@@ -23,6 +24,7 @@ from routes import audit, domains
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
 
 MIN_PASSWORD_LENGTH = 10
+AccessRow = RecipientAccessRule | RelayNetwork | SmtpUser
 
 
 class AccessInvalid(ValueError):
@@ -71,21 +73,12 @@ def rat_save(
     before = audit.describe(rule) if rule.pk else None
     rule.domain, rule.action, rule.comment = domain, action, comment
     _save(rule)
-    audit.record_change(
-        actor,
-        AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE,
-        rule,
-        before=before,
-        after=audit.describe(rule),
-    )
+    _audit_save(actor, rule, before, audit.describe(rule))
     return rule
 
 
-@transaction.atomic
 def rat_delete(actor: audit.Actor, pk: int) -> None:
-    rule = RecipientAccessRule.objects.select_for_update().get(pk=pk)
-    audit.record_change(actor, AuditEntry.Action.DELETE, rule, before=audit.describe(rule))
-    rule.delete()
+    _delete(actor, RecipientAccessRule, pk)
 
 
 @transaction.atomic
@@ -95,18 +88,12 @@ def relay_save(actor: audit.Actor, network: str, comment: str = "", *, pk: int |
     before = audit.describe(relay) if relay.pk else None
     relay.network, relay.comment = network, comment
     _save(relay)
-    after = audit.describe(relay)
-    if after != before:
-        action = AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE
-        audit.record_change(actor, action, relay, before=before, after=after)
+    _audit_save(actor, relay, before, audit.describe(relay))
     return relay
 
 
-@transaction.atomic
 def relay_delete(actor: audit.Actor, pk: int) -> None:
-    relay = RelayNetwork.objects.select_for_update().get(pk=pk)
-    audit.record_change(actor, AuditEntry.Action.DELETE, relay, before=audit.describe(relay))
-    relay.delete()
+    _delete(actor, RelayNetwork, pk)
 
 
 @transaction.atomic
@@ -125,18 +112,26 @@ def user_save(
     if password and not problems:
         user.password = make_password(password)
     _save(user, extra={"password": problems} if problems else None)
-    after = {**audit.describe(user), **({"password": "(changed)"} if password else {})}
-    audit.record_change(
-        actor, AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE, user, before=before, after=after
-    )
+    _audit_save(actor, user, before, {**audit.describe(user), **({"password": "(changed)"} if password else {})})
     return user
 
 
-@transaction.atomic
 def user_delete(actor: audit.Actor, pk: int) -> None:
-    user = SmtpUser.objects.select_for_update().get(pk=pk)
-    audit.record_change(actor, AuditEntry.Action.DELETE, user, before=audit.describe(user))
-    user.delete()
+    _delete(actor, SmtpUser, pk)
+
+
+def _audit_save(actor: audit.Actor, obj: AccessRow, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+    """The audit entry of a save: a creation, or a change; none when the save changed nothing."""
+    if after != before:
+        action = AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE
+        audit.record_change(actor, action, obj, before=before, after=after)
+
+
+@transaction.atomic
+def _delete(actor: audit.Actor, model: type[AccessRow], pk: int) -> None:
+    obj: AccessRow = model._default_manager.select_for_update().get(pk=pk)
+    audit.record_change(actor, AuditEntry.Action.DELETE, obj, before=audit.describe(obj))
+    obj.delete()
 
 
 def _save(obj: models.Model, extra: Mapping[str, Sequence[str]] | None = None) -> None:

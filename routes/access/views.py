@@ -8,8 +8,10 @@ their fields and status 422.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from django import forms as django_forms
 from django.contrib.auth.decorators import permission_required
 from django.http import HttpResponse
 from django.shortcuts import render
@@ -48,66 +50,84 @@ def access_list(request: AuthedHtmxRequest) -> HttpResponse:
 @require_POST
 @can_change_rat
 def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
-    form = forms.RatForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            services.rat_save(request.user, data["domain"], data["action"], data["comment"])
-        except services.AccessInvalid as exc:
-            exc.show_on(form)
-        else:
-            return htmx.render(request, TEMPLATE, "access-rat", _context())
-    return htmx.render(request, TEMPLATE, "access-rat", _context(rat_form=form), status=422)
+    return _write(
+        request,
+        forms.RatForm(request.POST),
+        "access-rat",
+        "rat_form",
+        lambda data: services.rat_save(request.user, data["domain"], data["action"], data["comment"]),
+    )
 
 
 @require_POST
 @can_change_rat
 def rat_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    if RecipientAccessRule.objects.filter(pk=pk).exists():
-        services.rat_delete(request.user, pk)
-    return htmx.render(request, TEMPLATE, "access-rat", _context())
+    return _delete(request, RecipientAccessRule, pk, "access-rat", services.rat_delete)
 
 
 @require_POST
 @can_change_relay
 def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
-    form = forms.RelayForm(request.POST)
-    if form.is_valid():
-        try:
-            services.relay_save(request.user, form.cleaned_data["network"], form.cleaned_data["comment"])
-        except services.AccessInvalid as exc:
-            exc.show_on(form)
-        else:
-            return htmx.render(request, TEMPLATE, "access-relay", _context())
-    return htmx.render(request, TEMPLATE, "access-relay", _context(relay_form=form), status=422)
+    return _write(
+        request,
+        forms.RelayForm(request.POST),
+        "access-relay",
+        "relay_form",
+        lambda data: services.relay_save(request.user, data["network"], data["comment"]),
+    )
 
 
 @require_POST
 @can_change_relay
 def relay_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    if RelayNetwork.objects.filter(pk=pk).exists():
-        services.relay_delete(request.user, pk)
-    return htmx.render(request, TEMPLATE, "access-relay", _context())
+    return _delete(request, RelayNetwork, pk, "access-relay", services.relay_delete)
 
 
 @require_POST
 @can_change_users
 def user_save(request: AuthedHtmxRequest) -> HttpResponse:
-    form = forms.SmtpUserForm(request.POST)
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            services.user_save(request.user, data["username"], data["password"] or None, data["is_active"])
-        except services.AccessInvalid as exc:
-            exc.show_on(form)
-        else:
-            return htmx.render(request, TEMPLATE, "access-users", _context())
-    return htmx.render(request, TEMPLATE, "access-users", _context(user_form=form), status=422)
+    return _write(
+        request,
+        forms.SmtpUserForm(request.POST),
+        "access-users",
+        "user_form",
+        lambda data: services.user_save(request.user, data["username"], data["password"] or None, data["is_active"]),
+    )
 
 
 @require_POST
 @can_change_users
 def user_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    if SmtpUser.objects.filter(pk=pk).exists():
-        services.user_delete(request.user, pk)
-    return htmx.render(request, TEMPLATE, "access-users", _context())
+    return _delete(request, SmtpUser, pk, "access-users", services.user_delete)
+
+
+def _write(
+    request: AuthedHtmxRequest,
+    form: django_forms.Form,
+    partial: str,
+    form_name: str,
+    write: Callable[[dict[str, Any]], object],
+) -> HttpResponse:
+    """Validate the form and `write` its data through the services: the table's partial, or the partial with the
+    errors at their fields (the form's, then the models' rules) and status 422."""
+    if form.is_valid():
+        try:
+            write(form.cleaned_data)
+        except services.AccessInvalid as exc:
+            exc.show_on(form)
+        else:
+            return htmx.render(request, TEMPLATE, partial, _context())
+    return htmx.render(request, TEMPLATE, partial, _context(**{form_name: form}), status=422)
+
+
+def _delete(
+    request: AuthedHtmxRequest,
+    model: type[services.AccessRow],
+    pk: int,
+    partial: str,
+    delete: Callable[[Any, int], None],
+) -> HttpResponse:
+    """Delete the row (gone already: nothing to do) and answer the table's partial."""
+    if model._default_manager.filter(pk=pk).exists():
+        delete(request.user, pk)
+    return htmx.render(request, TEMPLATE, partial, _context())
