@@ -569,11 +569,24 @@ class HostSession:
 
     def _fail_open(self, stage: Stage, exc: BaseException) -> Failure:
         if isinstance(exc, _PolicyFailure):
-            code, text, timed_out = _translate(exc.cause) if exc.cause else (None, exc.message, False)
-            tls_required = exc.tls_required
+            translated = _translate(exc.cause) if exc.cause else (None, exc.message, False)
+            self.failure = self._failure(stage, translated, tls_required=exc.tls_required)
         else:
-            (code, text, timed_out), tls_required = _translate(exc), False
-        self.failure = Failure(
+            self.failure = self._failure(stage, _translate(exc))
+        self._drop()
+        return self.failure
+
+    def _failure(
+        self,
+        stage: Stage,
+        translated: tuple[int | None, str, bool],
+        *,
+        tls_required: bool = False,
+        reused: bool = False,
+    ) -> Failure:
+        """The failure of this connection at `stage`, from a `_translate`d exception (code, text, timed out)."""
+        code, text, timed_out = translated
+        return Failure(
             stage=stage,
             code=code,
             text=text,
@@ -581,9 +594,8 @@ class HostSession:
             local_ip=self._local_ip,
             timed_out=timed_out,
             tls_required=tls_required,
+            reused=reused,
         )
-        self._drop()
-        return self.failure
 
     # --- sending ------------------------------------------------------------------------------------------
 
@@ -610,18 +622,7 @@ class HostSession:
             async with asyncio.timeout(self.destination.timeouts.transaction):
                 await tx.run(self._smtp)
         except _TRANSPORT_ERRORS as exc:
-            code, text, timed_out = _translate(exc)
-            tx.broke(
-                Failure(
-                    stage=tx.stage,
-                    code=code,
-                    text=text,
-                    peer_ip=self._peer_ip,
-                    local_ip=self._local_ip,
-                    timed_out=timed_out,
-                    reused=reused,
-                )
-            )
+            tx.broke(self._failure(tx.stage, _translate(exc), reused=reused))
         if tx.failure is not None or tx.rset_failed:
             self._drop()
         return tx.result()
