@@ -38,6 +38,10 @@ _DOTS = re.compile("[.\u3002\uff0e\uff61]")
 _LDH = re.compile(r"[a-z0-9-]+")
 _PLAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _PLAIN_NAME = re.compile(rf"(?:{_PLAIN_LABEL}\.)*{_PLAIN_LABEL}")
+ONE_PORT_PER_HOST = (
+    "A route lists each host once, with one port (the ESA's rule): to use a second port of the same server, "
+    "list it under another of its addresses or host names."
+)
 _PRIORITY_OPTION = re.compile(r"pri\s*=\s*(?P<value>.*)", re.IGNORECASE)
 
 
@@ -348,6 +352,8 @@ def _special(item: str) -> Special | None:
 def _number(text: str, what: str, low: int, high: int) -> int:
     if not text:
         raise ValueError(f"{what} is missing")
+    if text[:1] in "-+" and text[1:].isascii() and text[1:].isdigit():
+        raise ValueError(f"{what} must be from {low} to {high}")  # a signed whole number: out of range
     if not (text.isascii() and text.isdigit()):
         raise ValueError(f'{what} "{text}" is not a whole number')
     value = int(text)
@@ -442,9 +448,11 @@ def route_problems(domain: str, hosts: Destination) -> RouteProblems:
             if earlier.port == spec.port:
                 errors.append(f'"{spec.host}:{spec.port}" is listed more than once')
             elif earlier.port == DEFAULT_PORT:
-                errors.append(f"The host {spec.host} is already using the standard port.")
+                errors.append(f"The host {spec.host} is already using the standard port. {ONE_PORT_PER_HOST}")
             else:
-                errors.append(f"The host {spec.host} already has an alternate port ({earlier.port}).")
+                errors.append(
+                    f"The host {spec.host} already has an alternate port ({earlier.port}). {ONE_PORT_PER_HOST}"
+                )
         if errors:
             problems.hosts[index] = errors
     return problems

@@ -185,19 +185,45 @@ class RouteEditor:
         return AuthProfile.objects.exists()
 
     def is_valid(self) -> bool:
+        """Validate everything in one pass, so the first answer flags every problem at its field.
+
+        A row whose Priority or Port cell is wrong still has its Destination checked, and the route rules
+        (duplicates, the 100-host limit) run over the rows that parse even when the domain is wrong.
+        """
         form_ok = self.form.is_valid()
-        hosts_ok = self.hosts.is_valid()
-        live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
-        if not hosts_ok:
+        self.hosts.is_valid()  # each row's cells; the formset's own management errors land in non_form_errors
+        if self.hosts.non_form_errors():
             return False
-        rows = [(f.cleaned_data["destination"], f.cleaned_data["port"], f.cleaned_data["priority"]) for f in live]
+        live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
+        cells_ok = [not f.errors for f in live]
+        rows = [
+            (
+                f.cleaned_data.get("destination", ""),
+                f.cleaned_data.get("port", domains.DEFAULT_PORT),
+                f.cleaned_data.get("priority", 0),
+            )
+            for f in live
+        ]
         destination, problems = rows_destination(rows)
         for index, message in problems.items():
             live[index].add_error("destination", message)
-        if destination is None or not form_ok:
+        if destination is None or not all(cells_ok):
+            # Not every row parses: the route rules (a host listed twice) still apply among the rows that do.
+            good = [i for i, ok in enumerate(cells_ok) if ok and i not in problems]
+            subset, _ = rows_destination([rows[i] for i in good])
+            if isinstance(subset, list) and subset:
+                found = domains.route_problems(domains.DEFAULT_ROUTE, subset)
+                hosts = {good[i]: messages for i, messages in found.hosts.items()}
+                self.apply_problems(domains.RouteProblems(domain=[], route=[], hosts=hosts), live)
             return False
-        domain: str = self.form.cleaned_data["domain"]
-        self.apply_problems(domains.route_problems(domain, destination), live)
+        domain: str = self.form.cleaned_data["domain"] if form_ok else ""
+        found = domains.route_problems(domain or domains.DEFAULT_ROUTE, destination)
+        if not form_ok:
+            # USEDNS-on-ALL depends on the domain, which is wrong: keep only what holds whatever it becomes.
+            found = domains.RouteProblems(
+                domain=[], route=[m for m in found.route if not m.startswith("USEDNS")], hosts=found.hosts
+            )
+        self.apply_problems(found, live)
         if self.route_errors or any(f.errors for f in live) or self.form.errors:
             return False
         auth = self.form.cleaned_data["auth_profile"]

@@ -99,6 +99,18 @@ class RouteTable:
         return self.default
 
 
+def address_problem(text: str) -> str | None:
+    """Why typed text is not a recipient address a route can be tested with (no @, nothing before or after it)."""
+    local, at, domain = text.strip().rpartition("@")
+    if not at:
+        return f'"{text.strip()}" is not an email address: type one like user@example.com'
+    if not local:
+        return f'"{text.strip()}" has nothing before the @: type a whole address, like user@example.com'
+    if not domain.strip().rstrip(">"):
+        return f'"{text.strip()}" has no domain after the @: type a whole address, like user@example.com'
+    return None
+
+
 def recipient_domain(domain_or_address: str) -> str | None:
     """The domain of an address (or a bare domain) in stored form, or None when it cannot name a route.
 

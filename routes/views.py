@@ -235,6 +235,10 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
     address = source.get("address", "").strip()[:320]
     context: dict[str, Any] = {"address": address}
+    problem = matching.address_problem(address) if address else None
+    if problem:
+        context["address_error"] = problem
+        return htmx.render(request, "routes/route_test.html", "test-result", context, status=422)
     if address:
         context.update(_plan(address))
         context["rows"] = [(p, None) for p in context.get("hosts", [])]
@@ -285,6 +289,11 @@ def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
     address = request.POST.get("address", "").strip()[:320]
     if not address:
         return HttpResponseBadRequest("sending a test message is not available")
+    problem = matching.address_problem(address)
+    if problem:
+        return render(
+            request, "routes/route_test.html#send-result", {"send_result": f"Not sent: {problem}"}, status=422
+        )
     try:
         result = sendtest.send_test_message(address)
     except Exception as exc:  # the listener's errors are shown to the admin, not turned into a 500

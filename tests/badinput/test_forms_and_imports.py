@@ -72,7 +72,7 @@ def test_bad_receiving_domain_is_refused_at_the_domain_field(admin, domain, mess
         (("0", "mx.example.com", "65536"), "port", "Port must be from 1 to 65535"),
         (("0", "mx.example.com", "abc"), "port", 'Port "abc" is not a whole number'),
         (("0", "mx.example.com", "25.5"), "port", "is not a whole number"),
-        (("-1", "mx.example.com", "25"), "priority", 'Priority "-1" is not a whole number'),
+        (("-1", "mx.example.com", "25"), "priority", "Priority must be from 0 to 65535"),
         (("65536", "mx.example.com", "25"), "priority", "Priority must be from 0 to 65535"),
         (("x", "mx.example.com", "25"), "priority", "is not a whole number"),
         (("0", "mx.exa mple.com", "25"), "destination", ""),

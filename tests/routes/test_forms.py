@@ -45,7 +45,7 @@ def test_bad_domains_are_reported_at_the_domain(domain, message):
         (("0", "mx.example.com", "0"), "port", "Port must be from 1 to 65535"),
         (("0", "mx.example.com", "http"), "port", 'Port "http" is not a whole number'),
         (("65536", "mx.example.com", ""), "priority", "Priority must be from 0 to 65535"),
-        (("-1", "mx.example.com", ""), "priority", 'Priority "-1" is not a whole number'),
+        (("-1", "mx.example.com", ""), "priority", "Priority must be from 0 to 65535"),
         (("0", "mx.example.com:2525", ""), "destination", "write the port (2525) in the Port column"),
         (("0", "mx.example.com/pri=5", ""), "destination", "Priority column"),
         (("0", "300.1.1.1", ""), "destination", "neither a valid IPv4 address nor a host name"),

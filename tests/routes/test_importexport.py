@@ -78,7 +78,7 @@ def test_a_bad_file_lists_every_error_by_line():
         'line 4: "example.org" has no destination hosts',
         "line 5: USEDNS cannot be the destination of the default route (ALL): "
         "mail for domains without a route is already delivered by MX records",
-        "line 6: The host mx is already using the standard port.",
+        f"line 6: The host mx is already using the standard port. {domains.ONE_PORT_PER_HOST}",
         'line 7: "Example.COM" is already routed on line 3',
         "line 8: there is already a default route (ALL) on line 5",
         "line 9: USEDNS must be the only destination of a route, not one of several",

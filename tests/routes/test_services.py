@@ -21,7 +21,9 @@ def test_create_validates_through_domains_and_writes_nothing_when_invalid():
             ),
             actor="test",
         )
-    assert info.value.problems.hosts == {1: ["The host mx.example.com is already using the standard port."]}
+    assert info.value.problems.hosts == {
+        1: [f"The host mx.example.com is already using the standard port. {domains.ONE_PORT_PER_HOST}"]
+    }
     assert not Route.objects.exists() and not AuditEntry.objects.exists()
     assert services.current_version() == 0
 

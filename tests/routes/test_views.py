@@ -259,12 +259,45 @@ def test_route_test_shows_match_and_host_order(client_alice):
         host="c.example.net", port=25, down_until=timezone.now() + timedelta(minutes=5), last_error="connection refused"
     )
     body = client_alice.get(reverse("routes:route-test"), {"address": "user@x.example.com"}, **HTMX).content.decode()
-    assert body.lstrip().startswith('<section id="test-result"')
+    assert body.lstrip().startswith('<div id="test-result"')
     assert ".example.com" in body
     assert body.index("a.example.net") < body.index("b.example.net") < body.index("c.example.net")
     assert "skipped" in body and "down" in body and "connection refused" in body
     none = client_alice.get(reverse("routes:route-test"), {"address": "u@other.test"}, **HTMX).content.decode()
     assert "delivered by its MX records" in none
+
+
+def test_route_test_refuses_text_that_is_not_an_address_at_the_field(client_alice):
+    make_route("ALL", "smarthost.example.net")
+    response = client_alice.get(reverse("routes:route-test"), {"address": "not-an-address"}, **HTMX)
+    assert response.status_code == 422
+    body = response.content.decode()
+    field = body[body.index('id="id_address"') : body.index("</form>")]
+    assert 'aria-invalid="true"' in field and 'aria-describedby="address-errors"' in field
+    assert "&quot;not-an-address&quot; is not an email address: type one like user@example.com" in field
+    assert "Matching route" not in body and "Send test message" not in body
+    sent = client_alice.post(reverse("routes:route-send-test"), {"address": "not-an-address"})
+    assert sent.status_code == 422 and "Not sent" in sent.content.decode()
+
+
+def test_one_post_flags_all_four_bad_fields(client_alice):
+    data = form_data("", [("-1", "bad_host..name!", "70000")])
+    body = client_alice.post(reverse("routes:route-add"), data, **HTMX).content.decode()
+    assert "This field is required." in body  # the domain
+    assert "Priority must be from 0 to 65535" in body
+    assert "Port must be from 1 to 65535" in body
+    assert "&quot;bad_host..name!&quot;: not a valid host name" in body
+    assert "is not a whole number" not in body
+    assert body.count('aria-invalid="true"') == 4
+    assert not Route.objects.exists()
+
+
+def test_a_duplicate_host_is_flagged_while_the_domain_is_wrong(client_alice):
+    data = form_data("exa_mple.com", [("0", "127.0.0.1", "2525"), ("0", "127.0.0.1", "")])
+    body = client_alice.post(reverse("routes:route-add"), data, **HTMX).content.decode()
+    assert "contains &quot;_&quot;" in body
+    assert "The host 127.0.0.1 already has an alternate port (2525)." in body
+    assert "under another of its addresses or host names" in body
 
 
 def test_read_only_user_cannot_edit(client, django_user_model):
