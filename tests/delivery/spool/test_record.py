@@ -1,5 +1,6 @@
-"""Whatever bytes a peer sends (not UTF-8, NUL, controls, huge replies) are stored and shown safely, and a
-recording failure never becomes a re-send of what a peer accepted. Real loopback peers, both backends."""
+"""delivery.spool.record: whatever bytes a peer sends (not UTF-8, NUL, controls, huge replies) are stored and
+shown safely, and a recording failure never becomes a re-send of what a peer accepted. Real loopback peers, both
+backends."""
 
 from __future__ import annotations
 
