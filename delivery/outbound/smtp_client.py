@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import os
 import re
 import socket
 import ssl
@@ -319,11 +321,12 @@ def _peer_code(exc: aiosmtplib.SMTPResponseException) -> int | None:
     return exc.code
 
 
-def _translate(exc: BaseException) -> tuple[int | None, str, bool]:
+def _translate(exc: BaseException, peer: str = "") -> tuple[int | None, str, bool]:
     """(reply code or None, details text, timed out?) for anything aiosmtplib, asyncio or ssl raise.
 
     The one place where an exception becomes a code: a code only for a reply the peer sent; a reply too long,
-    malformed or cut off, and every code aiosmtplib makes up, is no reply (None). The text is always safe.
+    malformed or cut off, and every code aiosmtplib makes up, is no reply (None). The text is always safe, and
+    an operating system error is said in words (`os_error_text`), never as Python's exception text.
     """
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         code = _peer_code(exc)
@@ -335,7 +338,40 @@ def _translate(exc: BaseException) -> tuple[int | None, str, bool]:
         return None, safe_text(f"TLS handshake failed: {exc.reason or exc}"), False
     if isinstance(exc, aiosmtplib.SMTPException):
         return None, safe_text(exc.message), False
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return None, safe_text(os_error_text(exc, peer)), False
     return None, safe_text(str(exc) or type(exc).__name__), False
+
+
+_OS_ERROR_WORDS = {
+    errno.ECONNREFUSED: "connection refused by {peer}",
+    errno.ECONNRESET: "connection reset by {peer}",
+    errno.ECONNABORTED: "connection to {peer} aborted",
+    errno.EPIPE: "connection closed by {peer} while sending",
+    errno.EHOSTUNREACH: "no route to {peer} (host unreachable)",
+    errno.ENETUNREACH: "no route to {peer} (network unreachable)",
+    errno.EADDRNOTAVAIL: "cannot connect to {peer} from the configured source address",
+}
+
+
+def os_error_text(exc: OSError, peer: str = "") -> str:
+    """An operating system error as an operator reads it: `connection refused by 127.0.0.1:12602`.
+
+    Not `[Errno 111] Connect call failed ('127.0.0.1', 12602)`, asyncio's text. `peer` is `ip:port`
+    (`[::1]:25`); without it the words say "the peer".
+    """
+    if isinstance(exc, socket.gaierror):
+        return f"host name lookup failed: {(exc.strerror or str(exc)).lower()}"
+    words = _OS_ERROR_WORDS.get(exc.errno or 0)
+    if words is not None:
+        return words.format(peer=peer or "the peer")
+    reason = (exc.strerror or os.strerror(exc.errno or 0)).lower()
+    return f"{reason} ({peer})" if peer else reason
+
+
+def peer_text(ip: str, port: int) -> str:
+    """`ip:port` as mail people write it: `127.0.0.1:25`, `[2001:db8::1]:25`."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -572,9 +608,13 @@ class HostSession:
             translated = _translate(exc.cause) if exc.cause else (None, exc.message, False)
             self.failure = self._failure(stage, translated, tls_required=exc.tls_required)
         else:
-            self.failure = self._failure(stage, _translate(exc))
+            self.failure = self._failure(stage, _translate(exc, self._peer()))
         self._drop()
         return self.failure
+
+    def _peer(self) -> str:
+        """The peer being talked to, `ip:port`, for a failure's words ("" before any address was tried)."""
+        return peer_text(self._peer_ip, self.destination.host.port) if self._peer_ip else ""
 
     def _failure(
         self,
@@ -622,7 +662,7 @@ class HostSession:
             async with asyncio.timeout(self.destination.timeouts.transaction):
                 await tx.run(self._smtp)
         except _TRANSPORT_ERRORS as exc:
-            tx.broke(self._failure(tx.stage, _translate(exc), reused=reused))
+            tx.broke(self._failure(tx.stage, _translate(exc, self._peer()), reused=reused))
         if tx.failure is not None or tx.rset_failed:
             self._drop()
         return tx.result()

@@ -17,6 +17,13 @@ def unicode_domain(stored: str) -> str:
 
 
 @register.filter
+def unicode_address(address: str) -> str:
+    """`user@xn--bcher-kva.example` → `user@bücher.example`: the domain of an address as people type it."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domains.display_domain(domain.lower())}" if at and "xn--" in domain.lower() else address
+
+
+@register.filter
 def host_label(host: DestinationHost | domains.HostSpec) -> str:
     """`mx.bücher.example:2525`, `[mx.example.com]`, `[2001:db8::1]:587`: host and port as the admin types them."""
     ip = domains.HostSpec(host=host.host).ip

@@ -123,3 +123,28 @@ def test_a_route_host_name_is_looked_up_by_mx_unless_bracketed(peers, dns_server
     assert recipients(mid) == [(0, "delivered"), (1, "delivered")]
     assert dns_server.count("relay.dest.test", "MX") == 1
     assert dns_server.count("localhost") == 0  # [host] and localhost never go to DNS
+
+
+def test_a_refused_port_reads_the_same_in_words_on_every_page(peers, admin_client):
+    from django.urls import reverse
+
+    from delivery.models import DeliveryAttempt, HostStatus
+
+    refused = peers.refused()
+    make_route("dest.test", hosts_text((refused, 0)))
+    mid = queue_message("a@dest.test", subject="Quarterly report")
+    worker.deliver_batch([mid])
+    said = f"connection refused by {refused.host}:{refused.port}"
+    assert list(DeliveryAttempt.objects.filter(message_id=mid).values_list("response", flat=True)) == [said]
+    assert HostStatus.objects.get(host=refused.host, port=refused.port).last_error == said
+    (delayed,) = grep("^Delayed:", log(mid))
+    assert said in delayed and "Errno" not in log(mid)
+    queue = admin_client.get(reverse("delivery:queue")).content.decode()
+    row = queue[queue.index(f'data-mid="{mid}"') :]
+    row = row[: row.index("</tr>")]
+    assert said in row and "Errno" not in queue
+    assert "sender@origin.test" in row and "Quarterly report" in row and "bytes" in row
+    page = admin_client.get(reverse("delivery:message-detail", args=[mid])).content.decode()
+    assert said in page and "Errno" not in page
+    hosts = admin_client.get(reverse("delivery:host-list")).content.decode()
+    assert said in hosts

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import time
 
 import pytest
 
 from delivery.engine import Host, Stage, Verdict
-from delivery.outbound.smtp_client import Connection, Envelope, Failure, HostSession, TransactionResult, wire_body
+from delivery.outbound.smtp_client import (
+    Connection,
+    Envelope,
+    Failure,
+    HostSession,
+    TransactionResult,
+    os_error_text,
+    peer_text,
+    wire_body,
+)
 from delivery.outcome import Destination, Timeouts, TlsPolicy
 from tests.support.peers import Peer, PeerFactory, SmtpSink
 
@@ -277,10 +288,11 @@ def test_ehlo_5xx_falls_back_to_helo(peers: PeerFactory) -> None:
 
 
 def test_connection_refused_is_network_error(peers: PeerFactory) -> None:
-    failure = open_failure(to(peers.refused()))
+    peer = peers.refused()
+    failure = open_failure(to(peer))
     assert (failure.stage, failure.code, failure.timed_out) == (Stage.CONNECT, None, False)
     assert failure.reason == "network error"
-    assert "refused" in failure.text.lower() or "111" in failure.text
+    assert failure.text == f"connection refused by {peer.host}:{peer.port}"  # not "[Errno 111] Connect call..."
     assert failure.marks_host_down
     assert failure.peer_ip == "127.0.0.1"
 
@@ -706,3 +718,35 @@ def test_a_long_ehlo_reply_is_read_whole_the_extensions_after_its_first_2000_cha
     assert {"8bitmime", "pipelining"} <= extensions
     assert _transactions(peer) == [[b"MAIL", b"RCPT", b"DATA"]]
     assert result.delivered
+
+
+@pytest.mark.parametrize(
+    ("exc", "peer", "text"),
+    [
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 12602)"),
+            "127.0.0.1:12602",
+            "connection refused by 127.0.0.1:12602",
+        ),
+        (
+            ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+            "[::1]:25",
+            "connection reset by [::1]:25",
+        ),
+        (
+            OSError(errno.EHOSTUNREACH, "No route to host"),
+            "127.0.0.9:25",
+            "no route to 127.0.0.9:25 (host unreachable)",
+        ),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "x"), "", "connection refused by the peer"),
+        (OSError(errno.EACCES, "Permission denied"), "127.0.0.1:25", "permission denied (127.0.0.1:25)"),
+        (
+            socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            "",
+            "host name lookup failed: name or service not known",
+        ),
+    ],
+)
+def test_an_os_error_is_said_in_words_not_as_python_text(exc: OSError, peer: str, text: str) -> None:
+    assert os_error_text(exc, peer) == text
+    assert peer_text("2001:db8::1", 25) == "[2001:db8::1]:25" and peer_text("127.0.0.1", 25) == "127.0.0.1:25"
