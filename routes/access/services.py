@@ -13,7 +13,7 @@ the change within `ESAROUTES_SMTP_ACCESS_REFRESH` seconds (it fingerprints the t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TypeVar
 
 from django import forms
 from django.contrib.auth.hashers import make_password
@@ -25,6 +25,7 @@ from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUse
 
 MIN_PASSWORD_LENGTH = 10
 AccessRow = RecipientAccessRule | RelayNetwork | SmtpUser
+Row = TypeVar("Row", RecipientAccessRule, RelayNetwork, SmtpUser)
 
 
 class AccessInvalid(ValueError):
@@ -65,16 +66,9 @@ def rat_save(
     actor: audit.Actor, domain: str, action: str, comment: str = "", *, pk: int | None = None
 ) -> RecipientAccessRule:
     """Add or change the rule for a domain (exact, `.partial` or `ALL`); with `pk`, change that rule (renaming it)."""
-    if pk is None:
-        stored = normalize_rat_domain(domain)
-        rule = RecipientAccessRule.objects.select_for_update().filter(domain=stored).first() or RecipientAccessRule()
-    else:
-        rule = RecipientAccessRule.objects.select_for_update().get(pk=pk)
-    before = audit.describe(rule) if rule.pk else None
-    rule.domain, rule.action, rule.comment = domain, action, comment
-    _save(rule)
-    _audit_save(actor, rule, before, audit.describe(rule))
-    return rule
+    key = {} if pk is not None else {"domain": normalize_rat_domain(domain)}  # with pk, the model's rules judge it
+    rule = _locked(RecipientAccessRule, pk, **key)
+    return _write(actor, rule, {"domain": domain, "action": action, "comment": comment})
 
 
 def rat_delete(actor: audit.Actor, pk: int) -> None:
@@ -84,12 +78,7 @@ def rat_delete(actor: audit.Actor, pk: int) -> None:
 @transaction.atomic
 def relay_save(actor: audit.Actor, network: str, comment: str = "", *, pk: int | None = None) -> RelayNetwork:
     """Add a relay network, or with `pk` change that one (its comment, or the network itself)."""
-    relay = RelayNetwork() if pk is None else RelayNetwork.objects.select_for_update().get(pk=pk)
-    before = audit.describe(relay) if relay.pk else None
-    relay.network, relay.comment = network, comment
-    _save(relay)
-    _audit_save(actor, relay, before, audit.describe(relay))
-    return relay
+    return _write(actor, _locked(RelayNetwork, pk), {"network": network, "comment": comment})
 
 
 def relay_delete(actor: audit.Actor, pk: int) -> None:
@@ -102,29 +91,50 @@ def user_save(
 ) -> SmtpUser:
     """Add a user, or change one's password (None keeps it) and active flag; with `pk`, change that user
     (renaming it). The password is stored hashed."""
-    if pk is None:
-        user = SmtpUser.objects.select_for_update().filter(username=username.strip()).first() or SmtpUser()
-    else:
-        user = SmtpUser.objects.select_for_update().get(pk=pk)
-    before = audit.describe(user) if user.pk else None
+    user = _locked(SmtpUser, pk, username=username.strip())
     problems = password_errors(password, new=user.pk is None)
-    user.username, user.is_active = username, is_active
     if password and not problems:
         user.password = make_password(password)
-    _save(user, extra={"password": problems} if problems else None)
-    _audit_save(actor, user, before, {**audit.describe(user), **({"password": "(changed)"} if password else {})})
-    return user
+    return _write(
+        actor,
+        user,
+        {"username": username, "is_active": is_active},
+        errors={"password": problems} if problems else None,
+        password_changed=bool(password),
+    )
 
 
 def user_delete(actor: audit.Actor, pk: int) -> None:
     _delete(actor, SmtpUser, pk)
 
 
-def _audit_save(actor: audit.Actor, obj: AccessRow, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
-    """The audit entry of a save: a creation, or a change; none when the save changed nothing."""
+def _locked(model: type[Row], pk: int | None, **natural_key: str) -> Row:
+    """The row a save writes, locked: the one `pk` names, else the one with this natural key, else a new one."""
+    rows = model._default_manager.select_for_update()
+    if pk is not None:
+        return rows.get(pk=pk)
+    return (rows.filter(**natural_key).first() if natural_key else None) or model()
+
+
+def _write(
+    actor: audit.Actor,
+    row: Row,
+    fields: Mapping[str, object],
+    *,
+    errors: Mapping[str, Sequence[str]] | None = None,
+    password_changed: bool = False,
+) -> Row:
+    """Set `fields` on the row, check and save it (`errors` found before: refused with the model's own), and
+    audit a creation or a change; no entry when the save changed nothing."""
+    before = audit.describe(row) if row.pk else None
+    for name, value in fields.items():
+        setattr(row, name, value)
+    _save(row, extra=errors)
+    after = {**audit.describe(row), **({"password": "(changed)"} if password_changed else {})}
     if after != before:
         action = AuditEntry.Action.UPDATE if before else AuditEntry.Action.CREATE
-        audit.record_change(actor, action, obj, before=before, after=after)
+        audit.record_change(actor, action, row, before=before, after=after)
+    return row
 
 
 @transaction.atomic

@@ -22,6 +22,7 @@ from esaroutes.types import AuthedHtmxRequest
 from routes.access import forms, services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
+View = Callable[..., HttpResponse]
 TEMPLATE = "routes/access_list.html"
 can_view = permission_required("routes.view_recipientaccessrule", raise_exception=True)
 can_change_rat = permission_required("routes.change_recipientaccessrule", raise_exception=True)
@@ -47,58 +48,59 @@ def access_list(request: AuthedHtmxRequest) -> HttpResponse:
     return render(request, TEMPLATE, _context())
 
 
-@require_POST
-@can_change_rat
-def rat_save(request: AuthedHtmxRequest) -> HttpResponse:
-    return _write(
-        request,
-        forms.RatForm(request.POST),
-        "access-rat",
-        "rat_form",
-        lambda data: services.rat_save(request.user, data["domain"], data["action"], data["comment"]),
-    )
+def _table_views(
+    partial: str,
+    form_name: str,
+    form_class: type[django_forms.Form],
+    can_change: Callable[[View], View],
+    write: Callable[[Any, dict[str, Any]], object],
+    delete: Callable[[Any, int], None],
+    model: type[services.AccessRow],
+) -> tuple[View, View]:
+    """A table's save and delete views: each answers the table's partial (`partial`, its root id)."""
+
+    @require_POST
+    @can_change
+    def save(request: AuthedHtmxRequest) -> HttpResponse:
+        return _write(request, form_class(request.POST), partial, form_name, lambda data: write(request.user, data))
+
+    @require_POST
+    @can_change
+    def remove(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+        if model._default_manager.filter(pk=pk).exists():  # gone already: nothing to do
+            delete(request.user, pk)
+        return htmx.render(request, TEMPLATE, partial, _context())
+
+    return save, remove
 
 
-@require_POST
-@can_change_rat
-def rat_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    return _delete(request, RecipientAccessRule, pk, "access-rat", services.rat_delete)
-
-
-@require_POST
-@can_change_relay
-def relay_add(request: AuthedHtmxRequest) -> HttpResponse:
-    return _write(
-        request,
-        forms.RelayForm(request.POST),
-        "access-relay",
-        "relay_form",
-        lambda data: services.relay_save(request.user, data["network"], data["comment"]),
-    )
-
-
-@require_POST
-@can_change_relay
-def relay_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    return _delete(request, RelayNetwork, pk, "access-relay", services.relay_delete)
-
-
-@require_POST
-@can_change_users
-def user_save(request: AuthedHtmxRequest) -> HttpResponse:
-    return _write(
-        request,
-        forms.SmtpUserForm(request.POST),
-        "access-users",
-        "user_form",
-        lambda data: services.user_save(request.user, data["username"], data["password"] or None, data["is_active"]),
-    )
-
-
-@require_POST
-@can_change_users
-def user_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
-    return _delete(request, SmtpUser, pk, "access-users", services.user_delete)
+rat_save, rat_delete = _table_views(
+    "access-rat",
+    "rat_form",
+    forms.RatForm,
+    can_change_rat,
+    lambda user, data: services.rat_save(user, data["domain"], data["action"], data["comment"]),
+    services.rat_delete,
+    RecipientAccessRule,
+)
+relay_add, relay_delete = _table_views(
+    "access-relay",
+    "relay_form",
+    forms.RelayForm,
+    can_change_relay,
+    lambda user, data: services.relay_save(user, data["network"], data["comment"]),
+    services.relay_delete,
+    RelayNetwork,
+)
+user_save, user_delete = _table_views(
+    "access-users",
+    "user_form",
+    forms.SmtpUserForm,
+    can_change_users,
+    lambda user, data: services.user_save(user, data["username"], data["password"] or None, data["is_active"]),
+    services.user_delete,
+    SmtpUser,
+)
 
 
 def _write(
@@ -118,16 +120,3 @@ def _write(
         else:
             return htmx.render(request, TEMPLATE, partial, _context())
     return htmx.render(request, TEMPLATE, partial, _context(**{form_name: form}), status=422)
-
-
-def _delete(
-    request: AuthedHtmxRequest,
-    model: type[services.AccessRow],
-    pk: int,
-    partial: str,
-    delete: Callable[[Any, int], None],
-) -> HttpResponse:
-    """Delete the row (gone already: nothing to do) and answer the table's partial."""
-    if model._default_manager.filter(pk=pk).exists():
-        delete(request.user, pk)
-    return htmx.render(request, TEMPLATE, partial, _context())
