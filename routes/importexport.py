@@ -213,3 +213,72 @@ def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: dateti
     ]
     lines += [f"{domain.ljust(width)}  {canonical(destination)}" for domain, destination in ordered]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Differences a person reads (the import preview, the audit log)
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """One host of a route, before and after: `kind` is added, removed or changed (port, priority, [brackets])."""
+
+    kind: str
+    host: str  # as people read it: Unicode, `[name]` for A/AAAA only
+    before: str  # `host:port/pri=N`, "" when added
+    after: str  # "" when removed
+
+
+def host_text(spec: domains.HostSpec) -> str:
+    """`mx.bücher.example:25/pri=0`, `[relay.example.net]:2525/pri=10`, `[2001:db8::1]:25/pri=0`: every part shown."""
+    return f"{_host_name(spec)}:{spec.port}/pri={spec.priority}"
+
+
+def _host_name(spec: domains.HostSpec) -> str:
+    ip = spec.ip
+    if ip is not None:
+        return f"[{spec.host}]" if ip.version == 6 else spec.host
+    name = domains.display_domain(spec.host)
+    return f"[{name}]" if spec.a_only else name
+
+
+def destination_changes(before: domains.Destination | None, after: domains.Destination | None) -> list[HostChange]:
+    """Host by host, what turns `before` into `after` (None: the route does not exist on that side).
+
+    A route lists each host once (`domains.route_problems`), so hosts are matched by name or address; a special
+    destination (USEDNS, /dev/null) counts as one host of its own. Empty when only the order of the hosts differs.
+    """
+    old = _by_host(before)
+    new = _by_host(after)
+    changes: list[HostChange] = []
+    for key, (label, text) in new.items():
+        if key not in old:
+            changes.append(HostChange("added", label, "", text))
+        elif old[key][1] != text:
+            changes.append(HostChange("changed", label, old[key][1], text))
+    changes += [HostChange("removed", label, text, "") for key, (label, text) in old.items() if key not in new]
+    return changes
+
+
+def _by_host(destination: domains.Destination | None) -> dict[str, tuple[str, str]]:
+    if destination is None:
+        return {}
+    if isinstance(destination, domains.Special):
+        return {destination.value: (destination.value, destination.value)}
+    return {spec.host: (_host_name(spec), host_text(spec)) for spec in destination}
+
+
+def default_route_warning(current: domains.Destination | None, incoming: domains.Destination | None) -> str:
+    """In words, what an import does to the default route (`ALL`), or "" when it leaves it as it is."""
+    if incoming is None:
+        if current is None:
+            return ""
+        return "The file removes the ALL route: mail for domains without a route will be delivered by their MX records."
+    if current is not None and canonical(current) == canonical(incoming):
+        return ""
+    verb = "adds" if current is None else "changes"
+    if isinstance(incoming, domains.Special):
+        where = "be accepted and dropped (/dev/null)" if incoming is domains.Special.DEVNULL else "go by MX records"
+    else:
+        where = "go to " + ", ".join(host_text(spec) for spec in incoming)
+    return f"The file {verb} the ALL route: all mail for domains without a route will {where}."

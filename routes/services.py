@@ -13,7 +13,7 @@ Outgoing SMTP AUTH profiles, which routes use, are written by `routes.auth_profi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -61,6 +61,8 @@ class ImportSummary:
     removed: tuple[str, ...]
     unchanged: int
     version: int = 0
+    hosts: Mapping[str, list[importexport.HostChange]] = field(default_factory=dict)  # the preview's, per route
+    default_warning: str = ""  # the preview's: what the file does to the ALL route, in words
 
     @property
     def is_empty(self) -> bool:
@@ -221,15 +223,26 @@ def routes_import(
     return summary
 
 
+PREVIEW_ROUTES = 500  # routes of each kind the import preview details host by host
+
+
 def import_preview(incoming: Mapping[str, importexport.FrozenDestination], mode: ImportMode) -> ImportSummary:
-    """What `routes_import` would do now, without doing it."""
-    plan = importexport.diff(current_destinations(), incoming)
+    """What `routes_import` would do now, without doing it: the routes, each one's hosts before and after, and
+    a warning in words when the default route (`ALL`) is added, changed or removed."""
+    current = current_destinations()
+    plan = importexport.diff(current, incoming)
+    removed = plan.removed if mode == "replace" else ()
+    shown = [*plan.added[:PREVIEW_ROUTES], *plan.changed[:PREVIEW_ROUTES], *removed[:PREVIEW_ROUTES]]
+    all_route = domains.DEFAULT_ROUTE
+    kept = None if mode == "replace" else current.get(all_route)  # merge never removes a route
     return ImportSummary(
         mode=mode,
         added=plan.added,
         changed=plan.changed,
-        removed=plan.removed if mode == "replace" else (),
+        removed=removed,
         unchanged=plan.unchanged,
+        hosts={d: importexport.destination_changes(current.get(d), incoming.get(d)) for d in shown},
+        default_warning=importexport.default_route_warning(current.get(all_route), incoming.get(all_route, kept)),
     )
 
 

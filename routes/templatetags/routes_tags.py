@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django import template
 
-from routes import domains
+from routes import domains, importexport
 from routes.models import DestinationHost
+
+if TYPE_CHECKING:
+    from routes.services import ImportSummary
 
 register = template.Library()
 
@@ -33,3 +38,9 @@ def host_label(host: DestinationHost | domains.HostSpec) -> str:
     else:
         text = f"[{host.host}]" if ip.version == 6 and host.port != domains.DEFAULT_PORT else host.host
     return text if host.port == domains.DEFAULT_PORT else f"{text}:{host.port}"
+
+
+@register.filter
+def host_changes(preview: ImportSummary, domain: str) -> list[importexport.HostChange]:
+    """The import preview's host-by-host changes of one route."""
+    return list(preview.hosts.get(domain, []))

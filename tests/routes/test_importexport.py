@@ -237,3 +237,47 @@ def test_a_domain_longer_than_the_column_still_gets_two_spaces():
     assert f"{long_domain}  /dev/null\n" in text
     assert f"b.example{' ' * 33}/dev/null\n" in text
     assert importexport.parse(text).ok
+
+
+def test_destination_changes_host_by_host():
+    before = domains.parse_hosts("a.example, [b.example]:2525/pri=5, c.example, 2001:db8::1")
+    after = domains.parse_hosts("c.example, a.example/pri=10, b.example:2525/pri=5, xn--bcher-kva.example")
+    assert importexport.destination_changes(before, after) == [
+        importexport.HostChange("changed", "a.example", "a.example:25/pri=0", "a.example:25/pri=10"),
+        importexport.HostChange("changed", "b.example", "[b.example]:2525/pri=5", "b.example:2525/pri=5"),
+        importexport.HostChange("added", "bücher.example", "", "bücher.example:25/pri=0"),
+        importexport.HostChange("removed", "[2001:db8::1]", "[2001:db8::1]:25/pri=0", ""),
+    ]
+    assert isinstance(before, list)
+    assert importexport.destination_changes(before, list(reversed(before))) == []
+    assert importexport.destination_changes(None, Special.DEVNULL) == [
+        importexport.HostChange("added", "/dev/null", "", "/dev/null")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("current", "incoming", "warning"),
+    [
+        (None, None, ""),
+        ("mx.example", "mx.example", ""),
+        (
+            None,
+            "mx.example",
+            "The file adds the ALL route: all mail for domains without a route will go to mx.example:25/pri=0.",
+        ),
+        (
+            "mx.example",
+            "/dev/null",
+            "The file changes the ALL route: all mail for domains without a route will be "
+            "accepted and dropped (/dev/null).",
+        ),
+        (
+            "mx.example",
+            None,
+            "The file removes the ALL route: mail for domains without a route will be delivered by their MX records.",
+        ),
+    ],
+)
+def test_default_route_warning_in_words(current, incoming, warning):
+    parse = lambda text: None if text is None else domains.parse_hosts(text)  # noqa: E731
+    assert importexport.default_route_warning(parse(current), parse(incoming)) == warning

@@ -214,6 +214,36 @@ def test_import_previews_then_applies_on_confirmation(client_alice):
     assert entry.before == {"change.example": "old.example.net", "gone.example": "mx.gone.example"}
 
 
+def test_import_preview_lists_each_route_host_by_host_and_warns_about_all(client_alice):
+    make_route("xn--bcher-kva.example", "a.example.net, b.example.net:2525/pri=5, gone.example.net")
+    make_route("ALL", "smarthost.example.net")
+    text = (
+        "xn--bcher-kva.example a.example.net/pri=10, b.example.net:2526/pri=5, new.example.net\n"
+        "ALL relay1.example.net:587, relay2.example.net/pri=10\n"
+    )
+    body = _upload(client_alice, text).content.decode()
+    route = body[body.index("bücher.example") : body.index("ALL (all other domains)")]
+    assert (
+        "<td>a.example.net</td><td>changed</td><td>a.example.net:25/pri=0</td><td>a.example.net:25/pri=10</td>" in route
+    )
+    assert "<td>b.example.net:2525/pri=5</td><td>b.example.net:2526/pri=5</td>" in route
+    assert "<td>new.example.net</td><td>added</td><td>—</td><td>new.example.net:25/pri=0</td>" in route
+    assert "<td>gone.example.net</td><td>removed</td><td>gone.example.net:25/pri=0</td><td>—</td>" in route
+    warning = body[body.index('id="default-route-warning"') :]
+    assert warning.index(
+        "The file changes the ALL route: all mail for domains without a route will go to "
+        "relay1.example.net:587/pri=0, relay2.example.net:25/pri=10."
+    ) < warning.index("</p>")
+    assert Route.objects.get(domain="ALL").hosts.get().host == "smarthost.example.net"  # nothing written
+
+
+def test_import_preview_says_one_problem_in_the_singular(client_alice):
+    one = _upload(client_alice, "bad_domain mx.example\n").content.decode()
+    assert "Correct this problem and upload" in one and "these 1" not in one
+    two = _upload(client_alice, "bad_domain mx.example\nx.example mx:99999\n").content.decode()
+    assert "Correct these 2 problems and upload" in two
+
+
 def test_import_merge_removes_nothing(client_alice):
     make_route("keep.example", "mx.keep.example")
     body = _upload(client_alice, "new.example mx.new.example\n", mode="merge").content.decode()
