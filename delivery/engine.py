@@ -169,6 +169,34 @@ def connection_error_reason(stage: Stage, code: int | None, *, timed_out: bool =
     return NETWORK_ERROR
 
 
+CLOSED_BY_PEER = "closed by the peer"
+CLOSE_TIMED_OUT = "timed out"
+
+
+def close_reason(code: int | None, *, timed_out: bool = False, stage: Stage | None = None) -> str:
+    """Why a delivery connection ended when it was not our QUIT, for ``DCID n close (...)``; "" for our own close.
+
+    A timeout is ours ("timed out"); no reply at all (end of file, reset) or a 421 (RFC 5321: the service is
+    closing the channel) is the peer's; a TLS handshake that failed, or a refusal we answered by dropping the
+    connection, is our close.
+    """
+    if timed_out:
+        return CLOSE_TIMED_OUT
+    if (code is None and stage is not Stage.TLS) or code == 421:
+        return CLOSED_BY_PEER
+    return ""
+
+
+def possible_delivery_verdict(*, count_delivered: bool) -> Verdict:
+    """The connection was lost after the final dot went out and before its reply: the peer may have the message.
+
+    Sending it again to the next host (the default; RFC 5321 §6.1 prefers a duplicate to a loss) is NEXT_HOST;
+    the bounce profile's "count as delivered" (the ESA's "Possible Delivery" switch) is DELIVERED, which loses
+    the message if the peer had not taken it.
+    """
+    return Verdict.DELIVERED if count_delivered else Verdict.NEXT_HOST
+
+
 # --- schedules --------------------------------------------------------------------------------------------
 
 

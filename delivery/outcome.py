@@ -43,6 +43,7 @@ class Destination:
     auth: tuple[str, str] | None = field(default=None, repr=False)  # (username, password), after STARTTLS
     timeouts: Timeouts = Timeouts()
     defer_on_4xx: bool = False  # a 4xx after MAIL FROM keeps the recipients queued instead of trying the next host
+    count_possible_delivery: bool = False  # lost after the final dot: count delivered instead of sending again
     max_messages: int = 50  # per connection
     ca_file: str | None = None  # trust anchors for REQUIRED_VERIFY; None = the system store
     source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice

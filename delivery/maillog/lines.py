@@ -166,24 +166,42 @@ def tls_required_failed(dcid: int, address: str) -> Line:
     )
 
 
-def delivery_start(dcid: int, mid: int, rids: Iterable[int]) -> Line:
-    return Line(f"Delivery start DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid)
+def delivery_start(dcid: int, mid: int, rids: Iterable[int], *, domain: str = "", host: str = "") -> Line:
+    return Line(
+        f"Delivery start DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid, domain=domain, host=host
+    )
 
 
-def message_done(dcid: int, mid: int, rids: Iterable[int]) -> Line:
-    return Line(f"Message done DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid)
+def message_done(dcid: int, mid: int, rids: Iterable[int], *, domain: str = "", host: str = "") -> Line:
+    return Line(
+        f"Message done DCID {dcid} MID {mid} to RID {rid_list(rids)}", mid=mid, dcid=dcid, domain=domain, host=host
+    )
 
 
-def response(mid: int, rids: Iterable[int], text: str) -> Line:
-    return Line(f"MID {mid} RID {rid_list(rids)} Response {quote(text)}", mid=mid)
+def response(mid: int, rids: Iterable[int], text: str, *, domain: str = "", host: str = "") -> Line:
+    return Line(f"MID {mid} RID {rid_list(rids)} Response {quote(text)}", mid=mid, domain=domain, host=host)
+
+
+def possible_delivery(dcid: int, mid: int, rids: Iterable[int], *, domain: str = "", host: str = "") -> Line:
+    """The connection was lost after the final dot went out and before its reply: the peer may have the message.
+    What happened next follows: `Message done` (counted delivered) or `Delayed:` (sent again to the next host)."""
+    return Line(
+        f"Possible Delivery: DCID {dcid} MID {mid} to RID {rid_list(rids)}",
+        mid=mid,
+        dcid=dcid,
+        domain=domain,
+        host=host,
+    )
 
 
 def message_finished(mid: int, how: str = "done") -> Line:
     return Line(f"Message finished MID {mid} {how}", mid=mid)
 
 
-def dcid_close(dcid: int) -> Line:
-    return Line(f"DCID {dcid} close", dcid=dcid)
+def dcid_close(dcid: int, why: str = "") -> Line:
+    """`DCID 7 close`; a connection the peer closed or that timed out says so (`why`, from
+    `engine.close_reason()`): `DCID 7 close (timed out)`."""
+    return Line(f"DCID {dcid} close ({why})" if why else f"DCID {dcid} close", dcid=dcid)
 
 
 def connection_error(
@@ -198,7 +216,12 @@ def connection_error(
     )
 
 
-def _outcome(
+#: The two recipient outcomes that carry a reply: a soft bounce (4xx, no reply, waiting or moving on) and a hard one.
+DELAYED = "Delayed"
+BOUNCED = "Bounced"
+
+
+def rcpt_outcome(
     kind: str,
     dcid: int,
     mid: int,
@@ -209,45 +232,23 @@ def _outcome(
     phrase: str,
     code: int | None,
     reply: str,
-) -> str:
-    return (
+    *,
+    domain: str = "",
+    host: str = "",
+) -> Line:
+    """`Delayed: DCID 1 MID 1 From: <s> To: <r> RID 0 - 4.3.1 - Mail system full ('452', ['4.3.1 ...'])`, or
+    `Bounced: ...` in the same shape (`kind` is DELAYED or BOUNCED). Every line of a multi-line reply is in the
+    tuple; `'000'` when there was no reply."""
+    if kind not in (DELAYED, BOUNCED):
+        raise ValueError(f"not a recipient outcome: {kind!r}")
+    return Line(
         f"{kind}: DCID {dcid} MID {mid} From: <{clean(sender)}> To: <{clean(recipient)}> RID {rid} - "
-        f"{status} - {phrase} {reply_tuple(code, reply)}"
+        f"{status} - {phrase} {reply_tuple(code, reply)}",
+        mid=mid,
+        dcid=dcid,
+        domain=domain,
+        host=host,
     )
-
-
-def delayed(
-    dcid: int,
-    mid: int,
-    sender: str,
-    recipient: str,
-    rid: int,
-    status: str,
-    phrase: str,
-    code: int | None,
-    reply: str,
-    *,
-    domain: str = "",
-) -> Line:
-    text = _outcome("Delayed", dcid, mid, sender, recipient, rid, status, phrase, code, reply)
-    return Line(text, mid=mid, dcid=dcid, domain=domain)
-
-
-def bounced(
-    dcid: int,
-    mid: int,
-    sender: str,
-    recipient: str,
-    rid: int,
-    status: str,
-    phrase: str,
-    code: int | None,
-    reply: str,
-    *,
-    domain: str = "",
-) -> Line:
-    text = _outcome("Bounced", dcid, mid, sender, recipient, rid, status, phrase, code, reply)
-    return Line(text, mid=mid, dcid=dcid, domain=domain)
 
 
 def recorded_without_details(mid: int, error: str) -> Line:

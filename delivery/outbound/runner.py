@@ -50,9 +50,14 @@ Emit = Callable[[outcome.Report], None]
 
 #: A verdict that ends this attempt for the recipient: its state, the attempt's outcome, its mail-log line.
 _FINAL = {
-    Verdict.BOUNCE: ("bounced", DeliveryAttempt.Outcome.BOUNCED, maillog.lines.bounced),
-    Verdict.DEFER: ("delayed", DeliveryAttempt.Outcome.DELAYED, maillog.lines.delayed),
+    Verdict.BOUNCE: ("bounced", DeliveryAttempt.Outcome.BOUNCED, maillog.lines.BOUNCED),
+    Verdict.DEFER: ("delayed", DeliveryAttempt.Outcome.DELAYED, maillog.lines.DELAYED),
 }
+
+
+def _now(line: maillog.lines.Line) -> maillog.lines.Line:
+    """The line stamped with the moment it happened (the recording commit comes later)."""
+    return replace(line, at=timezone.now())
 
 
 class _Stopped(Exception):
@@ -75,6 +80,7 @@ class _Last:
     text: str = "no host could be tried"
     host: str = ""
     ip: str = ""
+    logged: bool = False  # a Delayed: line already says it (a reply in a transaction), none is due at the end
 
 
 class Runner:
@@ -230,18 +236,24 @@ class Runner:
                 info = last.get((job.mid, r.rid), _Last())
                 status, phrase = engine.enhanced_status(info.code, info.text)
                 report.finals.append(outcome.Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
+                if info.logged:
+                    continue
                 report.lines.append(
-                    maillog.lines.delayed(
-                        info.dcid,
-                        job.mid,
-                        job.sender,
-                        r.address,
-                        r.rid,
-                        status,
-                        phrase,
-                        info.code,
-                        info.text,
-                        domain=r.domain,
+                    _now(
+                        maillog.lines.rcpt_outcome(
+                            maillog.lines.DELAYED,
+                            info.dcid,
+                            job.mid,
+                            job.sender,
+                            r.address,
+                            r.rid,
+                            status,
+                            phrase,
+                            info.code,
+                            info.text,
+                            domain=r.domain,
+                            host=info.host,
+                        )
                     )
                 )
         if report:
@@ -255,16 +267,26 @@ class Runner:
         rcpts: list[outcome.Rcpt],
         last: dict[tuple[int, int], _Last],
     ) -> tuple[outcome.Report, list[outcome.Rcpt], bool]:
-        """One message over one open connection: (report, recipients for the next host, connection broke)."""
+        """One message over one open connection: (report, recipients for the next host, connection broke).
+
+        The report's lines tell every outcome as it happened: `Delivery start`, then a `Delayed:` line for each
+        recipient sent on to the next host or back to its retry (a 4xx, or no reply), `Bounced:` for each hard
+        bounce, `Possible Delivery:` when the connection was lost after the final dot, `Message done` and
+        `Response` for the recipients delivered, and the `Connection Error` of a connection that broke.
+        """
         session, dcid = pooled.session, pooled.dcid
         host = session.destination.host
         ip = session.connection.peer_ip if session.connection else ""
         by_rid = {r.rid: r for r in rcpts}
+        domains = {r.domain for r in rcpts}
+        where = {"domain": domains.pop() if len(domains) == 1 else "", "host": host.address}
         envelope = smtp_client.Envelope(job.mid, job.sender, tuple((r.rid, r.address) for r in rcpts), job.body)
-        report = outcome.Report(lines=[maillog.lines.delivery_start(dcid, job.mid, by_rid)])
+        report = outcome.Report(lines=[_now(maillog.lines.delivery_start(dcid, job.mid, by_rid, **where))])
         result = await session.send(envelope)
+        at = timezone.now()
         carried: list[outcome.Rcpt] = []
         delivered: list[int] = []
+        lines: list[maillog.lines.Line] = []
         for o in result.outcomes:
             r = by_rid[o.rid]
             status, phrase = o.status
@@ -272,22 +294,50 @@ class Runner:
                 delivered.append(o.rid)
                 report.finals.append(outcome.Final(job.mid, o.rid, "delivered", o.code, o.text, host.address, status))
                 kind = DeliveryAttempt.Outcome.DELIVERED
+                line_kind = ""
             elif o.verdict in _FINAL:
-                state, kind, line = _FINAL[o.verdict]
+                state, kind, line_kind = _FINAL[o.verdict]
                 report.finals.append(outcome.Final(job.mid, o.rid, state, o.code, o.text, host.address, status))
-                report.lines.append(
-                    line(dcid, job.mid, job.sender, r.address, o.rid, status, phrase, o.code, o.text, domain=r.domain)
-                )
+                line_kind = line_kind
             else:
                 carried.append(r)
-                last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address)
+                last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address, ip, logged=True)
                 kind = DeliveryAttempt.Outcome.NEXT_HOST
+                line_kind = maillog.lines.DELAYED
+            if line_kind:
+                lines.append(
+                    maillog.lines.rcpt_outcome(
+                        line_kind,
+                        dcid,
+                        job.mid,
+                        job.sender,
+                        r.address,
+                        o.rid,
+                        status,
+                        phrase,
+                        o.code,
+                        o.text,
+                        domain=r.domain,
+                        host=host.address,
+                    )
+                )
             report.attempts.append(
                 outcome.Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, kind)
             )
+        if result.possible_rids:
+            lines.insert(0, maillog.lines.possible_delivery(dcid, job.mid, result.possible_rids, **where))
+            logger.warning(
+                "DCID %s MID %s: connection lost after the final dot; %s",
+                dcid,
+                job.mid,
+                "counted delivered"
+                if session.destination.count_possible_delivery
+                else "sending again to the next host",
+            )
         if delivered:
-            report.lines.append(maillog.lines.message_done(dcid, job.mid, delivered))
-            report.lines.append(maillog.lines.response(job.mid, delivered, result.data_reply))
+            lines.append(maillog.lines.message_done(dcid, job.mid, delivered, **where))
+            if result.data_reply or not result.possible_rids:
+                lines.append(maillog.lines.response(job.mid, delivered, result.data_reply, **where))
         failure = result.failure
         report.host_events.append(
             outcome.HostEvent(
@@ -301,7 +351,7 @@ class Runner:
             )
         )
         if failure is not None:
-            report.lines.append(
+            lines.append(
                 maillog.lines.connection_error(
                     dcid,
                     group.domain,
@@ -312,10 +362,7 @@ class Runner:
                     failure.reason,
                 )
             )
-            if result.possible_delivery:
-                logger.warning(
-                    "DCID %s MID %s: connection lost after the final dot; sending again to the next host", dcid, job.mid
-                )
+        report.lines += [replace(line, at=at) for line in lines]
         return report, carried, failure is not None
 
     # --- the pool --------------------------------------------------------------------------------------------
@@ -351,13 +398,21 @@ class Runner:
         host = destination.host
         if isinstance(opened, smtp_client.Failure):
             ip = opened.peer_ip or host.address
-            carry.lines.append(
+            connected = opened.stage is not engine.Stage.CONNECT  # TCP was up: a connection that opened and ended
+            failed = [
                 maillog.lines.connection_error(
                     dcid, group.domain, ip, host.port, _details(opened), group.interface, opened.reason
                 )
-            )
+            ]
             if opened.tls_required:
-                carry.lines.append(maillog.lines.tls_required_failed(dcid, ip))
+                failed.append(maillog.lines.tls_required_failed(dcid, ip))
+            if connected:
+                new = maillog.lines.new_dcid(
+                    dcid, group.interface, ip, host.port, domain=group.domain, host=host.address
+                )
+                why = engine.close_reason(opened.code, timed_out=opened.timed_out, stage=opened.stage)
+                failed = [new, *failed, maillog.lines.dcid_close(dcid, why)]
+            carry.lines += [_now(line) for line in failed]
             carry.host_events.append(
                 outcome.HostEvent(
                     host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
@@ -365,12 +420,14 @@ class Runner:
             )
             return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip)
         carry.lines.append(
-            maillog.lines.new_dcid(
-                dcid, group.interface, opened.peer_ip, host.port, domain=group.domain, host=host.address
+            _now(
+                maillog.lines.new_dcid(
+                    dcid, group.interface, opened.peer_ip, host.port, domain=group.domain, host=host.address
+                )
             )
         )
         if opened.tls_protocol:
-            carry.lines.append(maillog.lines.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or ""))
+            carry.lines.append(_now(maillog.lines.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or "")))
         carry.host_events.append(outcome.HostEvent(host.address, host.port, ok=True))
         self._open[host.key] += 1
         return _Pooled(session, dcid)
@@ -380,15 +437,18 @@ class Runner:
             pooled.idle_since = time.monotonic()
             self._pool.setdefault(destination, []).append(pooled)
             return
+        why = pooled.session.close_reason()
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
-        carry.lines.append(maillog.lines.dcid_close(pooled.dcid))
+        carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, why)))
 
     async def _close(self, pooled: _Pooled) -> None:
+        why = pooled.session.close_reason()  # an idle connection the peer closed says so
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _write_lines, [maillog.lines.dcid_close(pooled.dcid)])
+        line = _now(maillog.lines.dcid_close(pooled.dcid, why))
+        await loop.run_in_executor(self._executor, _write_lines, [line])
 
     async def _reaper(self) -> None:
         while True:

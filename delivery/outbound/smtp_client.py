@@ -25,8 +25,9 @@ Decisions worth knowing (details in the docstrings):
   would read as the peer's (a made-up 500 once bounced mail no peer had refused).
 * DATA is split in two: the DATA command, then the body and the final dot written on the protocol. A
   connection lost (or a timeout) after the dot went out and before the reply is *possible delivery*: the
-  recipients go to the next host (a possible duplicate, never a lost message) and the result says
-  ``possible_delivery=True`` so the caller can log it distinctly.
+  recipients go to the next host (a possible duplicate, never a lost message), or, when the destination says
+  ``count_possible_delivery``, count as delivered (`engine.possible_delivery_verdict`); the result names them
+  (``possible_rids``) so the caller logs ``Possible Delivery:``.
 * A 250 to the dot is delivery: QUIT happens later, in :meth:`HostSession.close`, under suppress.
 * PIPELINING (RFC 2920) when the peer offers it: MAIL, every RCPT and DATA go in one write and their replies
   are read in order, so a message costs two round trips instead of three or more, and a host that refuses
@@ -131,12 +132,16 @@ class TransactionResult:
     mid: int
     outcomes: tuple[RecipientOutcome, ...]  # one per recipient of the envelope, in envelope order
     failure: Failure | None = None  # the connection broke during this transaction (the session is now closed)
-    possible_delivery: bool = False  # lost after the final dot was sent, before its reply (see module doc)
+    possible_rids: tuple[int, ...] = ()  # lost after the final dot was sent, before its reply (see module doc)
     data_reply: str = ""  # text of the 250 to the dot, for the "Response" line
 
     def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
         if len(self.data_reply) > TEXT_LIMIT:
             object.__setattr__(self, "data_reply", safe_text(self.data_reply))
+
+    @property
+    def possible_delivery(self) -> bool:
+        return bool(self.possible_rids)
 
     def having(self, verdict: Verdict) -> tuple[RecipientOutcome, ...]:
         return tuple(o for o in self.outcomes if o.verdict is verdict)
@@ -450,6 +455,7 @@ class HostSession:
         self.connection: Connection | None = None
         self.failure: Failure | None = None
         self.messages_sent = 0
+        self.broken_by: Failure | None = None  # the failure that ended the connection in a transaction
         self._smtp: aiosmtplib.SMTP | None = None
         self._sock: socket.socket | None = None
         self._raw_transport: asyncio.BaseTransport | None = None  # the TCP one, under TLS if any
@@ -468,6 +474,20 @@ class HostSession:
             await self.close()
         else:  # cancelled or a bug: no QUIT, just drop the connection
             self._drop()
+
+    @property
+    def connected(self) -> bool:
+        """The connection is open, as far as we know (False once the peer closed it or we dropped it)."""
+        return self._smtp is not None and self._smtp.is_connected
+
+    def close_reason(self) -> str:
+        """Why the connection is over, if not by our QUIT (see engine.close_reason): for ``DCID n close (...)``."""
+        failure = self.broken_by or self.failure
+        if failure is not None:
+            return engine.close_reason(failure.code, timed_out=failure.timed_out, stage=failure.stage)
+        if self._smtp is not None and not self._smtp.is_connected:
+            return engine.CLOSED_BY_PEER  # closed while idle, or with its reply
+        return ""
 
     @property
     def usable(self) -> bool:
@@ -664,6 +684,7 @@ class HostSession:
         except _TRANSPORT_ERRORS as exc:
             tx.broke(self._failure(tx.stage, _translate(exc, self._peer()), reused=reused))
         if tx.failure is not None or tx.rset_failed:
+            self.broken_by = tx.failure
             self._drop()
         return tx.result()
 
@@ -743,6 +764,7 @@ class _Transaction:
         self.accepted: list[tuple[int, str]] = []
         self.failure: Failure | None = None
         self.dot_sent = False
+        self.possible: list[int] = []  # recipients lost after the final dot (possible delivery)
         self.data_reply = ""
         self.rset_failed = False
 
@@ -905,17 +927,23 @@ class _Transaction:
             self.rset_failed = reply.code != 250
 
     def broke(self, failure: Failure) -> None:
-        """The connection broke (no reply): whoever is still open goes to the next host."""
+        """The connection broke (no reply): whoever is still open goes to the next host, or, lost after the final
+        dot, wherever the destination's possible-delivery choice says."""
         self.failure = failure
+        if self.dot_sent and failure.code is None:
+            verdict = engine.possible_delivery_verdict(count_delivered=self.destination.count_possible_delivery)
+            for rid, address in self.envelope.recipients:
+                if rid not in self.outcomes:
+                    self.possible.append(rid)
+                    self.outcomes[rid] = RecipientOutcome(rid, address, verdict, self.stage, None, failure.text)
         self._all_pending(failure.code, failure.text)
 
     def result(self) -> TransactionResult:
         outcomes = tuple(self.outcomes[rid] for rid, _ in self.envelope.recipients)
-        lost_after_dot = self.dot_sent and self.failure is not None and self.failure.code is None
         return TransactionResult(
             mid=self.envelope.mid,
             outcomes=outcomes,
             failure=self.failure,
-            possible_delivery=lost_after_dot,
+            possible_rids=tuple(self.possible),
             data_reply=self.data_reply,
         )

@@ -103,8 +103,12 @@ def local_final(
         return
     status, phrase = engine.enhanced_status(None, text)
     report.finals.append(outcome.Final(mid, rcpt.rid, state, None, text, dsn_status=status, attempt=counts))
-    build = maillog.lines.bounced if state == Recipient.State.BOUNCED else maillog.lines.delayed
-    report.lines.append(build(0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain))
+    kind = maillog.lines.BOUNCED if state == Recipient.State.BOUNCED else maillog.lines.DELAYED
+    report.lines.append(
+        maillog.lines.rcpt_outcome(
+            kind, 0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain
+        )
+    )
 
 
 def plan(mids: Sequence[int], *, now: datetime) -> Plan:

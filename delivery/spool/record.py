@@ -106,12 +106,32 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
         if healthy:
             transaction.on_commit(functools.partial(_count_healthy, healthy, now), robust=True)
         still_active = {mid for (mid, _), r in by_key.items() if r.state in lease.ACTIVE}
-        lines += finish_messages(mids - still_active, now)
+        lines = _after_their_story(lines, finish_messages(mids - still_active, now))
         maillog.writer.write(lines, at=now)
         generated = _generate_bounces(bounced, profiles, table, now)
         if came_back:
             lease.kick_hosts(came_back, now)
     return generated
+
+
+def _after_their_story(lines: list[maillog.lines.Line], finished: list[maillog.lines.Line]) -> list[maillog.lines.Line]:
+    """Each `Message finished` right after its message's last line, at that line's time: the message finished
+    when its last outcome was known, not when the commit happened (a connection's close may come between)."""
+    if not finished:
+        return lines
+    last = {line.mid: i for i, line in enumerate(lines) if line.mid is not None}
+    after: dict[int, list[maillog.lines.Line]] = defaultdict(list)
+    out = list(lines)
+    tail: list[maillog.lines.Line] = []
+    for line in finished:
+        i = last.get(line.mid) if line.mid is not None else None
+        if i is None:
+            tail.append(line)
+        else:
+            after[i].append(replace(line, at=lines[i].at))
+    for i in sorted(after, reverse=True):
+        out[i + 1 : i + 1] = after[i]
+    return out + tail
 
 
 def record_safely(reports: Sequence[outcome.Report], *, now: datetime | None = None) -> list[int]:

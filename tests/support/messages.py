@@ -100,7 +100,8 @@ def attempt(
                 r.state = Recipient.State.BOUNCED
                 r.finished_at = at
                 lines.append(
-                    maillog.lines.bounced(
+                    maillog.lines.rcpt_outcome(
+                        maillog.lines.BOUNCED,
                         dcid,
                         message.pk,
                         message.sender,
@@ -117,7 +118,8 @@ def attempt(
                 r.state = Recipient.State.DELAYED
                 r.next_attempt_at = at + timedelta(minutes=1)
                 lines.append(
-                    maillog.lines.delayed(
+                    maillog.lines.rcpt_outcome(
+                        maillog.lines.DELAYED,
                         dcid,
                         message.pk,
                         message.sender,

@@ -561,35 +561,49 @@ def _smtp_sink_path() -> str | None:
 
 
 @pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
+def smtp_sink(smtp_sinks: Callable[..., SmtpSink]) -> SmtpSink:
     """Postfix's smtp-sink (accepts and discards everything) on a free loopback port."""
+    return smtp_sinks()
+
+
+@pytest.fixture
+def smtp_sinks() -> Iterator[Callable[..., SmtpSink]]:
+    """Start Postfix smtp-sinks with options of its own, e.g. ``smtp_sinks("-r", "RCPT", "-b", "452 4.3.1 full")``
+    (every RCPT answered with that 4xx), each on its own loopback address and port; all stopped at the end."""
     exe = _smtp_sink_path()
     if exe is None:
         pytest.skip("smtp-sink not installed (Debian: apt-get install postfix)")
-    port = free_port()
-    cmd = [exe, "-c", f"{LOOPBACK}:{port}", "100"]
-    if os.geteuid() == 0:
-        cmd[1:1] = ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*options: str, host: str = LOOPBACK) -> SmtpSink:
+        port = free_port()
+        cmd = [exe, *options, "-c", f"{host}:{port}", "100"]
+        if os.geteuid() == 0:
+            cmd[1:1] = ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(proc)
+        _wait_listening(proc, port, host=host)
+        return SmtpSink(host, port, proc)
+
     try:
-        _wait_listening(proc, port)
-        yield SmtpSink(LOOPBACK, port, proc)
+        yield start
     finally:
-        proc.terminate()
-        proc.wait(timeout=5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        for proc in started:
+            proc.terminate()
+            proc.wait(timeout=5)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 5.0) -> None:
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 5.0, *, host: str = LOOPBACK) -> None:
     """smtp-sink says nothing when it is ready, so try to connect; the pause between tries is a wait on
     the process, which also notices at once if it died."""
     deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout)
     while dt.datetime.now(dt.UTC) < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=1):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.02)
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             pytest.fail(f"smtp-sink exited with {proc.returncode}: {err}")
-    pytest.fail(f"smtp-sink did not listen on {LOOPBACK}:{port} within {timeout} s")
+    pytest.fail(f"smtp-sink did not listen on {host}:{port} within {timeout} s")

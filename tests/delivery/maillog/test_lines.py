@@ -95,16 +95,60 @@ def test_connection_error_cleans_the_details():
     assert (line.dcid, line.domain, line.host) == (7, "d.test", "192.0.2.9")
 
 
-@pytest.mark.parametrize(("build", "kind"), [(lines.delayed, "Delayed"), (lines.bounced, "Bounced")])
-def test_delayed_and_bounced_carry_the_reply_tuple(build, kind):
-    line = build(
-        7, 9, "a@b.test", "c@d.test", 0, "4.3.0", "Other mail system problem", 451, "try later", domain="d.test"
+@pytest.mark.parametrize("kind", [lines.DELAYED, lines.BOUNCED])
+def test_delayed_and_bounced_are_one_shape_carrying_the_reply_tuple(kind):
+    line = lines.rcpt_outcome(
+        kind,
+        7,
+        9,
+        "a@b.test",
+        "c@d.test",
+        0,
+        "4.3.0",
+        "Other mail system problem",
+        451,
+        "try later",
+        domain="d.test",
+        host="mx.d.test",
     )
     assert line.text == (
         f"{kind}: DCID 7 MID 9 From: <a@b.test> To: <c@d.test> RID 0 - 4.3.0 - Other mail system problem "
         "('451', ['try later'])"
     )
-    assert (line.mid, line.dcid, line.domain) == (9, 7, "d.test")
+    assert (line.mid, line.dcid, line.domain, line.host) == (9, 7, "d.test", "mx.d.test")
+
+
+def test_the_seed_deferral_line_is_the_esas():
+    line = lines.rcpt_outcome(
+        lines.DELAYED, 1, 1, "s", "r", 0, "4.3.1", "Mail system full", 452, "4.3.1 Insufficient system resources"
+    )
+    assert line.text == (
+        "Delayed: DCID 1 MID 1 From: <s> To: <r> RID 0 - 4.3.1 - Mail system full "
+        "('452', ['4.3.1 Insufficient system resources'])"
+    )
+
+
+def test_a_multi_line_reply_keeps_every_line_in_the_tuple():
+    line = lines.rcpt_outcome(lines.DELAYED, 1, 1, "s", "r", 0, "4.3.1", "Mail system full", 452, "4.3.1 full\nbye")
+    assert line.text.endswith("('452', ['4.3.1 full', 'bye'])")
+
+
+def test_no_reply_is_000():
+    line = lines.rcpt_outcome(lines.DELAYED, 1, 1, "s", "r", 0, "4.4.0", "Other network problem", None, "timeout")
+    assert line.text.endswith("- 4.4.0 - Other network problem ('000', ['timeout'])")
+
+
+def test_only_delayed_and_bounced_are_recipient_outcomes():
+    with pytest.raises(ValueError, match="not a recipient outcome"):
+        lines.rcpt_outcome("Deferred", 1, 1, "s", "r", 0, "4.0.0", "x", 451, "y")
+
+
+def test_possible_delivery_and_close_lines():
+    assert lines.possible_delivery(7, 9, [0, 1], host="mx.d.test") == lines.Line(
+        "Possible Delivery: DCID 7 MID 9 to RID [0, 1]", mid=9, dcid=7, host="mx.d.test"
+    )
+    assert lines.dcid_close(7).text == "DCID 7 close"
+    assert lines.dcid_close(7, "closed by the peer").text == "DCID 7 close (closed by the peer)"
 
 
 def test_operator_lines():

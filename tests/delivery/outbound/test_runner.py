@@ -56,11 +56,21 @@ def test_4xx_at_rcpt_fails_over_at_once_to_the_next_host(peers):
         DeliveryAttempt.objects.filter(message_id=mid).order_by("id").values_list("port", "outcome", "code")
     )
     assert outcomes == [(busy.port, "next_host", 452), (good.port, "delivered", 250)]
-    lines = log(mid)
-    starts = grep(rf"^Delivery start DCID \d+ MID {mid} to RID \[0\]$", lines)
-    assert len(starts) == 2  # the same recipient, on two connections: the ESA's failover story
-    assert grep(rf"^Message done DCID \d+ MID {mid} to RID \[0\]$", lines)
-    assert not grep("^Delayed:", lines)
+    lines = log()
+    first, second = (int(d) for d in re.findall(r"^New SMTP DCID (\d+) ", "\n".join(lines), re.MULTILINE))
+    story = lines[lines.index(f"New SMTP DCID {first} interface Data 1 address {busy.host} port {busy.port}") :]
+    assert story[:5] == [
+        f"New SMTP DCID {first} interface Data 1 address {busy.host} port {busy.port}",
+        f"Delivery start DCID {first} MID {mid} to RID [0]",
+        f"Delayed: DCID {first} MID {mid} From: <sender@origin.test> To: <a@dest.test> RID 0 - 4.3.1 - "
+        "Mail system full ('452', ['4.3.1 Insufficient system resources'])",
+        f"New SMTP DCID {second} interface Data 1 address {good.host} port {good.port}",
+        f"Delivery start DCID {second} MID {mid} to RID [0]",
+    ]
+    assert story[5] == f"Message done DCID {second} MID {mid} to RID [0]"
+    assert re.match(rf"MID {mid} RID \[0\] Response '", story[6])
+    assert story[7] == f"Message finished MID {mid} done"
+    assert len(grep("^Delayed:", lines)) == 1  # the reply that moved it, once: no second line for the same fact
 
 
 def test_defer_on_4xx_keeps_the_recipient_for_its_retry(peers):

@@ -168,7 +168,11 @@ def test_a_report_with_texts_no_database_takes_is_recorded_safe_and_the_others_a
         if delayed is not None:
             r.finals.append(Final(mid, 1, "delayed", 451, delayed, "127.0.0.1", "4.3.0"))
             r.attempts.append(Attempt(mid, 1, 7, "127.0.0.1", "127.0.0.1", 2525, 451, delayed, "next_host"))
-            r.lines.append(maillog.lines.delayed(7, mid, "s@o.test", B, 1, "4.3.0", "busy", 451, delayed))
+            r.lines.append(
+                maillog.lines.rcpt_outcome(
+                    maillog.lines.DELAYED, 7, mid, "s@o.test", B, 1, "4.3.0", "busy", 451, delayed
+                )
+            )
         return r
 
     worker._record([report(hostile, delayed=text), report(plain)])
