@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ django.setup()
 
 from django.db.models import Max  # noqa: E402
 
-from bench.relay import free_port, rss_kib, start_sink  # noqa: E402
+from bench.relay import Sink, free_port, rss_kib  # noqa: E402
 from delivery.models import Message  # noqa: E402
 from delivery.spool import doorbell, intake  # noqa: E402
 from routes import domains, services  # noqa: E402
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     port = free_port("127.0.0.2")
-    sink = start_sink("127.0.0.2", port, refuse_rcpt=False)
+    sink = Sink("127.0.0.2", port, False, Path(tempfile.mkdtemp(prefix="esaroutes-backlog-")) / "sink.out")
     data = services.RouteData(domain="backlog.test", destination=domains.parse_hosts(f"127.0.0.2:{port}"))
     existing = Route.objects.filter(domain="backlog.test").first()
     if existing is None:
@@ -91,7 +92,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
         for proc in (worker, beat):
             proc.wait(60)
-        sink.terminate()
+        sink.stop()
     elapsed = rows[-1][0]
     rss = [r[2] for r in rows]
     print(

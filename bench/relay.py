@@ -17,9 +17,20 @@ only). The CPU columns are each process tree's user + system time over the run, 
 Modes: ``normal``; ``failover``, where the second equal host refuses every RCPT with a 4xx (smtp-sink ``-r RCPT``:
 "450 4.3.0 Error: command failed"), so half of the connections fail over at once to the first host.
 
-Throughput is messages delivered per second from the first accept to the last delivery; latency is per message,
-from its `250` at the listener (`received_at`) to its recipient's delivery (`finished_at`). Worker RSS is the
-sum over the worker's processes at the end.
+`--against-postfix` (root) also relays the same load, with the same injector, through a private Postfix
+(bench/postfix.py: Debian's package with its durable queue, in its own directory, relaying dest.test to the same
+two equal sinks), Postfix and esaroutes taking turns over `--rounds`, and prints each relay's figures and the
+ratios of this run. Postfix runs normal mode only: a 4xx to RCPT defers the recipient there instead of trying
+the next host, so its failover mode is not the same test.
+
+Throughput, for both relays, is messages per second from the start of the injection until the sinks have counted
+every message (smtp-sink's own counters). Latency is per message: for esaroutes from its `250` at the listener
+(`received_at`) to its recipient's delivery (`finished_at`), for Postfix its logged `delay=`. CPU is each
+relay's processes, per message delivered: listener, worker (and PostgreSQL) for esaroutes; every Postfix daemon
+by name for Postfix. Worker RSS is the sum over the esaroutes worker's processes at the end.
+
+    sudo -E ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python bench/relay.py --reset --modes normal \
+        --messages 3000 --against-postfix --rounds 3
 """
 
 from __future__ import annotations
@@ -27,12 +38,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +62,7 @@ from django.db import connection  # noqa: E402
 from django.db.models import Max  # noqa: E402
 
 from bench import listener as smtp_load  # noqa: E402
+from bench import postfix  # noqa: E402
 from delivery.models import DeliveryAttempt, MailLogLine, Message, MessageBody, Recipient  # noqa: E402
 from routes import domains, services  # noqa: E402
 from routes.models import Route  # noqa: E402
@@ -54,31 +70,83 @@ from routes.models import Route  # noqa: E402
 SINKS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(*hosts: str) -> int:
+    """A port free on every one of these addresses (the two equal sinks share one, as an MX name's addresses do)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((hosts[0], 0))
+            port = int(first.getsockname()[1])
+            try:
+                for host in hosts[1:]:
+                    with socket.socket() as other:
+                        other.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"no port free on all of {hosts}")
 
 
-def start_sink(host: str, port: int, refuse_rcpt: bool) -> subprocess.Popen[bytes]:
-    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    # smtp-sink's defaults (PIPELINING offered) but 8BITMIME; its -r (the refusing host) implies -p
-    command = [sink, "-u", "nobody", "-c", "-8"]
-    if refuse_rcpt:
-        command += ["-r", "RCPT"]
-    proc = subprocess.Popen([*command, f"{host}:{port}", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((host, port), 0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)  # a child process's port: nothing to wait on but the port itself
-    raise SystemExit(f"smtp-sink did not start on {host}:{port}")
+class Sink:
+    """Postfix's smtp-sink on a loopback address; `delivered()` reads its own counters (`-c`: mesg=N)."""
+
+    def __init__(self, host: str, port: int, refuse_rcpt: bool, out: Path) -> None:
+        sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+        # smtp-sink's defaults (PIPELINING offered) but 8BITMIME; its -r (the refusing host) implies -p
+        command = [sink, "-u", "nobody", "-c", "-8"]
+        if refuse_rcpt:
+            command += ["-r", "RCPT"]
+        self.out = out
+        self.accepting = not refuse_rcpt
+        with out.open("wb") as stdout:
+            self.proc = subprocess.Popen([*command, f"{host}:{port}", "256"], stdout=stdout, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # a child process's port: nothing to wait on but the port itself
+        raise SystemExit(f"smtp-sink did not start on {host}:{port}")
+
+    def delivered(self) -> int:
+        """Messages this sink answered the final dot for ("sess=N quit=N mesg=N" records, each ending in CR)."""
+        records = self.out.read_bytes()[-512:].split(b"\r")
+        for record in reversed(records[:-1]):
+            fields = dict(f.split(b"=", 1) for f in record.split() if b"=" in f)
+            if b"mesg" in fields:
+                return int(fields[b"mesg"])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
-def set_route(ports: list[int]) -> None:
-    text = f"{SINKS[0]}:{ports[0]}, {SINKS[1]}:{ports[1]}, {SINKS[2]}:{ports[2]}/pri=10"
+def start_sinks(mode: str, folder: Path) -> tuple[list[Sink], int, int]:
+    """The two equal sinks (one port, two addresses) and the backup; `failover` makes the second refuse RCPT."""
+    port = free_port(SINKS[0], SINKS[1])
+    backup = free_port(SINKS[2])
+    sinks = [
+        Sink(SINKS[0], port, False, folder / "sink-a.out"),
+        Sink(SINKS[1], port, mode == "failover", folder / "sink-b.out"),
+        Sink(SINKS[2], backup, False, folder / "sink-backup.out"),
+    ]
+    return sinks, port, backup
+
+
+def wait_delivered(sinks: list[Sink], count: int, timeout: float) -> float:
+    """Wait until the accepting sinks have counted `count` more messages; returns the monotonic time then."""
+    deadline = time.monotonic() + timeout
+    while sum(s.delivered() for s in sinks if s.accepting) < count:
+        if time.monotonic() > deadline:
+            got = sum(s.delivered() for s in sinks if s.accepting)
+            raise SystemExit(f"the sinks counted {got} of {count} messages after {timeout:.0f} s")
+        time.sleep(0.02)  # other processes' counters: nothing to wait on but the files they write
+    return time.monotonic()
+
+
+def set_route(port: int, backup: int) -> None:
+    text = f"{SINKS[0]}:{port}, {SINKS[1]}:{port}, {SINKS[2]}:{backup}/pri=10"
     data = services.RouteData(domain="dest.test", destination=domains.parse_hosts(text))
     existing = Route.objects.filter(domain="dest.test").first()
     if existing is None:
@@ -159,30 +227,36 @@ def inject(args: argparse.Namespace, smtp_port: int) -> list[str]:
     return errors
 
 
-Result = tuple[str, int, float, list[float], int, dict[str, float]]
+@dataclass
+class Run:
+    relay: str  # "esaroutes" or "postfix"
+    mode: str
+    delivered: int
+    rate: float  # messages per second from the start of the injection until the sinks had counted them all
+    latencies: list[float]  # seconds per message from its 250 at the relay to its delivery, sorted
+    errors: int  # what the injecting clients saw refused
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU ms per message delivered, per process group
 
 
-def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dict[str, int]) -> Result:
-    ports = [free_port(h) for h in SINKS]
-    sinks = [
-        start_sink(h, p, refuse_rcpt=(mode == "failover" and i == 1))
-        for i, (h, p) in enumerate(zip(SINKS, ports, strict=True))
-    ]
-    set_route(ports)
+def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dict[str, int], folder: Path) -> Run:
+    sinks, port, backup = start_sinks(mode, folder)
+    set_route(port, backup)
     time.sleep(args.route_refresh)  # the workers' route snapshot follows the table within ESAROUTES_ROUTE_REFRESH
     start_mid = Message.objects.aggregate(m=Max("pk"))["m"] or 0
     groups = {name: [pid] for name, pid in processes.items()}
     groups["postgres"] = postgres_pids() if os.environ.get("DATABASE_URL") else []
     cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
     try:
+        started = time.monotonic()
         errors = inject(args, smtp_port)
+        finished = wait_delivered(sinks, args.messages - len(errors), args.timeout)
+        cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
         deadline = time.monotonic() + args.timeout
         mine = Message.objects.filter(pk__gt=start_mid)
-        while mine.filter(state=Message.State.QUEUED).exists():
+        while mine.filter(state=Message.State.QUEUED).exists():  # the sinks have it; the commits may trail
             if time.monotonic() > deadline:
                 raise SystemExit(f"{mode}: {mine.filter(state='queued').count()} messages still queued")
             time.sleep(0.2)  # the workers commit in other processes: the database is all there is to watch
-        cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
         rows = list(
             Recipient.objects.filter(message__pk__gt=start_mid, state=Recipient.State.DELIVERED).values_list(
                 "message__received_at", "finished_at"
@@ -190,19 +264,38 @@ def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dic
         )
     finally:
         for sink in sinks:
-            sink.terminate()
-            sink.wait(10)
-    done = [(r, f) for r, f in rows if f is not None]
-    first = min(r for r, _ in done)
-    last = max(f for _, f in done)
-    latencies = sorted((f - r).total_seconds() for r, f in done)
-    rate = len(rows) / max((last - first).total_seconds(), 1e-6)
+            sink.stop()
+    latencies = sorted((f - r).total_seconds() for r, f in rows if f is not None)
     per_message = {name: seconds * 1000 / max(len(rows), 1) for name, seconds in cpu.items()}
-    return mode, len(rows), rate, latencies, len(errors), per_message
+    rate = len(rows) / max(finished - started, 1e-6)
+    return Run("esaroutes", mode, len(rows), rate, latencies, len(errors), per_message)
 
 
-def pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+def run_postfix(args: argparse.Namespace, folder: Path) -> Run:
+    """The same load through a private Postfix to the same kind of sinks (normal mode), measured the same way."""
+    sinks, port, _ = start_sinks("normal", folder)
+    listen = ("127.0.0.1", free_port("127.0.0.1"))
+    try:
+        with postfix.Postfix(folder / "postfix", listen, "dest.test", (SINKS[0], SINKS[1]), port) as instance:
+            instance.empty_queue()
+            maillog = folder / "postfix" / "log" / "maillog"
+            maillog.write_text("")
+            cpu_before = instance.cpu()
+            started = time.monotonic()
+            errors = inject(args, listen[1])
+            finished = wait_delivered(sinks, args.messages - len(errors), args.timeout)
+            cpu_after = instance.cpu()
+            delivered = sum(s.delivered() for s in sinks if s.accepting)
+    finally:
+        for sink in sinks:
+            sink.stop()
+    # Postfix logs each delivery's whole delay (arrival to delivery), to the hundredth of a second
+    latencies = sorted(float(m) for m in re.findall(r" delay=([0-9.]+),.* status=sent", maillog.read_text()))
+    cpu = {
+        name: (cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0)) * 1000 / max(delivered, 1)
+        for name in set(cpu_before) | set(cpu_after)
+    }
+    return Run("postfix", "normal", delivered, delivered / max(finished - started, 1e-6), latencies, len(errors), cpu)
 
 
 def main() -> None:
@@ -221,6 +314,12 @@ def main() -> None:
     parser.add_argument("--pool", default="", help="Celery pool (default: the configured one)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--route-refresh", type=float, default=3.0)
+    parser.add_argument(
+        "--against-postfix",
+        action="store_true",
+        help="also relay the same load through a private Postfix (needs root), alternating, and print the ratios",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything this many times")
     parser.add_argument(
         "--reset",
         action="store_true",
@@ -262,15 +361,24 @@ def main() -> None:
         env=env,
         start_new_session=True,
     )
-    results = []
+    results: list[Run] = []
+    folder = Path(tempfile.mkdtemp(prefix="esaroutes-relay-bench-"))
+    folder.chmod(0o755)  # Postfix's unprivileged processes go through it to their queue
     try:
         assert listener.stdout is not None
         line = listener.stdout.readline()
         if "SMTP listener on" not in line:
             raise SystemExit(f"the listener did not start: {line!r}")
         smtp_port = int(line.split(" port ")[1].split()[0])
-        for mode in args.modes.split(","):
-            results.append(run_mode(mode, args, smtp_port, {"listener": listener.pid, "worker": worker.pid}))
+        processes = {"listener": listener.pid, "worker": worker.pid}
+        for round_no in range(args.rounds):
+            # alternate which relay goes first, so neither always runs on a warmer (or busier) machine
+            if args.against_postfix and round_no % 2 == 0:
+                results.append(run_postfix(args, folder))
+            for mode in args.modes.split(","):
+                results.append(run_mode(mode, args, smtp_port, processes, folder))
+            if args.against_postfix and round_no % 2 == 1:
+                results.append(run_postfix(args, folder))
         memory = rss_kib(worker.pid)
     finally:
         for proc in (listener, worker):
@@ -280,22 +388,46 @@ def main() -> None:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
+    report(args, results, memory)
+
+
+def report(args: argparse.Namespace, results: list[Run], memory: int) -> None:
     database = "PostgreSQL + Redis" if os.environ.get("DATABASE_URL") else "SQLite + filesystem broker"
     print(
         f"\nrelay: {args.messages} x 1 KB, {args.clients} sessions, {args.per_connection} msg/session, "
-        f"{args.concurrency} worker processes, {database}"
+        f"esaroutes with {args.concurrency} worker processes on {database}"
     )
     print(
-        f"{'mode':<10} {'delivered':>9} {'msg/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'errors':>6}"
-        "   CPU ms per message: listener, worker, PostgreSQL"
+        f"{'relay':<10} {'mode':<10} {'delivered':>9} {'msg/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6}   CPU ms per message"
     )
-    for mode, delivered, rate, latencies, errors, cpu in results:
+    for run in results:
+        cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(run.cpu.items(), key=lambda kv: -kv[1]) if ms >= 0.01)
         print(
-            f"{mode:<10} {delivered:>9} {rate:>8.0f} {pct(latencies, 0.5):>8.0f} {pct(latencies, 0.9):>8.0f} "
-            f"{pct(latencies, 0.99):>8.0f} {errors:>6}   {cpu['listener']:>8.2f} {cpu['worker']:>6.2f} "
-            f"{cpu['postgres']:>10.2f}"
+            f"{run.relay:<10} {run.mode:<10} {run.delivered:>9} {run.rate:>8.0f} {pct(run.latencies, 0.5):>8.0f} "
+            f"{pct(run.latencies, 0.9):>8.0f} {pct(run.latencies, 0.99):>8.0f} {run.errors:>6}   "
+            f"total {sum(run.cpu.values()):.2f}: {cpu}"
         )
-    print(f"worker RSS at the end: {memory / 1024:.0f} MiB")
+    print(f"esaroutes worker RSS at the end: {memory / 1024:.0f} MiB")
+    anchor = [run.rate for run in results if run.relay == "postfix"]
+    if not anchor:
+        return
+    print(f"\nagainst Postfix in this run (median of {len(anchor)}: {statistics.median(anchor):.0f} msg/s)")
+    for mode in args.modes.split(","):
+        rates = [run.rate for run in results if run.relay == "esaroutes" and run.mode == mode]
+        ratios = sorted(rate / p for rate, p in zip(rates, anchor, strict=False))
+        print(
+            f"esaroutes {mode:<10} median {statistics.median(rates):.0f} msg/s = "
+            f"{statistics.median(rates) / statistics.median(anchor):.2f}x Postfix "
+            f"(round by round {ratios[0]:.2f}-{ratios[-1]:.2f}x)"
+        )
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
 if __name__ == "__main__":
