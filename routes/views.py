@@ -419,7 +419,7 @@ def _drop_upload(token: str) -> None:
 @require_GET
 @can_view
 def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
-    """The old route changes page, now the one audit log (`delivery:audit-list`): its links land there."""
-    url = reverse("delivery:audit-list")
-    query = request.GET.urlencode()
-    return redirect(f"{url}?{query}" if query else url)
+    """ "Route changes": the audit log (`delivery:audit-list`) filtered to routes and the route table."""
+    query = request.GET.copy()
+    query.setdefault("object_type", "route")
+    return redirect(f"{reverse('delivery:audit-list')}?{query.urlencode()}")

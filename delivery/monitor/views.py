@@ -38,7 +38,7 @@ from delivery.monitor import forms, selectors
 from delivery.spool import actions
 from esaroutes import htmx, permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
-from routes import domains
+from routes import audit, domains
 from routes.models import AuditEntry
 
 PER_PAGE = 50
@@ -296,7 +296,9 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
         qs = qs.filter(match)
     if form.cleaned_data.get("action"):
         qs = qs.filter(action=form.cleaned_data["action"])
-    if form.cleaned_data.get("object_type"):
+    if form.cleaned_data.get("object_type") == "route":  # the route changes: a route's and the whole table's
+        qs = qs.filter(object_type__in=audit.ROUTE_OBJECTS)
+    elif form.cleaned_data.get("object_type"):
         qs = qs.filter(object_type=form.cleaned_data["object_type"])
     page = Paginator(qs.order_by("-at", "-id"), PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()

@@ -37,13 +37,24 @@ def deliver_now(
         qs = qs.filter(message_id=mid)
     if domain is not None:
         qs = qs.filter(domain=domain)
-    what = f"deliver now MID {mid}" if mid is not None else f"deliver now {domain or 'all domains'}"
+    what = f"Deliver now MID {mid}" if mid is not None else f"Deliver now {domain or 'all domains'}"
     with transaction.atomic():
         mids = lease.make_due(qs, now)
         maillog.writer.write([maillog.lines.kicking(domain or (f"MID {mid}" if mid is not None else "ALL"))], at=now)
-        audit.record_action(actor, "queue", what, {"messages": len(mids)})
+        audit.record_action(actor, "queue", what, {"messages": len(mids), "mids": _listed(mids)})
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)
+
+
+AUDITED_MIDS = 100  # MIDs an audit entry of a queue action lists (the count is always whole)
+
+
+def _listed(mids: Iterable[int]) -> list[int]:
+    return sorted(set(mids))[:AUDITED_MIDS]
+
+
+def _recipients(n: int) -> str:
+    return f"{n} recipient{'s' if n != 1 else ''}"
 
 
 def select_recipients(
@@ -87,7 +98,12 @@ def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
                 text=text,
             )
         record.record([report], now=now)  # the bounces it generates ring the doorbell when they commit
-        audit.record_action(actor, "queue", "bounce recipients", {"recipients": len(rows)})
+        audit.record_action(
+            actor,
+            "queue",
+            f"Bounce {_recipients(len(rows))}",
+            {"recipients": len(rows), "mids": _listed(r.message_id for r in rows)},
+        )
     return len(rows)
 
 
@@ -107,7 +123,12 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
         lines = [maillog.lines.deleted(mid, rids) for mid, rids in by_mid.items()]
         lines += record.finish_messages(by_mid, now, checked=False)
         maillog.writer.write(lines, at=now)
-        audit.record_action(actor, "queue", "delete recipients", {"recipients": len(rows)})
+        audit.record_action(
+            actor,
+            "queue",
+            f"Delete {_recipients(len(rows))}",
+            {"recipients": len(rows), "mids": _listed(by_mid)},
+        )
     return len(rows)
 
 
@@ -117,6 +138,8 @@ def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | No
     with transaction.atomic():
         hosts.mark_up(host, port)
         mids = lease.kick_hosts([(host, port)], now)
-        audit.record_action(actor, "queue", f"mark host up {host}:{port}", {"messages": len(mids)})
+        audit.record_action(
+            actor, "queue", f"Mark host up {host}:{port}", {"messages": len(mids), "mids": _listed(mids)}
+        )
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)

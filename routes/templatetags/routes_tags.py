@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from django import template
 
-from routes import domains, importexport
-from routes.models import DestinationHost
+from routes import audit, domains, importexport
+from routes.models import AuditEntry, DestinationHost
 
 if TYPE_CHECKING:
     from routes.services import ImportSummary
@@ -44,3 +44,18 @@ def host_label(host: DestinationHost | domains.HostSpec) -> str:
 def host_changes(preview: ImportSummary, domain: str) -> list[importexport.HostChange]:
     """The import preview's host-by-host changes of one route."""
     return list(preview.hosts.get(domain, []))
+
+
+@register.filter
+def audit_action(entry: AuditEntry) -> str:
+    return audit.action_label(entry)
+
+
+@register.filter
+def audit_object(entry: AuditEntry) -> str:
+    return audit.object_label(entry)
+
+
+@register.filter
+def audit_changes(entry: AuditEntry) -> list[audit.FieldChange]:
+    return audit.changes(entry)

@@ -43,7 +43,7 @@ def test_message_deliver_now(admin_client, queued):
     assert "Rescheduled 1 message for immediate delivery." in response.content.decode()
     assert all(r.next_attempt_at <= timezone.now() for r in Recipient.objects.filter(message=m1))
     assert Recipient.objects.get(message=m2).next_attempt_at > timezone.now()
-    assert audits() == [("admin", f"deliver now MID {m1.pk}")]
+    assert audits() == [("admin", f"Deliver now MID {m1.pk}")]
 
 
 def test_message_bounce_asks_first_then_bounces(admin_client, queued):
@@ -54,7 +54,7 @@ def test_message_bounce_asks_first_then_bounces(admin_client, queued):
     response = act(admin_client, "message", "bounce_active", [m1.pk], confirm="yes")
     assert "2 recipients bounced." in response.content.decode()
     assert active() == 1 and Message.objects.filter(bounce_of=m1).exists()
-    assert audits() == [("admin", "bounce recipients")]
+    assert audits() == [("admin", "Bounce 2 recipients")]
 
 
 def test_message_delete_after_confirmation(admin_client, queued):
@@ -91,7 +91,7 @@ def test_hoststatus_mark_up(admin_client, queued):
     assert "Marked 1 host up; 1 queued message sent now." in response.content.decode()
     hs.refresh_from_db()
     assert hs.down_until is None and hs.consecutive_failures == 0
-    assert audits() == [("admin", "mark host up mx1.dest.test:25")]
+    assert audits() == [("admin", "Mark host up mx1.dest.test:25")]
 
 
 def test_read_only_staff_sees_no_queue_actions_and_cannot_post_them(client, carol, queued):
@@ -120,7 +120,7 @@ def test_operator_staff_has_the_actions(client, bob, queued):
     assert "mark_up" in client.get("/admin/delivery/hoststatus/").content.decode()
     m1, _ = queued
     act(client, "message", "bounce_active", [m1.pk], confirm="yes")
-    assert active() == 1 and audits() == [("bob", "bounce recipients")]
+    assert active() == 1 and audits() == [("bob", "Bounce 2 recipients")]
 
 
 def test_queue_state_stays_read_only(admin_client, queued):

@@ -72,7 +72,11 @@ def test_confirmed_bounce_of_a_domain_bounces_logs_and_audits(as_user, queued, b
     )
     assert Message.objects.filter(bounce_of=m1).count() == 1  # the DSN
     entry = AuditEntry.objects.get(object_type="queue")
-    assert (entry.actor, entry.object_repr, entry.after) == (bob, "bounce recipients", {"recipients": 2})
+    assert (entry.actor, entry.object_repr, entry.after) == (
+        bob,
+        "Bounce 2 recipients",
+        {"recipients": 2, "mids": [m1.pk]},
+    )
 
 
 def test_delete_chosen_recipients(as_user, queued):
@@ -85,7 +89,7 @@ def test_delete_chosen_recipients(as_user, queued):
     assert Recipient.objects.get(pk=r.pk).state == Recipient.State.DELETED
     assert active() == 2
     assert MailLogLine.objects.filter(text=f"Deleted: MID {m1.pk} to [1]").exists()
-    assert queue_audits() == [("alice", "delete recipients", {"recipients": 1})]
+    assert queue_audits() == [("alice", "Delete 1 recipient", {"recipients": 1, "mids": [m1.pk]})]
 
 
 def test_deliver_now_one_message_from_its_page(as_user, queued):
@@ -106,16 +110,17 @@ def test_deliver_now_one_message_from_its_page(as_user, queued):
     assert all(r.next_attempt_at <= now for r in Recipient.objects.filter(message=m1))
     assert Recipient.objects.get(message=m2).next_attempt_at > now
     assert MailLogLine.objects.filter(text=f"Kicking destination MID {m1.pk}").exists()
-    assert queue_audits() == [("bob", f"deliver now MID {m1.pk}", {"messages": 1})]
+    assert queue_audits() == [("bob", f"Deliver now MID {m1.pk}", {"messages": 1, "mids": [m1.pk]})]
 
 
 def test_deliver_now_all_and_one_domain(as_user, queued):
+    m1, m2 = queued
     client = as_user("alice")
     client.post("/queue/deliver-now/", {"scope": "domain", "domain": "other.test", "confirm": "1"})
     client.post("/queue/deliver-now/", {"scope": "all", "confirm": "1"})
     assert queue_audits() == [
-        ("alice", "deliver now other.test", {"messages": 1}),
-        ("alice", "deliver now all domains", {"messages": 2}),
+        ("alice", "Deliver now other.test", {"messages": 1, "mids": [m2.pk]}),
+        ("alice", "Deliver now all domains", {"messages": 2, "mids": sorted([m1.pk, m2.pk])}),
     ]
     assert all(r.next_attempt_at <= timezone.now() for r in Recipient.objects.all())
 
@@ -248,7 +253,7 @@ def test_retry_now_marks_the_host_up_and_sends_its_backlog(as_user, down_host, w
     assert down_host.down_until is None and down_host.consecutive_failures == 0
     a = Recipient.objects.get(address="a@dest.test")  # it last failed on mx1: due now
     assert a.next_attempt_at <= timezone.now()
-    assert queue_audits() == [(who, "mark host up mx1.dest.test:25", {"messages": 1})]
+    assert queue_audits() == [(who, "Mark host up mx1.dest.test:25", {"messages": 1, "mids": [a.message_id]})]
 
 
 def test_retry_now_with_htmx_returns_the_row(as_user, down_host):
