@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiosmtpd
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, _AuthMechAttr
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, TLSSetupException, _AuthMechAttr
 from aiosmtpd.smtp import Session as SmtpSession
 
 from delivery import access, maillog
@@ -98,6 +98,7 @@ class Session(SMTP):
         self._in_data = False
         self._closing = False
         self._ended = False
+        self._ended_here = False  # QUIT, or we closed it (limits, errors, timeout, shutdown): "close", not "lost"
         self._out = b""
 
     def _light_init(self, listener: Owner, names: Names) -> None:
@@ -158,7 +159,8 @@ class Session(SMTP):
             self._ended = True
             self._uncount()
             if self.conn.icid:
-                lines = [*self.conn.pending, intake.stamp(maillog.lines.icid_close(self.conn.icid))]
+                end = maillog.lines.icid_close if self._ended_here else maillog.lines.icid_lost
+                lines = [*self.conn.pending, intake.stamp(end(self.conn.icid))]
                 self.conn.pending = []
                 if self.listener.committer is not None:
                     self.listener.committer.log(lines)
@@ -174,6 +176,7 @@ class Session(SMTP):
 
     def drop(self) -> None:
         """Shutdown: close the connection now (the client retries a message it has not had a 250 for)."""
+        self._ended_here = True
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self._writer.write(b"421 4.3.2 Service shutting down\r\n")
@@ -220,8 +223,26 @@ class Session(SMTP):
             conn.log(maillog.lines.icid_policy(conn.icid, "ACCEPT", access.ACCEPT_GROUP, "ALL"))
 
     def _close(self) -> None:
+        self._ended_here = True
         if self.transport is not None:
             self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        self._ended_here = True  # our command timeout closes it
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it untyped
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self._ended_here = not arg
+        await super().smtp_QUIT(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as exc:  # aiosmtpd closes the connection; the log says why
+            if self.conn.icid:
+                cause = exc.__cause__
+                self.conn.log(maillog.lines.icid_tls_failed(self.conn.icid, str(cause or exc) or type(cause).__name__))
+            raise
 
     # --- timeouts --------------------------------------------------------------------------------------------
 

@@ -119,6 +119,16 @@ def icid_close(icid: int) -> Line:
     return Line(f"ICID {icid} close", icid=icid)
 
 
+def icid_lost(icid: int) -> Line:
+    """The client went away without QUIT (and we did not close it): the ESA's `ICID 4 lost`."""
+    return Line(f"ICID {icid} lost", icid=icid)
+
+
+def icid_tls_failed(icid: int, why: str) -> Line:
+    """`ICID 4 TLS failed: [Errno 54] Connection reset by peer`: a STARTTLS handshake that did not complete."""
+    return Line(f"ICID {icid} TLS failed: {clean(why)}", icid=icid)
+
+
 def auth_succeeded(icid: int, user: str, mechanism: str) -> Line:
     """The ESA's `SMTP Auth: (ICID 450) succeeded for user: ironport using AUTH mechanism: PLAIN with profile: ...`
     (TAC 118570), without the profile: esaroutes has one user table."""

@@ -259,6 +259,17 @@ def test_command_timeout_drops_a_stalled_client(start_listener):
     c = smtpd.raw(timeout=5)
     c.reply()
     assert c.closed()
+    assert wait_for(lambda: MailLogLine.objects.filter(text__regex=r"^ICID \d+ close$").exists())  # we closed it
+
+
+def test_a_failed_starttls_handshake_is_logged(smtpd):
+    c = smtpd.raw(timeout=5)
+    c.reply()
+    c.cmd(b"EHLO client.test")
+    assert c.cmd(b"STARTTLS").startswith(b"220")
+    c.send(b"this is no TLS hello\r\n" * 4)
+    assert c.closed()
+    assert wait_for(lambda: MailLogLine.objects.filter(text__regex=r"^ICID \d+ TLS failed: .+").exists())
 
 
 @pytest.mark.slow
@@ -370,7 +381,9 @@ def test_client_killed_mid_data_leaves_nothing_behind(smtpd):
     assert c.cmd(b"DATA").startswith(b"354")
     c.send(b"Subject: cut\r\n\r\nhalf a mess")
     c.close()
-    assert wait_for(lambda: MailLogLine.objects.filter(text__endswith=" close").exists())
+    # gone without QUIT: the ESA's "lost", not "close"
+    assert wait_for(lambda: MailLogLine.objects.filter(text__regex=r"^ICID \d+ lost$").exists())
+    assert not MailLogLine.objects.filter(text__regex=r"^ICID \d+ close$").exists()
     assert (Message.objects.count(), MessageBody.objects.count(), Recipient.objects.count()) == (0, 0, 0)
     assert not MailLogLine.objects.filter(mid__isnull=False).exists()
 
