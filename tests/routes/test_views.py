@@ -27,6 +27,17 @@ def test_list_shows_routes_unicode_and_default_apart(client_alice):
     assert "All other domains" in page and "smarthost.example.net:587" in page
 
 
+def test_list_sorts_unicode_domains_as_they_are_typed(client_alice):
+    for domain in ("xn--bcher-kva.example", "apfel.example", "zebra.example", "cafe.example"):
+        make_route(domain, "mx.example.com")
+    page = client_alice.get(reverse("routes:route-list")).content.decode()
+    order = [page.index(f">{d}</a>") for d in ("apfel.example", "bücher.example", "cafe.example", "zebra.example")]
+    assert order == sorted(order) and "xn--bcher-kva" not in page
+    page = client_alice.get(reverse("routes:route-list"), {"sort": "-domain"}).content.decode()
+    order = [page.index(f">{d}</a>") for d in ("zebra.example", "cafe.example", "bücher.example", "apfel.example")]
+    assert order == sorted(order)
+
+
 def test_list_search_returns_the_table_partial_for_htmx(client_alice):
     make_route("alpha.example", "mx.alpha.example")
     make_route("beta.example", "relay.gamma.test")
