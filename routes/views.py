@@ -20,7 +20,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
+from django.core.paginator import Page, Paginator
 from django.db.models import Q, prefetch_related_objects
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -75,10 +75,10 @@ def route_list(request: AuthedHtmxRequest) -> HttpResponse:
     if q:
         routes = routes.filter(_search(q))
     routes = routes.select_related("auth_profile").order_by(*SORTS[sort])
+    page: Page[Any]
     if sort in ("domain", "-domain") and routes.filter(domain__contains="xn--").exists():
-        page = Paginator(_by_unicode_domain(routes, descending=sort == "-domain"), PER_PAGE).get_page(
-            request.GET.get("page")
-        )
+        ids = _by_unicode_domain(routes, descending=sort == "-domain")
+        page = Paginator(ids, PER_PAGE).get_page(request.GET.get("page"))
         by_pk = Route.objects.select_related("auth_profile").in_bulk(list(page.object_list))
         rows = [by_pk[pk] for pk in page.object_list if pk in by_pk]
     else:
