@@ -23,6 +23,7 @@ from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncMinute
 
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from routes.models import Route
 
 Outcome = DeliveryAttempt.Outcome
 SOFT_OUTCOMES = (Outcome.DELAYED, Outcome.NEXT_HOST, Outcome.CONNECTION_ERROR)
@@ -595,3 +596,19 @@ def active_recipient_count(*, mid: int | None = None, domain: str | None = None)
 
 def host_list() -> QuerySet[HostStatus]:
     return HostStatus.objects.order_by("host", "port")
+
+
+@dataclass(frozen=True)
+class FirstSteps:
+    """What a new installation has done yet, for the dashboard's "what to do first" block."""
+
+    has_route: bool
+    has_message: bool
+
+    @property
+    def done(self) -> bool:
+        return self.has_route and self.has_message
+
+
+def first_steps() -> FirstSteps:
+    return FirstSteps(has_route=Route.objects.exists(), has_message=Message.objects.exists())

@@ -93,6 +93,7 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
         "lines": selectors.newest_lines(),
         "heartbeat": heartbeat(now),
     }
+    ctx["first_steps"] = selectors.first_steps()  # the "what to do first" block, above the refreshed panel
     return htmx.render(request, "delivery/dashboard.html", "dashboard-panel", ctx)
 
 
