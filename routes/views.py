@@ -65,6 +65,7 @@ can_delete = permission_required("routes.delete_route", raise_exception=True)
 
 @require_GET
 @can_view
+@htmx.without_empty_params
 def route_list(request: AuthedHtmxRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:300]
     sort = request.GET.get("sort", "domain")

@@ -23,6 +23,7 @@ from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncMinute
 
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from routes import matching
 from routes.models import Route
 
 Outcome = DeliveryAttempt.Outcome
@@ -368,7 +369,7 @@ def tracking_queryset(
         rcpt = rcpt.filter(_text_q("address", recipient, recipient_how))
         rcpt_filtered = selective = True
     if domain:
-        rcpt = rcpt.filter(domain=domain.lower())
+        rcpt = rcpt.filter(domain=matching.recipient_domain(domain) or domain.lower())  # Unicode or IDNA
         rcpt_filtered = True
     if outcomes:
         cond = Q()

@@ -103,6 +103,7 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
 @require_GET
 @htmx.vary_on_htmx
 @permissions.require("maillog.view")
+@htmx.without_empty_params
 def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
     """The mail log, newest at the bottom, following live with a keyset cursor (`?after=<last id>`).
 
@@ -176,14 +177,18 @@ def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
 @require_GET
 @htmx.vary_on_htmx
 @permissions.require("tracking.view")
+@htmx.without_empty_params
 def tracking(request: AuthedHtmxRequest) -> HttpResponse:
     form = forms.TrackingForm(request.GET)
     if not form.is_valid():
         return _bad_request(form)
     now = timezone.now()
     qs = selectors.tracking_queryset(**form.search_kwargs(now))
-    searched = any(k in request.GET for k in form.fields)
-    page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page")) if searched else None
+    # With no filter the page opens on the most recent messages (of the last week), newest first, as a mail
+    # gateway's tracking centre does, rather than on an empty form.
+    searched = True
+    recent = not any(k in request.GET for k in form.fields)
+    page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     ctx = {
@@ -192,6 +197,7 @@ def tracking(request: AuthedHtmxRequest) -> HttpResponse:
         "rows": selectors.tracking_rows(list(page.object_list)) if page else [],
         "query": query.urlencode(),
         "searched": searched,
+        "recent": recent,
     }
     return htmx.render(request, "delivery/tracking.html", "tracking-results", ctx)
 
@@ -226,6 +232,7 @@ def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
 @require_GET
 @htmx.vary_on_htmx
 @permissions.require("hosts.view")
+@htmx.without_empty_params
 def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:255]
     qs = selectors.host_list()
@@ -279,6 +286,7 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
 @require_GET
 @htmx.vary_on_htmx
 @permissions.require("audit.view")
+@htmx.without_empty_params
 def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     """Who changed what, when: every audited change (routes, access rules, queue actions), newest first.
 
@@ -321,6 +329,7 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
 @require_GET
 @htmx.vary_on_htmx
 @permissions.require("queue.view")
+@htmx.without_empty_params
 def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
     """`showrecipients`: queued and delayed recipients by destination, oldest first, next attempt, last reply."""
     domain = request.GET.get("domain", "").strip().lower()[:255]

@@ -123,3 +123,40 @@ def test_html_subject_is_text(as_user):
         body = client.get(path).content.decode()
         assert "<script>alert(1)</script>" not in body, path
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body, path
+
+
+def test_tracking_opens_on_the_most_recent_messages_newest_first(as_user, mail):
+    response = as_user("carol").get("/tracking/")
+    body = response.content.decode()
+    shown = [int(m) for m in re.findall(r'<tr data-mid="(\d+)"', body)]
+    assert shown == sorted([mail["delivered"], mail["bounced"], mail["queued"]], reverse=True)  # the last week
+    assert "The most recent messages, newest first: 3 received in the last week." in body
+
+
+def test_empty_filter_parameters_leave_the_url(as_user, mail):
+    client = as_user("carol")
+    plain = client.get("/tracking/?sender=&sender_how=contains&recipient=&subject=invoice&mid=")
+    assert plain.status_code == 302 and plain.url == "/tracking/?sender_how=contains&subject=invoice"
+    htmx = client.get(
+        "/tracking/?sender=&subject=invoice&mid=",
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="http://testserver/tracking/",
+    )
+    assert htmx.status_code == 200 and htmx["HX-Push-Url"] == "/tracking/?subject=invoice"
+    assert mids(htmx) == {mail["bounced"]}
+    assert "sender=&" not in htmx.content.decode() and "mid=&" not in htmx.content.decode()
+    assert client.get("/tracking/?subject=invoice").status_code == 200  # nothing empty: served as is
+
+
+def test_unicode_domains_are_searched_and_shown_in_unicode(as_user):
+    m = make_message(sender="a@xn--bcher-kva.example", recipients=("u@xn--mller-kva.example",))
+    client = as_user("carol")
+    body = client.get("/tracking/", {"domain": "müller.example"}).content.decode()
+    assert mids_of(body) == {m.pk}
+    assert "u@müller.example" in body and "a@bücher.example" in body and "xn--" not in body
+    page = client.get(f"/tracking/{m.pk}/").content.decode()
+    assert "u@müller.example" in page and "a@bücher.example" in page
+
+
+def mids_of(body: str) -> set[int]:
+    return {int(m) for m in re.findall(r'<tr data-mid="(\d+)"', body)}
