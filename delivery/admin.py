@@ -102,7 +102,15 @@ class ReadOnlyInline(admin.TabularInline[Any, Any]):
 class BounceProfileAdmin(admin.ModelAdmin[BounceProfile]):
     """The rules are `BounceProfile.clean()`'s (run by the admin's form); the "Default" profile cannot be deleted."""
 
-    list_display = ("name", "max_retries", "max_queue_lifetime", "initial_retry", "max_retry_timeout", "send_bounces")
+    list_display = (
+        "name",
+        "max_retries",
+        "max_queue_lifetime",
+        "initial_retry",
+        "max_retry_timeout",
+        "send_bounces",
+        "after_possible_delivery",
+    )
     search_fields = ("name",)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

@@ -24,6 +24,22 @@ class BounceProfile(models.Model):
     max_retry_timeout = models.PositiveIntegerField(default=3600, help_text="Ceiling of the doubling retry wait")
     send_bounces = models.BooleanField(default=True, help_text="Send a DSN to the envelope sender on hard bounce")
 
+    class AfterPossibleDelivery(models.TextChoices):
+        RESEND = "resend", "Send it again to the next host (a possible duplicate)"
+        DELIVERED = "delivered", "Count it as delivered (a possible loss)"
+
+    after_possible_delivery = models.CharField(
+        max_length=16,
+        choices=AfterPossibleDelivery.choices,
+        default=AfterPossibleDelivery.RESEND,
+        verbose_name="After a Possible Delivery",
+        help_text=(
+            "The connection was lost after the message's final dot and before the host's reply, so the host may "
+            "have it (the mail log's Possible Delivery line). Sending it again is what RFC 5321 prefers; counting "
+            "it delivered is the ESA's Possible Delivery switch, and loses the message if the host did not keep it."
+        ),
+    )
+
     class Meta(TypedModelMeta):
         ordering = ["name"]
 

@@ -64,7 +64,10 @@ def _timeouts() -> outcome.Timeouts:
 
 
 def _template(
-    host: engine.Host, entry: matching.RouteEntry | None, auth_cache: dict[int, tuple[str, str] | None]
+    host: engine.Host,
+    entry: matching.RouteEntry | None,
+    auth_cache: dict[int, tuple[str, str] | None],
+    profile: BounceProfile,
 ) -> outcome.Destination:
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
@@ -78,6 +81,7 @@ def _template(
         auth=auth,
         timeouts=_timeouts(),
         defer_on_4xx=bool(entry and entry.defer_on_4xx),
+        count_possible_delivery=profile.after_possible_delivery == BounceProfile.AfterPossibleDelivery.DELIVERED,
         max_messages=settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION,
         ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
         source_address=settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None,
@@ -175,7 +179,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                     route_key=key,
                     domain=where.domain,
                     hosts=tuple(order),
-                    template=_template(order[0], where.entry, auth_cache),
+                    template=_template(order[0], where.entry, auth_cache, profile_for(where.entry, profiles)),
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=settings.ESAROUTES_SMTP_INTERFACE,
                 )

@@ -13,7 +13,7 @@ import pytest
 
 from delivery import worker
 from delivery.engine import Stage
-from delivery.models import DeliveryAttempt, HostStatus, Message
+from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, Message
 from tests.delivery.conftest import grep, hosts_text, log, queue_message, recipients
 from tests.routes.helpers import make_route
 
@@ -137,3 +137,101 @@ def test_reply_table(peers, settings, first, script, ends, marks_down):
     assert bool(status and status.down_until) is marks_down
     if marks_down:
         assert len(grep(rf"^Connection Error: DCID \d+ domain: dest.test IP: {bad.host} port: {bad.port} ", log())) == 1
+
+
+# --- every outcome in the mail log (issue 12) ------------------------------------------------------------------
+
+
+def _dcids(lines: list[str]) -> list[int]:
+    return [int(d) for d in re.findall(r"^New SMTP DCID (\d+) ", "\n".join(lines), re.MULTILINE)]
+
+
+def test_possible_delivery_is_logged_and_sent_again_to_the_next_host_by_default(peers):
+    lossy = peers.start(drop_at=Stage.DATA)  # takes the final dot, hangs up before its reply
+    good = peers.start()
+    make_route("dest.test", hosts_text((lossy, 0), (good, 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert good.wait_for_messages(1) and recipients(mid) == [(0, "delivered")]
+    lines = log()
+    first, second = _dcids(lines)
+    story = lines[lines.index(f"Delivery start DCID {first} MID {mid} to RID [0]") :]
+    assert story[1] == f"Possible Delivery: DCID {first} MID {mid} to RID [0]"
+    assert re.fullmatch(
+        rf"Delayed: DCID {first} MID {mid} From: <sender@origin.test> To: <a@dest.test> RID 0 - 4.4.0 - "
+        r"Other network problem \('000', \['.+'\]\)",
+        story[2],
+    )
+    assert story[3].startswith(f"Connection Error: DCID {first} domain: dest.test IP: {lossy.host} ")
+    assert story[4] == f"DCID {first} close (closed by the peer)"
+    assert story[5] == f"New SMTP DCID {second} interface Data 1 address {good.host} port {good.port}"
+    assert f"Message done DCID {second} MID {mid} to RID [0]" in story
+
+
+def test_possible_delivery_counts_as_delivered_when_the_bounce_profile_says_so(peers):
+    profile = BounceProfile.objects.create(
+        name="trusting", after_possible_delivery=BounceProfile.AfterPossibleDelivery.DELIVERED
+    )
+    lossy = peers.start(drop_at=Stage.DATA)
+    good = peers.start()
+    make_route("dest.test", hosts_text((lossy, 0), (good, 10)), bounce_profile_id=profile.pk)
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "delivered")] and good.messages == []
+    lines = log()
+    (first,) = _dcids(lines)
+    story = lines[lines.index(f"Delivery start DCID {first} MID {mid} to RID [0]") :]
+    assert story[:3] == [
+        f"Delivery start DCID {first} MID {mid} to RID [0]",
+        f"Possible Delivery: DCID {first} MID {mid} to RID [0]",
+        f"Message done DCID {first} MID {mid} to RID [0]",  # no Response: there was none
+    ]
+    assert f"Message finished MID {mid} done" in story and not grep(r"^(Delayed|Bounced):", story)
+    assert DeliveryAttempt.objects.get(message_id=mid).outcome == "delivered"
+
+
+def test_a_greeting_refusal_reads_as_in_the_seed(peers):
+    busy = peers.start(greeting="421 4.3.2 Mail system full")
+    good = peers.start()
+    make_route("dest.test", hosts_text((busy, 0), (good, 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert good.wait_for_messages(1)
+    lines = log()
+    first, second = _dcids(lines)
+    story = lines[lines.index(f"New SMTP DCID {first} interface Data 1 address {busy.host} port {busy.port}") :]
+    assert story[1] == (
+        f"Connection Error: DCID {first} domain: dest.test IP: {busy.host} port: {busy.port} "
+        "details: 421-4.3.2 Mail system full interface: Data 1 reason: unexpected SMTP response"
+    )
+    assert story[2] == f"DCID {first} close (closed by the peer)"
+    assert story[3] == f"New SMTP DCID {second} interface Data 1 address {good.host} port {good.port}"
+    assert not grep("^Delayed:", lines)  # the host failed, not the recipient: no soft bounce on the message
+
+
+def test_every_connection_ends_with_its_close_line(peers, settings):
+    settings.ESAROUTES_DELIVERY_IDLE = 0
+    timing_out = peers.start(stall_at=Stage.RCPT)
+    good = peers.start()
+    make_route("dest.test", hosts_text((timing_out, 0), (good, 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert good.wait_for_messages(1)
+    lines = log()
+    first, second = _dcids(lines)
+    assert f"DCID {first} close (timed out)" in lines
+    assert lines[-1] == f"DCID {second} close"  # our QUIT
+    delayed = grep(rf"^Delayed: DCID {first} MID {mid} ", lines)
+    assert len(delayed) == 1 and delayed[0].endswith("- 4.4.0 - Other network problem ('000', ['timeout'])")
+
+
+def test_a_last_host_connection_error_delays_with_one_line(peers):
+    busy = peers.start(rcpt="451 4.3.0 try later")
+    make_route("dest.test", hosts_text((busy, 0), (peers.refused(), 10)))
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    assert recipients(mid) == [(0, "delayed")]
+    delayed = grep("^Delayed:", log(mid))
+    # the 451 as it happened, then the refused host's failure when no host was left
+    assert len(delayed) == 2
+    assert "('451', ['4.3.0 try later'])" in delayed[0] and "('000', [" in delayed[1]
