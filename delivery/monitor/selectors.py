@@ -266,6 +266,20 @@ class LogFilters:
     q: str = ""
 
 
+#: The lines that tell what became of a message. A domain or host filter shows them for every message that has
+#: a recipient in the domain (or went to the host), so the story stays whole: the domain is in the recipient's
+#: `To:` line, not in `Message finished`, and a failover's next host is on lines of another host.
+OUTCOME_LINES = (
+    Q(text__startswith="Delivery start ")
+    | Q(text__startswith="Delayed: ")
+    | Q(text__startswith="Bounced: ")
+    | Q(text__startswith="Possible Delivery: ")
+    | Q(text__startswith="Message done ")
+    | Q(text__startswith="Message finished ")
+    | (Q(text__startswith="MID ") & Q(text__contains="] Response "))
+)
+
+
 def log_queryset(f: LogFilters) -> QuerySet[MailLogLine]:
     qs = MailLogLine.objects.all()
     if f.mid is not None:
@@ -275,9 +289,12 @@ def log_queryset(f: LogFilters) -> QuerySet[MailLogLine]:
     if f.dcid is not None:
         qs = qs.filter(dcid=f.dcid)
     if f.domain:
-        qs = qs.filter(domain=f.domain.lower())
+        domain = f.domain.lower()
+        in_domain = Recipient.objects.filter(domain=domain).values("message_id")
+        qs = qs.filter(Q(domain=domain) | (Q(mid__in=in_domain) & OUTCOME_LINES))
     if f.host:
-        qs = qs.filter(host=f.host)
+        on_host = MailLogLine.objects.filter(host=f.host, mid__isnull=False).values("mid")
+        qs = qs.filter(Q(host=f.host) | (Q(mid__in=on_host) & OUTCOME_LINES))
     if f.level:
         qs = qs.filter(level=f.level)
     if f.since:

@@ -77,7 +77,7 @@ def attempt(
     with transaction.atomic():
         hs, _ = HostStatus.objects.get_or_create(host=host, port=port)
         lines: list[Any] = [maillog.lines.new_dcid(dcid, "Data 1", host, port, domain=recipients[0].domain, host=host)]
-        lines.append(maillog.lines.delivery_start(dcid, message.pk, [r.rid for r in recipients]))
+        lines.append(maillog.lines.delivery_start(dcid, message.pk, [r.rid for r in recipients], host=host))
         for r in recipients:
             DeliveryAttempt.objects.create(
                 recipient=r,
@@ -112,6 +112,7 @@ def attempt(
                         code,
                         reply,
                         domain=r.domain,
+                        host=host,
                     )
                 )
             elif outcome == DeliveryAttempt.Outcome.DELAYED:
@@ -130,12 +131,13 @@ def attempt(
                         code,
                         reply,
                         domain=r.domain,
+                        host=host,
                     )
                 )
             r.save()
         if outcome == DeliveryAttempt.Outcome.DELIVERED:
-            lines.append(maillog.lines.message_done(dcid, message.pk, [r.rid for r in recipients]))
-            lines.append(maillog.lines.response(message.pk, [r.rid for r in recipients], reply))
+            lines.append(maillog.lines.message_done(dcid, message.pk, [r.rid for r in recipients], host=host))
+            lines.append(maillog.lines.response(message.pk, [r.rid for r in recipients], reply, host=host))
             hs.delivered += len(recipients)
             hs.last_success_at = at
             hs.consecutive_failures = 0

@@ -13,6 +13,16 @@ from tests.support.messages import attempt, make_message
 pytestmark = pytest.mark.django_db
 
 
+OUTCOME = re.compile(
+    r"^(Delivery start |Delayed: |Bounced: |Possible Delivery: |Message done |Message finished "
+    r"|MID \d+ RID \[.*\] Response )"
+)
+
+
+def outcome_of(line, mid: int) -> bool:
+    return line.mid == mid and OUTCOME.match(line.text) is not None
+
+
 def ids(response) -> list[int]:
     return [int(i) for i in re.findall(r'class="line" data-id="(\d+)"', response.content.decode())]
 
@@ -71,8 +81,8 @@ def test_tail_keeps_the_filters(as_user):
         ("mid={a}", lambda line, a, b, dcid: line.mid == a),
         ("dcid={dcid}", lambda line, a, b, dcid: line.dcid == dcid),
         ("icid=4242", lambda line, a, b, dcid: line.icid == 4242),
-        ("domain=other.test", lambda line, a, b, dcid: line.domain == "other.test"),
-        ("host=mx1.dest.test", lambda line, a, b, dcid: line.host == "mx1.dest.test"),
+        ("domain=other.test", lambda line, a, b, dcid: line.domain == "other.test" or outcome_of(line, b)),
+        ("host=mx1.dest.test", lambda line, a, b, dcid: line.host == "mx1.dest.test" or outcome_of(line, a)),
         ("level=Warning", lambda line, a, b, dcid: line.level == "Warning"),
         ("q=findme", lambda line, a, b, dcid: "findme" in line.text.lower()),
     ],
@@ -145,3 +155,29 @@ def test_download_current_and_rolled_files(as_user, django_capture_on_commit_cal
     assert b"on disk" in rolled
     assert client.get("/log/files/..%2Fsecret-key").status_code == 404
     assert client.get("/log/files/esaroutes.log").status_code == 404
+
+
+def test_a_domain_or_host_filter_keeps_each_message_story_whole(as_user):
+    """The domain is in the recipient's To: line and the host in its connection's lines; the outcome lines of
+    those messages (on other hosts too, and Message finished) come with them, other messages' lines do not."""
+    m = make_message(recipients=("x@story.test",))
+    other = make_message(recipients=("y@elsewhere.test",))
+    attempt(m, host="busy.story.test", code=452, reply="4.3.1 full", outcome="delayed")
+    attempt(m, host="good.story.test")
+    attempt(other, host="good.story.test")
+    maillog.writer.write(
+        [maillog.lines.message_finished(m.pk), maillog.lines.message_finished(other.pk)], at=timezone.now()
+    )
+    client = as_user("alice")
+    for query in ("domain=story.test", "host=busy.story.test"):
+        shown = list(MailLogLine.objects.filter(id__in=ids(client.get(f"/log/?{query}"))).order_by("id"))
+        texts = [line.text for line in shown]
+        assert any(t.startswith("Delayed: ") and f"MID {m.pk} " in t for t in texts), query
+        assert f"Message finished MID {m.pk} done" in texts, query
+        assert sum(t.startswith("Delivery start ") and f"MID {m.pk} " in t for t in texts) == 2, query
+        assert grep_message_done(texts, m.pk), query
+        assert not any(line.mid == other.pk for line in shown), query
+
+
+def grep_message_done(texts: list[str], mid: int) -> bool:
+    return any(re.match(rf"Message done DCID \d+ MID {mid} ", t) for t in texts)
