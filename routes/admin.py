@@ -67,35 +67,29 @@ class DestinationHostFormSet(BaseInlineFormSet[DestinationHost, Route, Destinati
 
     def clean(self) -> None:
         super().clean()
-        if any(f.errors for f in self.forms):
-            return  # a cell is unreadable: its message is at the cell; the route checks need every cell
         live = [
             f
             for f in self.forms
-            if f.cleaned_data and not f.cleaned_data.get("DELETE") and f.cleaned_data.get("destination")
+            if not f.cleaned_data.get("DELETE")
+            and (f.cleaned_data.get("destination") or (f.data.get(f.add_prefix("destination")) or "").strip())
         ]
-        rows = [(f.cleaned_data["destination"], f.cleaned_data["port"], f.cleaned_data["priority"]) for f in live]
         special = domains.Special.from_code(self.instance.special)
         if special is not None:
-            if rows:
+            if live:
                 raise djforms.ValidationError(
                     f"{special.value} must be the only destination of a route: remove the host rows, "
                     "or choose “Destination hosts”."
                 )
             destination: domains.Destination | None = special
+            found = domains.route_problems(self.instance.domain or domains.DEFAULT_ROUTE, special)
+            route = found.route if self.instance.domain else []
         else:
-            destination, problems = forms.rows_destination(rows)
-            for index, message in problems.items():
-                live[index].add_error("destination", message)
-        if destination is None or not self.instance.domain:
-            return
-        found = domains.route_problems(self.instance.domain, destination)
-        for index, messages_ in found.hosts.items():
-            for message in messages_:
-                live[index].add_error("destination", message[:1].upper() + message[1:])
-        if found.route or found.domain:
-            raise djforms.ValidationError([m[:1].upper() + m[1:] for m in found.route + found.domain])
-        self.destination = destination
+            # The route editor's check, every row at once (routes.forms.check_host_rows).
+            destination, route = forms.check_host_rows(live, self.instance.domain or None)
+        if route:
+            raise djforms.ValidationError([m[:1].upper() + m[1:] for m in route])
+        if destination is not None and not any(f.errors for f in live):
+            self.destination = destination
 
 
 class DestinationHostInline(admin.TabularInline[DestinationHost, Route]):

@@ -8,7 +8,7 @@ what was typed, never a cleaned value.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django import forms
@@ -150,6 +150,43 @@ def rows_destination(
     return (None if problems else specs), problems
 
 
+def check_host_rows(live: Sequence[forms.BaseForm], domain: str | None) -> tuple[domains.Destination | None, list[str]]:
+    """Check a route's host rows (already cleaned cell by cell) all at once, for the route editor and the admin.
+
+    Every row's Destination is checked whatever its Priority and Port cells say, and the route rules (a host
+    listed twice, the 100-host limit) run over the rows that parse, so one answer flags every problem. Messages
+    about a row go to its Destination field; `domain` is the stored receiving domain, or None when it is wrong
+    (then the rules that depend on it, USEDNS on ALL, wait for it). Returns (the destination when every row is
+    good, the route-level messages).
+    """
+    cells_ok = [not f.errors for f in live]
+    rows = [
+        (
+            f.cleaned_data.get("destination", ""),
+            f.cleaned_data.get("port", domains.DEFAULT_PORT),
+            f.cleaned_data.get("priority", 0),
+        )
+        for f in live
+    ]
+    destination, problems = rows_destination(rows)
+    for index, message in problems.items():
+        live[index].add_error("destination", message)
+    if destination is None or not all(cells_ok):
+        good = [i for i, ok in enumerate(cells_ok) if ok and i not in problems]
+        subset, _ = rows_destination([rows[i] for i in good])
+        if isinstance(subset, list) and subset:
+            for i, messages in domains.route_problems(domains.DEFAULT_ROUTE, subset).hosts.items():
+                for message in messages:
+                    live[good[i]].add_error("destination", _sentence(message))
+        return None, []
+    found = domains.route_problems(domain or domains.DEFAULT_ROUTE, destination)
+    for index, messages in found.hosts.items():
+        for message in messages:
+            live[index].add_error("destination", _sentence(message))
+    route = found.route if domain else [m for m in found.route if not m.startswith("USEDNS")]
+    return destination, route
+
+
 class RouteEditor:
     """The add/edit page's form and host rows, validated together through `routes.domains`."""
 
@@ -185,46 +222,16 @@ class RouteEditor:
         return AuthProfile.objects.exists()
 
     def is_valid(self) -> bool:
-        """Validate everything in one pass, so the first answer flags every problem at its field.
-
-        A row whose Priority or Port cell is wrong still has its Destination checked, and the route rules
-        (duplicates, the 100-host limit) run over the rows that parse even when the domain is wrong.
-        """
+        """Validate everything in one pass, so the first answer flags every problem at its field."""
         form_ok = self.form.is_valid()
         self.hosts.is_valid()  # each row's cells; the formset's own management errors land in non_form_errors
         if self.hosts.non_form_errors():
             return False
         live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
-        cells_ok = [not f.errors for f in live]
-        rows = [
-            (
-                f.cleaned_data.get("destination", ""),
-                f.cleaned_data.get("port", domains.DEFAULT_PORT),
-                f.cleaned_data.get("priority", 0),
-            )
-            for f in live
-        ]
-        destination, problems = rows_destination(rows)
-        for index, message in problems.items():
-            live[index].add_error("destination", message)
-        if destination is None or not all(cells_ok):
-            # Not every row parses: the route rules (a host listed twice) still apply among the rows that do.
-            good = [i for i, ok in enumerate(cells_ok) if ok and i not in problems]
-            subset, _ = rows_destination([rows[i] for i in good])
-            if isinstance(subset, list) and subset:
-                found = domains.route_problems(domains.DEFAULT_ROUTE, subset)
-                hosts = {good[i]: messages for i, messages in found.hosts.items()}
-                self.apply_problems(domains.RouteProblems(domain=[], route=[], hosts=hosts), live)
-            return False
-        domain: str = self.form.cleaned_data["domain"] if form_ok else ""
-        found = domains.route_problems(domain or domains.DEFAULT_ROUTE, destination)
-        if not form_ok:
-            # USEDNS-on-ALL depends on the domain, which is wrong: keep only what holds whatever it becomes.
-            found = domains.RouteProblems(
-                domain=[], route=[m for m in found.route if not m.startswith("USEDNS")], hosts=found.hosts
-            )
-        self.apply_problems(found, live)
-        if self.route_errors or any(f.errors for f in live) or self.form.errors:
+        domain: str | None = self.form.cleaned_data["domain"] if form_ok else None
+        destination, route_messages = check_host_rows(live, domain)
+        self.route_errors += [_sentence(m) for m in route_messages]
+        if domain is None or destination is None or self.route_errors or any(f.errors for f in live):
             return False
         auth = self.form.cleaned_data["auth_profile"]
         bounce = self.form.cleaned_data["bounce_profile"]

@@ -64,6 +64,18 @@ def test_admin_shows_the_same_validation_errors_as_the_form(admin_client_alice):
     assert not Route.objects.exists()
 
 
+def test_admin_flags_all_four_bad_fields_in_one_answer_like_the_page(admin_client_alice):
+    bad = _route_post("", [("-1", "bad_host..name!", "70000")])
+    body = admin_client_alice.post(reverse("admin:routes_route_add"), bad).content.decode()
+    assert "This field is required." in body
+    assert "Priority must be from 0 to 65535" in body and "Port must be from 1 to 65535" in body
+    assert "&quot;bad_host..name!&quot;: not a valid host name" in body
+    dup = _route_post("exa_mple.com", [("0", "127.0.0.1", "2525"), ("0", "127.0.0.1", "")])
+    body = admin_client_alice.post(reverse("admin:routes_route_add"), dup).content.decode()
+    assert "contains &quot;_&quot;" in body and "The host 127.0.0.1 already has an alternate port (2525)." in body
+    assert not Route.objects.exists()
+
+
 def test_admin_refuses_an_existing_domain_with_the_esa_message(admin_client_alice):
     make_route("example.com")
     body = admin_client_alice.post(
