@@ -85,8 +85,10 @@ class TrackingForm(forms.Form):
 
     def search_kwargs(self, now: datetime) -> dict[str, Any]:
         d = self.cleaned_data
-        received = d.get("received") or ("all" if d.get("mid") is not None else "week")
         since, until = d.get("since"), d.get("until")
+        received = d.get("received") or ("all" if d.get("mid") is not None else "week")
+        if since or until:
+            received = "custom"  # dates typed are the range searched, whatever "Received" was left at
         if received in ("hour", "day", "week"):
             since = now - {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(days=7)}[received]
             until = None

@@ -160,3 +160,15 @@ def test_unicode_domains_are_searched_and_shown_in_unicode(as_user):
 
 def mids_of(body: str) -> set[int]:
     return {int(m) for m in re.findall(r'<tr data-mid="(\d+)"', body)}
+
+
+def test_dates_typed_are_searched_whatever_received_says_and_say_their_zone(as_user, mail):
+    since = (timezone.now() - timedelta(days=40)).strftime("%Y-%m-%d %H:%M")
+    until = (timezone.now() - timedelta(days=20)).strftime("%Y-%m-%dT%H:%M")
+    response = as_user("dave").get(f"/tracking/?received=hour&since={since}&until={until}")
+    assert mids(response) == {mail["old"]}
+    body = as_user("dave").get("/tracking/").content.decode()
+    assert 'aria-describedby="date-help"' in body and "UTC, as YYYY-MM-DD HH:MM" in body
+    assert ">to (UTC)</label>" in body
+    log = as_user("alice").get("/log/").content.decode()
+    assert 'aria-describedby="date-help"' in log and "UTC, as YYYY-MM-DD HH:MM" in log
