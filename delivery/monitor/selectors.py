@@ -498,7 +498,7 @@ def queue_recipients(domain: str = "") -> QuerySet[Recipient]:
     """Queued and delayed recipients, oldest message first."""
     qs = Recipient.objects.filter(state__in=Recipient.ACTIVE).select_related("message")
     if domain:
-        qs = qs.filter(domain=domain.lower())
+        qs = qs.filter(domain=matching.recipient_domain(domain) or domain.lower())  # typed in Unicode or IDNA
     return qs.order_by("message__received_at", "message_id", "rid")
 
 

@@ -52,6 +52,37 @@ def test_create_a_route_with_three_hosts_adding_rows_with_htmx(logged_in, live_s
     assert errors == []
 
 
+def test_one_submit_flags_all_four_bad_fields_at_their_fields(logged_in, live_server):
+    page = logged_in
+    page.goto(live_server.url + "/routes/add/")
+    page.fill("#id_hosts-0-priority", "-1")
+    page.fill("#id_hosts-0-destination", "bad_host..name!")
+    page.fill("#id_hosts-0-port", "70000")
+    page.click("#route-form button[type=submit]")
+    page.wait_for_selector("#id_domain[aria-invalid=true]")
+    for field in ("#id_hosts-0-priority", "#id_hosts-0-destination", "#id_hosts-0-port"):
+        assert page.get_attribute(field, "aria-invalid") == "true"
+    errors = page.locator("#route-form .errorlist li").all_inner_texts()
+    assert "This field is required." in errors and "Priority must be from 0 to 65535" in errors
+    assert "Port must be from 1 to 65535" in errors
+    assert any(e.startswith('"bad_host..name!": not a valid host name') for e in errors)
+    assert page.input_value("#id_hosts-0-destination") == "bad_host..name!"
+    assert not Route.objects.exists()
+
+
+def test_the_route_tester_refuses_text_that_is_not_an_address_at_the_field(logged_in, live_server):
+    page = logged_in
+    page.goto(live_server.url + "/routes/test/")
+    page.fill("#id_address", "not-an-address")
+    page.click("#test-form button[type=submit]")
+    page.wait_for_selector("#id_address[aria-invalid=true]")
+    assert "is not an email address" in page.inner_text("#address-errors")
+    page.fill("#id_address", "user@example.com")
+    page.click("#test-form button[type=submit]")
+    page.wait_for_selector("#address-errors", state="detached")
+    assert "No route matches" in page.inner_text("#test-result")
+
+
 def test_a_bad_port_shows_at_the_field_and_keeps_what_was_typed(logged_in, live_server):
     page = logged_in
     page.goto(live_server.url + "/routes/add/")

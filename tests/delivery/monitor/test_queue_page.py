@@ -39,3 +39,5 @@ def test_unicode_domains_are_shown_in_unicode(admin_client):
     assert "u@müller.example" in _row(page, m.pk) and "a@bücher.example" in _row(page, m.pk)
     domains = page[page.index('id="queue-domains"') : page.index('id="queue-recipients"')]
     assert ">müller.example</a>" in domains
+    filtered = admin_client.get(reverse("delivery:queue"), {"domain": "müller.example"}).content.decode()
+    assert f'data-mid="{m.pk}"' in filtered and "Recipients for müller.example" in filtered
