@@ -19,10 +19,10 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import BadRequest, PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.db.models import Q, prefetch_related_objects
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -187,9 +187,9 @@ def host_row(request: AuthedHtmxRequest) -> HttpResponse:
     try:
         index = int(request.GET.get(f"{forms.RouteEditor.prefix}-TOTAL_FORMS", "0"))
     except ValueError:
-        return HttpResponseBadRequest("bad row count")
+        raise BadRequest("the host row count is not a number") from None  # only a hand-made request: the 400 page
     if not 0 <= index < domains.MAX_HOSTS_PER_ROUTE * 2:
-        return HttpResponseBadRequest("too many rows")
+        raise BadRequest("too many host rows")
     row = forms.HostRowForm(prefix=f"{forms.RouteEditor.prefix}-{index}", initial={"priority": "0", "port": "25"})
     return render(
         request,
@@ -304,7 +304,8 @@ def _plan(address: str) -> dict[str, Any]:
 def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
     address = request.POST.get("address", "").strip()[:320]
     if not address:
-        return HttpResponseBadRequest("sending a test message is not available")
+        ctx = {"send_result": "Not sent: enter the address to send the test message to."}
+        return render(request, "routes/route_test.html#send-result", ctx, status=422)
     problem = matching.address_problem(address)
     if problem:
         return render(

@@ -67,11 +67,26 @@ RECEIVED = (("hour", "last hour"), ("day", "last day"), ("week", "last week"), (
 
 
 class TrackingForm(forms.Form):
-    sender_how = forms.ChoiceField(required=False, choices=TEXT_HOW, label="Envelope sender")
+    sender_how = forms.ChoiceField(
+        required=False,
+        choices=TEXT_HOW,
+        label="Envelope sender",
+        widget=forms.Select(attrs={"aria-label": "How the envelope sender matches"}),
+    )
     sender = forms.CharField(required=False, max_length=320)
-    recipient_how = forms.ChoiceField(required=False, choices=RECIPIENT_HOW, label="Envelope recipient")
+    recipient_how = forms.ChoiceField(
+        required=False,
+        choices=RECIPIENT_HOW,
+        label="Envelope recipient",
+        widget=forms.Select(attrs={"aria-label": "How the envelope recipient matches"}),
+    )
     recipient = forms.CharField(required=False, max_length=320)
-    subject_how = forms.ChoiceField(required=False, choices=TEXT_HOW, label="Subject")
+    subject_how = forms.ChoiceField(
+        required=False,
+        choices=TEXT_HOW,
+        label="Subject",
+        widget=forms.Select(attrs={"aria-label": "How the subject matches"}),
+    )
     subject = forms.CharField(required=False, max_length=500)
     message_id = forms.CharField(required=False, max_length=998, label="Message-ID")
     mid = forms.IntegerField(required=False, min_value=0, label="MID")

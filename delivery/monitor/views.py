@@ -12,19 +12,14 @@ import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import (
-    FileResponse,
-    Http404,
-    HttpResponse,
-    HttpResponseBadRequest,
-    HttpResponseRedirect,
-)
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone
@@ -48,10 +43,12 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _bad_request(form: Any) -> HttpResponse:
-    """A filter that is not a filter (a letter in a MID, a date that is not one): 400, with the reasons."""
-    reasons = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
-    return HttpResponseBadRequest(f"bad filter: {reasons}\n", content_type="text/plain")
+def _refused(request: AuthedHtmxRequest, page: str, partial: str, context: dict[str, Any]) -> HttpResponse:
+    """A filter that is not a filter (a letter in a MID, a date that is not one): the page again with nothing
+    searched and each reason at its field (`context["form"]`, see templates/_filter_errors.html). A page is a 400;
+    an htmx request gets the partial with the reasons as a 422, the status the site's htmx config swaps in."""
+    status = 422 if request.htmx and not request.htmx.history_restore_request else 400
+    return htmx.render(request, page, partial, context, status=status)
 
 
 # --- Dashboard -------------------------------------------------------------------------------------------------
@@ -112,7 +109,7 @@ def maillog_page(request: AuthedHtmxRequest) -> HttpResponse:
     """
     form = forms.LogFilterForm(request.GET)
     if not form.is_valid():
-        return _bad_request(form)
+        return _refused(request, "delivery/maillog.html", "log-view", {"form": form, "files": _log_files()})
     now = timezone.now()
     limit = settings.ESAROUTES_LOG_PAGE_ROWS
     filters, bounded = form.filters(now, settings.ESAROUTES_LOG_SEARCH_HOURS)
@@ -181,7 +178,7 @@ def maillog_download(request: AuthedHtmxRequest, name: str) -> FileResponse:
 def tracking(request: AuthedHtmxRequest) -> HttpResponse:
     form = forms.TrackingForm(request.GET)
     if not form.is_valid():
-        return _bad_request(form)
+        return _refused(request, "delivery/tracking.html", "tracking-results", {"form": form})
     now = timezone.now()
     qs = selectors.tracking_queryset(**form.search_kwargs(now))
     # With no filter the page opens on the most recent messages (of the last week), newest first, as a mail
@@ -294,7 +291,8 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     """
     form = forms.AuditFilterForm(request.GET)
     if not form.is_valid():
-        return HttpResponseBadRequest("bad filter")
+        ctx = {"form": form, "actions": AuditEntry.Action.choices, "object_types": _audit_object_types()}
+        return _refused(request, "audit/audit_list.html", "audit-table", ctx)
     qs = AuditEntry.objects.all()
     q = form.cleaned_data.get("q") or ""
     if q:
@@ -318,9 +316,13 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
         "entries": page.object_list,
         "query": query.urlencode(),
         "actions": AuditEntry.Action.choices,
-        "object_types": list(AuditEntry.objects.values_list("object_type", flat=True).distinct().order_by()[:50]),
+        "object_types": _audit_object_types(),
     }
     return htmx.render(request, "audit/audit_list.html", "audit-table", ctx)
+
+
+def _audit_object_types() -> list[str]:
+    return list(AuditEntry.objects.values_list("object_type", flat=True).distinct().order_by()[:50])
 
 
 # --- Queue -----------------------------------------------------------------------------------------------------
@@ -332,19 +334,25 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
 @htmx.without_empty_params
 def queue_page(request: AuthedHtmxRequest) -> HttpResponse:
     """`showrecipients`: queued and delayed recipients by destination, oldest first, next attempt, last reply."""
-    domain = request.GET.get("domain", "").strip().lower()[:255]
-    page = Paginator(selectors.queue_recipients(domain), PER_PAGE).get_page(request.GET.get("page"))
-    query = request.GET.copy()
+    ctx = _queue_context(request.GET, request.get_full_path())
+    return htmx.render(request, "delivery/queue.html", "queue-table", ctx)
+
+
+def _queue_context(params: QueryDict, here: str) -> dict[str, Any]:
+    """The queue page for these URL parameters; `here` is where its actions come back to."""
+    domain = params.get("domain", "").strip().lower()[:255]
+    page = Paginator(selectors.queue_recipients(domain), PER_PAGE).get_page(params.get("page"))
+    query = params.copy()
     query.pop("page", None)
-    ctx = {
+    return {
         "domains": selectors.queue_domains(),
         "domain": domain,
         "page": page,
         "recipients": page.object_list,
         "query": query.urlencode(),
         "now": timezone.now(),
+        "here": here,
     }
-    return htmx.render(request, "delivery/queue.html", "queue-table", ctx)
 
 
 # --- Queue actions -----------------------------------------------------------------------------------------------
@@ -399,7 +407,10 @@ def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
     spec = QUEUE_ACTIONS[action]
     form = forms.QueueActionForm(request.POST)
     if not form.is_valid():
-        return _bad_request(form)
+        # Nothing ticked, no domain, ...: the queue page the request came from, the reasons on top, status 400.
+        back = _next_url(request, request.POST.get("next", "")[:2000])
+        ctx = {**_queue_context(QueryDict(urlsplit(back).query), back), "action_form": form, "spec": spec}
+        return render(request, "delivery/queue.html", ctx, status=400)
     back = _next_url(request, form.cleaned_data.get("next") or "")
     chosen = actions.select_recipients(**form.selection())
     if form.cleaned_data["confirm"]:
