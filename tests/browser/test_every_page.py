@@ -15,13 +15,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
+from django.utils import timezone
 
 from delivery import worker
+from delivery.models import HostStatus
 from delivery.monitor import selectors
 from esaroutes import tasks
 from tests.browser.operator_helpers import login
@@ -122,6 +125,14 @@ def seed(peers: Any) -> dict[str, Any]:
     queued = queue_message("a@slow.test", "b@slow.test", subject="Waiting in the queue")
     worker.deliver_batch([queued])
     tasks.heartbeat()  # what a running worker's beat does: the dashboard shows a live worker
+    now = timezone.now()  # and a host marked down, as delivery.outbound.hosts leaves it: the hosts page's Retry now
+    HostStatus.objects.create(
+        host="mx.down.test",
+        down_until=now + timedelta(minutes=5),
+        consecutive_failures=3,
+        last_error="421 4.7.0 Too many connections, try later",
+        last_error_at=now,
+    )
     return {"route": route.pk, "failover": failover, "queued": queued}
 
 
@@ -183,6 +194,8 @@ def test_every_page_fits_both_widths_without_errors_or_serious_axe_violations(
         )
         tour.visit("queue", "/queue/")
         tour.submit("queue-confirm-deliver-all", lambda: page.click("#deliver-all"))
+        tour.visit("hosts", "/hosts/")
+        assert page.locator("#host-table button", has_text="Retry now").is_visible()
         tour.visit("queue", "/queue/")
         tour.submit("error-400-queue-nothing-ticked", lambda: page.click("#bounce-selected"), 400)
 
