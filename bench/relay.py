@@ -155,24 +155,28 @@ def set_route(port: int, backup: int) -> None:
         services.route_update(route_id=existing.pk, data=data, actor="bench")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes and their children (live ones: /proc/PID/task/*/children)."""
-    ticks = 0
-    seen: set[int] = set()
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of these processes and their live children (/proc/PID/task/*/children), by PID."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
     todo = list(pids)
     while todo:
         pid = todo.pop()
-        if pid in seen:
+        if pid in found:
             continue
-        seen.add(pid)
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            found[pid] = (int(fields[11]) + int(fields[12])) / tick
             for task in Path(f"/proc/{pid}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def cpu_since(before: dict[int, float], now: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by the processes alive at the second (one that exited is lost)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
 
 
 def postgres_pids() -> list[int]:
@@ -245,12 +249,14 @@ def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dic
     start_mid = Message.objects.aggregate(m=Max("pk"))["m"] or 0
     groups = {name: [pid] for name, pid in processes.items()}
     groups["postgres"] = postgres_pids() if os.environ.get("DATABASE_URL") else []
-    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    cpu_before = {name: cpu_by_pid(pids) for name, pids in groups.items()}
     try:
         started = time.monotonic()
         errors = inject(args, smtp_port)
         finished = wait_delivered(sinks, args.messages - len(errors), args.timeout)
-        cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in groups.items()}
+        if os.environ.get("DATABASE_URL"):
+            groups["postgres"] = postgres_pids()  # backends started during the run count from zero
+        cpu = {name: cpu_since(cpu_before[name], cpu_by_pid(pids)) for name, pids in groups.items()}
         deadline = time.monotonic() + args.timeout
         mine = Message.objects.filter(pk__gt=start_mid)
         while mine.filter(state=Message.State.QUEUED).exists():  # the sinks have it; the commits may trail
