@@ -199,6 +199,10 @@ ESAROUTES_WEB_LISTEN = env.env_listen("ESAROUTES_WEB_LISTEN", "127.0.0.1:8000")
 ESAROUTES_WEB_WORKERS = env.env_int("ESAROUTES_WEB_WORKERS", 2, minimum=1, maximum=64)
 ESAROUTES_WEB_HEADER_TIMEOUT = env.env_int("ESAROUTES_WEB_HEADER_TIMEOUT", 30, minimum=1, maximum=3600)
 ESAROUTES_SMTP_LISTEN = env.env_listen("ESAROUTES_SMTP_LISTEN", "127.0.0.1:2525")
+# The event loop of the SMTP listener and of the worker's delivery runner (esaroutes/eventloop.py).
+ESAROUTES_EVENT_LOOP = env.env_str("ESAROUTES_EVENT_LOOP", "uvloop").lower()
+if ESAROUTES_EVENT_LOOP not in ("uvloop", "asyncio"):
+    raise ImproperlyConfigured(f"ESAROUTES_EVENT_LOOP: {ESAROUTES_EVENT_LOOP!r} is neither 'uvloop' nor 'asyncio'")
 # The inbound SMTP listener (manage.py smtpd): ESA-like limits; see the README's "SMTP listener" section.
 ESAROUTES_SMTP_INTERFACE = env.env_str("ESAROUTES_SMTP_INTERFACE", "Data 1")
 ESAROUTES_SMTP_MAX_MESSAGE_SIZE = env.env_int("ESAROUTES_SMTP_MAX_MESSAGE_SIZE", 10 * 1024 * 1024, minimum=1024)

@@ -39,7 +39,7 @@ import ssl
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.connection import parse_url
@@ -239,8 +239,8 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None  # set once lost, or after an error reply nobody waited for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport: uvloop's is one without being a subclass of asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(exc or ConnectionError("Redis closed the connection"))

@@ -28,6 +28,7 @@ from delivery.listener.handler import Handler
 from delivery.listener.session import Names, Session
 from delivery.listener.tls import tls_context
 from delivery.spool import intake
+from esaroutes import eventloop
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class ListenerThread:
             await serve(self.config, self._stop, ready=ready)
 
         try:
-            asyncio.run(main())
+            eventloop.run(main())
         except BaseException as exc:
             self._error = exc
             logger.exception("listener thread failed")

@@ -42,6 +42,7 @@ from delivery import engine, ids, maillog, outcome
 from delivery.engine import Verdict
 from delivery.models import DeliveryAttempt
 from delivery.outbound import hosts, smtp_client
+from esaroutes import eventloop
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Runner:
         self._opening: dict[asyncio.Task[Any], tuple[hosts.HostKey, float]] = {}
         self._opening_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
-        self._loop = asyncio.new_event_loop()
+        self._loop = eventloop.new_loop()
         self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
         self._thread.start()
 

@@ -51,6 +51,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtocol
@@ -319,6 +320,18 @@ class _PipeliningProtocol(_SafeProtocol):
             self._owed = max(0, self._owed - 1)
 
 
+def _become(protocol: SMTPProtocol, cls: type[_SafeProtocol], transport: asyncio.BaseTransport | None) -> None:
+    """Make the session's protocol one of ours: the same object and state, read by our reader from now on.
+
+    The transport is told again which protocol it serves: uvloop's transports keep the protocol's bound methods
+    (`data_received`) from when it was set, so after a class change alone they went on calling aiosmtplib's
+    reader, which drops the replies of a pipelined group that arrive while one waits (a stalled session).
+    """
+    protocol.__class__ = cls
+    if transport is not None:
+        transport.set_protocol(protocol)
+
+
 def _peer_code(exc: aiosmtplib.SMTPResponseException) -> int | None:
     """The code of a reply the peer really sent, or None for one aiosmtplib made up (see _MADE_UP)."""
     if not 200 <= exc.code < 600 or str(exc.message).startswith(_MADE_UP):
@@ -458,7 +471,7 @@ class HostSession:
         self.broken_by: Failure | None = None  # the failure that ended the connection in a transaction
         self._smtp: aiosmtplib.SMTP | None = None
         self._sock: socket.socket | None = None
-        self._raw_transport: asyncio.BaseTransport | None = None  # the TCP one, under TLS if any
+        self._raw_transport: asyncio.Transport | None = None  # the TCP one, under TLS if any
         self._peer_ip = ""
         self._local_ip = ""
         self._stage = Stage.CONNECT  # how far open() got
@@ -513,9 +526,10 @@ class HostSession:
                     sock=sock,
                 )
                 greeting = await self._smtp.connect(timeout=t.command)
-                self._raw_transport = self._smtp.transport
+                # a stream transport (uvloop's is one without being a subclass of asyncio.Transport)
+                self._raw_transport = cast(asyncio.Transport, self._smtp.transport)
                 if self._smtp.protocol is not None:  # every reply after the greeting is read by our reader
-                    self._smtp.protocol.__class__ = _SafeProtocol
+                    _become(self._smtp.protocol, _SafeProtocol, self._smtp.transport)
                 self._stage = Stage.EHLO
                 await self._ehlo()
                 tls = await self._starttls()  # moves the stage to TLS, and back to EHLO after it
@@ -526,7 +540,7 @@ class HostSession:
         smtp = self._smtp
         protocol = smtp.protocol
         if smtp.supports_extension("pipelining") and protocol is not None and not protocol._buffer:
-            protocol.__class__ = _PipeliningProtocol  # same object and state, replies read as a group allows
+            _become(protocol, _PipeliningProtocol, smtp.transport)  # replies read as a group allows
         self.connection = Connection(
             peer_ip=self._peer_ip,
             peer_port=self.destination.host.port,
@@ -738,7 +752,7 @@ class HostSession:
         may never finish, so the TCP transport underneath is aborted too (nothing is left to say on it)."""
         if self._smtp is not None:
             self._smtp.close()
-        if isinstance(self._raw_transport, asyncio.Transport):
+        if self._raw_transport is not None:
             self._raw_transport.abort()
         elif self._sock is not None:  # aiosmtplib never got as far as wrapping it in a transport
             self._sock.close()

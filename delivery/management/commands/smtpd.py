@@ -35,6 +35,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from delivery.listener import connlimits, server, tls
 from delivery.listener.config import Config, config_from_settings
+from esaroutes import eventloop
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Command(BaseCommand):
                 _exit_with_parent()
                 code = 1
                 try:
-                    asyncio.run(self._run(config, None, ready_fd=ready_w, table=table, index=index))
+                    eventloop.run(self._run(config, None, ready_fd=ready_w, table=table, index=index))
                     code = 0
                 except BaseException:
                     logger.exception("SMTP listener process %s failed", os.getpid())
@@ -101,7 +102,7 @@ class Command(BaseCommand):
             children.append(pid)
         os.close(ready_w)
         try:
-            asyncio.run(self._run(config, sock, children=children, ready_fd=ready_r, table=table, index=0))
+            eventloop.run(self._run(config, sock, children=children, ready_fd=ready_r, table=table, index=0))
         finally:
             os.close(ready_r)
             for pid in children:

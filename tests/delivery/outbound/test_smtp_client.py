@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -21,6 +21,7 @@ from delivery.outbound.smtp_client import (
     wire_body,
 )
 from delivery.outcome import Destination, Timeouts, TlsPolicy
+from esaroutes import eventloop
 from tests.support.peers import Peer, PeerFactory, SmtpSink
 
 FAST = Timeouts(connect=2.0, command=2.0, data=2.0, transaction=5.0)
@@ -51,7 +52,7 @@ async def _session(
 
 
 def run(destination: Destination, *envelopes: Envelope) -> tuple[HostSession, list[TransactionResult]]:
-    return asyncio.run(_session(destination, envelopes))
+    return eventloop.run(_session(destination, envelopes))
 
 
 def deliver(destination: Destination, e: Envelope | None = None) -> TransactionResult:
@@ -361,7 +362,7 @@ def test_drop_at_mail_of_a_reused_connection_does_not_mark_the_host_down(peers: 
             peer.stop()  # the peer goes away between messages (as an idle timeout would)
             return await session.send(envelope(mid=2))
 
-    result = asyncio.run(scenario())
+    result = eventloop.run(scenario())
     assert result.failure is not None
     assert (result.failure.stage, result.failure.code, result.failure.reused) == (Stage.MAIL, None, True)
     assert not result.failure.marks_host_down
@@ -429,7 +430,7 @@ def test_send_on_a_session_that_failed_raises(peers: PeerFactory) -> None:
             await session.send(envelope())
 
     with pytest.raises(RuntimeError):
-        asyncio.run(scenario())
+        eventloop.run(scenario())
 
 
 def test_envelope_without_recipients_is_a_bug(peers: PeerFactory) -> None:
@@ -438,7 +439,7 @@ def test_envelope_without_recipients_is_a_bug(peers: PeerFactory) -> None:
             await session.send(Envelope(1, "s@example.test", (), BODY))
 
     with pytest.raises(ValueError, match="recipient"):
-        asyncio.run(scenario())
+        eventloop.run(scenario())
 
 
 # --- TLS and AUTH -----------------------------------------------------------------------------------------
@@ -643,7 +644,7 @@ def test_a_peer_offering_pipelining_gets_mail_the_rcpts_and_data_in_one_write_an
             third = await session.send(envelope(C, mid=3))
             return [first, second, third]
 
-    first, second, third = asyncio.run(go())
+    first, second, third = eventloop.run(go())
     writes = _transactions(peer)
     assert writes[0] == [b"MAIL", b"RCPT", b"RCPT", b"RCPT", b"DATA"]
     assert writes[-1] == [b"MAIL", b"RCPT", b"DATA"]
@@ -654,6 +655,27 @@ def test_a_peer_offering_pipelining_gets_mail_the_rcpts_and_data_in_one_write_an
     assert third.delivered and third.data_reply.startswith("2.0.0 Ok: queued as")
     assert [m.rcpt_tos for m in peer.wait_for_messages(2)] == [(A, C), (C,)]
     assert peer.connections == 1
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_every_reply_of_a_large_pipelined_group_is_read_on_either_event_loop(
+    peers: PeerFactory, settings: Any, loop: str
+) -> None:
+    # The peer (aiosmtpd) writes each reply on its own, so the 202 replies arrive in many pieces, some while an
+    # earlier reply waits to be read: every piece must reach our reader (uvloop's transports kept calling
+    # aiosmtplib's, which drops them, until the protocol was set on the transport again).
+    settings.ESAROUTES_EVENT_LOOP = loop
+    peer = peers.start(pipelining=True)
+    recipients = [f"r{n}@dest.test" for n in range(200)]
+
+    async def go() -> list[TransactionResult]:
+        async with HostSession(to(peer)) as session:
+            return [await session.send(envelope(*recipients, mid=mid)) for mid in range(1, 6)]
+
+    results = eventloop.run(go())
+    assert [r.failure for r in results] == [None] * 5
+    assert all(set(verdicts(r).values()) == {Verdict.DELIVERED} for r in results)
+    assert len(peer.wait_for_messages(5)) == 5
 
 
 def test_pipelined_refused_mail_concerns_everyone_and_the_session_goes_on(peers: PeerFactory) -> None:
@@ -696,7 +718,7 @@ def test_pipelining_starts_after_starttls(peers: PeerFactory) -> None:
             result = await session.send(envelope(A, B))
             return result, session
 
-    result, session = asyncio.run(go())
+    result, session = eventloop.run(go())
     assert result.delivered
     assert _transactions(peer) == [[b"MAIL", b"RCPT", b"RCPT", b"DATA"]]
     assert session.connection is not None and session.connection.tls_protocol is not None
@@ -714,7 +736,7 @@ def test_a_long_ehlo_reply_is_read_whole_the_extensions_after_its_first_2000_cha
             assert session.connection is not None
             return session.connection.extensions, result
 
-    extensions, result = asyncio.run(go())
+    extensions, result = eventloop.run(go())
     assert {"8bitmime", "pipelining"} <= extensions
     assert _transactions(peer) == [[b"MAIL", b"RCPT", b"DATA"]]
     assert result.delivered
