@@ -35,7 +35,7 @@ from prometheus_client.core import (
 )
 
 from delivery.models import DeliveryAttempt, HostStatus, Message, Recipient
-from delivery.monitor import selectors
+from delivery.monitor import counters, selectors
 
 LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)  # seconds
 
@@ -63,10 +63,11 @@ class DatabaseCollector:
         for domain, state, n in Recipient.objects.values_list("domain", "state").annotate(n=Count("id")).order_by():
             by_domain.setdefault(domain, {})[state] = n
         for domain, states in sorted(by_domain.items()):
-            received.add_metric([domain], sum(states.values()))
-            delivered.add_metric([domain], states.get(Recipient.State.DELIVERED, 0))
-            bounced.add_metric([domain], states.get(Recipient.State.BOUNCED, 0))
-            delayed.add_metric([domain], states.get(Recipient.State.DELAYED, 0))
+            figures = counters.from_states(states)
+            received.add_metric([domain], figures.recipients)
+            delivered.add_metric([domain], figures.delivered)
+            bounced.add_metric([domain], figures.hard_bounced)
+            delayed.add_metric([domain], figures.delayed_now)
         yield received
         yield delivered
         yield bounced
@@ -76,24 +77,36 @@ class DatabaseCollector:
         messages.add_metric([], Message.objects.count())
         yield messages
 
-        soft = CounterMetricFamily(
-            "esaroutes_delivery_attempts", "Delivery attempts per recipient, by outcome", labels=["outcome"]
+        outcomes = selectors.attempt_outcome_counts()
+        attempts = CounterMetricFamily(
+            "esaroutes_delivery_attempts", "Attempt rows (events), by outcome", labels=["outcome"]
         )
-        for outcome, n in sorted(DeliveryAttempt.objects.values_list("outcome").annotate(n=Count("id")).order_by()):
-            soft.add_metric([outcome], n)
+        for outcome, n in sorted(outcomes.items()):
+            attempts.add_metric([outcome], n)
+        yield attempts
+        events = counters.from_outcomes(outcomes)
+        soft = CounterMetricFamily(
+            "esaroutes_soft_bounce_events", "Soft bounce events: failovers, connection errors and delays"
+        )
+        soft.add_metric([], events.soft_bounced)
         yield soft
+        delays = CounterMetricFamily("esaroutes_delay_events", "Delay events: recipients put back to wait for a retry")
+        delays.add_metric([], events.delayed)
+        yield delays
 
         conn_errors = CounterMetricFamily(
-            "esaroutes_host_failures", "Failed connections or sessions, by destination host", labels=["host", "port"]
+            "esaroutes_host_failures",
+            "Recipients not delivered by a host (a 4xx, a 5xx or the connection failing), by destination host",
+            labels=["host", "port"],
         )
         host_delivered = CounterMetricFamily(
             "esaroutes_host_delivered", "Recipients delivered, by destination host", labels=["host", "port"]
         )
         host_down = GaugeMetricFamily("esaroutes_host_down", "1 while a host is marked down", labels=["host", "port"])
         host_conns = GaugeMetricFamily(
-            "esaroutes_host_connections_out", "Open outbound connections", labels=["host", "port"]
+            "esaroutes_host_connections_out", "Outbound connections open now", labels=["host", "port"]
         )
-        for h in HostStatus.objects.order_by("host", "port"):
+        for h in selectors.with_live_connections(HostStatus.objects.order_by("host", "port")):
             labels = [h.host, str(h.port)]
             conn_errors.add_metric(labels, h.failed)
             host_delivered.add_metric(labels, h.delivered)

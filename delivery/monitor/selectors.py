@@ -23,11 +23,13 @@ from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncMinute
 
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from delivery.monitor import counters as count
+from delivery.outbound import hosts
 from routes import matching
 from routes.models import Route
 
 Outcome = DeliveryAttempt.Outcome
-SOFT_OUTCOMES = (Outcome.DELAYED, Outcome.NEXT_HOST, Outcome.CONNECTION_ERROR)
+SOFT_OUTCOMES = count.SOFT_OUTCOMES
 WINDOWS = (1, 5, 15)  # minutes
 
 # --- Dashboard -------------------------------------------------------------------------------------------------
@@ -35,61 +37,79 @@ WINDOWS = (1, 5, 15)  # minutes
 
 @dataclass(frozen=True)
 class CounterRow:
-    label: str
+    label: str  # the figure's name with its unit (delivery.monitor.counters)
     key: str
-    total: int | None  # since start
+    total: int | None  # all time: every row the database holds
     windows: tuple[int | None, ...]  # last 1, 5, 15 minutes; None for a gauge
     gauge: bool = False
 
 
 def counters(now: datetime, states: dict[str, int] | None = None) -> list[CounterRow]:
-    """`status detail`: events since start and in the last 1/5/15 minutes, plus the two queue gauges.
+    """`status detail`: each figure of `delivery.monitor.counters` all time and in the last 1/5/15 minutes, plus
+    the two queue gauges.
 
-    Received counts messages (indexed `received_at`); delivered, soft and hard bounced count delivery attempts by
-    outcome (indexed `at`): soft bounced are attempts that failed without a permanent answer (delayed, failed
-    over to the next host, connection errors), delayed are the attempts that put a recipient back to wait.
+    Totals of recipients come from the recipients' states (as on the destinations table and the domain page);
+    their windows, and every event figure, from the attempt rows by time (indexed `at`); messages from
+    `received_at`.
     """
     oldest = now - timedelta(minutes=max(WINDOWS))
     received_total = Message.objects.count()
     received = Message.objects.filter(received_at__gte=oldest).aggregate(
         **{f"m{m}": Count("id", filter=Q(received_at__gte=now - timedelta(minutes=m))) for m in WINDOWS}
     )
-    attempts_total = dict(DeliveryAttempt.objects.values_list("outcome").annotate(n=Count("id")).order_by())
-    recent = {
-        row["outcome"]: [row[f"m{m}"] for m in WINDOWS]
-        for row in DeliveryAttempt.objects.filter(at__gte=oldest)
+    all_time = count.from_outcomes(attempt_outcome_counts())
+    per_window: list[dict[str, int]] = [{} for _ in WINDOWS]
+    for row in (
+        DeliveryAttempt.objects.filter(at__gte=oldest)
         .values("outcome")
         .annotate(**{f"m{m}": Count("id", filter=Q(at__gte=now - timedelta(minutes=m))) for m in WINDOWS})
         .order_by()
-    }
-    states = recipient_state_counts() if states is None else states
+    ):
+        for i, m in enumerate(WINDOWS):
+            per_window[i][row["outcome"]] = row[f"m{m}"]
+    windows = [count.from_outcomes(w) for w in per_window]
+    figures = count.from_states(recipient_state_counts() if states is None else states)
 
-    def attempt_windows(outcomes: Sequence[str]) -> tuple[int, ...]:
-        return tuple(sum(recent.get(o, [0] * len(WINDOWS))[i] for o in outcomes) for i in range(len(WINDOWS)))
+    def events(key: str, total: int) -> CounterRow:
+        return CounterRow(count.label(key), key, total, tuple(getattr(w, key) for w in windows))
 
-    def attempt_total(outcomes: Sequence[str]) -> int:
-        return sum(attempts_total.get(o, 0) for o in outcomes)
+    def gauge(key: str, value: int) -> CounterRow:
+        return CounterRow(count.label(key), key, value, (None,) * len(WINDOWS), gauge=True)
 
-    delivered = (Outcome.DELIVERED,)
-    hard = (Outcome.BOUNCED,)
-    delayed = (Outcome.DELAYED,)
     return [
-        CounterRow("Received", "received", received_total, tuple(received[f"m{m}"] for m in WINDOWS)),
-        CounterRow("Delivered", "delivered", attempt_total(delivered), attempt_windows(delivered)),
-        CounterRow("Soft bounced", "soft_bounced", attempt_total(SOFT_OUTCOMES), attempt_windows(SOFT_OUTCOMES)),
-        CounterRow("Hard bounced", "hard_bounced", attempt_total(hard), attempt_windows(hard)),
-        CounterRow("Delayed", "delayed", attempt_total(delayed), attempt_windows(delayed)),
-        CounterRow(
-            "Active recipients",
-            "active",
-            states.get(Recipient.State.QUEUED, 0) + states.get(Recipient.State.DELAYED, 0),
-            (None, None, None),
-            gauge=True,
-        ),
-        CounterRow(
-            "Delayed recipients", "delayed_now", states.get(Recipient.State.DELAYED, 0), (None, None, None), gauge=True
-        ),
+        CounterRow(count.label("received"), "received", received_total, tuple(received[f"m{m}"] for m in WINDOWS)),
+        events("delivered", figures.delivered),
+        events("soft_bounced", all_time.soft_bounced),
+        events("hard_bounced", figures.hard_bounced),
+        events("delayed", all_time.delayed),
+        gauge("active", figures.active),
+        gauge("delayed_now", figures.delayed_now),
     ]
+
+
+def attempt_outcome_counts() -> dict[str, int]:
+    """Attempt rows per outcome, all time."""
+    return dict(DeliveryAttempt.objects.values_list("outcome").annotate(n=Count("id")).order_by())
+
+
+def history_start() -> datetime | None:
+    """When the oldest message the database holds was received: where "all time" begins."""
+    start: datetime | None = Message.objects.aggregate(m=Min("received_at"))["m"]
+    return start
+
+
+def live_connections() -> dict[tuple[str, int], int]:
+    """Open outbound connections per (host, port) now, summed over the worker processes' live gauges."""
+    return hosts.open_connections()
+
+
+def with_live_connections(statuses: Iterable[HostStatus]) -> list[HostStatus]:
+    """The host statuses with `connections_out` replaced by the live gauge (the stored column lags the sweep)."""
+    live = live_connections()
+    out = list(statuses)
+    for hs in out:
+        hs.connections_out = live.get((hs.host, hs.port), 0)
+    return out
 
 
 def recipient_state_counts() -> dict[str, int]:
@@ -110,12 +130,21 @@ def state_totals(domain_states: Iterable[tuple[str, str, int]]) -> dict[str, int
 
 @dataclass(frozen=True)
 class Chart:
-    """Messages per minute over the last hour as SVG geometry, drawn by the template (no script needed)."""
+    """Recipient events per minute over the last hour as SVG geometry, drawn by the template (no script).
+
+    Each bar is one minute: delivered recipients, delay events and hard bounced recipients (the attempt rows of
+    `delivery.monitor.counters.CHART_SERIES`), stacked. `ticks` label the time axis (UTC clock times every 10
+    minutes), `scale` the vertical axis (0, half the peak, the peak).
+    """
 
     minutes: list[dict[str, Any]]
     peak: int
+    ticks: list[dict[str, Any]] = field(default_factory=list)
+    scale: list[dict[str, Any]] = field(default_factory=list)
     width: int = 720
-    height: int = 120
+    height: int = 140
+    plot_left: int = 36
+    plot_bottom: int = 110
     series: tuple[str, ...] = ("delivered", "delayed", "bounced")
 
 
@@ -123,7 +152,7 @@ def per_minute_chart(now: datetime, minutes: int = 60) -> Chart:
     end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     start = end - timedelta(minutes=minutes)
     rows = (
-        DeliveryAttempt.objects.filter(at__gte=start, at__lt=end)
+        DeliveryAttempt.objects.filter(at__gte=start, at__lt=end, outcome__in=list(count.CHART_SERIES))
         .annotate(minute=TruncMinute("at"))
         .values_list("minute", "outcome")
         .annotate(n=Count("id"))
@@ -131,24 +160,31 @@ def per_minute_chart(now: datetime, minutes: int = 60) -> Chart:
     )
     buckets: dict[datetime, dict[str, int]] = defaultdict(lambda: {"delivered": 0, "delayed": 0, "bounced": 0})
     for minute, outcome, n in rows:
-        kind = {"delivered": "delivered", "bounced": "bounced"}.get(outcome, "delayed")
-        buckets[minute][kind] += n
+        kind = count.chart_series(outcome)
+        if kind:
+            buckets[minute][kind] += n
     out = []
     peak = max((sum(b.values()) for b in buckets.values()), default=0)
-    scale = 100 / peak if peak else 0
-    bar = 720 / minutes
+    left, bottom, plot_h = 36, 110, 100
+    scale = plot_h / peak if peak else 0
+    bar = (720 - left) / minutes
     for i in range(minutes):
         minute = start + timedelta(minutes=i)
         b = buckets.get(minute, {"delivered": 0, "delayed": 0, "bounced": 0})
-        y = 110.0
+        y = float(bottom)
         rects = []
         for kind in ("delivered", "delayed", "bounced"):
             h = b[kind] * scale
             y -= h
             if h:
                 rects.append({"kind": kind, "y": round(y, 2), "h": round(h, 2)})
-        out.append({"at": minute, "x": round(i * bar, 2), "w": round(bar - 1, 2), "rects": rects, **b})
-    return Chart(minutes=out, peak=peak)
+        out.append({"at": minute, "x": round(left + i * bar, 2), "w": round(bar - 1, 2), "rects": rects, **b})
+    ticks = [
+        {"x": out[i]["x"], "at": start + timedelta(minutes=i)} for i in range(minutes) if (start.minute + i) % 10 == 0
+    ]
+    levels = sorted({0, peak // 2, peak}) if peak else [0]
+    marks = [{"value": v, "y": round(bottom - v * scale, 2)} for v in levels]
+    return Chart(minutes=out, peak=peak, ticks=ticks, scale=marks)
 
 
 @dataclass
@@ -186,7 +222,7 @@ def destinations(
     by_domain: dict[str, DestinationRow] = {}
     for domain, state, n in recipient_domain_states() if domain_states is None else domain_states:
         d = by_domain.setdefault(domain, DestinationRow(domain))
-        if state in Recipient.ACTIVE:
+        if state in count.ACTIVE_STATES:
             d.active += n
         elif state == Recipient.State.DELIVERED:
             d.delivered = n
@@ -215,10 +251,11 @@ def destinations(
         by_domain[domain].soft_bounced = n
     if attr == "soft_bounced":
         shown = sorted(shown, key=key)[:limit]
+    live = live_connections()
     for domain, host_list in _latest_hosts([d.domain for d in shown]).items():
         d = by_domain[domain]
-        d.hosts = host_list
-        d.connections_out = sum(h.connections_out for h in host_list)
+        d.hosts = with_live_connections(host_list)
+        d.connections_out = sum(live.get((h.host, h.port), 0) for h in host_list)
         if host_list:
             latest = host_list[0]
             d.host = f"{latest.host}:{latest.port}"
@@ -546,18 +583,17 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         .exclude(host="")
         .values_list("host", flat=True)[:50]
     )
-    hosts = list(HostStatus.objects.filter(host__in=host_names))
+    statuses = with_live_connections(HostStatus.objects.filter(host__in=host_names))
     last_activity = attempts.aggregate(m=Max("at"))["m"]
     last_5xx = attempts.filter(code__gte=500).order_by("-at", "-id").first()
-    delivered = states.get(Recipient.State.DELIVERED, 0)
-    hard_total = states.get(Recipient.State.BOUNCED, 0)
-    deleted = states.get(Recipient.State.DELETED, 0)
+    figures = count.from_states(states)
+    delivered, hard_total, deleted = figures.delivered, figures.hard_bounced, figures.deleted
     return {
         "domain": domain,
         "now": now,
-        "up": not all(h.down_until and h.down_until > now for h in hosts) if hosts else None,
+        "up": not all(h.down_until and h.down_until > now for h in statuses) if statuses else None,
         "soft_bounced": soft,
-        "completed": delivered + hard_total + deleted + states.get(Recipient.State.DROPPED, 0),
+        "completed": figures.completed,
         "hard_bounced": hard_total,
         "hard_dns": hard["dns"],
         "hard_5xx": hard["fivexx"],
@@ -565,14 +601,14 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         "hard_other": hard_total - hard["dns"] - hard["fivexx"] - hard["expired"],
         "delivered": delivered,
         "deleted": deleted,
-        "dropped": states.get(Recipient.State.DROPPED, 0),
+        "dropped": figures.dropped,
         "active": gauges["active"],
         "unattempted": gauges["unattempted"],
         "attempted": gauges["active"] - gauges["unattempted"],
-        "connections_out": sum(h.connections_out for h in hosts),
+        "connections_out": sum(h.connections_out for h in statuses),
         "oldest": gauges["oldest"],
         "last_activity": last_activity,
-        "hosts": hosts,
+        "hosts": statuses,
         "last_5xx": last_5xx,
     }
 

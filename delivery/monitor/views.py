@@ -84,6 +84,7 @@ def dashboard(request: AuthedHtmxRequest) -> HttpResponse:
         "counters": selectors.counters(now, selectors.state_totals(domain_states)),
         "windows": selectors.WINDOWS,
         "chart": selectors.per_minute_chart(now),
+        "history_start": selectors.history_start(),
         "destinations": selectors.destinations(now, sort=sort, domain_states=domain_states),
         "sorts": selectors.DESTINATION_SORTS,
         "sort": sort,
@@ -240,7 +241,8 @@ def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    ctx = {"page": page, "hosts": page.object_list, "q": q, "now": timezone.now(), "query": query.urlencode()}
+    shown = selectors.with_live_connections(page.object_list)
+    ctx = {"page": page, "hosts": shown, "q": q, "now": timezone.now(), "query": query.urlencode()}
     return htmx.render(request, "delivery/host_list.html", "host-table", ctx)
 
 
@@ -253,7 +255,7 @@ def host_retry(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     note = f"{host.host}:{host.port} marked up; {_plural(kicked, 'queued message')} sent now."
     if request.htmx:
         host.refresh_from_db()
-        ctx = {"h": host, "now": timezone.now(), "note": note}
+        ctx = {"h": selectors.with_live_connections([host])[0], "now": timezone.now(), "note": note}
         return render(request, "delivery/_host_row.html", ctx)
     messages.success(request, note)
     return HttpResponseRedirect(reverse("delivery:host-list"))

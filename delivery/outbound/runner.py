@@ -81,6 +81,7 @@ class _Last:
     text: str = "no host could be tried"
     host: str = ""
     ip: str = ""
+    port: int = 0
     logged: bool = False  # a Delayed: line already says it (a reply in a transaction), none is due at the end
 
 
@@ -179,10 +180,14 @@ class Runner:
     ) -> None:
         pending: list[tuple[outcome.Job, list[outcome.Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
         last: dict[tuple[int, int], _Last] = {}
+        # The recipients whose attempt row of this run already says "delayed" (the last host's failure): every
+        # recipient put back to wait gets exactly one such row, the delay event the counters count.
+        delayed: set[tuple[int, int]] = set()
         for index, host in enumerate(group.hosts):
             if not pending:
                 break
             later = group.hosts[index + 1 :]
+            final_host = not later  # the last host is never skipped: after it, what is left waits for its retry
             if host.key in failed_now and any(h.key not in failed_now for h in later):
                 continue
             destination = replace(group.template, host=host)
@@ -191,9 +196,15 @@ class Runner:
                 pooled = await self._acquire(destination, group, carry)
                 if isinstance(pooled, _Last):  # the host failed: everything goes on to the next host
                     failed_now.add(host.key)
+                    kind = DeliveryAttempt.Outcome.DELAYED if final_host else DeliveryAttempt.Outcome.CONNECTION_ERROR
+                    tried = sum(len(rcpts) for _, rcpts in remaining)
+                    if carry.host_events:  # the failure's event (from _acquire): its recipients failed here
+                        carry.host_events[-1] = replace(carry.host_events[-1], failed=tried)
                     for job, rcpts in remaining:
                         for r in rcpts:
                             last[(job.mid, r.rid)] = pooled
+                            if final_host:
+                                delayed.add((job.mid, r.rid))
                             carry.attempts.append(
                                 outcome.Attempt(
                                     job.mid,
@@ -204,7 +215,7 @@ class Runner:
                                     host.port,
                                     pooled.code,
                                     pooled.text,
-                                    DeliveryAttempt.Outcome.CONNECTION_ERROR,
+                                    kind,
                                 )
                             )
                     pending += remaining
@@ -213,7 +224,9 @@ class Runner:
                 broke = False
                 while remaining and pooled.session.usable and not self._stopping:
                     job, rcpts = remaining.pop(0)
-                    report, carried, broke = await self._send(pooled, group, job, rcpts, last)
+                    report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host)
+                    if final_host:
+                        delayed.update((job.mid, r.rid) for r in carried)
                     report.lines[:0] = carry.lines
                     report.attempts[:0] = carry.attempts
                     report.host_events[:0] = carry.host_events
@@ -236,6 +249,20 @@ class Runner:
             for r in rcpts:
                 info = last.get((job.mid, r.rid), _Last())
                 status, phrase = engine.enhanced_status(info.code, info.text)
+                if (job.mid, r.rid) not in delayed:  # not tried on the last host (its connection broke first)
+                    report.attempts.append(
+                        outcome.Attempt(
+                            job.mid,
+                            r.rid,
+                            info.dcid,
+                            info.host,
+                            info.ip,
+                            info.port,
+                            info.code,
+                            info.text,
+                            DeliveryAttempt.Outcome.DELAYED,
+                        )
+                    )
                 report.finals.append(outcome.Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
                 if info.logged:
                     continue
@@ -267,6 +294,7 @@ class Runner:
         job: outcome.Job,
         rcpts: list[outcome.Rcpt],
         last: dict[tuple[int, int], _Last],
+        final_host: bool,
     ) -> tuple[outcome.Report, list[outcome.Rcpt], bool]:
         """One message over one open connection: (report, recipients for the next host, connection broke).
 
@@ -274,6 +302,7 @@ class Runner:
         recipient sent on to the next host or back to its retry (a 4xx, or no reply), `Bounced:` for each hard
         bounce, `Possible Delivery:` when the connection was lost after the final dot, `Message done` and
         `Response` for the recipients delivered, and the `Connection Error` of a connection that broke.
+        On the `final_host` a temporary failure's attempt says "delayed": no next host, the recipient waits.
         """
         session, dcid = pooled.session, pooled.dcid
         host = session.destination.host
@@ -302,8 +331,8 @@ class Runner:
                 line_kind = line_kind
             else:
                 carried.append(r)
-                last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address, ip, logged=True)
-                kind = DeliveryAttempt.Outcome.NEXT_HOST
+                last[(job.mid, o.rid)] = _Last(dcid, o.code, o.text, host.address, ip, host.port, logged=True)
+                kind = DeliveryAttempt.Outcome.DELAYED if final_host else DeliveryAttempt.Outcome.NEXT_HOST
                 line_kind = maillog.lines.DELAYED
             if line_kind:
                 lines.append(
@@ -419,7 +448,7 @@ class Runner:
                     host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
                 )
             )
-            return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip)
+            return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip, host.port)
         carry.lines.append(
             _now(
                 maillog.lines.new_dcid(

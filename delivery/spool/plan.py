@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from delivery import engine, maillog, outcome, resolve
-from delivery.models import BounceProfile, Message, MessageBody, Recipient
+from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
 from delivery.outbound import hosts
 from delivery.spool import lease
 from routes import auth_profiles, matching, snapshot
@@ -113,6 +113,10 @@ def local_final(
             kind, 0, mid, sender, rcpt.address, rcpt.rid, status, phrase, None, text, domain=rcpt.domain
         )
     )
+    # The event's row (DCID 0, no host): the hard bounce and delay counters count these rows, as they count a
+    # host's 5xx and 4xx, and tracking lists the decision with the connections.
+    row = DeliveryAttempt.Outcome.BOUNCED if state == Recipient.State.BOUNCED else DeliveryAttempt.Outcome.DELAYED
+    report.attempts.append(outcome.Attempt(mid, rcpt.rid, 0, "", "", 0, None, text, row))
 
 
 def plan(mids: Sequence[int], *, now: datetime) -> Plan:

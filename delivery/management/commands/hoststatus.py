@@ -123,12 +123,15 @@ class Command(BaseCommand):
                 shown.append(("skip" if c.skipped else str(n), c.host.priority, name, c.status))
         if not shown:
             return [*lines, "  (none)"]
-        lines.append(f"  {'#':>4} {'Pri':>5}  {'Host':<36} {'Delivered':>9} {'Failed':>7}  State")
+        lines.append(
+            "  Delivered / Not delivered: recipients, by host (not delivered: a 4xx, a 5xx or the connection failing)"
+        )
+        lines.append(f"  {'#':>4} {'Pri':>5}  {'Host':<36} {'Delivered':>9} {'Not del.':>8}  State")
         for order, priority, name, hs in shown:
             pri = "" if priority is None else str(priority)
             delivered = hs.delivered if hs else 0
             failed = hs.failed if hs else 0
-            lines.append(f"  {order:>4} {pri:>5}  {name:<36} {delivered:>9} {failed:>7}  {host_state(hs, now)}")
+            lines.append(f"  {order:>4} {pri:>5}  {name:<36} {delivered:>9} {failed:>8}  {host_state(hs, now)}")
             if hs and hs.last_error:
                 lines.append(f"{'':14}last error {when(hs.last_error_at)}: {hs.last_error}")
         return lines

@@ -32,6 +32,7 @@ class Command(BaseCommand):
             f"Status as of:                  {maillog.lines.ctime(now)}",
             f"Sorted by:                     {selectors.DESTINATION_SORTS[options['sort']]}",
             "Hosts marked with '*' were down as of the last delivery attempt.",
+            "Recip. = recipients; Soft Bounced = events (attempt rows); Conn. Out = connections open now.",
             f"{'':45}{'Active':>8}{'Conn.':>8}{'Deliv.':>9}{'Soft':>9}{'Hard':>9}",
             f"{'  #   Recipient Host':<45}{'Recip.':>8}{'Out':>8}{'Recip.':>9}{'Bounced':>9}{'Bounced':>9}",
         ]
