@@ -20,6 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, IdCounter, MailLogLine, Message, Recipient
+from delivery.outbound import hosts
 from delivery.spool import actions
 from esaroutes import permissions
 
@@ -251,13 +252,23 @@ class HostStatusAdmin(QueueActionAdmin):
         "consecutive_failures",
         "last_error",
         "last_success_at",
-        "connections_out",
+        "connections_now",
         "delivered",
         "failed",
     )
     search_fields = ("host", "last_error")
     list_filter = ("port",)
     actions = ("mark_up",)
+    _live: dict[tuple[str, int], int] | None = None
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        self._live = hosts.open_connections()  # once per page: the workers' live gauges, as the hosts page reads
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="Connections out")
+    def connections_now(self, obj: HostStatus) -> int:
+        live = self._live if self._live is not None else hosts.open_connections()
+        return live.get((obj.host, obj.port), 0)
 
     @admin.action(permissions=["hosts"], description="Mark host up (retry now: send its routes' queued mail)")
     def mark_up(self, request: HttpRequest, queryset: QuerySet[HostStatus]) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -73,3 +74,24 @@ def test_audit_log_lists_and_filters(as_user, alice):
 def test_hosts_page_with_a_down_host_for_every_role(as_user, who):
     HostStatus.objects.create(host="mx.down.test", down_until=timezone.now() + timedelta(minutes=5), failed=3)
     assert as_user(who).get("/hosts/").status_code == 200
+
+
+def test_connections_out_are_read_live_from_the_workers_gauges_not_the_stored_column(as_user):
+    """The sweep copies the gauges into the column every few seconds; the pages must not wait for it."""
+    from delivery.outbound import hosts
+
+    HostStatus.objects.create(host="mx.busy.test", port=25, connections_out=1)  # stale: closed since
+    HostStatus.objects.create(host="mx.new.test", port=25, connections_out=0)  # opened since
+    hosts.publish_connections("test-live", {("mx.new.test", 25): 2})
+    try:
+        client = as_user("alice")
+        for url in ("/hosts/", "/admin/delivery/hoststatus/"):
+            body = client.get(url).content.decode()
+            if url == "/hosts/":
+                assert re.search(r'data-host="mx.busy.test:25".*?data-col="connections_out">0<', body, re.S)
+                assert re.search(r'data-host="mx.new.test:25".*?data-col="connections_out">2<', body, re.S)
+            else:
+                assert re.search(r'mx.new.test</a></th>.*?<td class="field-connections_now">2</td>', body, re.S)
+                assert re.search(r'mx.busy.test</a></th>.*?<td class="field-connections_now">0</td>', body, re.S)
+    finally:
+        hosts.publish_connections("test-live", {})
