@@ -167,6 +167,11 @@ def dcid_tls(dcid: int, protocol: str, cipher: str) -> Line:
     return Line(f"DCID {dcid} TLS success protocol {clean(protocol)} cipher {clean(cipher)}", dcid=dcid)
 
 
+def dcid_tls_failed(dcid: int, why: str) -> Line:
+    """`DCID 80167 TLS failed: ...`: the STARTTLS handshake with the host did not complete."""
+    return Line(f"DCID {dcid} TLS failed: {clean(why)}", dcid=dcid)
+
+
 def tls_required_failed(dcid: int, address: str) -> Line:
     return Line(
         f"DCID {dcid} IP {address} TLS was required but could not be successfully negotiated",

@@ -434,6 +434,8 @@ class Runner:
                     dcid, group.domain, ip, host.port, _details(opened), group.interface, opened.reason
                 )
             ]
+            if opened.tls_handshake:
+                failed.insert(0, maillog.lines.dcid_tls_failed(dcid, opened.text))
             if opened.tls_required:
                 failed.append(maillog.lines.tls_required_failed(dcid, ip))
             if connected:

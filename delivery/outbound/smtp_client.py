@@ -79,6 +79,7 @@ class Failure:
     local_ip: str = ""
     timed_out: bool = False
     tls_required: bool = False  # the policy required TLS and it could not be negotiated
+    tls_handshake: bool = False  # STARTTLS was accepted and the handshake then failed (or timed out)
     reused: bool = False  # the connection had already carried a message
 
     def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
@@ -640,7 +641,8 @@ class HostSession:
     def _fail_open(self, stage: Stage, exc: BaseException) -> Failure:
         if isinstance(exc, _PolicyFailure):
             translated = _translate(exc.cause) if exc.cause else (None, exc.message, False)
-            self.failure = self._failure(stage, translated, tls_required=exc.tls_required)
+            handshake = exc.cause is not None and not isinstance(exc.cause, aiosmtplib.SMTPResponseException)
+            self.failure = self._failure(stage, translated, tls_required=exc.tls_required, tls_handshake=handshake)
         else:
             self.failure = self._failure(stage, _translate(exc, self._peer()))
         self._drop()
@@ -656,6 +658,7 @@ class HostSession:
         translated: tuple[int | None, str, bool],
         *,
         tls_required: bool = False,
+        tls_handshake: bool = False,
         reused: bool = False,
     ) -> Failure:
         """The failure of this connection at `stage`, from a `_translate`d exception (code, text, timed out)."""
@@ -668,6 +671,7 @@ class HostSession:
             local_ip=self._local_ip,
             timed_out=timed_out,
             tls_required=tls_required,
+            tls_handshake=tls_handshake,
             reused=reused,
         )
 

@@ -235,3 +235,20 @@ def test_a_last_host_connection_error_delays_with_one_line(peers):
     # the 451 as it happened, then the refused host's failure when no host was left
     assert len(delayed) == 2
     assert "('451', ['4.3.0 try later'])" in delayed[0] and "('000', [" in delayed[1]
+
+
+def test_a_failed_tls_handshake_is_logged_before_its_connection_error(peers):
+    untrusted = peers.start(starttls=True)  # its certificate is not in the system store
+    good = peers.start()
+    make_route("dest.test", hosts_text((untrusted, 0), (good, 10)), tls="required_verify")
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])
+    lines = log()
+    first = _dcids(lines)[0]
+    story = lines[
+        lines.index(f"New SMTP DCID {first} interface Data 1 address {untrusted.host} port {untrusted.port}") :
+    ]
+    assert re.fullmatch(rf"DCID {first} TLS failed: TLS handshake failed: .+", story[1])
+    assert story[2].startswith(f"Connection Error: DCID {first} ")
+    assert story[3] == f"DCID {first} IP {untrusted.host} TLS was required but could not be successfully negotiated"
+    assert story[4] == f"DCID {first} close"
