@@ -238,6 +238,7 @@ def main() -> None:
     last = MailLogLine.objects.order_by("-id").values_list("id", flat=True).first() or 0
     address = Recipient.objects.filter(message_id=mid).values_list("address", flat=True).first()
     domain = Recipient.objects.filter(message_id=mid).values_list("domain", flat=True).first()
+    host = MailLogLine.objects.filter(mid=mid).exclude(host="").values_list("host", flat=True).first() or "-"
     cases: list[tuple[str, str, dict[str, str]]] = [
         ("dashboard (full page)", "/", {}),
         ("dashboard (htmx poll)", "/", {"HX-Request": "true"}),
@@ -246,6 +247,7 @@ def main() -> None:
         ("mail log, tail poll (500 new)", f"/log/?after={last - 500}", {"HX-Request": "true"}),
         ("mail log, by MID", f"/log/?mid={mid}", {}),
         ("mail log, by domain", f"/log/?domain={domain}", {}),
+        ("mail log, by host", f"/log/?host={host}", {}),
         ("mail log, text 'unknown user' (24 h)", "/log/?q=unknown+user", {}),
         ("mail log, text 'ready' + level Warning", "/log/?q=ready&level=Warning", {}),
         ("mail log, 500 older lines (keyset)", f"/log/?before={last // 2}", {}),

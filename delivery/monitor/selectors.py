@@ -17,9 +17,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db.models import Count, Exists, Max, Min, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Count, Exists, F, Func, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import TruncMinute
 
 from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
@@ -27,6 +27,10 @@ from delivery.monitor import counters as count
 from delivery.outbound import hosts
 from routes import matching
 from routes.models import Route
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler
 
 Outcome = DeliveryAttempt.Outcome
 SOFT_OUTCOMES = count.SOFT_OUTCOMES
@@ -317,6 +321,30 @@ OUTCOME_LINES = (
 )
 
 
+class _MidAmong(Func):
+    """`mid IN (subquery)`, written `mid = ANY(ARRAY(subquery))` on PostgreSQL: there the planner ORs the two
+    index bitmaps (the domain's or host's lines, the messages' lines) instead of walking the whole log backwards
+    with a hashed IN (bench/views.py: 14 ms instead of 470 ms for a domain's newest 500 lines)."""
+
+    output_field = BooleanField()
+    conditional = True
+
+    def as_sql(
+        self,
+        compiler: SQLCompiler,
+        connection: BaseDatabaseWrapper,
+        function: str | None = None,
+        template: str | None = None,
+        arg_joiner: str | None = None,
+        **extra_context: Any,
+    ) -> tuple[str, tuple[Any, ...]]:
+        column, column_params = compiler.compile(self.source_expressions[0])
+        subquery, subquery_params = compiler.compile(self.source_expressions[1])
+        if connection.vendor == "postgresql":
+            return f"{column} = ANY(ARRAY{subquery})", (*column_params, *subquery_params)
+        return f"{column} IN {subquery}", (*column_params, *subquery_params)
+
+
 def log_queryset(f: LogFilters) -> QuerySet[MailLogLine]:
     qs = MailLogLine.objects.all()
     if f.mid is not None:
@@ -328,10 +356,10 @@ def log_queryset(f: LogFilters) -> QuerySet[MailLogLine]:
     if f.domain:
         domain = f.domain.lower()
         in_domain = Recipient.objects.filter(domain=domain).values("message_id")
-        qs = qs.filter(Q(domain=domain) | (Q(mid__in=in_domain) & OUTCOME_LINES))
+        qs = qs.filter(Q(domain=domain) | (Q(_MidAmong(F("mid"), Subquery(in_domain))) & OUTCOME_LINES))
     if f.host:
         on_host = MailLogLine.objects.filter(host=f.host, mid__isnull=False).values("mid")
-        qs = qs.filter(Q(host=f.host) | (Q(mid__in=on_host) & OUTCOME_LINES))
+        qs = qs.filter(Q(host=f.host) | (Q(_MidAmong(F("mid"), Subquery(on_host))) & OUTCOME_LINES))
     if f.level:
         qs = qs.filter(level=f.level)
     if f.since:
