@@ -2,9 +2,9 @@
 
 The queue's state is changed only by `delivery.spool` (one transaction, state + attempts + log lines), so the
 admin shows messages, recipients, attempts, hosts and log lines read-only, and its actions call the same
-functions as the operator pages and commands (`delivery.spool.actions`: deliver now, bounce, delete, mark host up), for
-those who hold the capability (`queue.change`, `hosts.change`); bounce and delete ask for confirmation first.
-Bounce profiles are plain configuration and editable.
+functions as the operator pages and commands (`delivery.spool.actions`: deliver now, bounce, delete, mark host
+up, suspend and resume delivery), for those who hold the capability (`queue.change`, `hosts.change`); bounce and
+delete ask for confirmation first. Bounce profiles are plain configuration and editable.
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from delivery.models import BounceProfile, DeliveryAttempt, HostStatus, IdCounter, MailLogLine, Message, Recipient
+from delivery.models import (
+    BounceProfile,
+    DeliveryAttempt,
+    DeliverySuspension,
+    HostStatus,
+    IdCounter,
+    MailLogLine,
+    Message,
+    Recipient,
+)
 from delivery.outbound import hosts
 from delivery.spool import actions
 from esaroutes import permissions
@@ -220,7 +229,7 @@ class RecipientAdmin(QueueActionAdmin):
         "finished_at",
     )
     inlines = (DeliveryAttemptInline,)
-    actions = ("bounce_selected", "delete_from_queue")
+    actions = ("bounce_selected", "delete_from_queue", "suspend_domains")
 
     @admin.action(permissions=["queue"], description="Bounce the selected recipients (if still active)")
     def bounce_selected(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
@@ -231,6 +240,29 @@ class RecipientAdmin(QueueActionAdmin):
     def delete_from_queue(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
         chosen = actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
         return self.delete(request, chosen)
+
+    @admin.action(permissions=["queue"], description="Suspend delivery to the selected recipients' domains")
+    def suspend_domains(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> None:
+        domains = sorted(set(queryset.values_list("domain", flat=True)))
+        new = actions.suspend_delivery(domains, actor=request.user)
+        if new:
+            self.message_user(request, f"Delivery suspended: {', '.join(new)}.", messages.SUCCESS)
+        else:
+            self.message_user(request, "Delivery was already suspended for those domains.", messages.WARNING)
+
+
+@admin.register(DeliverySuspension)
+class DeliverySuspensionAdmin(QueueActionAdmin):
+    """The suspended destination domains (`suspenddel`); resuming goes through `delivery.spool.actions`."""
+
+    list_display = ("domain", "suspended_at", "suspended_by")
+    readonly_fields = ("domain", "suspended_at", "suspended_by")
+    actions = ("resume",)
+
+    @admin.action(permissions=["queue"], description="Resume delivery (send their queued mail now)")
+    def resume(self, request: HttpRequest, queryset: QuerySet[DeliverySuspension]) -> None:
+        resumed = actions.resume_delivery(list(queryset.values_list("domain", flat=True)), actor=request.user)
+        self.message_user(request, f"Delivery resumed: {', '.join(resumed) or 'nothing'}.", messages.SUCCESS)
 
 
 @admin.register(DeliveryAttempt)

@@ -241,6 +241,20 @@ def is_expired(
     return attempts > max_retries or now - first_queued_at >= max_lifetime
 
 
+#: The suspension that stands for every destination domain (`suspenddel ALL`).
+SUSPEND_ALL = "ALL"
+
+
+def is_suspended(domain: str, suspended: Collection[str]) -> bool:
+    """Whether deliveries to `domain` are suspended, given the suspended domains (``"ALL"``: every domain).
+
+    A suspended recipient is left as it is: not attempted, no attempt counted, its host never marked down, and
+    never expired while suspended (the expiry check comes after this one): suspending is the operator's choice,
+    not the destination's failure. Its queue lifetime still counts from when the message came in.
+    """
+    return SUSPEND_ALL in suspended or domain in suspended
+
+
 def host_down_for(
     consecutive_failures: int,
     initial: timedelta = timedelta(seconds=60),

@@ -240,3 +240,23 @@ class MailLogLine(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class DeliverySuspension(models.Model):
+    """A destination domain whose deliveries an operator suspended (`suspenddel`); "ALL" suspends every one.
+
+    Mail for it is still accepted and queued; nothing is sent until `resumedel` removes the row. In the database,
+    so a suspension survives every restart.
+    """
+
+    ALL = "ALL"
+
+    domain = models.CharField(max_length=255, unique=True, help_text='IDNA, lower-case, or "ALL"')
+    suspended_at = models.DateTimeField()
+    suspended_by = models.CharField(max_length=200, blank=True)
+
+    class Meta(TypedModelMeta):
+        ordering = ["domain"]
+
+    def __str__(self) -> str:
+        return self.domain

@@ -289,3 +289,14 @@ def kicking(domain: str) -> Line:
 
 def format_line(line: Line, at: datetime) -> str:
     return f"{ctime(line.at or at)} {line.level}: {line.text}"
+
+
+def suspended(domain: str) -> Line:
+    """Mail for `domain` was due and stays queued: an operator suspended its deliveries (`suspenddel`)."""
+    return Line(f"Deliveries are currently suspended [{clean(domain)}]", domain="" if domain == "ALL" else domain)
+
+
+def suspension_changed(domain: str, *, suspended: bool, by: str) -> Line:
+    """An operator suspended or resumed the deliveries to `domain` ("ALL": every domain)."""
+    verb = "suspended" if suspended else "resumed"
+    return Line(f"Deliveries {verb} [{clean(domain)}] by {clean(by)}", domain="" if domain == "ALL" else domain)

@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 
+from delivery import engine
 from delivery.models import MailLogLine
 from delivery.monitor import selectors
 from routes import matching
@@ -178,3 +179,19 @@ class QueueActionForm(forms.Form):
         if scope == "recipients":
             return {"recipient_ids": d["recipient"]}
         return {"everything": True}
+
+
+class SuspensionForm(forms.Form):
+    """Suspend or resume the deliveries to one destination domain, or to every domain ("ALL")."""
+
+    domain = forms.CharField(max_length=255)
+    next = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
+
+    def clean_domain(self) -> str:
+        text = self.cleaned_data["domain"].strip()
+        if text.upper() == engine.SUSPEND_ALL:
+            return engine.SUSPEND_ALL
+        domain = matching.recipient_domain(text)
+        if domain is None:
+            raise forms.ValidationError(f'"{text}" is not a domain name.')
+        return domain

@@ -125,6 +125,15 @@ class DatabaseCollector:
         g.add_metric([], oldest_age or 0.0)
         yield g
 
+        suspended = GaugeMetricFamily(
+            "esaroutes_delivery_suspended",
+            'Deliveries suspended by an operator (suspenddel): 1 per suspended domain ("ALL": every domain)',
+            labels=["domain"],
+        )
+        for domain in sorted(selectors.suspended_domains()):
+            suspended.add_metric([domain], 1)
+        yield suspended
+
         yield latency_histogram()
 
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from django.db.models import BooleanField, Count, Exists, F, Func, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import TruncMinute
 
-from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Message, Recipient
+from delivery import engine
+from delivery.models import DeliveryAttempt, DeliverySuspension, HostStatus, MailLogLine, Message, Recipient
 from delivery.monitor import counters as count
 from delivery.outbound import hosts
 from routes import matching
@@ -204,6 +205,7 @@ class DestinationRow:
     host: str = ""
     host_up: bool | None = None
     hosts: list[HostStatus] = field(default_factory=list)
+    suspended: bool = False  # an operator suspended its deliveries (suspenddel)
 
 
 DESTINATION_SORTS = {
@@ -264,7 +266,11 @@ def destinations(
             latest = host_list[0]
             d.host = f"{latest.host}:{latest.port}"
             d.host_up = not (latest.down_until and latest.down_until > now)
-    return sorted(shown, key=key)[:limit]
+    suspended = suspended_domains()
+    rows = sorted(shown, key=key)[:limit]
+    for d in rows:
+        d.suspended = engine.is_suspended(d.domain, suspended)
+    return rows
 
 
 def _latest_hosts(domain_names: Sequence[str]) -> dict[str, list[HostStatus]]:
@@ -543,10 +549,26 @@ def parse_headers(message: Message, max_bytes: int = 256 * 1024) -> list[tuple[s
 # --- Queue and hosts -------------------------------------------------------------------------------------------
 
 
+def suspensions() -> list[DeliverySuspension]:
+    """The suspended destination domains (`suspenddel`), "ALL" first when every domain is."""
+    return sorted(DeliverySuspension.objects.all(), key=lambda s: (s.domain != engine.SUSPEND_ALL, s.domain))
+
+
+def suspended_domains() -> frozenset[str]:
+    return frozenset(DeliverySuspension.objects.values_list("domain", flat=True))
+
+
+def suspension_of(domain: str) -> DeliverySuspension | None:
+    """What suspends the deliveries to `domain`: its own suspension, else "ALL", else None."""
+    rows = {s.domain: s for s in DeliverySuspension.objects.filter(domain__in=[domain, engine.SUSPEND_ALL])}
+    return rows.get(domain) or rows.get(engine.SUSPEND_ALL)
+
+
 def queue_domains(limit: int = 100) -> list[dict[str, Any]]:
     """Active recipients per destination domain with the oldest message and the next attempt (`showrecipients`),
-    the `limit` domains with the oldest messages first."""
-    return list(
+    the `limit` domains with the oldest messages first; `suspended` when its deliveries are."""
+    suspended = suspended_domains()
+    rows = list(
         Recipient.objects.filter(state__in=Recipient.ACTIVE)
         .values("domain")
         .annotate(
@@ -557,6 +579,9 @@ def queue_domains(limit: int = 100) -> list[dict[str, Any]]:
         )
         .order_by("oldest", "domain")[:limit]
     )
+    for row in rows:
+        row["suspended"] = engine.is_suspended(row["domain"], suspended)
+    return rows
 
 
 def queue_recipients(domain: str = "") -> QuerySet[Recipient]:
@@ -638,6 +663,7 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         "last_activity": last_activity,
         "hosts": statuses,
         "last_5xx": last_5xx,
+        "suspension": suspension_of(domain),
     }
 
 

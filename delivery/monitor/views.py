@@ -27,7 +27,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from delivery import maillog, resolve
+from delivery import engine, maillog, resolve
 from delivery.models import HostStatus, Message, Recipient
 from delivery.monitor import forms, selectors
 from delivery.spool import actions
@@ -274,7 +274,14 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
     return render(
         request,
         "delivery/domain_detail.html",
-        {"status": status, "domain": domain.lower(), "route": route, "where": route.resolution, "now": now},
+        {
+            "status": status,
+            "domain": domain.lower(),
+            "route": route,
+            "where": route.resolution,
+            "now": now,
+            "suspension": selectors.suspension_of(domain.lower()),
+        },
         status=200 if status else 404,
     )
 
@@ -346,8 +353,12 @@ def _queue_context(params: QueryDict, here: str) -> dict[str, Any]:
     page = Paginator(selectors.queue_recipients(domain), PER_PAGE).get_page(params.get("page"))
     query = params.copy()
     query.pop("page", None)
+    suspended = selectors.suspended_domains()
     return {
         "domains": selectors.queue_domains(),
+        "suspensions": selectors.suspensions(),
+        "suspended": suspended,
+        "suspended_all": engine.SUSPEND_ALL in suspended,
         "domain": domain,
         "page": page,
         "recipients": page.object_list,
@@ -443,3 +454,30 @@ def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
         "scope": form.cleaned_data["scope"],
     }
     return render(request, "delivery/queue_confirm.html", ctx)
+
+
+@require_POST
+@permissions.require("queue.view", "queue.change")
+def queue_suspension(request: AuthedHtmxRequest, action: str) -> HttpResponse:
+    """Suspend or resume the deliveries to one domain (or ALL), as `suspenddel`/`resumedel` do; no confirmation
+    step, since either undoes the other and neither sends, bounces or deletes anything by itself."""
+    form = forms.SuspensionForm(request.POST)
+    if not form.is_valid():  # as queue_action: the queue page, the reason on top, status 400
+        back = _next_url(request, request.POST.get("next", "")[:2000])
+        ctx = {**_queue_context(QueryDict(urlsplit(back).query), back), "action_form": form}
+        return render(request, "delivery/queue.html", ctx, status=400)
+    back = _next_url(request, form.cleaned_data.get("next") or "")
+    domain = form.cleaned_data["domain"]
+    name = "every domain (ALL)" if domain == engine.SUSPEND_ALL else domain
+    if action == "suspend":
+        if actions.suspend_delivery([domain], actor=request.user):
+            messages.success(request, f"Delivery to {name} suspended: its mail is queued until you resume it.")
+        else:
+            messages.warning(request, f"Delivery to {name} was already suspended.")
+    elif actions.resume_delivery([domain], actor=request.user):
+        messages.success(request, f"Delivery to {name} resumed: its queued mail is sent now.")
+    elif engine.SUSPEND_ALL in selectors.suspended_domains():
+        messages.warning(request, f"{name} was not resumed: delivery to every domain (ALL) is suspended.")
+    else:
+        messages.warning(request, f"Delivery to {name} was not suspended.")
+    return HttpResponseRedirect(back)

@@ -1,4 +1,5 @@
-"""The operator's actions on the queue: deliver now, bounce or delete recipients, mark a host up.
+"""The operator's actions on the queue: deliver now, bounce or delete recipients, mark a host up, suspend and
+resume the deliveries to a domain.
 
 These are the only code the pages, the admin and the commands call to change the queue; each is one
 transaction, logged the way the ESA logs it and recorded in the audit log, and rings the doorbell for what it
@@ -15,8 +16,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from delivery import maillog, outcome
-from delivery.models import Recipient
+from delivery import engine, maillog, outcome
+from delivery.models import DeliverySuspension, Recipient
 from delivery.outbound import hosts
 from delivery.spool import doorbell, lease, plan, record
 from routes import audit
@@ -80,11 +81,14 @@ def select_recipients(
     return qs
 
 
+def _actor_name(actor: audit.Actor) -> str:
+    return actor if isinstance(actor, str) else getattr(actor, "username", "") or "anonymous"
+
+
 def bounce_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
     """Hard-bounce active recipients now (a DSN goes to each sender). Returns how many."""
     now = now or timezone.now()
-    name = actor if isinstance(actor, str) else getattr(actor, "username", "") or "anonymous"
-    text = f"5.0.0 Bounced by the administrator ({name})"
+    text = f"5.0.0 Bounced by the administrator ({_actor_name(actor)})"
     with transaction.atomic():
         rows = list(recipients.filter(state__in=lease.ACTIVE).select_related("message").select_for_update(of=("self",)))
         report = outcome.Report()
@@ -143,3 +147,52 @@ def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | No
         )
         transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(mids)
+
+
+def suspend_delivery(domains: Sequence[str], *, actor: audit.Actor, now: datetime | None = None) -> list[str]:
+    """The ESA's `suspenddel`: the domains' mail (every domain's, with "ALL") stays queued, delivering nothing,
+    until `resume_delivery`. Returns the domains newly suspended (one already suspended is left as it is)."""
+    now = now or timezone.now()
+    name = _actor_name(actor)
+    wanted = list(dict.fromkeys(domains))
+    with transaction.atomic():
+        have = set(DeliverySuspension.objects.filter(domain__in=wanted).values_list("domain", flat=True))
+        new = [d for d in wanted if d not in have]
+        DeliverySuspension.objects.bulk_create(
+            [DeliverySuspension(domain=d, suspended_at=now, suspended_by=name[:200]) for d in new]
+        )
+        if new:
+            maillog.writer.write([maillog.lines.suspension_changed(d, suspended=True, by=name) for d in new], at=now)
+            audit.record_action(actor, "queue", f"Suspend delivery to {', '.join(new)}", {"domains": new})
+    return new
+
+
+def resume_delivery(domains: Sequence[str], *, actor: audit.Actor, now: datetime | None = None) -> list[str]:
+    """The ESA's `resumedel`: lift the suspensions of these domains ("ALL": every suspension) and send their
+    backlog now, not at its retry times. Returns the domains resumed (those that were suspended)."""
+    now = now or timezone.now()
+    name = _actor_name(actor)
+    rows = DeliverySuspension.objects.all()
+    if engine.SUSPEND_ALL not in domains:
+        rows = rows.filter(domain__in=list(domains))
+    with transaction.atomic():
+        resumed = list(rows.select_for_update().values_list("domain", flat=True))
+        if not resumed:
+            return []
+        DeliverySuspension.objects.filter(domain__in=resumed).delete()
+        still = lease.suspended_domains()
+        backlog = Recipient.objects.none()
+        if engine.SUSPEND_ALL not in still:
+            backlog = Recipient.objects.exclude(domain__in=still)
+            if engine.SUSPEND_ALL not in resumed:
+                backlog = backlog.filter(domain__in=resumed)
+        mids = lease.make_due(backlog, now)
+        maillog.writer.write([maillog.lines.suspension_changed(d, suspended=False, by=name) for d in resumed], at=now)
+        audit.record_action(
+            actor,
+            "queue",
+            f"Resume delivery to {', '.join(resumed)}",
+            {"domains": resumed, "messages": len(mids), "mids": _listed(mids)},
+        )
+        transaction.on_commit(lambda: _ring(mids[:1000]))
+    return resumed

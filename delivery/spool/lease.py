@@ -17,7 +17,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
 
-from delivery.models import Message, Recipient
+from delivery import engine
+from delivery.models import DeliverySuspension, Message, Recipient
 from delivery.outbound import hosts
 from routes import matching, snapshot
 
@@ -58,24 +59,30 @@ def due(*, now: datetime, limit: int, exclude: Sequence[int] = ()) -> list[int]:
     return list(qs.order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:limit])
 
 
+def suspended_domains() -> frozenset[str]:
+    """The destination domains whose deliveries are suspended ("ALL" among them: every domain)."""
+    return frozenset(DeliverySuspension.objects.values_list("domain", flat=True))
+
+
 def renew(token: str, *, now: datetime) -> None:
     until = now + timedelta(seconds=settings.ESAROUTES_LEASE_SECONDS)
     Message.objects.filter(leased_by=token).update(leased_until=until)
 
 
 def release(token: str, *, now: datetime, mids: Iterable[int] | None = None) -> None:
-    """Give the batch's messages back (or only `mids` of them): each waits for its earliest active recipient."""
-    earliest = (
-        Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE)
-        .order_by()
-        .values("message")
-        .annotate(m=Min("next_attempt_at"))
-        .values("m")[:1]
-    )
+    """Give the batch's messages back (or only `mids` of them): each waits for its earliest active recipient
+    whose domain is not suspended (none: no due time, so no sweep claims it until `resumedel` makes it due)."""
+    suspended = suspended_domains()
+    due_rows = Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE)
+    if suspended:
+        due_rows = due_rows.exclude(domain__in=suspended)  # they wait for resumedel, not for a time
+    earliest = due_rows.order_by().values("message").annotate(m=Min("next_attempt_at")).values("m")[:1]
     held = Message.objects.filter(leased_by=token)
     if mids is not None:
         held = held.filter(pk__in=list(mids))
-    held.update(leased_by="", leased_until=None, next_attempt_at=Subquery(earliest))
+    # (an empty queryset in the subquery would make Django skip the whole UPDATE: ALL is spelled out)
+    due_at = None if engine.SUSPEND_ALL in suspended else Subquery(earliest)
+    held.update(leased_by="", leased_until=None, next_attempt_at=due_at)
 
 
 def postpone_recipients(pairs: Iterable[tuple[int, int]], *, until: datetime) -> None:

@@ -138,10 +138,15 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     profiles = bounce_profiles()
     auth_cache: dict[int, tuple[str, str] | None] = {}
     routes: dict[str, resolve.Resolution] = {}  # round-robin key -> where that connection's mail goes
+    suspended = lease.suspended_domains()
+    left: set[str] = set()  # domains with due mail that stays queued: their deliveries are suspended
     jobs: dict[str, dict[int, list[outcome.Rcpt]]] = defaultdict(lambda: defaultdict(list))
     for mid, rid, address, domain, attempts in recipients:
         message = messages[mid]
         sender = message["sender"]
+        if engine.is_suspended(domain, suspended):
+            left.add(domain)  # not attempted, not expired; the release leaves it with no due time
+            continue
         rcpt = outcome.Rcpt(rid, address, domain)
         entry = resolver.table.lookup(domain)
         profile = profile_for(entry, profiles)
@@ -168,6 +173,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             continue
         routes.setdefault(where.key, where)
         jobs[where.key][mid].append(rcpt)
+    out.immediate.lines += [maillog.lines.suspended(d) for d in sorted(left)]
     down = hosts.down_hosts({k for where in routes.values() for k in where.host_keys()}, now)
     per_connection = settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION
     for key, by_mid in jobs.items():

@@ -230,6 +230,21 @@ def test_is_expired_defaults_are_the_default_bounce_profile() -> None:
     assert engine.is_expired(T0, 1, T0 + timedelta(hours=72))
 
 
+@pytest.mark.parametrize(
+    ("domain", "suspended", "result"),
+    [
+        ("dest.test", set(), False),
+        ("dest.test", {"dest.test"}, True),
+        ("dest.test", {"other.test"}, False),
+        ("sub.dest.test", {"dest.test"}, False),  # a suspension names one destination domain, exactly
+        ("dest.test", {"ALL"}, True),
+        ("all", {"ALL"}, True),
+    ],
+)
+def test_is_suspended(domain: str, suspended: set[str], result: bool) -> None:
+    assert engine.is_suspended(domain, suspended) is result
+
+
 # --- enhanced status codes --------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from delivery import maillog, resolve
 from delivery.management.commands import _cli
-from delivery.models import HostStatus
+from delivery.models import DeliverySuspension, HostStatus
 from delivery.monitor import selectors
 
 WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
@@ -31,6 +31,13 @@ def when(at: datetime | None, default: str = "(never)") -> str:
 def row(indent: int, label: str, value: object) -> str:
     text = f"{' ' * indent}{label}"
     return f"{text}{str(value).rjust(max(1, WIDTH - len(text)))}"
+
+
+def suspended(suspension: DeliverySuspension | None) -> str:
+    if suspension is None:
+        return "active"
+    scope = " (ALL domains)" if suspension.domain == "ALL" else ""
+    return f"suspended{scope} since {maillog.lines.ctime(suspension.suspended_at)} by {suspension.suspended_by}"
 
 
 def host_state(status: HostStatus | None, now: datetime) -> str:
@@ -62,6 +69,7 @@ class Command(BaseCommand):
             f"Host mail status for: {domain}",
             f"Status as of:         {maillog.lines.ctime(now)}",
             f"Host up/down:         {'unknown (no connection yet)' if up is None else 'up' if up else 'down'}",
+            f"Deliveries:           {suspended(status['suspension'])}",
             "",
             "Counters:",
             "  Queue",

@@ -1,0 +1,81 @@
+"""suspenddel and resumedel: the suspension rows, their output, the mail log and the audit log."""
+
+from __future__ import annotations
+
+import getpass
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError
+from django.utils import timezone
+
+from delivery.models import DeliverySuspension, MailLogLine, Message, Recipient
+from routes.models import AuditEntry
+from tests.support.messages import make_message
+
+pytestmark = pytest.mark.django_db
+
+ACTOR = f"cli:{getpass.getuser()}"
+
+
+def suspended() -> list[str]:
+    return list(DeliverySuspension.objects.values_list("domain", flat=True))
+
+
+def test_suspenddel_and_resumedel_a_domain(run):
+    later = timezone.now() + timedelta(hours=1)
+    m = make_message(recipients=("a@dest.test",))
+    Recipient.objects.filter(message=m).update(next_attempt_at=later)
+    Message.objects.filter(pk=m.pk).update(next_attempt_at=None)
+    assert run("suspenddel").out == "Delivery is not suspended for any domain.\n"
+    assert run("suspenddel", "DEST.test.", "other.test").out == (
+        "Mail delivery suspended: dest.test\nMail delivery suspended: other.test\n"
+        "Deliveries are currently suspended for: dest.test, other.test.\n"
+    )
+    assert run("suspenddel", "dest.test").out.startswith("Mail delivery was already suspended: dest.test\n")
+    assert suspended() == ["dest.test", "other.test"]
+    assert MailLogLine.objects.filter(text=f"Deliveries suspended [dest.test] by {ACTOR}", domain="dest.test").exists()
+    out = run("resumedel", "dest.test", "third.test").out
+    assert out == (
+        "Mail delivery resumed: dest.test\nNot resumed: third.test: its delivery was not suspended\n"
+        "Deliveries are currently suspended for: other.test.\n"
+    )
+    assert suspended() == ["other.test"]
+    # the backlog is due now, not at its retry time
+    assert Recipient.objects.get(message=m).next_attempt_at <= timezone.now()
+    assert Message.objects.get(pk=m.pk).next_attempt_at <= timezone.now()
+    assert MailLogLine.objects.filter(text=f"Deliveries resumed [dest.test] by {ACTOR}").exists()
+    assert list(
+        AuditEntry.objects.filter(object_type="queue").order_by("id").values_list("actor_name", "object_repr")
+    ) == [
+        (ACTOR, "Suspend delivery to dest.test, other.test"),
+        (ACTOR, "Resume delivery to dest.test"),
+    ]
+
+
+def test_suspenddel_all_and_resumedel_all(run):
+    run("suspenddel", "dest.test")
+    assert run("suspenddel", "all").out.endswith("Deliveries are currently suspended for ALL domains.\n")
+    assert run("resumedel", "dest.test").out == (
+        "Mail delivery resumed: dest.test\nDeliveries are currently suspended for ALL domains.\n"
+    )
+    assert run("resumedel", "other.test").out.startswith(
+        "Not resumed: other.test: ALL domains are suspended (resumedel ALL)\n"
+    )
+    run("suspenddel", "dest.test")
+    assert run("resumedel", "ALL").out == "Mail delivery resumed: ALL\nDelivery is not suspended for any domain.\n"
+    assert suspended() == []
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "error"),
+    [
+        ("suspenddel", ("ALL", "dest.test"), "ALL cannot be combined with domains"),
+        ("resumedel", ("dest.test", "ALL"), "ALL cannot be combined with domains"),
+        ("suspenddel", ("[10.0.0.1]",), "is not a domain name"),
+    ],
+)
+def test_suspend_commands_refuse_bad_input(run, command, args, error):
+    with pytest.raises(CommandError, match=error):
+        run(command, *args)
+    assert suspended() == []
