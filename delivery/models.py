@@ -140,6 +140,9 @@ class Recipient(models.Model):
     last_host = models.CharField(max_length=300, blank=True)
     dsn_status = models.CharField(max_length=16, blank=True, help_text="Enhanced status code, e.g. 5.1.1")
     finished_at = models.DateTimeField(null=True, blank=True)
+    held = models.BooleanField(
+        default=False, help_text="On hold (holdrecipients): stays queued, never tried nor expired, until released"
+    )
 
     class Meta(TypedModelMeta):
         ordering = ["message_id", "rid"]

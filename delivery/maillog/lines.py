@@ -300,3 +300,13 @@ def suspension_changed(domain: str, *, suspended: bool, by: str) -> Line:
     """An operator suspended or resumed the deliveries to `domain` ("ALL": every domain)."""
     verb = "suspended" if suspended else "resumed"
     return Line(f"Deliveries {verb} [{clean(domain)}] by {clean(by)}", domain="" if domain == "ALL" else domain)
+
+
+def held(mid: int, rids: Iterable[int], *, by: str) -> Line:
+    """An operator put recipients on hold (`holdrecipients`): they stay queued, untried, until released."""
+    return Line(f"Held: MID {mid} to {rid_list(rids)} by {clean(by)}", mid=mid)
+
+
+def released(mid: int, rids: Iterable[int], *, by: str) -> Line:
+    """An operator released held recipients (`releaserecipients`): they are due now."""
+    return Line(f"Released: MID {mid} to {rid_list(rids)} by {clean(by)}", mid=mid)

@@ -1,5 +1,5 @@
-"""The operator's actions on the queue: deliver now, bounce or delete recipients, mark a host up, suspend and
-resume the deliveries to a domain.
+"""The operator's actions on the queue: deliver now, bounce or delete recipients, hold and release them, mark a
+host up, suspend and resume the deliveries to a domain.
 
 These are the only code the pages, the admin and the commands call to change the queue; each is one
 transaction, logged the way the ESA logs it and recorded in the audit log, and rings the doorbell for what it
@@ -133,6 +133,53 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
             f"Delete {_recipients(len(rows))}",
             {"recipients": len(rows), "mids": _listed(by_mid)},
         )
+    return len(rows)
+
+
+def hold_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
+    """Put active recipients on hold, as Postfix's hold queue (`postsuper -h`): they stay queued, are never tried
+    and never expire, until `release_recipients`. Returns how many were put on hold (not those already held)."""
+    now = now or timezone.now()
+    name = _actor_name(actor)
+    with transaction.atomic():
+        rows = list(
+            recipients.filter(state__in=lease.ACTIVE, held=False)
+            .select_for_update()
+            .values_list("pk", "message_id", "rid")
+        )
+        by_mid: dict[int, list[int]] = defaultdict(list)
+        for _, mid, rid in rows:
+            by_mid[mid].append(rid)
+        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(held=True)
+        maillog.writer.write([maillog.lines.held(mid, rids, by=name) for mid, rids in by_mid.items()], at=now)
+        if rows:
+            audit.record_action(
+                actor, "queue", f"Hold {_recipients(len(rows))}", {"recipients": len(rows), "mids": _listed(by_mid)}
+            )
+    return len(rows)
+
+
+def release_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
+    """Release held recipients (`postsuper -H`): due now, their messages rung. Returns how many were released."""
+    now = now or timezone.now()
+    name = _actor_name(actor)
+    with transaction.atomic():
+        rows = list(
+            recipients.filter(state__in=lease.ACTIVE, held=True)
+            .select_for_update()
+            .values_list("pk", "message_id", "rid")
+        )
+        by_mid: dict[int, list[int]] = defaultdict(list)
+        for _, mid, rid in rows:
+            by_mid[mid].append(rid)
+        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(held=False)
+        mids = lease.make_due(Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]), now)
+        maillog.writer.write([maillog.lines.released(mid, rids, by=name) for mid, rids in by_mid.items()], at=now)
+        if rows:
+            audit.record_action(
+                actor, "queue", f"Release {_recipients(len(rows))}", {"recipients": len(rows), "mids": _listed(by_mid)}
+            )
+        transaction.on_commit(lambda: _ring(mids[:1000]))
     return len(rows)
 
 

@@ -71,9 +71,10 @@ def renew(token: str, *, now: datetime) -> None:
 
 def release(token: str, *, now: datetime, mids: Iterable[int] | None = None) -> None:
     """Give the batch's messages back (or only `mids` of them): each waits for its earliest active recipient
-    whose domain is not suspended (none: no due time, so no sweep claims it until `resumedel` makes it due)."""
+    not on hold and whose domain is not suspended (none: no due time, so no sweep claims it until
+    `releaserecipients` or `resumedel` makes it due)."""
     suspended = suspended_domains()
-    due_rows = Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE)
+    due_rows = Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE, held=False)
     if suspended:
         due_rows = due_rows.exclude(domain__in=suspended)  # they wait for resumedel, not for a time
     earliest = due_rows.order_by().values("message").annotate(m=Min("next_attempt_at")).values("m")[:1]

@@ -124,7 +124,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     out = Plan()
     messages = {m["pk"]: m for m in Message.objects.filter(pk__in=mids).values("pk", "sender", "received_at", "state")}
     recipients = list(
-        Recipient.objects.filter(message_id__in=mids, state__in=lease.ACTIVE)
+        Recipient.objects.filter(message_id__in=mids, state__in=lease.ACTIVE, held=False)  # held: not tried, no expiry
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("message_id", "rid")
         .values_list("message_id", "rid", "address", "domain", "attempts")

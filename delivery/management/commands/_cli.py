@@ -1,6 +1,6 @@
 """What the queue commands share: argument types (a destination domain, a MID), the terminal confirmation, a
-plural, and `SelectionCommand`, the recipient selection of `bouncerecipients` and `deleterecipients`. (Django
-loads no command from a module whose name starts with "_".)"""
+plural, and `SelectionCommand`, the recipient selection of `bouncerecipients`, `deleterecipients`,
+`holdrecipients` and `releaserecipients`. (Django loads no command from a module whose name starts with "_".)"""
 
 from __future__ import annotations
 
@@ -67,6 +67,10 @@ class SelectionCommand(BaseCommand):
         parser.add_argument("--yes", action="store_true", help="do not ask for confirmation (with --all)")
         parser.add_argument("--dry-run", action="store_true", help="only say how many recipients would be chosen")
 
+    def narrow(self, recipients: QuerySet[Recipient]) -> QuerySet[Recipient]:
+        """The chosen recipients this action applies to (hold: those not held yet; release: the held ones)."""
+        return recipients
+
     def act(self, recipients: QuerySet[Recipient]) -> int:
         return actions.bounce_recipients(recipients, actor=audit.cli_actor())
 
@@ -84,7 +88,7 @@ class SelectionCommand(BaseCommand):
         for mid in mids or ():
             if not selectors.message_exists(mid):
                 raise CommandError(f"MID {mid}: no such message")
-        chosen = actions.select_recipients(mids=mids, domain=domain, sender=sender, everything=everything)
+        chosen = self.narrow(actions.select_recipients(mids=mids, domain=domain, sender=sender, everything=everything))
         n, m = selectors.selection_size(chosen)
         if n == 0:
             self.stdout.write(self.nothing)

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from delivery import maillog
+from delivery import engine, maillog
 from delivery.management.commands import _cli
 from delivery.monitor import selectors
 
@@ -37,6 +37,7 @@ class Command(BaseCommand):
             self.stdout.write("\n".join(out))
             return
         out.append(f"Active recipients: {total}")
+        suspended = selectors.suspended_domains()
         for domain, recipients in groups:
             out += ["", f"Destination: {domain}", ""]
             out.append(f"{'MID/':<10}{'Bytes/':<10}{'Sender/':<40}Subject")
@@ -44,11 +45,14 @@ class Command(BaseCommand):
             for r in recipients:
                 m = r.message
                 out.append(f"{m.pk:<10}{m.size:<10}{(m.sender or '<>'):<40}{m.subject[:60]}")
-                due = (
-                    "now"
-                    if r.next_attempt_at is None or r.next_attempt_at <= now
-                    else maillog.lines.ctime(r.next_attempt_at)
-                )
+                if r.held:
+                    due = "held (releaserecipients)"
+                elif engine.is_suspended(r.domain, suspended):
+                    due = "suspended (resumedel)"
+                elif r.next_attempt_at is None or r.next_attempt_at <= now:
+                    due = "now"
+                else:
+                    due = maillog.lines.ctime(r.next_attempt_at)
                 reply = f"{r.last_code or ''} {r.last_response}".strip()
                 if reply and r.last_host:
                     reply += f" ({r.last_host})"

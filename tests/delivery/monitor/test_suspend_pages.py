@@ -134,3 +134,15 @@ def test_operator_staff_has_the_suspension_admin(client, bob, carol):
         page = client.get("/admin/delivery/deliverysuspension/")
         assert page.status_code == 200  # both may see the suspensions
         assert ('value="resume"' in page.content.decode()) is allowed
+
+
+def test_held_recipients_show_held_on_the_queue_and_tracking(as_user, queued):
+    from delivery.spool import actions
+
+    m1, _ = queued
+    actions.hold_recipients(actions.select_recipients(mids=[m1.pk]), actor="cli:root")
+    body = as_user("carol").get("/queue/").content.decode()
+    row = body.split(f'data-mid="{m1.pk}"')[1].split("</tr>")[0]
+    assert '<span class="state state-suspended">held</span>' in row
+    detail = as_user("carol").get(f"/tracking/{m1.pk}/").content.decode()
+    assert '<span class="state state-suspended">held</span>' in detail

@@ -1,4 +1,4 @@
-"""suspenddel and resumedel: the suspension rows, their output, the mail log and the audit log."""
+"""suspenddel, resumedel, holdrecipients, releaserecipients: the rows, their output, the mail log and the audit log."""
 
 from __future__ import annotations
 
@@ -79,3 +79,57 @@ def test_suspend_commands_refuse_bad_input(run, command, args, error):
     with pytest.raises(CommandError, match=error):
         run(command, *args)
     assert suspended() == []
+
+
+# --- holdrecipients / releaserecipients ----------------------------------------------------------------------
+
+
+def test_holdrecipients_and_releaserecipients_by_domain_sender_and_mid(run):
+    later = timezone.now() + timedelta(hours=1)
+    m1 = make_message(recipients=("a@dest.test", "b@dest.test"))
+    m2 = make_message(sender="bob@example.org", recipients=("c@other.test",))
+    Recipient.objects.update(next_attempt_at=later)
+    assert run("holdrecipients", "--domain", "dest.test", "--dry-run").out == "Would hold 2 recipients of 1 message.\n"
+    assert run("holdrecipients", "--domain", "dest.test").out == "2 recipients held.\n"
+    assert run("holdrecipients", "--domain", "dest.test").out == "No recipients held.\n"
+    assert run("holdrecipients", "--sender", "bob@example.org").out == "1 recipient held.\n"
+    assert Recipient.objects.filter(held=True).count() == 3
+    assert MailLogLine.objects.filter(text=f"Held: MID {m1.pk} to [0, 1] by {ACTOR}").exists()
+    assert run("releaserecipients", "--mid", str(m2.pk), "--dry-run").out == "Would release 1 recipient of 1 message.\n"
+    assert run("releaserecipients", "--mid", str(m2.pk)).out == "1 recipient released.\n"
+    released = Recipient.objects.get(message=m2)
+    assert not released.held and released.next_attempt_at <= timezone.now()
+    assert MailLogLine.objects.filter(text=f"Released: MID {m2.pk} to [0] by {ACTOR}").exists()
+    assert run("releaserecipients", "--all", "--yes").out == "2 recipients released.\n"
+    assert run("releaserecipients", "--all", "--yes").out == "No recipients released.\n"
+    assert list(
+        AuditEntry.objects.filter(object_type="queue").order_by("id").values_list("actor_name", "object_repr")
+    ) == [
+        (ACTOR, "Hold 2 recipients"),
+        (ACTOR, "Hold 1 recipient"),
+        (ACTOR, "Release 1 recipient"),
+        (ACTOR, "Release 2 recipients"),
+    ]
+
+
+def test_showqueue_says_held_and_suspended(run):
+    make_message(recipients=("a@dest.test",))
+    make_message(recipients=("c@other.test",))
+    run("holdrecipients", "--domain", "dest.test")
+    run("suspenddel", "other.test")
+    out = run("showqueue").out
+    assert "a@dest.test" in out and "held (releaserecipients)" in out
+    assert "suspended (resumedel)" in out
+
+
+@pytest.mark.parametrize("command", ["holdrecipients", "releaserecipients"])
+def test_hold_commands_refuse_bad_input(run, command, no_terminal):
+    with pytest.raises(CommandError, match="Choose the recipients"):
+        run(command)
+    with pytest.raises(CommandError, match="MID 999999: no such message"):
+        run(command, "--mid", "999999")
+    make_message(recipients=("a@dest.test",))
+    if command == "releaserecipients":
+        run("holdrecipients", "--all", "--yes")
+    with pytest.raises(CommandError, match="Not confirmed"):
+        run(command, "--all")
