@@ -143,6 +143,10 @@ class Recipient(models.Model):
     held = models.BooleanField(
         default=False, help_text="On hold (holdrecipients): stays queued, never tried nor expired, until released"
     )
+    redirect_host = models.CharField(
+        max_length=255, blank=True, help_text="Redirected (redirectrecipients): sent to this host instead of the route"
+    )
+    redirect_port = models.PositiveIntegerField(default=25)
 
     class Meta(TypedModelMeta):
         ordering = ["message_id", "rid"]

@@ -34,6 +34,7 @@ class Kind(enum.StrEnum):
     USEDNS = "usedns"  # a route that says: by MX records
     MX = "mx"  # no route applies: by MX records
     DEVNULL = "devnull"  # accepted and dropped
+    REDIRECT = "redirect"  # an operator sent the queued mail to one host instead (redirectrecipients)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Resolution:
         """The round-robin counter, and what the planner groups a connection's messages by."""
         if self.kind == Kind.ROUTE and self.entry is not None:
             return str(self.entry.id)
+        if self.kind == Kind.REDIRECT:
+            (host,) = self.hosts
+            return f"redirect:{host.address}:{host.port}"
         return f"mx:{self.domain}"
 
     @property
@@ -126,6 +130,26 @@ class Resolver:
                 found = []
             self._exchanges[name] = () if found == [name.lower().rstrip(".")] else tuple(found)
         return self._exchanges[name]
+
+
+def parse_relay(text: str) -> tuple[str, int]:
+    """`HOST[:PORT]` of `redirectrecipients` (a name, an IPv4 or IPv6 address, `[host]`, a port): (host, port).
+    Raises ValueError with the reason."""
+    try:
+        found = domains.parse_hosts(text.strip())
+    except domains.HostListError as exc:
+        raise ValueError("; ".join(exc.errors)) from None
+    if isinstance(found, domains.Special):
+        raise ValueError(f"{found.value} is not a host: give the host name or IP address of the relay")
+    if len(found) != 1:
+        raise ValueError("give one host (HOST[:PORT]), not a list")
+    return found[0].host, found[0].port
+
+
+def redirected(domain: str, host: str, port: int) -> Resolution:
+    """Where a redirected recipient goes: that one host, as given (its A/AAAA records; never an MX lookup, no
+    route's TLS or AUTH), whatever the domain's route says."""
+    return Resolution(domain, Kind.REDIRECT, None, (engine.Host(host, port, 0),))
 
 
 def wants_mx(spec: domains.HostSpec) -> bool:

@@ -310,3 +310,13 @@ def held(mid: int, rids: Iterable[int], *, by: str) -> Line:
 def released(mid: int, rids: Iterable[int], *, by: str) -> Line:
     """An operator released held recipients (`releaserecipients`): they are due now."""
     return Line(f"Released: MID {mid} to {rid_list(rids)} by {clean(by)}", mid=mid)
+
+
+def redirected(mid: int, rids: Iterable[int], host: str, port: int, *, by: str) -> Line:
+    """An operator redirected queued recipients (`redirectrecipients`): their next connection goes to host:port."""
+    return Line(f"Redirected: MID {mid} to {rid_list(rids)} to {clean(host)}:{port} by {clean(by)}", mid=mid, host=host)
+
+
+def redirect_cancelled(mid: int, rids: Iterable[int], *, by: str) -> Line:
+    """An operator cancelled a redirect (`redirectrecipients --cancel`): the recipients follow their route again."""
+    return Line(f"Redirect cancelled: MID {mid} to {rid_list(rids)} by {clean(by)}", mid=mid)

@@ -144,6 +144,7 @@ class QueueActionForm(forms.Form):
     recipient = forms.TypedMultipleChoiceField(required=False, coerce=int, choices=())
     confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
     next = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
+    relay = forms.CharField(required=False, max_length=300)  # redirect: HOST[:PORT] (resolve.parse_relay)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

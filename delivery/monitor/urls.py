@@ -17,6 +17,7 @@ urlpatterns = [
     path("queue/deliver-now/", views.queue_action, {"action": "deliver"}, name="queue-deliver-now"),
     path("queue/bounce/", views.queue_action, {"action": "bounce"}, name="queue-bounce"),
     path("queue/delete/", views.queue_action, {"action": "delete"}, name="queue-delete"),
+    path("queue/redirect/", views.queue_action, {"action": "redirect"}, name="queue-redirect"),
     path("queue/suspend/", views.queue_suspension, {"action": "suspend"}, name="queue-suspend"),
     path("queue/resume/", views.queue_suspension, {"action": "resume"}, name="queue-resume"),
     path("hosts/", views.host_list, name="host-list"),

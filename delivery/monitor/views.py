@@ -388,6 +388,13 @@ QUEUE_ACTIONS: dict[str, dict[str, str]] = {
         "explain": "The recipients leave the queue without a bounce: their senders are not told "
         "(the ESA's deleterecipients).",
     },
+    "redirect": {
+        "url": "delivery:queue-redirect",
+        "verb": "Redirect",
+        "explain": "Their next connection, now, goes to this host instead of their route's hosts (the ESA's "
+        "redirectrecipients); a 4xx keeps them queued for it, a 5xx bounces them. Mail arriving later follows "
+        "its route.",
+    },
 }
 
 
@@ -414,11 +421,18 @@ def _deliver_now(form: forms.QueueActionForm, actor: Any) -> int:
 @require_POST
 @permissions.require("queue.view", "queue.change")
 def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
-    """Deliver now, bounce or delete: the first POST shows what would be done and asks; the confirmed POST
-    (`confirm=1`) calls `delivery.spool.actions`, which logs it the ESA's way and audits it, then goes back with the
-    result as a message."""
+    """Deliver now, bounce, delete or redirect (to `relay`): the first POST shows what would be done and asks; the
+    confirmed POST (`confirm=1`) calls `delivery.spool.actions`, which logs it the ESA's way and audits it, then
+    goes back with the result as a message."""
     spec = QUEUE_ACTIONS[action]
     form = forms.QueueActionForm(request.POST)
+    relay: tuple[str, int] | None = None
+    if form.is_valid() and action == "redirect":
+        text = (form.cleaned_data.get("relay") or "").strip()
+        try:
+            relay = resolve.parse_relay(text)
+        except ValueError as exc:
+            form.add_error("relay", f"Redirect to {text or '(no host given)'}: {exc}.")
     if not form.is_valid():
         # Nothing ticked, no domain, ...: the queue page the request came from, the reasons on top, status 400.
         back = _next_url(request, request.POST.get("next", "")[:2000])
@@ -427,7 +441,13 @@ def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
     back = _next_url(request, form.cleaned_data.get("next") or "")
     chosen = actions.select_recipients(**form.selection())
     if form.cleaned_data["confirm"]:
-        if action == "deliver":
+        if relay is not None:
+            n = actions.redirect_recipients(chosen, relay, actor=request.user)
+            where = f"{relay[0]}:{relay[1]}"
+            messages.success(
+                request, f"{_plural(n, 'recipient')} redirected to {where}." if n else "Nothing redirected."
+            )
+        elif action == "deliver":
             kicked = _deliver_now(form, request.user)
             messages.success(request, f"Rescheduled {_plural(kicked, 'message')} for immediate delivery.")
         elif action == "bounce":
@@ -441,6 +461,8 @@ def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
     sample = list(chosen.select_related("message").order_by("message__received_at", "message_id", "rid")[:50])
     what = f"{_plural(recipients, 'recipient')} of {_plural(message_count, 'message')}"
     title = f"Deliver {_plural(message_count, 'message')} now?" if action == "deliver" else f"{spec['verb']} {what}?"
+    if relay is not None:
+        title = f"Redirect {what} to {relay[0]}:{relay[1]}?"
     ctx = {
         "form": form,
         "action": action,
@@ -452,6 +474,7 @@ def queue_action(request: AuthedHtmxRequest, action: str) -> HttpResponse:
         "more": max(0, recipients - len(sample)),
         "back": back,
         "scope": form.cleaned_data["scope"],
+        "relay": f"{relay[0]}:{relay[1]}" if relay is not None else "",
     }
     return render(request, "delivery/queue_confirm.html", ctx)
 

@@ -183,6 +183,43 @@ def release_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, n
     return len(rows)
 
 
+def redirect_recipients(
+    recipients: QuerySet[Recipient],
+    relay: tuple[str, int] | None,
+    *,
+    actor: audit.Actor,
+    now: datetime | None = None,
+) -> int:
+    """The ESA's `redirectrecipients`: active recipients go to `relay` (host, port) instead of their route's
+    hosts, from their next connection, which is now; None cancels the redirect (their route again). Returns how
+    many recipients were redirected (or given back to their route)."""
+    now = now or timezone.now()
+    name = _actor_name(actor)
+    with transaction.atomic():
+        chosen = recipients.filter(state__in=lease.ACTIVE)
+        if relay is None:
+            chosen = chosen.exclude(redirect_host="")
+        rows = list(chosen.select_for_update().values_list("pk", "message_id", "rid"))
+        by_mid: dict[int, list[int]] = defaultdict(list)
+        for _, mid, rid in rows:
+            by_mid[mid].append(rid)
+        pks = [pk for pk, _, _ in rows]
+        host, port = relay if relay is not None else ("", 25)
+        Recipient.objects.filter(pk__in=pks).update(redirect_host=host, redirect_port=port)
+        mids = lease.make_due(Recipient.objects.filter(pk__in=pks), now)
+        if relay is None:
+            lines = [maillog.lines.redirect_cancelled(mid, rids, by=name) for mid, rids in by_mid.items()]
+            what = f"Cancel the redirect of {_recipients(len(rows))}"
+        else:
+            lines = [maillog.lines.redirected(mid, rids, host, port, by=name) for mid, rids in by_mid.items()]
+            what = f"Redirect {_recipients(len(rows))} to {host}:{port}"
+        maillog.writer.write(lines, at=now)
+        if rows:
+            audit.record_action(actor, "queue", what, {"recipients": len(rows), "mids": _listed(by_mid)})
+        transaction.on_commit(lambda: _ring(mids[:1000]))
+    return len(rows)
+
+
 def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | None = None) -> int:
     """The hosts page's "retry now": the host is up, and its routes' backlog goes now. Returns MIDs kicked."""
     now = now or timezone.now()

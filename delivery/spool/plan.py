@@ -127,7 +127,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
         Recipient.objects.filter(message_id__in=mids, state__in=lease.ACTIVE, held=False)  # held: not tried, no expiry
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .order_by("message_id", "rid")
-        .values_list("message_id", "rid", "address", "domain", "attempts")
+        .values_list("message_id", "rid", "address", "domain", "attempts", "redirect_host", "redirect_port")
     )
     if not recipients:
         return out
@@ -141,7 +141,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     suspended = lease.suspended_domains()
     left: set[str] = set()  # domains with due mail that stays queued: their deliveries are suspended
     jobs: dict[str, dict[int, list[outcome.Rcpt]]] = defaultdict(lambda: defaultdict(list))
-    for mid, rid, address, domain, attempts in recipients:
+    for mid, rid, address, domain, attempts, redirect_host, redirect_port in recipients:
         message = messages[mid]
         sender = message["sender"]
         if engine.is_suspended(domain, suspended):
@@ -160,7 +160,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             text = "5.4.7 Delivery expired (message too old)"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.BOUNCED, text=text)
             continue
-        where = resolver.resolve(domain)
+        where = resolve.redirected(domain, redirect_host, redirect_port) if redirect_host else resolver.resolve(domain)
         if where.kind == resolve.Kind.DEVNULL:
             text = "Dropped by the /dev/null route"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.DROPPED, text=text)

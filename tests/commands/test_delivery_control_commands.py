@@ -133,3 +133,54 @@ def test_hold_commands_refuse_bad_input(run, command, no_terminal):
         run("holdrecipients", "--all", "--yes")
     with pytest.raises(CommandError, match="Not confirmed"):
         run(command, "--all")
+
+
+# --- redirectrecipients --------------------------------------------------------------------------------------
+
+
+def test_redirectrecipients_by_domain_and_cancel(run):
+    m1 = make_message(recipients=("a@dest.test", "b@dest.test"))
+    m2 = make_message(recipients=("c@other.test",))
+    Recipient.objects.update(next_attempt_at=timezone.now() + timedelta(hours=1))
+    assert run("redirectrecipients", "127.0.0.1:2525", "--domain", "dest.test", "--dry-run").out == (
+        "Would redirect 2 recipients of 1 message.\n"
+    )
+    assert run("redirectrecipients", "127.0.0.1:2525", "--domain", "dest.test").out == (
+        "2 recipients redirected to 127.0.0.1:2525.\n"
+    )
+    assert set(Recipient.objects.filter(message=m1).values_list("redirect_host", "redirect_port")) == {
+        ("127.0.0.1", 2525)
+    }
+    assert Recipient.objects.get(message=m2).redirect_host == ""
+    assert run("showqueue").out.count(", redirected to 127.0.0.1:2525") == 2
+    assert MailLogLine.objects.filter(text=f"Redirected: MID {m1.pk} to [0, 1] to 127.0.0.1:2525 by {ACTOR}").exists()
+    assert run("redirectrecipients", "--cancel", "--all", "--yes").out == "2 recipients given back to their route.\n"
+    assert run("redirectrecipients", "--cancel", "--all", "--yes").out == "No redirected recipients.\n"
+    assert not Recipient.objects.exclude(redirect_host="").exists()
+    assert MailLogLine.objects.filter(text=f"Redirect cancelled: MID {m1.pk} to [0, 1] by {ACTOR}").exists()
+
+
+def test_redirectrecipients_all_asks_like_the_esa(run, terminal):
+    make_message(recipients=("a@dest.test",))
+    asked = terminal("n")
+    assert run("redirectrecipients", "relay.test", "--all").out == "Nothing was changed.\n"
+    assert asked == ["Are you sure you want to redirect all 1 recipient of 1 message in the queue? [N]> "]
+    terminal("y")
+    assert run("redirectrecipients", "relay.test", "--all").out == "1 recipient redirected to relay.test:25.\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--all",), "Give the host to redirect to"),
+        (("relay.test", "--cancel", "--all"), "not both"),
+        (("a.test,b.test", "--all"), "give one host"),
+        (("/dev/null", "--all"), "is not a host"),
+        (("relay.test",), "Choose the recipients"),
+    ],
+)
+def test_redirectrecipients_refuses_bad_input(run, args, error):
+    make_message(recipients=("a@dest.test",))
+    with pytest.raises(CommandError, match=error):
+        run("redirectrecipients", *args)
+    assert not Recipient.objects.exclude(redirect_host="").exists()

@@ -53,6 +53,8 @@ class Command(BaseCommand):
                     due = "now"
                 else:
                     due = maillog.lines.ctime(r.next_attempt_at)
+                if r.redirect_host:
+                    due += f", redirected to {r.redirect_host}:{r.redirect_port}"
                 reply = f"{r.last_code or ''} {r.last_response}".strip()
                 if reply and r.last_host:
                     reply += f" ({r.last_host})"

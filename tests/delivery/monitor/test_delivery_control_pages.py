@@ -1,4 +1,4 @@
-"""Suspend and resume on the pages and in the admin: each role, what every page shows, the audit trail."""
+"""Suspend, resume, hold and redirect on the pages and in the admin: each role, what every page shows, the audit."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_read_only_roles_see_no_button_and_cannot_post(as_user, queued):
 @pytest.mark.parametrize("data", [{}, {"domain": ""}, {"domain": "[10.0.0.1]"}])
 def test_a_bad_domain_is_a_400_and_changes_nothing(as_user, data):
     response = as_user("bob").post("/queue/suspend/", data)
-    assert response.status_code == 400
+    assert response.status_code == 400 and "Nothing was done" in response.content.decode()
     assert suspended() == []
 
 
@@ -146,3 +146,42 @@ def test_held_recipients_show_held_on_the_queue_and_tracking(as_user, queued):
     assert '<span class="state state-suspended">held</span>' in row
     detail = as_user("carol").get(f"/tracking/{m1.pk}/").content.decode()
     assert '<span class="state state-suspended">held</span>' in detail
+
+
+def test_redirect_from_the_queue_page_asks_then_redirects(as_user, queued):
+    m1, m2 = queued
+    client = as_user("bob")
+    page = client.get("/queue/?domain=dest.test").content.decode()
+    assert 'id="queue-redirect"' in page and 'name="domain" value="dest.test"' in page
+    data = {"scope": "domain", "domain": "dest.test", "relay": "127.0.0.1:2525", "next": "/queue/"}
+    body = client.post("/queue/redirect/", data).content.decode()
+    assert "Redirect 2 recipients of 1 message to 127.0.0.1:2525?" in body
+    assert 'name="relay" value="127.0.0.1:2525"' in body
+    assert not Recipient.objects.exclude(redirect_host="").exists()  # asking changes nothing
+    body = client.post("/queue/redirect/", {**data, "confirm": "1"}, follow=True).content.decode()
+    assert "2 recipients redirected to 127.0.0.1:2525." in body
+    assert set(Recipient.objects.filter(message=m1).values_list("redirect_host", "redirect_port")) == {
+        ("127.0.0.1", 2525)
+    }
+    assert Recipient.objects.get(message=m2).redirect_host == ""
+    assert all(r.next_attempt_at <= timezone.now() for r in Recipient.objects.filter(message=m1))
+    assert queue_audits() == [("bob", "Redirect 2 recipients to 127.0.0.1:2525")]
+    page = client.get("/queue/").content.decode()
+    assert page.count("to 127.0.0.1:2525 (redirected)") == 2
+
+
+@pytest.mark.parametrize(
+    ("relay", "reason"), [("", "(no host given)"), ("a.test, b.test", "give one host"), ("USEDNS", "is not a host")]
+)
+def test_redirect_to_a_bad_host_says_why_and_changes_nothing(as_user, queued, relay, reason):
+    data = {"scope": "all", "relay": relay, "next": "/queue/", "confirm": "1"}
+    response = as_user("bob").post("/queue/redirect/", data)
+    body = response.content.decode()
+    assert response.status_code == 400 and "Nothing was done" in body and "Redirect to " in body and reason in body
+    assert not Recipient.objects.exclude(redirect_host="").exists() and queue_audits() == []
+
+
+def test_read_only_roles_cannot_redirect(as_user, queued):
+    data = {"scope": "all", "relay": "127.0.0.1:2525", "confirm": "1"}
+    assert as_user("carol").post("/queue/redirect/", data).status_code == 403
+    assert 'id="queue-redirect"' not in as_user("carol").get("/queue/").content.decode()
