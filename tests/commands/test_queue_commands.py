@@ -49,14 +49,14 @@ def audits():
 
 
 def test_delivernow_domain_makes_its_recipients_due_and_logs_kicking(run, queued):
-    _m1, _m2, m3 = queued
+    m1, m2, m3 = queued
     result = run("delivernow", "DEST.test.")
     assert result.out.strip() == "Rescheduled 2 messages for dest.test for immediate delivery."
     now = timezone.now()
     assert all(r.next_attempt_at <= now for r in Recipient.objects.filter(domain="dest.test"))
     assert Recipient.objects.get(message=m3).next_attempt_at > now
     assert MailLogLine.objects.filter(text="Kicking destination dest.test").exists()
-    assert audits() == [(ACTOR, "deliver now dest.test", {"messages": 2})]
+    assert audits() == [(ACTOR, "Deliver now dest.test", {"messages": 2, "mids": [m1.pk, m2.pk]})]
 
 
 def test_delivernow_one_message(run, queued):
@@ -64,7 +64,7 @@ def test_delivernow_one_message(run, queued):
     assert run("delivernow", "--mid", str(m2.pk)).out.strip() == f"MID {m2.pk} rescheduled for immediate delivery."
     assert Recipient.objects.get(message=m2).next_attempt_at <= timezone.now()
     assert Recipient.objects.get(message=m3).next_attempt_at > timezone.now()
-    assert audits() == [(ACTOR, f"deliver now MID {m2.pk}", {"messages": 1})]
+    assert audits() == [(ACTOR, f"Deliver now MID {m2.pk}", {"messages": 1, "mids": [m2.pk]})]
 
 
 def test_delivernow_all_asks_first(run, queued, terminal):
@@ -74,7 +74,8 @@ def test_delivernow_all_asks_first(run, queued, terminal):
     assert audits() == []
     terminal("y")
     assert run("delivernow", "--all").out.strip() == "Rescheduled 3 messages for immediate delivery."
-    assert audits() == [(ACTOR, "deliver now all domains", {"messages": 3})]
+    mids = sorted(m.pk for m in queued)
+    assert audits() == [(ACTOR, "Deliver now all domains", {"messages": 3, "mids": mids})]
 
 
 def test_delivernow_all_without_a_terminal_needs_yes(run, queued, no_terminal):
@@ -134,7 +135,7 @@ def test_bounce_by_domain_bounces_with_a_dsn_and_logs(run, queued):
         text__startswith=f"Bounced: DCID 0 MID {m1.pk} From: <alice@example.test> To: <a@dest.test> RID 0 - 5.0.0"
     ).exists()
     assert Message.objects.filter(bounce_of=m1).count() == 1 and Message.objects.filter(bounce_of=m2).count() == 1
-    assert audits() == [(ACTOR, "bounce recipients", {"recipients": 3})]
+    assert audits() == [(ACTOR, "Bounce 3 recipients", {"recipients": 3, "mids": [m1.pk, m2.pk]})]
 
 
 def test_bounce_by_mid_and_by_sender(run, queued):
@@ -195,7 +196,7 @@ def test_delete_by_domain_is_silent_and_logged(run, queued):
     assert MailLogLine.objects.filter(text=f"Deleted: MID {m1.pk} to [0, 1]").exists()
     assert MailLogLine.objects.filter(text=f"Message finished MID {m2.pk} done").exists()
     assert Message.objects.get(pk=m1.pk).state == Message.State.DONE
-    assert audits() == [(ACTOR, "delete recipients", {"recipients": 3})]
+    assert audits() == [(ACTOR, "Delete 3 recipients", {"recipients": 3, "mids": [m1.pk, m2.pk]})]
 
 
 def test_delete_nothing_says_so(run, queued):
