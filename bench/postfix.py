@@ -8,7 +8,8 @@ shares equal-preference MX hosts. Needs root (`postfix start`). Loopback only: e
 
 What it measures is the same as for esaroutes: from the start of the injection until the sinks have counted
 every message, and the CPU of Postfix's processes (smtpd, cleanup, qmgr, smtp, trivial-rewrite, ...) over that
-time, from /proc: the master's own and reaped children's times, plus each live child's.
+time, from /proc: each live daemon's own, the master's, and `exited` for the daemons that exited meanwhile
+(the times of the children the master reaped: a daemon exits after 100 uses or 100 s idle).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class Postfix:
         subprocess.run([POSTSUPER, "-c", str(self.conf), "-d", "ALL"], capture_output=True, check=False)
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far by program name: each live child's own, and `master` with the children it reaped."""
+        """CPU seconds so far by program name: each live daemon's own, the master's, and `exited` for the
+        daemons that have exited meanwhile (the times of the children the master reaped)."""
         master = self._master_pid()
         by_name: dict[str, float] = defaultdict(float)
         if not master:
@@ -102,7 +104,8 @@ class Postfix:
         tick = os.sysconf("SC_CLK_TCK")
         stat = _stat(master)
         if stat:
-            by_name["master"] += sum(int(f) for f in stat[11:15]) / tick  # utime, stime, cutime, cstime
+            by_name["master"] += (int(stat[11]) + int(stat[12])) / tick  # utime, stime
+            by_name["exited"] += (int(stat[13]) + int(stat[14])) / tick  # cutime, cstime: reaped children
         for pid in _children(master):
             stat = _stat(pid)
             if stat:
