@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
@@ -115,25 +116,13 @@ def delete_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, no
     """Delete active recipients from the queue, silently (no DSN), as `deleterecipients` does."""
     now = now or timezone.now()
     with transaction.atomic():
-        rows = list(
-            recipients.filter(state__in=lease.ACTIVE).select_for_update().values_list("pk", "message_id", "rid")
-        )
-        by_mid: dict[int, list[int]] = defaultdict(list)
-        for _, mid, rid in rows:
-            by_mid[mid].append(rid)
-        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(
-            state=Recipient.State.DELETED, finished_at=now, next_attempt_at=None
-        )
-        lines = [maillog.lines.deleted(mid, rids) for mid, rids in by_mid.items()]
-        lines += record.finish_messages(by_mid, now, checked=False)
+        chosen = _lock(recipients.filter(state__in=lease.ACTIVE))
+        chosen.rows.update(state=Recipient.State.DELETED, finished_at=now, next_attempt_at=None)
+        lines = [maillog.lines.deleted(mid, rids) for mid, rids in chosen.by_mid.items()]
+        lines += record.finish_messages(chosen.by_mid, now, checked=False)
         maillog.writer.write(lines, at=now)
-        audit.record_action(
-            actor,
-            "queue",
-            f"Delete {_recipients(len(rows))}",
-            {"recipients": len(rows), "mids": _listed(by_mid)},
-        )
-    return len(rows)
+        _audit(actor, f"Delete {_recipients(len(chosen.pks))}", chosen)
+    return len(chosen.pks)
 
 
 def hold_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
@@ -142,21 +131,11 @@ def hold_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now:
     now = now or timezone.now()
     name = _actor_name(actor)
     with transaction.atomic():
-        rows = list(
-            recipients.filter(state__in=lease.ACTIVE, held=False)
-            .select_for_update()
-            .values_list("pk", "message_id", "rid")
-        )
-        by_mid: dict[int, list[int]] = defaultdict(list)
-        for _, mid, rid in rows:
-            by_mid[mid].append(rid)
-        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(held=True)
-        maillog.writer.write([maillog.lines.held(mid, rids, by=name) for mid, rids in by_mid.items()], at=now)
-        if rows:
-            audit.record_action(
-                actor, "queue", f"Hold {_recipients(len(rows))}", {"recipients": len(rows), "mids": _listed(by_mid)}
-            )
-    return len(rows)
+        chosen = _lock(recipients.filter(state__in=lease.ACTIVE, held=False))
+        chosen.rows.update(held=True)
+        maillog.writer.write([maillog.lines.held(mid, rids, by=name) for mid, rids in chosen.by_mid.items()], at=now)
+        _audit(actor, f"Hold {_recipients(len(chosen.pks))}", chosen)
+    return len(chosen.pks)
 
 
 def release_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, now: datetime | None = None) -> int:
@@ -164,23 +143,14 @@ def release_recipients(recipients: QuerySet[Recipient], *, actor: audit.Actor, n
     now = now or timezone.now()
     name = _actor_name(actor)
     with transaction.atomic():
-        rows = list(
-            recipients.filter(state__in=lease.ACTIVE, held=True)
-            .select_for_update()
-            .values_list("pk", "message_id", "rid")
-        )
-        by_mid: dict[int, list[int]] = defaultdict(list)
-        for _, mid, rid in rows:
-            by_mid[mid].append(rid)
-        Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]).update(held=False)
-        mids = lease.make_due(Recipient.objects.filter(pk__in=[pk for pk, _, _ in rows]), now)
-        maillog.writer.write([maillog.lines.released(mid, rids, by=name) for mid, rids in by_mid.items()], at=now)
-        if rows:
-            audit.record_action(
-                actor, "queue", f"Release {_recipients(len(rows))}", {"recipients": len(rows), "mids": _listed(by_mid)}
-            )
+        chosen = _lock(recipients.filter(state__in=lease.ACTIVE, held=True))
+        chosen.rows.update(held=False)
+        mids = lease.make_due(chosen.rows, now)
+        lines = [maillog.lines.released(mid, rids, by=name) for mid, rids in chosen.by_mid.items()]
+        maillog.writer.write(lines, at=now)
+        _audit(actor, f"Release {_recipients(len(chosen.pks))}", chosen)
         transaction.on_commit(lambda: _ring(mids[:1000]))
-    return len(rows)
+    return len(chosen.pks)
 
 
 def redirect_recipients(
@@ -196,28 +166,49 @@ def redirect_recipients(
     now = now or timezone.now()
     name = _actor_name(actor)
     with transaction.atomic():
-        chosen = recipients.filter(state__in=lease.ACTIVE)
-        if relay is None:
-            chosen = chosen.exclude(redirect_host="")
-        rows = list(chosen.select_for_update().values_list("pk", "message_id", "rid"))
-        by_mid: dict[int, list[int]] = defaultdict(list)
-        for _, mid, rid in rows:
-            by_mid[mid].append(rid)
-        pks = [pk for pk, _, _ in rows]
+        active = recipients.filter(state__in=lease.ACTIVE)
+        chosen = _lock(active.exclude(redirect_host="") if relay is None else active)
         host, port = relay if relay is not None else ("", 25)
-        Recipient.objects.filter(pk__in=pks).update(redirect_host=host, redirect_port=port)
-        mids = lease.make_due(Recipient.objects.filter(pk__in=pks), now)
+        chosen.rows.update(redirect_host=host, redirect_port=port)
+        mids = lease.make_due(chosen.rows, now)
         if relay is None:
-            lines = [maillog.lines.redirect_cancelled(mid, rids, by=name) for mid, rids in by_mid.items()]
-            what = f"Cancel the redirect of {_recipients(len(rows))}"
+            lines = [maillog.lines.redirect_cancelled(mid, rids, by=name) for mid, rids in chosen.by_mid.items()]
+            what = f"Cancel the redirect of {_recipients(len(chosen.pks))}"
         else:
-            lines = [maillog.lines.redirected(mid, rids, host, port, by=name) for mid, rids in by_mid.items()]
-            what = f"Redirect {_recipients(len(rows))} to {host}:{port}"
+            lines = [maillog.lines.redirected(mid, rids, host, port, by=name) for mid, rids in chosen.by_mid.items()]
+            what = f"Redirect {_recipients(len(chosen.pks))} to {host}:{port}"
         maillog.writer.write(lines, at=now)
-        if rows:
-            audit.record_action(actor, "queue", what, {"recipients": len(rows), "mids": _listed(by_mid)})
+        _audit(actor, what, chosen)
         transaction.on_commit(lambda: _ring(mids[:1000]))
-    return len(rows)
+    return len(chosen.pks)
+
+
+@dataclass(frozen=True)
+class _Locked:
+    """Recipients an action has locked: their primary keys, and their RIDs by MID for the log lines."""
+
+    pks: list[int]
+    by_mid: dict[int, list[int]]
+
+    @property
+    def rows(self) -> QuerySet[Recipient]:
+        return Recipient.objects.filter(pk__in=self.pks)
+
+
+def _lock(recipients: QuerySet[Recipient]) -> _Locked:
+    """Lock the chosen recipients for the caller's transaction (an action changes only what it locked)."""
+    by_mid: dict[int, list[int]] = defaultdict(list)
+    pks = []
+    for pk, mid, rid in recipients.select_for_update().values_list("pk", "message_id", "rid"):
+        pks.append(pk)
+        by_mid[mid].append(rid)
+    return _Locked(pks, dict(by_mid))
+
+
+def _audit(actor: audit.Actor, what: str, chosen: _Locked) -> None:
+    """One audit entry for an action on recipients, with the MIDs; none when it found nothing to change."""
+    if chosen.pks:
+        audit.record_action(actor, "queue", what, {"recipients": len(chosen.pks), "mids": _listed(chosen.by_mid)})
 
 
 def mark_host_up(host: str, port: int, *, actor: audit.Actor, now: datetime | None = None) -> int:
