@@ -266,24 +266,10 @@ class Runner:
                 report.finals.append(outcome.Final(job.mid, r.rid, "delayed", info.code, info.text, info.host, status))
                 if info.logged:
                     continue
-                report.lines.append(
-                    _now(
-                        maillog.lines.rcpt_outcome(
-                            maillog.lines.DELAYED,
-                            info.dcid,
-                            job.mid,
-                            job.sender,
-                            r.address,
-                            r.rid,
-                            status,
-                            phrase,
-                            info.code,
-                            info.text,
-                            domain=r.domain,
-                            host=info.host,
-                        )
-                    )
+                line = _rcpt_line(
+                    maillog.lines.DELAYED, info.dcid, job, r, (status, phrase), info.code, info.text, info.host
                 )
+                report.lines.append(_now(line))
         if report:
             emit(report)
 
@@ -335,22 +321,7 @@ class Runner:
                 kind = DeliveryAttempt.Outcome.DELAYED if final_host else DeliveryAttempt.Outcome.NEXT_HOST
                 line_kind = maillog.lines.DELAYED
             if line_kind:
-                lines.append(
-                    maillog.lines.rcpt_outcome(
-                        line_kind,
-                        dcid,
-                        job.mid,
-                        job.sender,
-                        r.address,
-                        o.rid,
-                        status,
-                        phrase,
-                        o.code,
-                        o.text,
-                        domain=r.domain,
-                        host=host.address,
-                    )
-                )
+                lines.append(_rcpt_line(line_kind, dcid, job, r, (status, phrase), o.code, o.text, host.address))
             report.attempts.append(
                 outcome.Attempt(job.mid, o.rid, dcid, host.address, ip, host.port, o.code, o.text, kind)
             )
@@ -526,6 +497,22 @@ class Runner:
                     await self._close(pooled)
         self._open.clear()
         await self._publish(force=True)
+
+
+def _rcpt_line(
+    kind: str,
+    dcid: int,
+    job: outcome.Job,
+    r: outcome.Rcpt,
+    status: tuple[str, str],
+    code: int | None,
+    text: str,
+    host: str,
+) -> maillog.lines.Line:
+    """The `Delayed:` or `Bounced:` line of one recipient: its enhanced status (code, phrase) and the reply."""
+    return maillog.lines.rcpt_outcome(
+        kind, dcid, job.mid, job.sender, r.address, r.rid, *status, code, text, domain=r.domain, host=host
+    )
 
 
 def _details(failure: smtp_client.Failure) -> str:
