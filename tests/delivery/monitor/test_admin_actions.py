@@ -10,18 +10,8 @@ from django.utils import timezone
 
 from delivery.models import HostStatus, MailLogLine, Message, Recipient
 from routes.models import AuditEntry
-from tests.support.messages import attempt, make_message
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def queued():
-    m1 = make_message(recipients=("a@dest.test", "b@dest.test"))
-    attempt(m1, host="mx1.dest.test", code=451, reply="4.3.0 busy", outcome="delayed", rids=(0,))
-    m2 = make_message(recipients=("c@other.test",))
-    Recipient.objects.update(next_attempt_at=timezone.now() + timedelta(hours=1))
-    return m1, m2
 
 
 def audits():
