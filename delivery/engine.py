@@ -155,17 +155,17 @@ CONNECTION_CANCELED = "connection canceled"
 NETWORK_ERROR = "network error"
 CONNECTION_TIMED_OUT = "connection timed out"
 UNEXPECTED_SMTP_RESPONSE = "unexpected SMTP response"
-TLS_FAILED = "TLS failed"
 
 
-def connection_error_reason(stage: Stage, code: int | None, *, timed_out: bool = False) -> str:
-    """The ``reason:`` word of the ESA ``Connection Error:`` line for a host failure."""
+def connection_error_reason(code: int | None, *, timed_out: bool = False) -> str:
+    """The ``reason:`` word of the ESA ``Connection Error:`` line for a host failure: one of the ESA's four.
+
+    A TLS handshake that fails is a ``network error``, as the ESA logs it; the ``DCID n TLS failed`` line
+    before it says what failed."""
     if timed_out:
         return CONNECTION_TIMED_OUT
     if code is not None:
         return UNEXPECTED_SMTP_RESPONSE
-    if stage is Stage.TLS:
-        return TLS_FAILED
     return NETWORK_ERROR
 
 

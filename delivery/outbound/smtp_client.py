@@ -88,7 +88,7 @@ class Failure:
 
     @property
     def reason(self) -> str:
-        return engine.connection_error_reason(self.stage, self.code, timed_out=self.timed_out)
+        return engine.connection_error_reason(self.code, timed_out=self.timed_out)
 
     @property
     def marks_host_down(self) -> bool:

@@ -477,7 +477,7 @@ def test_required_tls_fails_when_not_offered(peers: PeerFactory, policy: TlsPoli
     peer = peers.start()
     failure = open_failure(to(peer, tls=policy))
     assert (failure.stage, failure.code, failure.tls_required) == (Stage.TLS, None, True)
-    assert failure.reason == "TLS failed"
+    assert failure.reason == "network error"
     assert failure.text == "STARTTLS not offered"
     assert peer.messages == []
 
@@ -508,7 +508,7 @@ def test_required_verify_rejects_an_untrusted_certificate(peers: PeerFactory) ->
     failure = open_failure(to(peer, tls=TlsPolicy.REQUIRED_VERIFY))
     assert (failure.stage, failure.code, failure.tls_required) == (Stage.TLS, None, True)
     assert "CERTIFICATE_VERIFY_FAILED" in failure.text
-    assert failure.reason == "TLS failed"
+    assert failure.reason == "network error"
     assert failure.marks_host_down
     assert peer.messages == []
 
