@@ -171,6 +171,7 @@ def connection_error_reason(code: int | None, *, timed_out: bool = False) -> str
 
 CLOSED_BY_PEER = "closed by the peer"
 CLOSE_TIMED_OUT = "timed out"
+CLOSE_CANCELLED = "cancelled at shutdown"  # the runner stopped with a delivery on the wire
 
 
 def close_reason(code: int | None, *, timed_out: bool = False, stage: Stage | None = None) -> str:

@@ -222,21 +222,25 @@ class Runner:
                     remaining = []
                     break
                 broke = False
-                while remaining and pooled.session.usable and not self._stopping:
-                    job, rcpts = remaining.pop(0)
-                    report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host)
-                    if final_host:
-                        delayed.update((job.mid, r.rid) for r in carried)
-                    report.lines[:0] = carry.lines
-                    report.attempts[:0] = carry.attempts
-                    report.host_events[:0] = carry.host_events
-                    carry.lines, carry.attempts, carry.host_events = [], [], []
-                    if carried:
-                        pending.append((job, carried))
-                    emit(report)
-                    if broke:
-                        failed_now.add(host.key)
-                        break
+                try:
+                    while remaining and pooled.session.usable and not self._stopping:
+                        job, rcpts = remaining.pop(0)
+                        report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host)
+                        if final_host:
+                            delayed.update((job.mid, r.rid) for r in carried)
+                        report.lines[:0] = carry.lines
+                        report.attempts[:0] = carry.attempts
+                        report.host_events[:0] = carry.host_events
+                        carry.lines, carry.attempts, carry.host_events = [], [], []
+                        if carried:
+                            pending.append((job, carried))
+                        emit(report)
+                        if broke:
+                            failed_now.add(host.key)
+                            break
+                except asyncio.CancelledError:  # the runner is stopping with this message on the wire
+                    self._abort(pooled, carry)
+                    raise
                 await self._release(destination, pooled, carry)
                 if self._stopping:
                     raise _Stopped
@@ -444,6 +448,12 @@ class Runner:
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
         carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, why)))
+
+    def _abort(self, pooled: _Pooled, carry: outcome.Report) -> None:
+        """Drop a connection whose delivery was cancelled; its close line goes with the group's last report."""
+        pooled.session.abort()
+        self._open[pooled.session.destination.host.key] -= 1
+        carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, engine.CLOSE_CANCELLED)))
 
     async def _close(self, pooled: _Pooled) -> None:
         why = pooled.session.close_reason()  # an idle connection the peer closed says so

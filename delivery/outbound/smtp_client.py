@@ -751,6 +751,10 @@ class HostSession:
                     await smtp.quit()
         self._drop()
 
+    def abort(self) -> None:
+        """Close now, without QUIT: a delivery cut off mid-transaction (a shutdown that cancels it)."""
+        self._drop()
+
     def _drop(self) -> None:
         """Close now. Closing a TLS transport only starts a close_notify exchange that a dead or hostile peer
         may never finish, so the TCP transport underneath is aborted too (nothing is left to say on it)."""

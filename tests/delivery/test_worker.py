@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from delivery import engine, outcome, worker
-from delivery.models import Message, Recipient
+from delivery.models import MailLogLine, Message, Recipient
 from delivery.outbound import runner
 from tests.delivery.conftest import queue_message
 from tests.routes.helpers import make_route
@@ -79,6 +79,23 @@ def test_a_batch_in_flight_is_renewed_after_its_task_returned_and_given_back_at_
     assert lease(mid) == ("", None)
     r = Recipient.objects.get(message_id=mid)
     assert r.state == "queued" and r.attempts == 0 and r.next_attempt_at <= timezone.now()
+
+
+def test_a_delivery_cut_off_by_the_runner_stopping_still_ends_with_its_close_line(peers):
+    stalling = peers.start(stall_at=engine.Stage.DATA)  # takes the body and the final dot, never answers
+    make_route("dest.test", f"{stalling.host}:{stalling.port}")
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid], wait=False)
+    wait_until(lambda: b"".join(stalling.reads).endswith(b"\r\n.\r\n"))
+
+    runner.shutdown_runner()  # what a drain that timed out leaves behind: the batch is cancelled on the wire
+    wait_until(lambda: MailLogLine.objects.filter(text__startswith="DCID", text__contains=" close").exists())
+    [opened] = MailLogLine.objects.filter(text__startswith="New SMTP DCID").values_list("dcid", flat=True)
+    assert list(MailLogLine.objects.filter(text__contains=" close").values_list("text", flat=True)) == [
+        f"DCID {opened} close (cancelled at shutdown)"
+    ]
+    wait_until(lambda: lease(mid)[0] == "")  # given back: it goes again at its retry
+    assert Recipient.objects.get(message_id=mid).state == "queued"
 
 
 def test_a_message_recorded_goes_back_while_its_batch_waits_on_a_silent_host(peers):
