@@ -72,7 +72,12 @@ class QueueActionAdmin(ReadOnlyAdmin):
         }
         return TemplateResponse(request, "delivery/admin_confirm_action.html", context)
 
-    def bounce(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
+    def recipients_of(self, queryset: QuerySet[Any]) -> QuerySet[Recipient]:
+        """The active recipients an action on these rows touches."""
+        raise NotImplementedError
+
+    def bounce(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
+        recipients = self.recipients_of(queryset)
         page = self.confirm(request, recipients, "Bounce these recipients?", BOUNCE_EXPLAIN)
         if page is None:
             n = actions.bounce_recipients(recipients, actor=request.user)
@@ -81,7 +86,8 @@ class QueueActionAdmin(ReadOnlyAdmin):
             )
         return page
 
-    def delete(self, request: HttpRequest, recipients: QuerySet[Recipient]) -> TemplateResponse | None:
+    def delete(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
+        recipients = self.recipients_of(queryset)
         page = self.confirm(request, recipients, "Delete these recipients?", DELETE_EXPLAIN)
         if page is None:
             n = actions.delete_recipients(recipients, actor=request.user)
@@ -174,6 +180,9 @@ class MessageAdmin(QueueActionAdmin):
     inlines = (RecipientInline, DeliveryAttemptInline)
     actions = ("deliver_now", "bounce_active", "delete_active")
 
+    def recipients_of(self, queryset: QuerySet[Message]) -> QuerySet[Recipient]:
+        return actions.select_recipients(mids=queryset.values_list("pk", flat=True))
+
     @admin.action(permissions=["queue"], description="Deliver now (send at once, not at the retry time)")
     def deliver_now(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
         mids = list(queryset.filter(state=Message.State.QUEUED).values_list("pk", flat=True)[: MAX_KICKS + 1])
@@ -185,13 +194,11 @@ class MessageAdmin(QueueActionAdmin):
 
     @admin.action(permissions=["queue"], description="Bounce all active recipients of the selected messages")
     def bounce_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
-        chosen = actions.select_recipients(mids=queryset.values_list("pk", flat=True))
-        return self.bounce(request, chosen)
+        return self.bounce(request, queryset)
 
     @admin.action(permissions=["queue"], description="Delete all active recipients of the selected messages")
     def delete_active(self, request: HttpRequest, queryset: QuerySet[Message]) -> TemplateResponse | None:
-        chosen = actions.select_recipients(mids=queryset.values_list("pk", flat=True))
-        return self.delete(request, chosen)
+        return self.delete(request, queryset)
 
     @admin.display(description="Pages")
     def links(self, obj: Message) -> SafeString:
@@ -231,15 +238,16 @@ class RecipientAdmin(QueueActionAdmin):
     inlines = (DeliveryAttemptInline,)
     actions = ("bounce_selected", "delete_from_queue", "suspend_domains")
 
+    def recipients_of(self, queryset: QuerySet[Recipient]) -> QuerySet[Recipient]:
+        return actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
+
     @admin.action(permissions=["queue"], description="Bounce the selected recipients (if still active)")
     def bounce_selected(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
-        chosen = actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
-        return self.bounce(request, chosen)
+        return self.bounce(request, queryset)
 
     @admin.action(permissions=["queue"], description="Delete the selected recipients from the queue (no bounce)")
     def delete_from_queue(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> TemplateResponse | None:
-        chosen = actions.select_recipients(recipient_ids=queryset.values_list("pk", flat=True))
-        return self.delete(request, chosen)
+        return self.delete(request, queryset)
 
     @admin.action(permissions=["queue"], description="Suspend delivery to the selected recipients' domains")
     def suspend_domains(self, request: HttpRequest, queryset: QuerySet[Recipient]) -> None:

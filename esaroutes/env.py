@@ -9,8 +9,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
+
+N = TypeVar("N", int, float)
 
 _BOOLS = {
     "1": True,
@@ -36,30 +39,25 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    return _env_number(name, default, int, "expected a whole number", minimum, maximum)
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    return _env_number(name, default, float, "expected a number of seconds", minimum, None)
+
+
+def _env_number(name: str, default: N, kind: type[N], expected: str, minimum: N | None, maximum: N | None) -> N:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
+        raise ImproperlyConfigured(f"{name}={raw!r}: {expected}") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name}={raw!r}: must be at least {minimum}")
     if maximum is not None and value > maximum:
         raise ImproperlyConfigured(f"{name}={raw!r}: must be at most {maximum}")
-    return value
-
-
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r}: expected a number of seconds") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name}={raw!r}: must be at least {minimum}")
     return value
 
 

@@ -67,27 +67,22 @@ class LogFilterForm(forms.Form):
 RECEIVED = (("hour", "last hour"), ("day", "last day"), ("week", "last week"), ("all", "any time"), ("custom", "range"))
 
 
+def _how(label: str, choices: tuple[tuple[str, str], ...]) -> forms.ChoiceField:
+    """The "contains / begins with / is" selector in front of a text field, named for screen readers."""
+    return forms.ChoiceField(
+        required=False,
+        choices=choices,
+        label=label,
+        widget=forms.Select(attrs={"aria-label": f"How the {label[0].lower()}{label[1:]} matches"}),
+    )
+
+
 class TrackingForm(forms.Form):
-    sender_how = forms.ChoiceField(
-        required=False,
-        choices=TEXT_HOW,
-        label="Envelope sender",
-        widget=forms.Select(attrs={"aria-label": "How the envelope sender matches"}),
-    )
+    sender_how = _how("Envelope sender", TEXT_HOW)
     sender = forms.CharField(required=False, max_length=320)
-    recipient_how = forms.ChoiceField(
-        required=False,
-        choices=RECIPIENT_HOW,
-        label="Envelope recipient",
-        widget=forms.Select(attrs={"aria-label": "How the envelope recipient matches"}),
-    )
+    recipient_how = _how("Envelope recipient", RECIPIENT_HOW)
     recipient = forms.CharField(required=False, max_length=320)
-    subject_how = forms.ChoiceField(
-        required=False,
-        choices=TEXT_HOW,
-        label="Subject",
-        widget=forms.Select(attrs={"aria-label": "How the subject matches"}),
-    )
+    subject_how = _how("Subject", TEXT_HOW)
     subject = forms.CharField(required=False, max_length=500)
     message_id = forms.CharField(required=False, max_length=998, label="Message-ID")
     mid = forms.IntegerField(required=False, min_value=0, label="MID")
