@@ -110,6 +110,31 @@ def expand_exchanges(
     return out
 
 
+# --- the fallback relay -----------------------------------------------------------------------------------
+
+
+def fallback_relay(route_relay: Host | None, mx_relay: Host | None, *, by_mx: bool) -> Host | None:
+    """The fallback relay of one destination: the route's own; for mail delivered by MX records (a USEDNS route,
+    a domain with no route) the one in settings (ESAROUTES_DELIVERY_FALLBACK_RELAY) when the route has none.
+    A route with its own hosts and no fallback has none: the setting is for MX delivery only."""
+    if route_relay is not None:
+        return route_relay
+    return mx_relay if by_mx else None
+
+
+def with_fallback(hosts: Sequence[Host], fallback: Host | None) -> list[Host]:
+    """The hosts one connection chain tries: the route's (already ordered), then the fallback relay, last.
+
+    The runner goes on to the next host only with the recipients the previous host failed (no reply, a 4xx, a 5xx
+    before MAIL FROM: `verdict` NEXT_HOST), so the fallback relay gets exactly the recipients that every host of
+    the route failed in this attempt; a 5xx to MAIL/RCPT/DATA (BOUNCE) or a deferring 4xx (DEFER) ends the
+    recipient's attempt before it. A fallback that is one of the route's hosts already is not tried twice.
+    """
+    if fallback is None or any(h.key == fallback.key for h in hosts):
+        return list(hosts)
+    return [*hosts, fallback]
+
+
 # --- what a reply means -----------------------------------------------------------------------------------
 
 

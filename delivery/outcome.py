@@ -82,6 +82,7 @@ class Group:
     template: Destination  # everything but the host
     jobs: tuple[Job, ...]
     interface: str = "Data 1"
+    fallback: engine.Host | None = None  # tried after every host of `hosts` failed a recipient (engine.with_fallback)
 
 
 @dataclass(frozen=True, slots=True)

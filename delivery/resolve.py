@@ -49,6 +49,7 @@ class Resolution:
     looked_up: bool = False  # MX hosts looked up (USEDNS or no route)
     dns_error: str = ""  # the MX lookup failed: the mail waits (temporary) or bounces (`dns_hard`)
     dns_hard: bool = False
+    fallback: engine.Host | None = None  # tried after every host failed a recipient (`fallback_for`)
 
     @property
     def key(self) -> str:
@@ -105,20 +106,21 @@ class Resolver:
         entry = self.table.lookup(domain)
         if entry is not None and entry.special == "devnull":
             return Resolution(domain, Kind.DEVNULL, entry)
+        fallback = fallback_for(entry)
         if entry is not None and not entry.special:
             route_hosts = tuple(engine.Host(h.host, h.port, h.priority) for h in entry.hosts)
             names = {h.host for h in entry.hosts if wants_mx(h)} if self.dns else set()
             exchanges = {name: found for name in sorted(names) if (found := self._route_exchanges(name))}
-            return Resolution(domain, Kind.ROUTE, entry, route_hosts, exchanges)
+            return Resolution(domain, Kind.ROUTE, entry, route_hosts, exchanges, fallback=fallback)
         kind = Kind.USEDNS if entry is not None else Kind.MX
         if not self.domain_mx:
-            return Resolution(domain, kind, entry)
+            return Resolution(domain, kind, entry, fallback=fallback)
         try:
             mx = dns.mx_hosts(domain, port=settings.ESAROUTES_DELIVERY_MX_PORT)
         except (dns.DnsHardFailure, dns.DnsTempFailure) as exc:
             hard = isinstance(exc, dns.DnsHardFailure)
-            return Resolution(domain, kind, entry, looked_up=True, dns_error=str(exc), dns_hard=hard)
-        return Resolution(domain, kind, entry, tuple(mx), looked_up=True)
+            return Resolution(domain, kind, entry, looked_up=True, dns_error=str(exc), dns_hard=hard, fallback=fallback)
+        return Resolution(domain, kind, entry, tuple(mx), looked_up=True, fallback=fallback)
 
     def _route_exchanges(self, name: str) -> tuple[str, ...]:
         """The MX exchanges of a route's host name, best first; () when it has none (its own A/AAAA are used)
@@ -144,6 +146,21 @@ def parse_relay(text: str) -> tuple[str, int]:
     if len(found) != 1:
         raise ValueError("give one host (HOST[:PORT]), not a list")
     return found[0].host, found[0].port
+
+
+def fallback_for(entry: matching.RouteEntry | None) -> engine.Host | None:
+    """The fallback relay of mail that `entry` routes (None: no route applies, delivered by MX): the route's own,
+    else ESAROUTES_DELIVERY_FALLBACK_RELAY for mail delivered by MX (engine.fallback_relay). None for /dev/null."""
+    if entry is not None and entry.special == "devnull":
+        return None
+    route_relay = None
+    if entry is not None and entry.fallback_relay:
+        spec = domains.parse_fallback_relay(entry.fallback_relay)  # stored normalised: parses
+        route_relay = engine.Host(spec.host, spec.port) if spec is not None else None
+    relay = settings.ESAROUTES_DELIVERY_FALLBACK_RELAY
+    mx_relay = engine.Host(relay[0], relay[1]) if relay else None
+    by_mx = entry is None or entry.special == "usedns"
+    return engine.fallback_relay(route_relay, mx_relay, by_mx=by_mx)
 
 
 def redirected(domain: str, host: str, port: int) -> Resolution:

@@ -95,6 +95,25 @@ def parse_listen(raw: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def env_relay(name: str) -> tuple[str, int] | None:
+    """HOST, HOST:PORT or [IPv6]:PORT (port 25 when none is given) into (host, port); None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        if raw.startswith("[") or raw.count(":") == 1:
+            host, port = parse_listen(raw)
+        else:
+            host, port = raw, 25
+            if ":" in host:
+                ipaddress.IPv6Address(host)  # a bare IPv6 address: port 25
+        if "," in host or any(c.isspace() for c in host) or "/" in host:
+            raise ValueError("expected one HOST[:PORT], for example relay.example.net:2525")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={raw!r}: {exc}") from None
+    return host.lower().rstrip("."), port
+
+
 def env_networks(name: str, default: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     out = []
     for item in env_list(name, default):

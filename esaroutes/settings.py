@@ -248,6 +248,9 @@ ESAROUTES_DELIVERY_DATA_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_DATA_TIMEOUT
 ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT = env.env_float("ESAROUTES_DELIVERY_TRANSACTION_TIMEOUT", 1800.0, minimum=0.1)
 # The port of hosts found by MX lookup (USEDNS and domains without a route): 25, except to test on loopback.
 ESAROUTES_DELIVERY_MX_PORT = env.env_int("ESAROUTES_DELIVERY_MX_PORT", 25, minimum=1, maximum=65535)
+# The fallback relay of mail delivered by MX records (USEDNS routes without a fallback of their own, domains with no
+# route): HOST[:PORT], tried when every MX host failed a recipient, before it waits for its retry. Unset: none.
+ESAROUTES_DELIVERY_FALLBACK_RELAY = env.env_relay("ESAROUTES_DELIVERY_FALLBACK_RELAY")
 ESAROUTES_HOST_DOWN_INITIAL = env.env_float("ESAROUTES_HOST_DOWN_INITIAL", 60.0, minimum=0.0)
 ESAROUTES_HOST_DOWN_MAX = env.env_float("ESAROUTES_HOST_DOWN_MAX", 3600.0, minimum=0.0)
 # Routes: outgoing SMTP AUTH passwords are encrypted at rest with this Fernet key (urlsafe base64 of 32 bytes,

@@ -104,8 +104,15 @@ class DestinationHostInline(admin.TabularInline[DestinationHost, Route]):
 class RouteAdminForm(djforms.ModelForm[Route]):
     class Meta:
         model = Route
-        fields = ("domain", "special", "auth_profile", "bounce_profile", "tls", "defer_on_4xx")
+        fields = ("domain", "special", "auth_profile", "bounce_profile", "tls", "defer_on_4xx", "fallback_relay")
         labels = {"special": "Deliver to"}
+
+    def clean_fallback_relay(self) -> str:
+        try:
+            return domains.fallback_relay_text(self.cleaned_data["fallback_relay"])
+        except ValueError as exc:
+            text = str(exc)
+            raise djforms.ValidationError(text[:1].upper() + text[1:]) from None
 
     def clean_domain(self) -> str:
         try:
@@ -182,6 +189,7 @@ class RouteAdmin(admin.ModelAdmin[Route]):
             bounce_profile_id=form.cleaned_data["bounce_profile"].pk if form.cleaned_data["bounce_profile"] else None,
             tls=form.cleaned_data["tls"],
             defer_on_4xx=form.cleaned_data["defer_on_4xx"],
+            fallback_relay=form.cleaned_data["fallback_relay"],
         )
         if change:
             route = services.route_update(route_id=form.instance.pk, data=data, actor=_actor(request))

@@ -93,6 +93,7 @@ _LABELS = {
     "bounce_profile": "Bounce profile",
     "tls": "TLS",
     "defer_on_4xx": "Keep recipients queued on a 4xx",
+    "fallback_relay": "Fallback relay",
     "action": "Action",
     "comment": "Comment",
     "network": "Network",

@@ -458,6 +458,36 @@ def route_problems(domain: str, hosts: Destination) -> RouteProblems:
     return problems
 
 
+def parse_fallback_relay(text: str) -> HostSpec | None:
+    """A route's fallback relay as typed: `HOST[:PORT]` (a name, an IPv4 or IPv6 address, `[name]`), None when
+    empty. It is connected to by its A/AAAA records, never looked up by MX, so the brackets of `[name]` are
+    dropped. Raises ValueError saying why the text is not one relay."""
+    text = text.strip()
+    if not text:
+        return None
+    if "," in text:
+        raise ValueError("give one fallback relay (HOST[:PORT]), not a list")
+    if _special(text) is not None:
+        raise ValueError(f"{text} is not a host: give the host name or IP address of the fallback relay")
+    try:
+        spec = _parse_host(text)
+    except ValueError as exc:
+        raise ValueError(f"{_quote(text)}: {exc}") from None
+    if spec.priority:
+        raise ValueError(f"{_quote(text)}: a fallback relay has no priority: write HOST[:PORT]")
+    spec = HostSpec(host=spec.host, port=spec.port)
+    problems = _host_problems(spec)
+    if problems:
+        raise ValueError(problems[0])
+    return spec
+
+
+def fallback_relay_text(text: str) -> str:
+    """The stored form of a fallback relay (`relay.example.net:2525`, `[2001:db8::1]:2525`, "" for none)."""
+    spec = parse_fallback_relay(text)
+    return spec.format() if spec is not None else ""
+
+
 def parse_port(text: str) -> int:
     """A port typed in its own field (a form's Port column): 1-65535, empty means 25; ValueError says why."""
     text = text.strip()

@@ -18,6 +18,7 @@ from delivery.models import BounceProfile
 from routes import domains, services
 from routes.models import AuthProfile, Route
 
+FALLBACK_PREFIX = "fallback relay: "  # a service's route-level message about the fallback relay field
 SPECIAL_HELP = "Type USEDNS (deliver by MX records) or /dev/null (accept and drop) alone in the first row."
 
 
@@ -44,6 +45,21 @@ class RouteForm(forms.Form):
         label="Keep recipients queued on a 4xx after MAIL FROM",
         help_text="Instead of trying the next host at once.",
     )
+    fallback_relay = forms.CharField(
+        required=False,
+        max_length=300,
+        label="Fallback relay",
+        help_text="HOST[:PORT], tried when every host of the route failed a recipient (refused, timed out, 4xx) "
+        "before it waits for its retry. A 5xx still bounces. Empty: none.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+
+    def clean_fallback_relay(self) -> str:
+        text: str = self.cleaned_data["fallback_relay"]
+        try:
+            return domains.fallback_relay_text(text)
+        except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
 
     def clean_domain(self) -> str:
         text: str = self.cleaned_data["domain"]
@@ -203,6 +219,7 @@ class RouteEditor:
                 "bounce_profile": route.bounce_profile_id,
                 "tls": route.tls,
                 "defer_on_4xx": route.defer_on_4xx,
+                "fallback_relay": route.fallback_relay,
             }
             destination = services.route_destination(route)
             if isinstance(destination, domains.Special):
@@ -242,6 +259,7 @@ class RouteEditor:
             bounce_profile_id=bounce.pk if bounce else None,
             tls=self.form.cleaned_data["tls"],
             defer_on_4xx=self.form.cleaned_data["defer_on_4xx"],
+            fallback_relay=self.form.cleaned_data["fallback_relay"],
         )
         return True
 
@@ -251,7 +269,11 @@ class RouteEditor:
             live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
         for message in problems.domain:
             self.form.add_error("domain", _sentence(message))
-        self.route_errors += [_sentence(m) for m in problems.route]
+        for message in problems.route:
+            if message.startswith(FALLBACK_PREFIX):
+                self.form.add_error("fallback_relay", _sentence(message.removeprefix(FALLBACK_PREFIX)))
+            else:
+                self.route_errors.append(_sentence(message))
         for index, messages in problems.hosts.items():
             for message in messages:
                 if index < len(live):

@@ -36,6 +36,7 @@ class RouteEntry:
     bounce_profile_id: int | None = None
     tls: str = "opportunistic"
     defer_on_4xx: bool = False
+    fallback_relay: str = ""  # stored form (`routes.domains.fallback_relay_text`), "" for none
 
 
 class RouteTable:

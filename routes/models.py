@@ -67,6 +67,13 @@ class Route(models.Model):
         help_text="On a 4xx after MAIL FROM, keep the recipients queued for their retry instead of trying the "
         "next host at once.",
     )
+    fallback_relay = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="HOST[:PORT] tried when every host of the route failed a recipient (refused, timed out, 4xx), "
+        "before the recipient waits for its retry. Empty: none.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -51,6 +51,7 @@ class RouteData:
     bounce_profile_id: int | None = None
     tls: str = Route.TLS.OPPORTUNISTIC
     defer_on_4xx: bool = False
+    fallback_relay: str = ""  # HOST[:PORT] as typed, "" for none: stored normalised (`domains.fallback_relay_text`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
                     bounce_profile_id=data.bounce_profile_id,
                     tls=data.tls,
                     defer_on_4xx=data.defer_on_4xx,
+                    fallback_relay=_fallback_relay(data),
                 )
         except IntegrityError:
             raise RouteInvalid(_exists(domain)) from None
@@ -111,6 +113,7 @@ def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route
         route.bounce_profile_id = data.bounce_profile_id
         route.tls = data.tls
         route.defer_on_4xx = data.defer_on_4xx
+        route.fallback_relay = _fallback_relay(data)
         try:
             with transaction.atomic():
                 route.save()
@@ -270,6 +273,7 @@ def route_state(route: Route) -> dict[str, Any]:
         "bounce_profile": route.bounce_profile.name if route.bounce_profile_id and route.bounce_profile else None,
         "tls": route.tls,
         "defer_on_4xx": route.defer_on_4xx,
+        "fallback_relay": route.fallback_relay,
     }
 
 
@@ -302,9 +306,25 @@ def current_version() -> int:
 
 def _validated(data: RouteData) -> str:
     problems = domains.route_problems(data.domain, data.destination)
+    problems.route += fallback_relay_problems(data.fallback_relay, data.destination)
     if problems:
         raise RouteInvalid(problems)
     return domains.normalize_receiving_domain(data.domain)
+
+
+def fallback_relay_problems(text: str, destination: domains.Destination) -> list[str]:
+    """Why `text` cannot be this route's fallback relay (none: empty list)."""
+    try:
+        spec = domains.parse_fallback_relay(text)
+    except ValueError as exc:
+        return [f"fallback relay: {exc}"]
+    if spec is not None and destination is domains.Special.DEVNULL:
+        return ["fallback relay: a /dev/null route delivers nothing, so it has no fallback relay"]
+    return []
+
+
+def _fallback_relay(data: RouteData) -> str:
+    return domains.fallback_relay_text(data.fallback_relay)  # _validated has checked it
 
 
 def domain_in_use(domain: str, *, route_id: int | None = None) -> str | None:
@@ -370,7 +390,9 @@ def _analyze() -> None:
             cursor.execute(f"ANALYZE {connection.ops.quote_name(model._meta.db_table)}")
 
 
-_ROUTES = bulk.BulkInsert(Route, ("domain", "special", "tls", "defer_on_4xx", "created_at", "updated_at"))
+_ROUTES = bulk.BulkInsert(
+    Route, ("domain", "special", "tls", "defer_on_4xx", "fallback_relay", "created_at", "updated_at")
+)
 _HOSTS = bulk.BulkInsert(DestinationHost, ("route_id", "host", "a_only", "port", "priority", "position"))
 
 
@@ -379,7 +401,7 @@ def _insert_routes(rows: Sequence[tuple[str, str]]) -> None:
     if not rows:
         return
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    _ROUTES.run([(d, sp, Route.TLS.OPPORTUNISTIC, False, now, now) for d, sp in rows])
+    _ROUTES.run([(d, sp, Route.TLS.OPPORTUNISTIC, False, "", now, now) for d, sp in rows])
 
 
 def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int]]) -> None:

@@ -46,6 +46,18 @@ def current_table(*, max_age: float | None = None) -> matching.RouteTable:
         return _table
 
 
+_ROUTE_COLUMNS = (
+    "id",
+    "domain",
+    "special",
+    "auth_profile_id",
+    "bounce_profile_id",
+    "tls",
+    "defer_on_4xx",
+    "fallback_relay",
+)
+
+
 def build_table(version: int | None = None) -> matching.RouteTable:
     """A fresh table from the database: one query for the routes, one for their hosts.
 
@@ -70,9 +82,10 @@ def build_table(version: int | None = None) -> matching.RouteTable:
             bounce_profile_id=bounce_profile_id,
             tls=tls,
             defer_on_4xx=bool(defer_on_4xx),
+            fallback_relay=fallback_relay or "",
         )
-        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx in _rows(
-            Route, ("id", "domain", "special", "auth_profile_id", "bounce_profile_id", "tls", "defer_on_4xx"), ()
+        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx, fallback_relay in _rows(
+            Route, _ROUTE_COLUMNS, ()
         )
     ]
     return matching.RouteTable(entries, version=version)

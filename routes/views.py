@@ -273,7 +273,12 @@ def _plan(address: str) -> dict[str, Any]:
     domain = matching.recipient_domain(address)
     table = snapshot.current_table(max_age=0)
     entry = table.lookup(address)
-    plan: dict[str, Any] = {"domain": domain, "entry": entry, "table_version": table.version}
+    plan: dict[str, Any] = {
+        "domain": domain,
+        "entry": entry,
+        "table_version": table.version,
+        "fallback": resolve.fallback_for(entry),
+    }
     if entry is None:
         return plan
     plan["display"] = (

@@ -320,3 +320,15 @@ def redirected(mid: int, rids: Iterable[int], host: str, port: int, *, by: str) 
 def redirect_cancelled(mid: int, rids: Iterable[int], *, by: str) -> Line:
     """An operator cancelled a redirect (`redirectrecipients --cancel`): the recipients follow their route again."""
     return Line(f"Redirect cancelled: MID {mid} to {rid_list(rids)} by {clean(by)}", mid=mid)
+
+
+def fallback_relay(mid: int, rids: Iterable[int], host: str, port: int, *, domain: str, tried: int) -> Line:
+    """Every host of the recipients' route (`tried` of them) failed them in this attempt: they go to the route's
+    fallback relay (or ESAROUTES_DELIVERY_FALLBACK_RELAY) before they wait for their retry."""
+    return Line(
+        f"MID {mid} RID {rid_list(rids)} to fallback relay {clean(host)}:{port}: "
+        f"{tried} host{'s' if tried != 1 else ''} for {clean(domain)} failed",
+        mid=mid,
+        domain=domain,
+        host=host,
+    )

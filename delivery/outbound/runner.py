@@ -13,6 +13,9 @@ What happens on the wire follows `delivery.engine` (the decisions) and `delivery
   ``Connection Error`` line and its recipients go on at once to the next host;
 * on a connection, each message is one transaction for all its recipients of this route; a 4xx after MAIL
   FROM sends the recipients concerned to the next host (or, with defer_on_4xx, to their retry); a 5xx bounces;
+* when every host of the route failed a recipient and the group has a fallback relay (the route's, or the one in
+  settings for mail delivered by MX), the fallback is tried last, after a ``to fallback relay`` line, with the
+  route's TLS policy and no AUTH (``engine.with_fallback``);
 * when no host is left, what is still pending is ``Delayed`` with the last reply, for its retry;
 * a connection carries at most ``max_messages`` messages, then a new one is opened to the same host; an idle
   connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs.
@@ -183,14 +186,30 @@ class Runner:
         # The recipients whose attempt row of this run already says "delayed" (the last host's failure): every
         # recipient put back to wait gets exactly one such row, the delay event the counters count.
         delayed: set[tuple[int, int]] = set()
-        for index, host in enumerate(group.hosts):
+        chain = engine.with_fallback(group.hosts, group.fallback)
+        for index, host in enumerate(chain):
             if not pending:
                 break
-            later = group.hosts[index + 1 :]
+            later = chain[index + 1 :]
             final_host = not later  # the last host is never skipped: after it, what is left waits for its retry
             if host.key in failed_now and any(h.key not in failed_now for h in later):
                 continue
             destination = replace(group.template, host=host)
+            if index >= len(group.hosts):  # the fallback relay: every host of the route failed these recipients
+                destination = replace(destination, auth=None)  # the route's credentials are for its own hosts
+                carry.lines += [
+                    _now(
+                        maillog.lines.fallback_relay(
+                            job.mid,
+                            [r.rid for r in rcpts],
+                            host.address,
+                            host.port,
+                            domain=group.domain,
+                            tried=len(group.hosts),
+                        )
+                    )
+                    for job, rcpts in pending
+                ]
             remaining, pending = pending, []
             while remaining:
                 pooled = await self._acquire(destination, group, carry)

@@ -192,6 +192,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                     template=_template(order[0], where.entry, auth_cache, profile_for(where.entry, profiles)),
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=settings.ESAROUTES_SMTP_INTERFACE,
+                    fallback=where.fallback,
                 )
             )
     return out

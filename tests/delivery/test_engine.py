@@ -332,3 +332,55 @@ def test_expand_exchanges_keeps_the_route_order_and_mx_preference():
     assert expand_exchanges([relay], exchanges, down) == [Host("mx2.relay.test", 2525, 0)]
     both = down | {("mx2.relay.test", 2525)}
     assert [h.address for h in expand_exchanges([relay], exchanges, both)] == ["mx1.relay.test", "mx2.relay.test"]
+
+
+# --- the fallback relay -----------------------------------------------------------------------------------
+
+RELAY = Host("10.0.0.99", 2525)
+MX_RELAY = Host("10.0.0.98")
+
+
+@pytest.mark.parametrize(
+    ("route_relay", "mx_relay", "by_mx", "expected"),
+    [
+        (None, None, False, None),
+        (None, None, True, None),
+        (RELAY, None, False, RELAY),  # a route's own
+        (RELAY, MX_RELAY, True, RELAY),  # a USEDNS route's own wins over the setting
+        (None, MX_RELAY, True, MX_RELAY),  # USEDNS or no route: the setting
+        (None, MX_RELAY, False, None),  # a route with hosts: the setting is not for it
+    ],
+)
+def test_fallback_relay_is_the_routes_else_the_settings_for_mx_delivery(route_relay, mx_relay, by_mx, expected):
+    assert engine.fallback_relay(route_relay, mx_relay, by_mx=by_mx) == expected
+
+
+@pytest.mark.parametrize(
+    ("hosts", "fallback", "expected"),
+    [
+        ([A, B], None, ["1", "2"]),
+        ([A, B], RELAY, ["1", "2", "99"]),  # last, after every host of the route
+        ([A, Host("10.0.0.99", 2525, 10)], RELAY, ["1", "99"]),  # already one of the route's hosts: once
+        ([A, Host("10.0.0.99", 25, 10)], RELAY, ["1", "99", "99"]),  # same address, other port: another host
+        ([], RELAY, ["99"]),
+    ],
+)
+def test_with_fallback_puts_the_relay_last_and_never_twice(hosts, fallback, expected):
+    assert names(engine.with_fallback(hosts, fallback)) == expected
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "defer", "reaches_fallback"),
+    [
+        (Stage.CONNECT, None, False, True),  # refused, timed out
+        (Stage.GREETING, 421, False, True),
+        (Stage.GREETING, 554, False, True),  # a 5xx before MAIL FROM: this host failed
+        (Stage.RCPT, 452, False, True),
+        (Stage.DATA, None, False, True),  # dropped
+        (Stage.RCPT, 550, False, False),  # bounces: no other host, no fallback
+        (Stage.DATA, 554, False, False),
+        (Stage.RCPT, 451, True, False),  # defer_on_4xx: waits for its retry
+    ],
+)
+def test_only_a_reply_that_moves_on_to_the_next_host_reaches_the_fallback(stage, code, defer, reaches_fallback):
+    assert (engine.verdict(stage, code, defer_on_4xx=defer) is Verdict.NEXT_HOST) is reaches_fallback

@@ -30,6 +30,29 @@ def test_bad_listen_addresses_are_refused(raw):
         env.parse_listen(raw)
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", None),
+        ("Relay.Example.NET", ("relay.example.net", 25)),
+        ("relay.example.net:2525", ("relay.example.net", 2525)),
+        ("127.0.0.1:2526", ("127.0.0.1", 2526)),
+        ("[::1]:2525", ("::1", 2525)),
+        ("::1", ("::1", 25)),
+    ],
+)
+def test_a_fallback_relay_setting_parses(monkeypatch, raw, expected):
+    monkeypatch.setenv("ESAROUTES_DELIVERY_FALLBACK_RELAY", raw)
+    assert env.env_relay("ESAROUTES_DELIVERY_FALLBACK_RELAY") == expected
+
+
+@pytest.mark.parametrize("raw", ["relay.test:0", "a.test, b.test", "relay.test:x", "[::1]", "::zz"])
+def test_a_bad_fallback_relay_setting_names_the_variable(monkeypatch, raw):
+    monkeypatch.setenv("ESAROUTES_DELIVERY_FALLBACK_RELAY", raw)
+    with pytest.raises(ImproperlyConfigured, match="ESAROUTES_DELIVERY_FALLBACK_RELAY="):
+        env.env_relay("ESAROUTES_DELIVERY_FALLBACK_RELAY")
+
+
 def test_bad_boolean_names_the_variable(monkeypatch):
     monkeypatch.setenv("DEBUG", "maybe")
     with pytest.raises(ImproperlyConfigured, match="DEBUG='maybe'"):

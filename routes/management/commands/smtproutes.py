@@ -1,8 +1,9 @@
 """`manage.py smtproutes`: the ESA's `smtproutes` as sub-commands, with the same validation and audit as the web UI.
 
     smtproutes print
-    smtproutes new DOMAIN HOSTS            e.g. new example.com "mx1.example.com/pri=10, [10.0.0.9]:2525/pri=20"
-    smtproutes edit DOMAIN HOSTS [--rename NEW]
+    smtproutes new DOMAIN HOSTS [--fallback-relay HOST[:PORT]]
+                                           e.g. new example.com "mx1.example.com/pri=10, [10.0.0.9]:2525/pri=20"
+    smtproutes edit DOMAIN HOSTS [--rename NEW] [--fallback-relay HOST[:PORT]]   ("" removes the fallback)
     smtproutes delete DOMAIN
     smtproutes import FILE [--replace]     (default: merge; --replace makes the table exactly the file)
     smtproutes export FILE                 (- for standard output)
@@ -22,6 +23,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from routes import audit, domains, importexport, services
 from routes.models import Route
 
+FALLBACK_HELP = "tried when every host of the route failed a recipient, before it waits for its retry"
+
+
+def _fallback(route: Route) -> str:
+    return f" (fallback relay {route.fallback_relay})" if route.fallback_relay else ""
+
 
 class Command(BaseCommand):
     help = "Add, edit, delete, print, import, export and clear SMTP routes (like the ESA's smtproutes)."
@@ -32,10 +39,14 @@ class Command(BaseCommand):
         new = sub.add_parser("new", help="add a route")
         new.add_argument("domain", help="example.com, .example.com or ALL")
         new.add_argument("hosts", help='"host[:port][/pri=N], ...", or USEDNS, or /dev/null')
+        new.add_argument("--fallback-relay", metavar="HOST[:PORT]", default="", help=FALLBACK_HELP)
         edit = sub.add_parser("edit", help="replace the destination hosts of a route (and optionally rename it)")
         edit.add_argument("domain")
         edit.add_argument("hosts")
         edit.add_argument("--rename", metavar="NEW", help="new receiving domain")
+        edit.add_argument(
+            "--fallback-relay", metavar="HOST[:PORT]", help=FALLBACK_HELP + ' (default: unchanged; "" removes it)'
+        )
         delete = sub.add_parser("delete", help="delete a route")
         delete.add_argument("domain")
         imp = sub.add_parser("import", help="import a routes file (all or nothing)")
@@ -60,11 +71,14 @@ class Command(BaseCommand):
         destination = self._hosts(options["hosts"])
         try:
             route = services.route_create(
-                data=services.RouteData(domain=domain, destination=destination), actor=audit.cli_actor()
+                data=services.RouteData(
+                    domain=domain, destination=destination, fallback_relay=options["fallback_relay"]
+                ),
+                actor=audit.cli_actor(),
             )
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
-        self.stdout.write(f"Added {route.domain}: {importexport.canonical(destination)}")
+        self.stdout.write(f"Added {route.domain}: {importexport.canonical(destination)}{_fallback(route)}")
 
     def do_edit(self, options: dict[str, Any]) -> None:
         route = self._route(options["domain"])
@@ -77,13 +91,14 @@ class Command(BaseCommand):
             bounce_profile_id=route.bounce_profile_id,
             tls=route.tls,
             defer_on_4xx=route.defer_on_4xx,
+            fallback_relay=route.fallback_relay if options["fallback_relay"] is None else options["fallback_relay"],
         )
         try:
             saved = services.route_update(route_id=route.pk, data=data, actor=audit.cli_actor())
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
         renamed = f" (renamed from {route.domain})" if saved.domain != route.domain else ""
-        self.stdout.write(f"Changed {saved.domain}{renamed}: {importexport.canonical(destination)}")
+        self.stdout.write(f"Changed {saved.domain}{renamed}: {importexport.canonical(destination)}{_fallback(saved)}")
 
     def do_delete(self, options: dict[str, Any]) -> None:
         route = self._route(options["domain"])
