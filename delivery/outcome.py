@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 
 from delivery import engine, maillog
+from esaroutes import egress
 
 
 class TlsPolicy(enum.StrEnum):
@@ -47,6 +48,7 @@ class Destination:
     max_messages: int = 50  # per connection
     ca_file: str | None = None  # trust anchors for REQUIRED_VERIFY; None = the system store
     source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice
+    allowed_networks: tuple[egress.Network, ...] | None = None  # ESAROUTES_DELIVERY_ALLOWED_NETWORKS; None = any
 
     def __post_init__(self) -> None:
         if not self.helo or not self.helo.isascii() or any(c.isspace() for c in self.helo):

@@ -263,7 +263,12 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
                 raise PermissionDenied("opening SMTP connections needs the permission to change routes")
             targets = [(p.spec.host, p.spec.port) for p in context["hosts"]]
             context["probes"] = asyncio.run(
-                probe.probe_all(targets, helo=settings.ESAROUTES_HOSTNAME, seconds=PROBE_TIMEOUT)
+                probe.probe_all(
+                    targets,
+                    helo=settings.ESAROUTES_HOSTNAME,
+                    seconds=PROBE_TIMEOUT,
+                    networks=settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS,
+                )
             )
             context["rows"] = list(zip(context["hosts"], context["probes"], strict=True))
     return htmx.render(request, "routes/route_test.html", "test-result", context)

@@ -62,6 +62,14 @@ def _no_dns_off_the_machine(settings: Any) -> None:
     settings.ESAROUTES_DNS_TIMEOUT = 1.0
 
 
+@pytest.fixture(autouse=True)
+def _connect_to_loopback_only(settings: Any) -> None:
+    """Every outgoing connection (delivery, the route probe, webhooks) may go to loopback only."""
+    from esaroutes import egress
+
+    settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS = egress.parse("127.0.0.0/8,::1/128")
+
+
 @pytest.fixture
 def alice(django_user_model: Any) -> Any:
     """Alice is the administrator."""

@@ -58,6 +58,7 @@ from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH, SMTPProtoc
 
 from delivery import engine, outcome
 from delivery.engine import Stage, Verdict
+from esaroutes import egress
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Failure:
     tls_required: bool = False  # the policy required TLS and it could not be negotiated
     tls_handshake: bool = False  # STARTTLS was accepted and the handshake then failed (or timed out)
     reused: bool = False  # the connection had already carried a message
+    refused: bool = False  # no address of the host is in ESAROUTES_DELIVERY_ALLOWED_NETWORKS: nothing was sent
 
     def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
         if len(self.text) > TEXT_LIMIT:
@@ -92,6 +94,8 @@ class Failure:
 
     @property
     def marks_host_down(self) -> bool:
+        if self.refused:  # our policy, not the host's health
+            return False
         return engine.marks_host_down(self.stage, self.code, reused_connection=self.reused)
 
 
@@ -556,15 +560,26 @@ class HostSession:
         return self.connection
 
     async def _connect_socket(self) -> socket.socket:
-        """TCP connect to each address of the host in turn; raises the last error."""
+        """TCP connect to each address of the host in turn; raises the last error.
+
+        An address outside the allowed networks is skipped unconnected (:class:`egress.Refused`, whose text
+        becomes the ``Connection Error`` line's details)."""
         host = self.destination.host
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
         last: BaseException = OSError(f"no address for {host.address}")
+        tried = False
         for family, type_, proto, _, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if not egress.allowed(ip, self.destination.allowed_networks):
+                if not tried:  # a real connection failure says more than a refusal
+                    self._peer_ip = ip
+                    last = egress.Refused(egress.refusal(ip))  # on the resolved address: MX hosts too
+                continue
+            tried = True
+            self._peer_ip = ip
             sock = socket.socket(family, type_, proto)
             sock.setblocking(False)
-            self._peer_ip = str(sockaddr[0])
             try:
                 if self.destination.source_address:
                     sock.bind((self.destination.source_address, 0))
@@ -644,7 +659,7 @@ class HostSession:
             handshake = exc.cause is not None and not isinstance(exc.cause, aiosmtplib.SMTPResponseException)
             self.failure = self._failure(stage, translated, tls_required=exc.tls_required, tls_handshake=handshake)
         else:
-            self.failure = self._failure(stage, _translate(exc, self._peer()))
+            self.failure = self._failure(stage, _translate(exc, self._peer()), refused=isinstance(exc, egress.Refused))
         self._drop()
         return self.failure
 
@@ -660,6 +675,7 @@ class HostSession:
         tls_required: bool = False,
         tls_handshake: bool = False,
         reused: bool = False,
+        refused: bool = False,
     ) -> Failure:
         """The failure of this connection at `stage`, from a `_translate`d exception (code, text, timed out)."""
         code, text, timed_out = translated
@@ -673,6 +689,7 @@ class HostSession:
             tls_required=tls_required,
             tls_handshake=tls_handshake,
             reused=reused,
+            refused=refused,
         )
 
     # --- sending ------------------------------------------------------------------------------------------

@@ -85,6 +85,7 @@ def _template(
         max_messages=settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION,
         ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
         source_address=settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None,
+        allowed_networks=tuple(settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS),
     )
 
 

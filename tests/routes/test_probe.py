@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 
+from esaroutes import egress
 from routes import probe
 from tests.routes.helpers import closed_port
 
@@ -34,3 +35,16 @@ def test_probe_times_out_on_a_silent_peer():
             conn.close()
         server.close()
     assert not result.ok and "no answer" in result.lines[0] and result.seconds < 3
+
+
+def test_probe_refuses_an_address_outside_the_allowed_networks_without_connecting(peers):
+    peers.start()  # 127.0.0.1
+    outside = peers.start()  # 127.0.0.2
+    (result,) = asyncio.run(
+        probe.probe_all(
+            [(outside.host, outside.port)], helo="relay.test", seconds=3, networks=egress.parse("127.0.0.1/32")
+        )
+    )
+    assert not result.ok
+    assert result.lines == ("refused: 127.0.0.2 is outside ESAROUTES_DELIVERY_ALLOWED_NETWORKS: not connected",)
+    assert outside.connections == 0

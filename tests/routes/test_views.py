@@ -375,6 +375,18 @@ def test_route_test_connects_to_each_host_when_asked(client_alice):
     assert "answered" in body and "failed" in body and "no answer" in body
 
 
+def test_route_test_says_a_host_outside_the_allowed_networks_was_not_connected(client_alice, settings):
+    from esaroutes import egress
+    from tests.routes.helpers import closed_port
+
+    settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS = egress.parse("127.0.0.1/32")
+    make_route("loop.test", f"127.0.0.2:{closed_port()}")
+    response = client_alice.post(reverse("routes:route-test"), {"address": "u@loop.test", "connect": "1"}, **HTMX)
+    body = response.content.decode()
+    assert response.status_code == 200 and "failed" in body
+    assert "refused: 127.0.0.2 is outside ESAROUTES_DELIVERY_ALLOWED_NETWORKS: not connected" in body
+
+
 def test_read_only_user_may_look_up_but_not_connect(client, django_user_model):
     viewer = django_user_model.objects.create_user("rita", password="x" * 12)
     viewer.user_permissions.add(Permission.objects.get(codename="view_route"))
