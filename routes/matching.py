@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from routes import destinations as destination_controls
 from routes import domains
 
 
@@ -45,10 +46,20 @@ class RouteTable:
     `version` is the route table version the entries were read at, so a worker can tell that its cached table
     is stale. Entries must carry stored-form domains, each domain once (the database guarantees both);
     a duplicate raises ValueError rather than silently shadowing a route.
+
+    `destinations` is the destination controls table read at the same version (`routes.destinations`); by
+    default a table with only the built-in Default entry.
     """
 
-    def __init__(self, entries: Iterable[RouteEntry], *, version: int = 0) -> None:
+    def __init__(
+        self,
+        entries: Iterable[RouteEntry],
+        *,
+        version: int = 0,
+        destinations: destination_controls.DestinationTable | None = None,
+    ) -> None:
         self.version = version
+        self.destinations = destinations if destinations is not None else destination_controls.DestinationTable()
         self.exact: dict[str, RouteEntry] = {}
         self.partial: dict[str, RouteEntry] = {}  # keyed without the leading dot
         self.default: RouteEntry | None = None

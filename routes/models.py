@@ -12,13 +12,14 @@ the same values with the same message at the same field: there is no second copy
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
 
-from routes import domains
+from routes import destinations, domains
 
 OPEN_RELAY_MESSAGE = "Accepting ALL domains makes this an open relay for every client. Refused."
 
@@ -116,6 +117,157 @@ class RouteTableVersion(models.Model):
 
     def __str__(self) -> str:
         return f"route table v{self.version}"
+
+
+class DefaultDestinationProtected(ValueError):
+    """Refused: the Default destination control entry cannot be deleted."""
+
+
+class DestinationControlQuerySet(models.QuerySet["DestinationControl"]):
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Refuse a bulk delete that includes the Default entry (the admin's action, a stray shell command)."""
+        if self.filter(destination=destinations.DEFAULT).exists():
+            raise DefaultDestinationProtected(destinations.DEFAULT_PROTECTED)
+        return super().delete()
+
+
+class DestinationControl(models.Model):
+    """The ESA's Destination Controls: delivery limits per destination, plus the Default entry.
+
+    The rules are `routes.destinations`' (the model's `clean()`, the services, the form, the admin and the
+    `destconfig` command all use them); every write goes through `routes.services`, which audits it and bumps
+    the route table version so the workers' snapshot (`RouteTable.destinations`) follows.
+    """
+
+    DEFAULT = destinations.DEFAULT
+
+    class LimitScope(models.TextChoices):
+        DOMAIN = "domain", destinations.LIMIT_SCOPES["domain"]
+        IP = "ip", destinations.LIMIT_SCOPES["ip"]
+
+    class IPPreference(models.TextChoices):
+        IPV4_PREFERRED = "ipv4-preferred", destinations.IP_PREFERENCES["ipv4-preferred"]
+        IPV4_REQUIRED = "ipv4-required", destinations.IP_PREFERENCES["ipv4-required"]
+        IPV6_PREFERRED = "ipv6-preferred", destinations.IP_PREFERENCES["ipv6-preferred"]
+        IPV6_REQUIRED = "ipv6-required", destinations.IP_PREFERENCES["ipv6-required"]
+
+    class TLS(models.TextChoices):
+        NONE = "none", destinations.TLS_MODES["none"]
+        PREFERRED = "preferred", destinations.TLS_MODES["preferred"]
+        REQUIRED = "required", destinations.TLS_MODES["required"]
+        PREFERRED_VERIFY = "preferred-verify", destinations.TLS_MODES["preferred-verify"]
+        REQUIRED_VERIFY = "required-verify", destinations.TLS_MODES["required-verify"]
+
+    destination = models.CharField(
+        max_length=255, unique=True, help_text="example.com, .example.com, an IP address, or default"
+    )
+    max_connections = models.PositiveIntegerField(
+        default=destinations.DEFAULT_MAX_CONNECTIONS, help_text="Concurrent connections, 1-1,000"
+    )
+    max_messages_per_connection = models.PositiveIntegerField(
+        default=destinations.DEFAULT_MAX_MESSAGES_PER_CONNECTION, help_text="1-1,000, then a new connection"
+    )
+    recipient_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many recipients per the minutes below; empty: no limit"
+    )
+    recipient_minutes = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1-60")
+    limit_scope = models.CharField(max_length=8, choices=LimitScope.choices, default=LimitScope.DOMAIN)
+    ip_preference = models.CharField(
+        max_length=16, choices=IPPreference.choices, default=destinations.DEFAULT_IP_PREFERENCE
+    )
+    tls = models.CharField(max_length=16, choices=TLS.choices, default=destinations.DEFAULT_TLS)
+    bounce_profile = models.ForeignKey(
+        "delivery.BounceProfile",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="destination_controls",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DestinationControlQuerySet.as_manager()
+
+    class Meta(TypedModelMeta):
+        ordering = ["destination"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_connections__gte=1, max_connections__lte=destinations.MAX_CONNECTIONS),
+                name="destination_max_connections_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    max_messages_per_connection__gte=1,
+                    max_messages_per_connection__lte=destinations.MAX_MESSAGES_PER_CONNECTION,
+                ),
+                name="destination_max_messages_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(recipient_limit__isnull=True, recipient_minutes__isnull=True)
+                | models.Q(
+                    recipient_limit__gte=1,
+                    recipient_minutes__gte=1,
+                    recipient_minutes__lte=destinations.MAX_RECIPIENT_MINUTES,
+                ),
+                name="destination_recipient_limit_pair",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.destination
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination == self.DEFAULT
+
+    def clean(self) -> None:
+        """Store the destination normalised; refuse out-of-range limits, a half recipient limit, a renamed
+        Default and a destination listed twice, each at its field."""
+        errors: dict[str, list[str]] = {}
+        if self.destination:
+            try:
+                self.destination = destinations.normalize_destination(self.destination)
+            except destinations.DestinationError as exc:
+                errors["destination"] = [str(exc)]
+            else:
+                errors.update(destination_problems(self.destination, self.pk))
+        errors.update(
+            (name, messages)
+            for name, messages in destinations.limits_problems(
+                max_connections=self.max_connections,
+                max_messages_per_connection=self.max_messages_per_connection,
+                recipient_limit=self.recipient_limit,
+                recipient_minutes=self.recipient_minutes,
+                limit_scope=self.limit_scope,
+                ip_preference=self.ip_preference,
+                tls=self.tls,
+            ).items()
+            if name not in errors
+        )
+        if errors:
+            raise ValidationError(errors)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        if self.is_default:
+            raise DefaultDestinationProtected(destinations.DEFAULT_PROTECTED)
+        return super().delete(*args, **kwargs)
+
+
+def destination_problems(stored: str, pk: int | None) -> dict[str, list[str]]:
+    """The database's rules for a stored destination: the Default keeps its name; each destination once."""
+    if pk is not None:
+        current = DestinationControl.objects.filter(pk=pk).values_list("destination", flat=True).first()
+        if current == DestinationControl.DEFAULT and stored != DestinationControl.DEFAULT:
+            return {"destination": [destinations.DEFAULT_RENAMED]}
+    others = DestinationControl.objects.filter(destination=stored)
+    if pk is not None:
+        others = others.exclude(pk=pk)
+    if others.exists():
+        shown = destinations.display_destination(stored)
+        if stored == DestinationControl.DEFAULT:
+            return {"destination": ["The Default entry already exists: edit it instead."]}
+        return {"destination": [f"{shown} already has a destination control entry: edit that one."]}
+    return {}
 
 
 class RecipientAccessRule(models.Model):

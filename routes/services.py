@@ -7,11 +7,16 @@ and after) and bumps `RouteTableVersion`, so a worker's cached table (`routes.sn
 
 Actors (`routes.audit.Actor`): a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the CLI).
 
+Destination controls (`DestinationControl`, the ESA's `destconfig`) are written here too, by the same rules:
+validated by `routes.destinations`, audited, and bumping the route table version, since the workers read them
+with the routes (`RouteTable.destinations`).
+
 Outgoing SMTP AUTH profiles, which routes use, are written by `routes.auth_profiles`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,8 +27,16 @@ from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from esaroutes import bulk
-from routes import audit, domains, importexport
-from routes.models import AuditEntry, DestinationHost, Route, RouteTableVersion
+from routes import audit, destinations, domains, importexport
+from routes.models import (
+    AuditEntry,
+    DefaultDestinationProtected,
+    DestinationControl,
+    DestinationHost,
+    Route,
+    RouteTableVersion,
+    destination_problems,
+)
 
 ImportMode = Literal["replace", "merge"]
 _CHUNK = 500  # ids or domains per IN (...) clause: far below SQLite's variable limit
@@ -247,6 +260,249 @@ def import_preview(incoming: Mapping[str, importexport.FrozenDestination], mode:
         hosts={d: importexport.destination_changes(current.get(d), incoming.get(d)) for d in shown},
         default_warning=importexport.default_route_warning(current.get(all_route), incoming.get(all_route, kept)),
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Destination controls
+
+
+class DestinationInvalid(ValueError):
+    """The destination control entry cannot be saved; `problems` says why, by field name (the model's)."""
+
+    def __init__(self, problems: Mapping[str, list[str]]) -> None:
+        self.problems = dict(problems)
+        super().__init__(" ".join(m for messages in self.problems.values() for m in messages))
+
+
+class DestinationNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class DestinationData:
+    """A destination control entry as the services take it; `destination` may be typed (it is normalised)."""
+
+    destination: str
+    max_connections: int | None = destinations.DEFAULT_MAX_CONNECTIONS
+    max_messages_per_connection: int | None = destinations.DEFAULT_MAX_MESSAGES_PER_CONNECTION
+    recipient_limit: int | None = None
+    recipient_minutes: int | None = None
+    limit_scope: str = destinations.SCOPE_DOMAIN
+    ip_preference: str = destinations.DEFAULT_IP_PREFERENCE
+    tls: str = destinations.DEFAULT_TLS
+    bounce_profile_id: int | None = None
+
+    @classmethod
+    def of(cls, control: DestinationControl) -> DestinationData:
+        """An existing entry's data, to change a few fields with `dataclasses.replace`."""
+        return cls(**{name: getattr(control, name) for name in _DESTINATION_FIELDS})
+
+
+_DESTINATION_FIELDS = (
+    "destination",
+    "max_connections",
+    "max_messages_per_connection",
+    "recipient_limit",
+    "recipient_minutes",
+    "limit_scope",
+    "ip_preference",
+    "tls",
+    "bounce_profile_id",
+)
+
+
+@dataclass(frozen=True)
+class DestinationImportSummary:
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+    unchanged: int
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+
+def check_destination(data: DestinationData, *, destination_id: int | None = None, against_table: bool = True) -> str:
+    """The stored destination of valid data; DestinationInvalid with every problem at its field otherwise.
+
+    The one check the page's form, the admin, the command and the importer go through (the model's `clean()`
+    runs the same rules). `against_table=False` skips the checks against the rows in the database (the import,
+    which replaces them).
+    """
+    problems: dict[str, list[str]] = {}
+    stored = ""
+    try:
+        stored = destinations.normalize_destination(data.destination)
+    except destinations.DestinationError as exc:
+        problems["destination"] = [str(exc)]
+    else:
+        if against_table:
+            problems.update(destination_problems(stored, destination_id))
+    for name, messages in destinations.limits_problems(
+        max_connections=data.max_connections,
+        max_messages_per_connection=data.max_messages_per_connection,
+        recipient_limit=data.recipient_limit,
+        recipient_minutes=data.recipient_minutes,
+        limit_scope=data.limit_scope,
+        ip_preference=data.ip_preference,
+        tls=data.tls,
+    ).items():
+        problems.setdefault(name, []).extend(messages)
+    if problems:
+        raise DestinationInvalid(problems)
+    return stored
+
+
+def create_destination(*, data: DestinationData, actor: audit.Actor) -> DestinationControl:
+    with transaction.atomic():
+        stored = check_destination(data)
+        try:
+            with transaction.atomic():  # another writer may add the same destination between the check and here
+                control = DestinationControl.objects.create(**_destination_values(data, stored))
+        except IntegrityError:
+            raise DestinationInvalid(destination_problems(stored, None) or _taken(stored)) from None
+        control = _locked_destination(control.pk)
+        audit.record_audit(
+            actor, AuditEntry.Action.CREATE, DESTINATION_OBJECT, stored, after=destination_state(control)
+        )
+        bump_version()
+    return control
+
+
+def update_destination(*, destination_id: int, data: DestinationData, actor: audit.Actor) -> DestinationControl:
+    """Replace an entry's destination (renaming is allowed, except for the Default) and limits."""
+    with transaction.atomic():
+        control = _locked_destination(destination_id)
+        before = destination_state(control)
+        stored = check_destination(data, destination_id=control.pk)
+        for name, value in _destination_values(data, stored).items():
+            setattr(control, name, value)
+        try:
+            with transaction.atomic():
+                control.save()
+        except IntegrityError:
+            raise DestinationInvalid(destination_problems(stored, control.pk) or _taken(stored)) from None
+        control = _locked_destination(destination_id)
+        after = destination_state(control)
+        if after != before:
+            audit.record_audit(actor, AuditEntry.Action.UPDATE, DESTINATION_OBJECT, stored, before=before, after=after)
+            bump_version()
+    return control
+
+
+def delete_destination(*, destination_id: int, actor: audit.Actor) -> str:
+    """Delete an entry (never the Default: DefaultDestinationProtected); returns its stored destination."""
+    with transaction.atomic():
+        control = _locked_destination(destination_id)
+        if control.is_default:
+            raise DefaultDestinationProtected(destinations.DEFAULT_PROTECTED)
+        before = destination_state(control)
+        control.delete()
+        audit.record_audit(actor, AuditEntry.Action.DELETE, DESTINATION_OBJECT, before["destination"], before=before)
+        bump_version()
+    return str(before["destination"])
+
+
+def default_destination() -> DestinationControl:
+    """The Default entry, created with the model's defaults if it is somehow missing."""
+    control, _ = DestinationControl.objects.get_or_create(destination=DestinationControl.DEFAULT)
+    return control
+
+
+def destinations_import(*, entries: Sequence[DestinationData], actor: audit.Actor) -> DestinationImportSummary:
+    """Make the destination controls exactly `entries` (the ESA's import), all or nothing, as one audit entry.
+
+    Entries are re-validated; a destination listed twice is refused. The Default entry is never removed: a
+    file without it leaves it as it is.
+    """
+    problems: list[str] = []
+    incoming: dict[str, DestinationData] = {}
+    for data in entries:
+        try:
+            stored = check_destination(data, against_table=False)
+        except DestinationInvalid as exc:
+            problems += [f"{data.destination}: {m}" for ms in exc.problems.values() for m in ms]
+            continue
+        if stored in incoming:
+            problems.append(f"{data.destination}: listed twice in the file")
+        incoming[stored] = dataclasses.replace(data, destination=stored)
+    if problems:
+        raise ValueError("; ".join(problems[:20]))
+    with transaction.atomic():
+        RouteTableVersion.objects.select_for_update().filter(pk=1).first()  # one import at a time (PostgreSQL)
+        current = {c.destination: c for c in DestinationControl.objects.select_related("bounce_profile")}
+        before_all = {key: destination_state(c) for key, c in current.items()}
+        removed = tuple(k for k in current if k not in incoming and k != DestinationControl.DEFAULT)
+        DestinationControl.objects.filter(destination__in=removed).delete()
+        added: list[str] = []
+        changed: list[str] = []
+        for stored, data in incoming.items():
+            values = _destination_values(data, stored)
+            control = current.get(stored)
+            if control is None:
+                DestinationControl.objects.create(**values)
+                added.append(stored)
+            elif any(getattr(control, name) != value for name, value in values.items()):
+                DestinationControl.objects.filter(pk=control.pk).update(**values, updated_at=timezone.now())
+                changed.append(stored)
+        summary = DestinationImportSummary(
+            added=tuple(added),
+            changed=tuple(changed),
+            removed=removed,
+            unchanged=len(incoming) - len(added) - len(changed),
+        )
+        if not summary.is_empty:
+            after_all = {
+                c.destination: destination_state(c)
+                for c in DestinationControl.objects.select_related("bounce_profile").filter(
+                    destination__in=[*added, *changed]
+                )
+            }
+            before = {key: before_all[key] for key in (*changed, *removed)}
+            note = f"{len(added)} added, {len(changed)} changed, {len(removed)} removed"
+            audit.record_audit(
+                actor, AuditEntry.Action.IMPORT, DESTINATION_TABLE_OBJECT, note, before=before, after=after_all
+            )
+            bump_version()
+    return summary
+
+
+DESTINATION_OBJECT = "destination control"
+DESTINATION_TABLE_OBJECT = "destination controls"
+
+
+def destination_state(control: DestinationControl) -> dict[str, Any]:
+    """The audit log's picture of a destination control entry (a bounce profile by name)."""
+    state: dict[str, Any] = {
+        name: getattr(control, name) for name in _DESTINATION_FIELDS if name != "bounce_profile_id"
+    }
+    state["bounce_profile"] = (
+        control.bounce_profile.name if control.bounce_profile_id and control.bounce_profile else None
+    )
+    return state
+
+
+def _destination_values(data: DestinationData, stored: str) -> dict[str, Any]:
+    values = {name: getattr(data, name) for name in _DESTINATION_FIELDS}
+    values["destination"] = stored
+    return values
+
+
+def _taken(stored: str) -> dict[str, list[str]]:
+    return {"destination": [f"{destinations.display_destination(stored)} already has an entry: edit that one."]}
+
+
+def _locked_destination(destination_id: int) -> DestinationControl:
+    control = (
+        DestinationControl.objects.select_for_update(of=("self",))
+        .select_related("bounce_profile")
+        .filter(pk=destination_id)
+        .first()
+    )
+    if control is None:
+        raise DestinationNotFound(f"destination control {destination_id} does not exist")
+    return control
 
 
 # ---------------------------------------------------------------------------------------------------------------

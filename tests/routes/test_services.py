@@ -102,10 +102,10 @@ def test_snapshot_follows_the_version_within_the_refresh(settings):
     assert snapshot.current_table(max_age=0).lookup("x.example.com").special == "usedns"
 
 
-def test_snapshot_builds_with_two_queries(django_assert_num_queries):
+def test_snapshot_builds_with_three_queries(django_assert_num_queries):
     for i in range(30):
         make_route(f"d{i}.example", f"a{i}.example.net, b{i}.example.net/pri=10")
-    with django_assert_num_queries(3):  # version, routes, hosts
+    with django_assert_num_queries(4):  # version, routes, hosts, destination controls
         table = snapshot.build_table()
     assert len(table) == 30 and table.lookup("x@d7.example").hosts[1].priority == 10
 

@@ -1,0 +1,285 @@
+"""Destination controls (the ESA's `destconfig`): per-destination delivery limits, and which entry applies.
+
+Pure: no Django, no network, nothing of delivery. The route snapshot (`routes.snapshot.build_table`) reads the
+`DestinationControl` rows into a `DestinationTable` carried by the `RouteTable`, so the delivery side asks
+`table.destinations.lookup(domain)` per recipient domain without a query.
+
+An entry's key (`destination`) is, in stored form:
+- a domain in lower-case IDNA (`example.com`), as routes store receiving domains;
+- a partial domain (`.example.com`): its strict subdomains (`a.example.com`, `x.y.example.com`), never
+  `example.com` itself, as for routes;
+- an IPv4 or IPv6 address in canonical form (`192.0.2.1`, `2001:db8::1`), for address-literal recipients;
+- the keyword `default`: the Default entry, which always exists and applies to everything not listed.
+
+Lookup order: the exact domain (or the exact address), then the longest matching partial domain, then Default.
+A domain matched by a partial entry or by the Default gets its *own* copy of that entry's limits, as on the ESA:
+`counting_key` counts connections and recipients per recipient domain, never per entry.
+
+The field rules live here too (`normalize_destination`, `limits_problems`), so the model's `clean()`, the
+services, the page's form, the admin and the `destconfig` command refuse the same values with the same words.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from routes import domains
+
+DEFAULT = "default"
+"""The Default entry's key (`DestinationControl.DEFAULT`)."""
+
+MAX_CONNECTIONS = 1000
+MAX_MESSAGES_PER_CONNECTION = 1000
+MAX_RECIPIENT_LIMIT = 1_000_000_000
+MAX_RECIPIENT_MINUTES = 60
+DEFAULT_MAX_CONNECTIONS = 500
+DEFAULT_MAX_MESSAGES_PER_CONNECTION = 50
+
+SCOPE_DOMAIN = "domain"
+SCOPE_IP = "ip"
+LIMIT_SCOPES: Mapping[str, str] = {
+    SCOPE_DOMAIN: "One limit for the whole domain",
+    SCOPE_IP: "A separate limit for each destination IP address",
+}
+IP_PREFERENCES: Mapping[str, str] = {
+    "ipv4-preferred": "IPv4 preferred",
+    "ipv4-required": "IPv4 required",
+    "ipv6-preferred": "IPv6 preferred",
+    "ipv6-required": "IPv6 required",
+}
+DEFAULT_IP_PREFERENCE = "ipv4-preferred"
+TLS_MODES: Mapping[str, str] = {
+    "none": "None",
+    "preferred": "Preferred",
+    "required": "Required",
+    "preferred-verify": "Preferred (verify)",
+    "required-verify": "Required (verify)",
+}
+DEFAULT_TLS = "preferred"
+
+DEFAULT_PROTECTED = "The Default entry always exists: it cannot be deleted (edit its limits instead)."
+DEFAULT_RENAMED = "The Default entry keeps its name: add an entry for the destination instead."
+
+
+class DestinationError(ValueError):
+    """A destination typed by an operator is not usable; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLimits:
+    """One destination control entry as the delivery side reads it: a plain value, safe to share."""
+
+    destination: str  # stored form; `default` for the Default entry
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_messages_per_connection: int = DEFAULT_MAX_MESSAGES_PER_CONNECTION
+    recipient_limit: int | None = None  # at most this many recipients ...
+    recipient_minutes: int | None = None  # ... per this many minutes; both None: no limit
+    limit_scope: str = SCOPE_DOMAIN
+    ip_preference: str = DEFAULT_IP_PREFERENCE
+    tls: str = DEFAULT_TLS
+    bounce_profile_id: int | None = None
+
+    @property
+    def is_default(self) -> bool:
+        return self.destination == DEFAULT
+
+
+BUILTIN_DEFAULT = DestinationLimits(destination=DEFAULT)
+"""The Default entry with the model's defaults: what applies if the Default row is somehow missing."""
+
+
+class DestinationTable:
+    """An immutable index of destination control entries; `lookup` never returns None.
+
+    Entries must carry stored-form destinations, each once (the database guarantees both); a duplicate raises
+    ValueError rather than silently shadowing an entry.
+    """
+
+    def __init__(self, entries: Iterable[DestinationLimits] = ()) -> None:
+        self.exact: dict[str, DestinationLimits] = {}  # domains and IP addresses
+        self.partial: dict[str, DestinationLimits] = {}  # keyed without the leading dot
+        default: DestinationLimits | None = None
+        for entry in entries:
+            if entry.is_default:
+                if default is not None:
+                    raise ValueError("two Default entries in one destination table")
+                default = entry
+                continue
+            index, key = (
+                (self.partial, entry.destination[1:])
+                if entry.destination.startswith(".")
+                else (self.exact, entry.destination)
+            )
+            if key in index:
+                raise ValueError(f"the destination {entry.destination} appears twice in one destination table")
+            index[key] = entry
+        self.default = default if default is not None else BUILTIN_DEFAULT
+
+    def entries(self) -> Iterator[DestinationLimits]:
+        """Every entry: the Default first, then exact destinations, then partial domains."""
+        yield self.default
+        yield from self.exact.values()
+        yield from self.partial.values()
+
+    def __len__(self) -> int:
+        return 1 + len(self.exact) + len(self.partial)
+
+    def __repr__(self) -> str:
+        return f"<DestinationTable entries={len(self)}>"
+
+    def lookup(self, domain_or_address: str) -> DestinationLimits:
+        """The entry that applies to a recipient domain, an address (`user@example.com`), an address literal
+        (`[192.0.2.1]`, `user@[IPv6:2001:db8::1]`) or a bare IP: exact > longest partial > Default."""
+        key = destination_key(domain_or_address)
+        if key is None:
+            return self.default
+        entry = self.exact.get(key)
+        if entry is not None:
+            return entry
+        if _ip(key) is not None:
+            return self.default  # an address matches no partial domain
+        dot = key.find(".")
+        while dot != -1:
+            entry = self.partial.get(key[dot + 1 :])
+            if entry is not None:
+                return entry
+            dot = key.find(".", dot + 1)
+        return self.default
+
+
+def counting_key(limits: DestinationLimits, domain: str, ip: str | None = None) -> str:
+    """What connections and recipients are counted by for `domain` (a domain, address or address literal).
+
+    The key is the recipient domain in stored form (or the canonical address of a literal), whichever entry
+    matched: a domain matched by a partial entry or by the Default gets its own copy of that entry's limits,
+    as the ESA does. With `limit_scope == "ip"` and the destination IP known, the key is `domain|ip`, one
+    count per destination address; without an IP (before a host is chosen) it is the domain's.
+    """
+    key = destination_key(domain)
+    if key is None:
+        key = domain.rpartition("@")[2].strip().rstrip(">").lower()
+    if limits.limit_scope == SCOPE_IP and ip:
+        address = _ip(ip.strip().strip("[]"))
+        return f"{key}|{address.compressed if address is not None else ip.strip().lower()}"
+    return key
+
+
+def destination_key(domain_or_address: str) -> str | None:
+    """A recipient's domain (or address literal) in the form entries are stored in, or None if it is neither
+    a valid name nor an address (then only the Default applies)."""
+    text = domain_or_address.rpartition("@")[2].strip().rstrip(">").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+        if text[:5].lower() == "ipv6:":
+            text = text[5:]
+        address = _ip(text)
+        return address.compressed if address is not None else None
+    address = _ip(text)
+    if address is not None:
+        return address.compressed
+    if not text or text.startswith(".") or ".." in text:
+        return None
+    try:
+        return domains.to_ascii_name(text)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Field rules (the model, the services, the form, the admin and the command all use these)
+
+
+def normalize_destination(text: str) -> str:
+    """The stored form of a destination typed by an operator: `default`, a domain, `.partial` or an address.
+
+    Accepts any case, Unicode or punycode names, one trailing dot, `[192.0.2.1]`; raises DestinationError.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise DestinationError("Type a destination: a domain, .partial domain, IP address or default.")
+    if stripped.lower() == DEFAULT:
+        return DEFAULT
+    bare = stripped[1:-1] if stripped.startswith("[") and stripped.endswith("]") else stripped
+    if bare[:5].lower() == "ipv6:":
+        bare = bare[5:]
+    address = _ip(bare)
+    if address is not None:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise DestinationError(f'"{stripped}": an IPv6 zone index (%...) is not allowed')
+        return address.compressed
+    if stripped.startswith("["):
+        raise DestinationError(f'"{stripped}" is not an IP address (only an address goes in brackets)')
+    try:
+        normalized = domains.normalize_receiving_domain(stripped)
+    except domains.DomainError as exc:
+        raise DestinationError(str(exc)) from None
+    if normalized == domains.DEFAULT_ROUTE:  # "ALL" is the routes' keyword; here it would be a domain "all"
+        raise DestinationError('"ALL" is the routes\' keyword: the entry for every other domain is "default"')
+    return normalized
+
+
+def display_destination(stored: str) -> str:
+    """A stored destination for people: `Default`, Unicode domains, addresses as stored."""
+    if stored == DEFAULT:
+        return "Default"
+    return domains.display_domain(stored)
+
+
+def limits_problems(
+    *,
+    max_connections: int | None,
+    max_messages_per_connection: int | None,
+    recipient_limit: int | None,
+    recipient_minutes: int | None,
+    limit_scope: str,
+    ip_preference: str,
+    tls: str,
+) -> dict[str, list[str]]:
+    """Every reason these limits cannot be saved, by field name (the model's); empty when they can."""
+    found: dict[str, list[str]] = {}
+
+    def add(name: str, message: str) -> None:
+        found.setdefault(name, []).append(message)
+
+    if max_connections is None:
+        add("max_connections", "Type the maximum concurrent connections (1 to 1,000).")
+    elif not 1 <= max_connections <= MAX_CONNECTIONS:
+        add("max_connections", f"Concurrent connections must be from 1 to 1,000 (not {max_connections}).")
+    if max_messages_per_connection is None:
+        add("max_messages_per_connection", "Type the maximum messages per connection (1 to 1,000).")
+    elif not 1 <= max_messages_per_connection <= MAX_MESSAGES_PER_CONNECTION:
+        add(
+            "max_messages_per_connection",
+            f"Messages per connection must be from 1 to 1,000 (not {max_messages_per_connection}).",
+        )
+    if recipient_limit is not None and not 1 <= recipient_limit <= MAX_RECIPIENT_LIMIT:
+        add("recipient_limit", f"The recipient limit must be from 1 to 1,000,000,000 (not {recipient_limit}).")
+    if recipient_minutes is not None and not 1 <= recipient_minutes <= MAX_RECIPIENT_MINUTES:
+        add("recipient_minutes", f"The minutes must be from 1 to 60 (not {recipient_minutes}).")
+    if recipient_limit is not None and recipient_minutes is None:
+        add("recipient_minutes", "A recipient limit counts over a number of minutes: type them (1 to 60).")
+    if recipient_minutes is not None and recipient_limit is None:
+        add("recipient_limit", "Type how many recipients are allowed per that many minutes, or clear the minutes.")
+    if limit_scope not in LIMIT_SCOPES:
+        add("limit_scope", f'"{limit_scope}" is not a limit scope: use {_either(LIMIT_SCOPES)}.')
+    if ip_preference not in IP_PREFERENCES:
+        add("ip_preference", f'"{ip_preference}" is not an IP address preference: use {_either(IP_PREFERENCES)}.')
+    if tls not in TLS_MODES:
+        add("tls", f'"{tls}" is not a TLS setting: use {_either(TLS_MODES)}.')
+    return found
+
+
+def _either(choices: Mapping[str, str]) -> str:
+    values = list(choices)
+    return ", ".join(values[:-1]) + " or " + values[-1]
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if ":" not in text and not text.replace(".", "").isdigit():
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
