@@ -27,5 +27,5 @@ def forwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("routes", "0004_destinationcontrol")]
+    dependencies = [("routes", "0005_destinationcontrol")]
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

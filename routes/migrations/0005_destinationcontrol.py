@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('delivery', '0001_initial'),
-        ('routes', '0003_close_open_relay_rows'),
+        ('routes', '0004_route_fallback_relay'),
     ]
 
     operations = [
