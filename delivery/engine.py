@@ -399,3 +399,32 @@ def enhanced_status(code: int | None, text: str) -> tuple[str, str]:
     else:  # 1xx, 3xx as a final reply, or aiosmtplib's -1 for an unparsable one
         status = "4.5.0"
     return status, status_phrase(status)
+
+
+# --- destination controls: connection slots and the recipient rate ------------------------------------------
+
+
+def connections_allowed(limit: int, in_use: int) -> int:
+    """How many more connections a destination may open now: its limit less those held, never below 0."""
+    return max(0, limit - in_use)
+
+
+def recipients_allowed(limit: int, in_window: int, wanted: int) -> int:
+    """How many of `wanted` recipients may go now when `in_window` went in the current window (limit N per M)."""
+    return max(0, min(wanted, limit - in_window))
+
+
+def window_frees_at(charges: Sequence[tuple[datetime, int]], *, limit: int, minutes: int, now: datetime) -> datetime:
+    """When at least one more recipient may go: the moment enough of the window's oldest recipients (`charges`:
+    (when, how many) in any order) have slid out of it. `now` when there is room already."""
+    window = timedelta(minutes=minutes)
+    inside = sorted((at, n) for at, n in charges if at > now - window)
+    total = sum(n for _, n in inside)
+    for at, n in inside:
+        if total < limit:
+            break
+        total -= n
+        frees = at + window
+        if total < limit:
+            return max(frees, now)
+    return now

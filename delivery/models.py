@@ -267,3 +267,47 @@ class DeliverySuspension(models.Model):
 
     def __str__(self) -> str:
         return self.domain
+
+
+class ConnectionSlot(models.Model):
+    """One open outgoing connection counted against its destination's concurrent connection limit, on the
+    embedded default (Redis holds these when REDIS_URL is set): see `delivery.slots`. A row whose lease ran out
+    (its worker died) counts no more and is deleted by the next acquire."""
+
+    key = models.CharField(max_length=300, help_text="The counting key: the domain, or domain|ip")
+    holder = models.CharField(max_length=300)
+    expires_at = models.DateTimeField()
+
+    class Meta(TypedModelMeta):
+        constraints = [models.UniqueConstraint(fields=["key", "holder"], name="unique_connection_slot")]
+        indexes = [models.Index(fields=["key", "expires_at"], name="connection_slot_live")]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.holder}"
+
+
+class RecipientCharge(models.Model):
+    """Recipients sent to a destination at one moment, for its recipient limit's window (embedded default)."""
+
+    key = models.CharField(max_length=300)
+    at = models.DateTimeField()
+    count = models.PositiveIntegerField()
+
+    class Meta(TypedModelMeta):
+        indexes = [models.Index(fields=["key", "at"], name="recipient_charge_window")]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.count}"
+
+
+class ThrottleEpisode(models.Model):
+    """A destination held back by a limit now: its log line was written (embedded default)."""
+
+    key = models.CharField(max_length=300)
+    kind = models.CharField(max_length=16)
+
+    class Meta(TypedModelMeta):
+        constraints = [models.UniqueConstraint(fields=["key", "kind"], name="unique_throttle_episode")]
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.kind}"

@@ -1,0 +1,261 @@
+"""Shared counting state of the destination controls: connection slots and the recipient window.
+
+Every worker process on every machine counts against the same figures, per counting key
+(`routes.destinations.counting_key`: the recipient domain, or `domain|ip` with a per-IP scope):
+
+* a **connection slot** is held by one open connection, named by its holder (`holder()`: the machine, the
+  runner that owns the connection, its DCID) with a lease of SLOT_TTL seconds that the runner refreshes while
+  the connection lives (`refresh`, every few seconds from its reaper). A killed process refreshes nothing: its
+  slots run out within SLOT_TTL seconds and count no more. `acquire` is atomic: it drops the expired holders,
+  counts the live ones and adds the new one only when `engine.connections_allowed` says there is room;
+* the **recipient window** is a list of (when, how many) charges per key; `reserve` takes at most what
+  `engine.recipients_allowed` allows in the last M minutes, atomically, and `window_frees_at` says when
+  the next recipient may go (`engine.window_frees_at`);
+* an **episode** flag per key and kind, so that the `Maximum outbound connections N reached` and `throttled
+  by recipient limit` lines are written once when a limit starts holding mail back, not once per recipient.
+
+With ``REDIS_URL`` set, the state lives in Redis (sorted sets, each change one Lua script); on the embedded
+default, in the database (`ConnectionSlot`, `RecipientCharge`, `ThrottleEpisode`), in one transaction per change
+(SQLite serialises writers; on PostgreSQL an advisory lock per key does). Losing it (a flushed Redis) costs
+at most one window's worth of extra recipients and connections that count again as soon as they are refreshed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from delivery import engine
+from delivery.models import ConnectionSlot, RecipientCharge, ThrottleEpisode
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a connection slot counts without a refresh: how soon a dead process's slots come back.
+SLOT_TTL = 10.0
+#: Charges older than the longest window (60 minutes) are dropped.
+WINDOW_KEEP = timedelta(minutes=60)
+
+CONNECTIONS = "connections"  # episode kinds
+RECIPIENTS = "recipients"
+
+
+def holder(runner: str, dcid: int) -> str:
+    """The name of one connection's slot: which machine, which runner (process), which connection."""
+    return f"{settings.ESAROUTES_HOSTNAME}:{runner}:{dcid}"
+
+
+def _redis() -> redis.Redis[bytes] | None:
+    return _client(settings.REDIS_URL) if settings.REDIS_URL else None
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis[bytes]:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _slots_key(key: str) -> str:
+    return f"esaroutes:slots:{key}"
+
+
+def _rcpts_key(key: str) -> str:
+    return f"esaroutes:rcpts:{key}"
+
+
+def _episode_key(key: str, kind: str) -> str:
+    return f"esaroutes:episode:{kind}:{key}"
+
+
+def _locked(key: str) -> None:
+    """On PostgreSQL, serialise the changes of one key until the transaction ends (SQLite serialises writers)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(key.encode()) - 2**31])
+
+
+# --- connection slots ---------------------------------------------------------------------------------------
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+def acquire(key: str, name: str, limit: int, *, now: datetime | None = None) -> bool:
+    """Take a connection slot of `key` for holder `name`, if fewer than `limit` live holders have one."""
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        stamp = now.timestamp()
+        ttl = int(SLOT_TTL) + 5
+        return bool(client.eval(_ACQUIRE, 1, _slots_key(key), stamp, stamp + SLOT_TTL, limit, name, ttl))  # type: ignore[no-untyped-call]
+    with transaction.atomic():
+        _locked(key)
+        ConnectionSlot.objects.filter(key=key, expires_at__lte=now).delete()
+        until = now + timedelta(seconds=SLOT_TTL)
+        if ConnectionSlot.objects.filter(key=key, holder=name).update(expires_at=until):
+            return True
+        if engine.connections_allowed(limit, ConnectionSlot.objects.filter(key=key).count()) < 1:
+            return False
+        ConnectionSlot.objects.create(key=key, holder=name, expires_at=until)
+        return True
+
+
+def release(key: str, name: str) -> None:
+    """Give a connection slot back (its connection closed)."""
+    client = _redis()
+    if client is not None:
+        client.zrem(_slots_key(key), name)
+        return
+    ConnectionSlot.objects.filter(key=key, holder=name).delete()
+
+
+def refresh(held: Iterable[tuple[str, str]], *, now: datetime | None = None) -> None:
+    """Renew the leases of the slots (key, holder) of the connections still open (the runner's heartbeat)."""
+    held = list(held)
+    if not held:
+        return
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        until = now.timestamp() + SLOT_TTL
+        with client.pipeline(transaction=False) as pipe:
+            for key, name in held:
+                pipe.zadd(_slots_key(key), {name: until}, xx=True)
+                pipe.expire(_slots_key(key), int(SLOT_TTL) + 5)
+            pipe.execute()
+        return
+    until_at = now + timedelta(seconds=SLOT_TTL)
+    for key, name in held:
+        ConnectionSlot.objects.filter(key=key, holder=name).update(expires_at=until_at)
+
+
+def in_use(key: str, *, now: datetime | None = None) -> int:
+    """Connection slots of `key` held now, by every live worker."""
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        return int(client.zcount(_slots_key(key), f"({now.timestamp()}", "+inf"))
+    return ConnectionSlot.objects.filter(key=key, expires_at__gt=now).count()
+
+
+# --- the recipient window -----------------------------------------------------------------------------------
+
+_RESERVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[6])
+local count = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')) do
+  count = count + tonumber(string.match(member, ':(%d+)$'))
+end
+local allowed = math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) - count)
+if allowed > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[5] .. ':' .. allowed)
+  redis.call('EXPIRE', KEYS[1], 3660)
+  return allowed
+end
+return 0
+"""
+
+
+def reserve(key: str, wanted: int, *, limit: int, minutes: int, now: datetime | None = None) -> int:
+    """Count up to `wanted` recipients against the window of `key` (at most `limit` per `minutes`); returns how
+    many were granted (0 when the window is full)."""
+    if wanted < 1:
+        return 0
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        stamp = now.timestamp()
+        since = stamp - minutes * 60
+        member = f"{stamp}:{uuid.uuid4().hex[:12]}"
+        keep = stamp - WINDOW_KEEP.total_seconds()
+        return int(client.eval(_RESERVE, 1, _rcpts_key(key), stamp, since, limit, wanted, member, keep))  # type: ignore[no-untyped-call]
+    with transaction.atomic():
+        _locked(key)
+        RecipientCharge.objects.filter(key=key, at__lte=now - WINDOW_KEEP).delete()
+        granted = engine.recipients_allowed(limit, _db_in_window(key, minutes, now), wanted)
+        if granted:
+            RecipientCharge.objects.create(key=key, at=now, count=granted)
+        return granted
+
+
+def _db_in_window(key: str, minutes: int, now: datetime) -> int:
+    rows = RecipientCharge.objects.filter(key=key, at__gt=now - timedelta(minutes=minutes))
+    return sum(rows.values_list("count", flat=True))
+
+
+def charges(key: str, minutes: int, *, now: datetime | None = None) -> list[tuple[datetime, int]]:
+    """The window's charges of `key`: (when, how many recipients), oldest first."""
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        since = now.timestamp() - minutes * 60
+        out: list[tuple[datetime, int]] = []
+        for member, score in client.zrangebyscore(_rcpts_key(key), f"({since}", "+inf", withscores=True):
+            out.append((datetime.fromtimestamp(float(score), UTC), int(member.rsplit(b":", 1)[1])))
+        return out
+    rows = RecipientCharge.objects.filter(key=key, at__gt=now - timedelta(minutes=minutes)).order_by("at")
+    return list(rows.values_list("at", "count"))
+
+
+def recipients_in_window(key: str, minutes: int, *, now: datetime | None = None) -> int:
+    """Recipients counted against `key` in the last `minutes` minutes, by every worker."""
+    return sum(n for _, n in charges(key, minutes, now=now))
+
+
+def window_frees_at(key: str, *, limit: int, minutes: int, now: datetime | None = None) -> datetime:
+    """When the next recipient of `key` may go (now, if it may go now)."""
+    now = now or timezone.now()
+    return engine.window_frees_at(charges(key, minutes, now=now), limit=limit, minutes=minutes, now=now)
+
+
+# --- episodes: one log line when a limit starts holding mail back -------------------------------------------
+
+
+def start_episode(key: str, kind: str) -> bool:
+    """Mark that a limit of `kind` holds `key` back; True when it did not already (the line is due)."""
+    client = _redis()
+    if client is not None:
+        return bool(client.set(_episode_key(key, kind), str(time.time()), nx=True, ex=3600))
+    _, created = ThrottleEpisode.objects.get_or_create(key=key, kind=kind)
+    return created
+
+
+def end_episode(key: str, kind: str) -> bool:
+    """The limit let `key`'s mail go again; True when an episode was on (a resume line may be due)."""
+    client = _redis()
+    if client is not None:
+        return bool(client.delete(_episode_key(key, kind)))
+    deleted, _ = ThrottleEpisode.objects.filter(key=key, kind=kind).delete()
+    return bool(deleted)
+
+
+def flush() -> None:
+    """Forget every slot, charge and episode (tests; an operator's reset)."""
+    client = _redis()
+    if client is not None:
+        for pattern in ("esaroutes:slots:*", "esaroutes:rcpts:*", "esaroutes:episode:*"):
+            names = list(client.scan_iter(pattern))
+            if names:
+                client.delete(*names)
+    ConnectionSlot.objects.all().delete()
+    RecipientCharge.objects.all().delete()
+    ThrottleEpisode.objects.all().delete()

@@ -1,0 +1,105 @@
+"""Destination limits: the pure decisions as tables, and the shared counters on this pass's backend (Redis with
+REDIS_URL set, the database on the embedded default), lease expiry included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from delivery import engine, slots
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("limit", "in_use", "expected"), [(2, 0, 2), (2, 1, 1), (2, 2, 0), (2, 5, 0), (500, 499, 1), (1, 0, 1)]
+)
+def test_connections_allowed_is_the_room_left(limit: int, in_use: int, expected: int) -> None:
+    assert engine.connections_allowed(limit, in_use) == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "in_window", "wanted", "expected"),
+    [(30, 0, 10, 10), (30, 25, 10, 5), (30, 30, 1, 0), (30, 40, 1, 0), (30, 0, 100, 30), (1, 0, 0, 0)],
+)
+def test_recipients_allowed_never_passes_the_limit(limit: int, in_window: int, wanted: int, expected: int) -> None:
+    assert engine.recipients_allowed(limit, in_window, wanted) == expected
+
+
+@pytest.mark.parametrize(
+    ("charges", "limit", "expected"),
+    [
+        ([], 30, T0),  # nothing sent: now
+        ([(T0 - timedelta(seconds=10), 29)], 30, T0),  # room for one more: now
+        ([(T0 - timedelta(seconds=10), 30)], 30, T0 + timedelta(seconds=50)),  # full: when that charge leaves
+        # full of two charges: the oldest one leaving is enough
+        ([(T0 - timedelta(seconds=5), 10), (T0 - timedelta(seconds=40), 20)], 30, T0 + timedelta(seconds=20)),
+        # the oldest leaving is not enough: the next one too
+        ([(T0 - timedelta(seconds=40), 1), (T0 - timedelta(seconds=5), 29)], 29, T0 + timedelta(seconds=55)),
+        ([(T0 - timedelta(seconds=70), 30)], 30, T0),  # already out of the window
+    ],
+)
+def test_window_frees_when_its_oldest_recipients_slide_out(
+    charges: list[tuple[datetime, int]], limit: int, expected: datetime
+) -> None:
+    assert engine.window_frees_at(charges, limit=limit, minutes=1, now=T0) == expected
+
+
+@pytest.fixture
+def clean_slots(db: None) -> Iterator[None]:
+    slots.flush()
+    yield
+    slots.flush()
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_a_slot_is_refused_at_the_limit_and_comes_back_on_release() -> None:
+    now = datetime.now(UTC)
+    assert slots.acquire("example.test", "w1:1", 2, now=now)
+    assert slots.acquire("example.test", "w1:2", 2, now=now)
+    assert not slots.acquire("example.test", "w2:3", 2, now=now)
+    assert slots.in_use("example.test", now=now) == 2
+    assert slots.in_use("other.test", now=now) == 0
+    assert slots.acquire("example.test", "w1:1", 2, now=now)  # the same holder again: still its one slot
+    slots.release("example.test", "w1:1")
+    assert slots.in_use("example.test", now=now) == 1
+    assert slots.acquire("example.test", "w2:3", 2, now=now)
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_a_dead_holders_slot_expires_within_the_ttl_and_a_refreshed_one_does_not() -> None:
+    now = datetime.now(UTC)
+    assert slots.acquire("example.test", "dead:1", 2, now=now)
+    assert slots.acquire("example.test", "alive:2", 2, now=now)
+    later = now + timedelta(seconds=slots.SLOT_TTL * 0.6)
+    slots.refresh([("example.test", "alive:2")], now=later)  # the live runner's heartbeat
+    after = now + timedelta(seconds=slots.SLOT_TTL + 0.5)
+    assert slots.in_use("example.test", now=after) == 1
+    assert slots.acquire("example.test", "new:3", 2, now=after)  # the dead one's slot is free again
+    assert not slots.acquire("example.test", "new:4", 2, now=after)
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_the_recipient_window_grants_up_to_the_limit_and_says_when_it_frees() -> None:
+    now = datetime.now(UTC)
+    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now) == 20
+    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now + timedelta(seconds=10)) == 10
+    assert slots.reserve("example.test", 5, limit=30, minutes=1, now=now + timedelta(seconds=20)) == 0
+    assert slots.recipients_in_window("example.test", 1, now=now + timedelta(seconds=20)) == 30
+    frees = slots.window_frees_at("example.test", limit=30, minutes=1, now=now + timedelta(seconds=20))
+    assert abs((frees - (now + timedelta(seconds=60))).total_seconds()) < 0.01
+    later = now + timedelta(seconds=61)
+    assert slots.recipients_in_window("example.test", 1, now=later) == 10
+    assert slots.reserve("example.test", 25, limit=30, minutes=1, now=later) == 20
+    assert slots.recipients_in_window("other.test", 1, now=later) == 0
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_an_episode_is_started_once_and_ended_once() -> None:
+    assert slots.start_episode("example.test", slots.CONNECTIONS)
+    assert not slots.start_episode("example.test", slots.CONNECTIONS)
+    assert slots.start_episode("example.test", slots.RECIPIENTS)  # a kind of its own
+    assert slots.end_episode("example.test", slots.CONNECTIONS)
+    assert not slots.end_episode("example.test", slots.CONNECTIONS)
