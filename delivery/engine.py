@@ -135,6 +135,90 @@ def with_fallback(hosts: Sequence[Host], fallback: Host | None) -> list[Host]:
     return [*hosts, fallback]
 
 
+# --- destination controls: address family and TLS level ---------------------------------------------------
+
+#: A destination control's IP address preference (routes.models.DestinationControl.ip_preference).
+IP_PREFERENCES = ("ipv4-preferred", "ipv4-required", "ipv6-preferred", "ipv6-required")
+
+
+def order_addresses(addresses: Sequence[str], preference: str) -> list[str]:
+    """The addresses a host name resolved to, in the order to connect, for an IP address preference.
+
+    ``*-preferred``: that family's addresses first, then the other family's, each in the resolver's order
+    (the other family is the fall-back when every preferred address fails). ``*-required``: only that
+    family's; an empty list means this host cannot be reached under the preference (see
+    :func:`no_address_text`). Duplicates are dropped. An unknown preference keeps the resolver's order.
+    """
+    unique = list(dict.fromkeys(addresses))
+    v6 = [a for a in unique if ":" in a]
+    v4 = [a for a in unique if ":" not in a]
+    if preference == "ipv4-preferred":
+        return v4 + v6
+    if preference == "ipv4-required":
+        return v4
+    if preference == "ipv6-preferred":
+        return v6 + v4
+    if preference == "ipv6-required":
+        return v6
+    return unique
+
+
+def no_address_text(name: str, preference: str, found: Sequence[str]) -> str:
+    """The details of the Connection Error when a host has no address the preference allows."""
+    family = "IPv6" if preference.startswith("ipv6") else "IPv4"
+    if not found:
+        return f"no address for {name}"
+    return f"no {family} address for {name} ({family} required; it has {', '.join(found)})"
+
+
+#: TLS levels, weakest first: the client's policy (delivery.outcome.TlsPolicy values).
+TLS_OFF = "off"
+TLS_OPPORTUNISTIC = "opportunistic"
+TLS_OPPORTUNISTIC_VERIFY = "opportunistic_verify"
+TLS_REQUIRED = "required"
+TLS_REQUIRED_VERIFY = "required_verify"
+
+#: A destination control's TLS value (routes.models.DestinationControl.tls) -> the client's policy.
+DESTINATION_TLS = {
+    "none": TLS_OFF,
+    "preferred": TLS_OPPORTUNISTIC,
+    "preferred-verify": TLS_OPPORTUNISTIC_VERIFY,
+    "required": TLS_REQUIRED,
+    "required-verify": TLS_REQUIRED_VERIFY,
+}
+
+#: policy -> (TLS required, certificate verified when TLS is up)
+_TLS_DEMANDS = {
+    TLS_OFF: (False, False),
+    TLS_OPPORTUNISTIC: (False, False),
+    TLS_OPPORTUNISTIC_VERIFY: (False, True),
+    TLS_REQUIRED: (True, False),
+    TLS_REQUIRED_VERIFY: (True, True),
+}
+
+
+def tls_policy(route_tls: str | None, destination_tls: str) -> str:
+    """The TLS policy of a connection: the stricter of the route's and the destination control's.
+
+    ``route_tls`` is the route's own setting (``off`` / ``opportunistic`` / ``required`` /
+    ``required_verify``), or None for mail delivered by MX lookup (a USEDNS route, no route), which gets the
+    destination's level alone. "Stricter" is taken per demand: TLS is required if either side requires it,
+    the certificate is verified if either side verifies, and TLS is tried at all unless both say no
+    (``off`` + ``preferred`` = ``opportunistic``; ``required`` + ``preferred-verify`` = ``required_verify``).
+    """
+    dest = DESTINATION_TLS.get(destination_tls, TLS_OPPORTUNISTIC)
+    if route_tls is None:
+        return dest
+    route = route_tls if route_tls in _TLS_DEMANDS else TLS_OPPORTUNISTIC
+    if route == TLS_OFF and dest == TLS_OFF:
+        return TLS_OFF
+    required = _TLS_DEMANDS[route][0] or _TLS_DEMANDS[dest][0]
+    verify = _TLS_DEMANDS[route][1] or _TLS_DEMANDS[dest][1]
+    if required:
+        return TLS_REQUIRED_VERIFY if verify else TLS_REQUIRED
+    return TLS_OPPORTUNISTIC_VERIFY if verify else TLS_OPPORTUNISTIC
+
+
 # --- what a reply means -----------------------------------------------------------------------------------
 
 

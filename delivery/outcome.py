@@ -18,10 +18,12 @@ from esaroutes import egress
 
 
 class TlsPolicy(enum.StrEnum):
-    """Per-route STARTTLS policy; the values are those of ``routes.models.Route.TLS``."""
+    """A connection's STARTTLS policy: ``routes.models.Route.TLS`` values plus ``opportunistic_verify`` (a
+    destination control's "preferred (verify)"); `engine.tls_policy` combines a route's and a destination's."""
 
     OFF = "off"
     OPPORTUNISTIC = "opportunistic"  # if offered; no verification; handshake failure = host failure
+    OPPORTUNISTIC_VERIFY = "opportunistic_verify"  # if offered, and then the certificate must verify
     REQUIRED = "required"  # must be offered and negotiated; no verification
     REQUIRED_VERIFY = "required_verify"  # and the certificate must verify for the host's name or IP
 
@@ -46,9 +48,10 @@ class Destination:
     defer_on_4xx: bool = False  # a 4xx after MAIL FROM keeps the recipients queued instead of trying the next host
     count_possible_delivery: bool = False  # lost after the final dot: count delivered instead of sending again
     max_messages: int = 50  # per connection
-    ca_file: str | None = None  # trust anchors for REQUIRED_VERIFY; None = the system store
+    ca_file: str | None = None  # trust anchors for the verifying policies; None = the system store
     source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice
     allowed_networks: tuple[egress.Network, ...] | None = None  # ESAROUTES_DELIVERY_ALLOWED_NETWORKS; None = any
+    ip_preference: str = "ipv4-preferred"  # engine.IP_PREFERENCES: the order/filter of the host's addresses
 
     def __post_init__(self) -> None:
         if not self.helo or not self.helo.isascii() or any(c.isspace() for c in self.helo):

@@ -44,7 +44,7 @@ from django.utils import timezone
 from delivery import engine, ids, maillog, outcome
 from delivery.engine import Verdict
 from delivery.models import DeliveryAttempt
-from delivery.outbound import hosts, smtp_client
+from delivery.outbound import dns, hosts, smtp_client
 from esaroutes import eventloop
 
 logger = logging.getLogger(__name__)
@@ -414,7 +414,7 @@ class Runner:
         try:
             loop = asyncio.get_running_loop()
             dcid = await loop.run_in_executor(self._executor, _next_dcid)
-            session = smtp_client.HostSession(destination)
+            session = smtp_client.HostSession(destination, lookup=dns.host_addresses)
             opened = await session.open()
         finally:
             with self._opening_lock:

@@ -49,6 +49,7 @@ import os
 import re
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
@@ -440,10 +441,16 @@ def needs_smtputf8(envelope: Envelope) -> bool:
     return not envelope.sender.isascii() or not all(a.isascii() for _, a in envelope.recipients)
 
 
+#: The policies that check the peer's certificate (for its host name or IP) once TLS is up.
+_VERIFYING = (outcome.TlsPolicy.REQUIRED_VERIFY, outcome.TlsPolicy.OPPORTUNISTIC_VERIFY)
+#: The policies that go on in clear when STARTTLS is not offered, or refused with a 4xx before any handshake.
+_OPTIONAL = (outcome.TlsPolicy.OPPORTUNISTIC, outcome.TlsPolicy.OPPORTUNISTIC_VERIFY)
+
+
 @functools.cache
 def tls_context(policy: outcome.TlsPolicy, ca_file: str | None = None) -> ssl.SSLContext:
     """One shared client context per policy (contexts are thread-safe and costly to build)."""
-    if policy is outcome.TlsPolicy.REQUIRED_VERIFY:
+    if policy in _VERIFYING:
         return ssl.create_default_context(cafile=ca_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -458,6 +465,14 @@ def tls_context(policy: outcome.TlsPolicy, ca_file: str | None = None) -> ssl.SS
 
 # --- the session ------------------------------------------------------------------------------------------
 
+#: How a host name becomes addresses when not by getaddrinfo (`delivery.outbound.dns.host_addresses`): a
+#: blocking call, run in a thread; it raises OSError (a ``Connection Error``) when the name does not resolve.
+Lookup = Callable[[str], list[str]]
+
+
+class NoAddressError(OSError):
+    """The host has no address the destination's IP preference allows (``ipv6-required``, only A records)."""
+
 
 class HostSession:
     """One SMTP connection to one host: open (connect, greeting, EHLO, STARTTLS, AUTH), then send messages.
@@ -468,8 +483,9 @@ class HostSession:
     Create, use and close a session inside one event loop.
     """
 
-    def __init__(self, destination: outcome.Destination) -> None:
+    def __init__(self, destination: outcome.Destination, *, lookup: Lookup | None = None) -> None:
         self.destination = destination
+        self._lookup = lookup  # name -> addresses (blocking, run in a thread); None: getaddrinfo
         self.connection: Connection | None = None
         self.failure: Failure | None = None
         self.messages_sent = 0
@@ -554,7 +570,7 @@ class HostSession:
             extensions=frozenset(smtp.esmtp_extensions),
             tls_protocol=tls[0] if tls else None,
             tls_cipher=tls[1] if tls else None,
-            tls_verified=bool(tls) and self.destination.tls is outcome.TlsPolicy.REQUIRED_VERIFY,
+            tls_verified=bool(tls) and self.destination.tls in _VERIFYING,
             authenticated=authenticated,
         )
         return self.connection
@@ -566,19 +582,32 @@ class HostSession:
         becomes the ``Connection Error`` line's details)."""
         host = self.destination.host
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
+        if self._lookup is not None:
+            found = await asyncio.to_thread(self._lookup, host.address)
+        else:
+            infos = await loop.getaddrinfo(host.address, host.port, type=socket.SOCK_STREAM)
+            found = [str(info[4][0]) for info in infos]
+        preference = self.destination.ip_preference
+        addresses = engine.order_addresses(found, preference)
+        if not addresses:
+            raise NoAddressError(engine.no_address_text(host.address, preference, found))
         last: BaseException = OSError(f"no address for {host.address}")
         tried = False
-        for family, type_, proto, _, sockaddr in infos:
-            ip = str(sockaddr[0])
-            if not egress.allowed(ip, self.destination.allowed_networks):
+        for address in addresses:
+            if not egress.allowed(address, self.destination.allowed_networks):
                 if not tried:  # a real connection failure says more than a refusal
-                    self._peer_ip = ip
-                    last = egress.Refused(egress.refusal(ip))  # on the resolved address: MX hosts too
+                    self._peer_ip = address
+                    last = egress.Refused(egress.refusal(address))  # on the resolved address: MX hosts too
                 continue
             tried = True
-            self._peer_ip = ip
-            sock = socket.socket(family, type_, proto)
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockaddr = (address, host.port)
+            self._peer_ip = address
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:  # no IPv6 (or IPv4) on this machine: the next address
+                last = exc
+                continue
             sock.setblocking(False)
             try:
                 if self.destination.source_address:
@@ -618,7 +647,7 @@ class HostSession:
             return None
         offered = self._smtp.supports_extension("starttls")
         if not offered:
-            if policy is outcome.TlsPolicy.OPPORTUNISTIC:
+            if policy in _OPTIONAL:
                 return None
             self._stage = Stage.TLS
             raise _PolicyFailure("STARTTLS not offered", tls_required=True)
@@ -630,11 +659,11 @@ class HostSession:
                 timeout=self.destination.timeouts.command,
             )
         except aiosmtplib.SMTPResponseException as exc:
-            if policy is outcome.TlsPolicy.OPPORTUNISTIC and 400 <= exc.code < 500 and self._smtp.is_connected:
+            if policy in _OPTIONAL and 400 <= exc.code < 500 and self._smtp.is_connected:
                 return None  # "454 TLS not available": refused before any handshake, the session is still clean
-            raise _PolicyFailure(cause=exc, tls_required=policy is not outcome.TlsPolicy.OPPORTUNISTIC) from exc
+            raise _PolicyFailure(cause=exc, tls_required=policy not in _OPTIONAL) from exc
         except _TRANSPORT_ERRORS as exc:
-            raise _PolicyFailure(cause=exc, tls_required=policy is not outcome.TlsPolicy.OPPORTUNISTIC) from exc
+            raise _PolicyFailure(cause=exc, tls_required=policy not in _OPTIONAL) from exc
         ssl_object = self._smtp.get_transport_info("ssl_object")
         self._stage = Stage.EHLO
         await self._ehlo()  # RFC 3207 §4.2: forget what was learnt before TLS

@@ -384,3 +384,64 @@ def test_with_fallback_puts_the_relay_last_and_never_twice(hosts, fallback, expe
 )
 def test_only_a_reply_that_moves_on_to_the_next_host_reaches_the_fallback(stage, code, defer, reaches_fallback):
     assert (engine.verdict(stage, code, defer_on_4xx=defer) is Verdict.NEXT_HOST) is reaches_fallback
+
+
+# --- destination controls: IP address preference and TLS level ------------------------------------------
+
+DUAL = ["::1", "127.0.0.1", "2001:db8::2", "127.0.0.2"]
+
+
+@pytest.mark.parametrize(
+    ("preference", "expected"),
+    [
+        ("ipv4-preferred", ["127.0.0.1", "127.0.0.2", "::1", "2001:db8::2"]),
+        ("ipv4-required", ["127.0.0.1", "127.0.0.2"]),
+        ("ipv6-preferred", ["::1", "2001:db8::2", "127.0.0.1", "127.0.0.2"]),
+        ("ipv6-required", ["::1", "2001:db8::2"]),
+        ("unknown", DUAL),
+    ],
+)
+def test_order_addresses_by_ip_preference(preference: str, expected: list[str]) -> None:
+    assert engine.order_addresses(DUAL, preference) == expected
+
+
+def test_order_addresses_required_with_no_address_of_the_family_is_empty() -> None:
+    assert engine.order_addresses(["127.0.0.1", "127.0.0.1"], "ipv6-required") == []
+    assert engine.order_addresses(["::1"], "ipv4-required") == []
+    assert engine.order_addresses(["127.0.0.1", "127.0.0.1"], "ipv4-preferred") == ["127.0.0.1"]
+
+
+def test_no_address_text_names_the_family_and_what_the_host_has() -> None:
+    assert engine.no_address_text("mx.test", "ipv6-required", ["127.0.0.1"]) == (
+        "no IPv6 address for mx.test (IPv6 required; it has 127.0.0.1)"
+    )
+    assert engine.no_address_text("mx.test", "ipv4-required", []) == "no address for mx.test"
+
+
+@pytest.mark.parametrize(
+    ("route", "destination", "expected"),
+    [
+        # mail delivered by MX lookup (USEDNS, no route): the destination's level alone
+        (None, "none", "off"),
+        (None, "preferred", "opportunistic"),
+        (None, "preferred-verify", "opportunistic_verify"),
+        (None, "required", "required"),
+        (None, "required-verify", "required_verify"),
+        # routed mail: the stricter of the two, per demand (TLS at all, TLS required, certificate verified)
+        ("off", "none", "off"),
+        ("off", "preferred", "opportunistic"),
+        ("opportunistic", "none", "opportunistic"),
+        ("off", "required", "required"),
+        ("required", "none", "required"),
+        ("required", "preferred", "required"),
+        ("opportunistic", "preferred-verify", "opportunistic_verify"),
+        ("required", "preferred-verify", "required_verify"),
+        ("required_verify", "preferred", "required_verify"),
+        ("opportunistic", "required-verify", "required_verify"),
+        ("required_verify", "none", "required_verify"),
+    ],
+)
+def test_tls_policy_is_the_stricter_of_route_and_destination(
+    route: str | None, destination: str, expected: str
+) -> None:
+    assert engine.tls_policy(route, destination) == expected

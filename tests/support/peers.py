@@ -448,6 +448,14 @@ class PeerFactory:
 
     def start(self, **script: Any) -> Peer:
         """A scripted aiosmtpd peer (or, for greeting faults, a raw one); see :class:`Script`."""
+        return self._start(None, script)
+
+    def start_at(self, address: str, port: int, **script: Any) -> Peer:
+        """:meth:`start` listening on (address, port) instead of the next 127.0.0.x: ``start_at("::1",
+        other.port)`` puts a peer on each family of one host name."""
+        return self._start((address, port), script)
+
+    def _start(self, at: tuple[str, int] | None, script: dict[str, Any]) -> Peer:
         s = Script(**script)
         peer = Peer(self, s, "smtp")
         if s.stall_at in (Stage.CONNECT, Stage.GREETING):
@@ -475,7 +483,7 @@ class PeerFactory:
                 loop=self._loop,
             )
 
-        return self._raw(peer, protocol)
+        return self._raw(peer, protocol, at)
 
     def silent(self) -> Peer:
         """Accepts TCP connections and never says anything (a stalled greeting)."""
@@ -498,11 +506,11 @@ class PeerFactory:
         self._peers.append(peer)
         return peer
 
-    def _raw(self, peer: Peer, protocol: Callable[[], asyncio.BaseProtocol]) -> Peer:
-        peer.host = self._next_address()
+    def _raw(self, peer: Peer, protocol: Callable[[], asyncio.BaseProtocol], at: tuple[str, int] | None = None) -> Peer:
+        peer.host, port = at or (self._next_address(), 0)
 
         async def listen() -> asyncio.AbstractServer:
-            return await self._loop.create_server(protocol, peer.host, 0)
+            return await self._loop.create_server(protocol, peer.host, port)
 
         server = self._call(listen())
         peer._server = server

@@ -513,6 +513,26 @@ def test_required_verify_rejects_an_untrusted_certificate(peers: PeerFactory) ->
     assert peer.messages == []
 
 
+def test_preferred_verify_sends_in_clear_when_tls_is_not_offered(peers: PeerFactory) -> None:
+    # a destination control's "preferred (verify)": no STARTTLS (or a 4xx to it) is before any 220, so clear
+    peer = peers.start()
+    session, [result] = run(to(peer, tls=TlsPolicy.OPPORTUNISTIC_VERIFY), envelope())
+    assert result.delivered and session.connection is not None and session.connection.tls_protocol is None
+    assert not peer.wait_for_messages(1)[0].tls
+
+
+def test_preferred_verify_checks_the_certificate_once_tls_is_offered(peers: PeerFactory) -> None:
+    trusted = peers.start(starttls=True)
+    session, [result] = run(to(trusted, tls=TlsPolicy.OPPORTUNISTIC_VERIFY, ca_file=trusted.ca_file), envelope())
+    assert result.delivered and session.connection is not None and session.connection.tls_verified
+    assert trusted.wait_for_messages(1)[0].tls
+    untrusted = peers.start(starttls=True)  # the system store does not trust the test certificate
+    failure = open_failure(to(untrusted, tls=TlsPolicy.OPPORTUNISTIC_VERIFY))
+    assert (failure.stage, failure.code) == (Stage.TLS, None)
+    assert "CERTIFICATE_VERIFY_FAILED" in failure.text  # after the 220 to STARTTLS: no fall back to clear
+    assert untrusted.messages == []
+
+
 @pytest.mark.parametrize("policy", [TlsPolicy.REQUIRED, TlsPolicy.REQUIRED_VERIFY])
 def test_starttls_refused_fails_a_required_policy(peers: PeerFactory, policy: TlsPolicy) -> None:
     peer = peers.start(starttls=True, starttls_reply="454 4.7.0 TLS not available")
