@@ -283,3 +283,160 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The import/export file (`destconfig import|export`, the page's export)
+#
+# The ESA's shape: an INI-style file, one `[destination]` section per entry, `[DEFAULT]` for the Default entry,
+# `key = value` lines with the ESA's parameter names. A key left out of a section takes the model's default
+# (not the Default entry's value); an empty value means none (no recipient limit, no bounce profile).
+
+FILE_DEFAULT_SECTION = "DEFAULT"
+IP_SORT_PREFS: Mapping[str, str] = {
+    "PREFER_V4": "ipv4-preferred",
+    "REQUIRE_V4": "ipv4-required",
+    "PREFER_V6": "ipv6-preferred",
+    "REQUIRE_V6": "ipv6-required",
+}
+LIMIT_TYPES: Mapping[str, str] = {"host": SCOPE_DOMAIN, "MXIP": SCOPE_IP}
+FILE_KEYS = (
+    "ip_sort_pref",
+    "max_host_concurrency",
+    "max_messages_per_connection",
+    "recipient_limit",
+    "recipient_minutes",
+    "limit_type",
+    "use_tls",
+    "bounce_profile",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One section of a destination controls file: the limits as written (validated later, by the services),
+    the bounce profile by name ("" for none) and the line of its `[section]` header."""
+
+    line: int
+    limits: DestinationLimits
+    bounce_profile: str = ""
+
+
+def parse_file(text: str) -> tuple[list[FileEntry], list[str]]:
+    """The entries of a destination controls file and the problems found, each as `line N: ...`.
+
+    Syntax and value words only; the limits' ranges and the destinations' names are checked by the services
+    (`routes.services.destinations_import`), which name the entry.
+    """
+    entries: list[FileEntry] = []
+    errors: list[str] = []
+    section: tuple[int, str] | None = None
+    values: dict[str, str] = {}
+
+    def close() -> None:
+        if section is not None:
+            entry = _file_entry(section[0], section[1], values, errors)
+            if entry is not None:
+                entries.append(entry)
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                errors.append(f'line {number}: "{line}" is not a section header like [example.com]')
+                continue
+            close()
+            name = line[1:-1].strip()
+            section, values = (number, DEFAULT if name.upper() == FILE_DEFAULT_SECTION else name), {}
+            continue
+        key, equals, value = line.partition("=")
+        key = key.strip().lower()
+        if not equals:
+            errors.append(f'line {number}: "{line}" is not key = value')
+        elif section is None:
+            errors.append(f"line {number}: {key} comes before any [destination] section")
+        elif key not in FILE_KEYS:
+            errors.append(f'line {number}: unknown key "{key}" (the keys are {", ".join(FILE_KEYS)})')
+        elif key in values:
+            errors.append(f"line {number}: {key} is given twice in [{section[1]}]")
+        else:
+            values[key] = f"{number}\0{value.strip()}"
+    close()
+    return entries, errors
+
+
+def _file_entry(line: int, destination: str, values: Mapping[str, str], errors: list[str]) -> FileEntry | None:
+    found = len(errors)
+    fields: dict[str, object] = {}
+
+    def get(key: str) -> tuple[int, str] | None:
+        if key not in values:
+            return None
+        number, _, value = values[key].partition("\0")
+        return int(number), value
+
+    for key, name, optional in (
+        ("max_host_concurrency", "max_connections", False),
+        ("max_messages_per_connection", "max_messages_per_connection", False),
+        ("recipient_limit", "recipient_limit", True),
+        ("recipient_minutes", "recipient_minutes", True),
+    ):
+        item = get(key)
+        if item is None:
+            continue
+        number, value = item
+        if not value and optional:
+            fields[name] = None
+        elif value.isascii() and value.isdigit():
+            fields[name] = int(value)
+        else:
+            errors.append(f'line {number}: {key} "{value}" is not a whole number')
+    for key, name, words in (
+        ("ip_sort_pref", "ip_preference", {**IP_SORT_PREFS, **{v: v for v in IP_PREFERENCES}}),
+        ("limit_type", "limit_scope", {**LIMIT_TYPES, **{v: v for v in LIMIT_SCOPES}}),
+        ("use_tls", "tls", {v: v for v in TLS_MODES}),
+    ):
+        item = get(key)
+        if item is None:
+            continue
+        number, value = item
+        chosen = next((words[w] for w in words if w.lower() == value.lower()), None)
+        if chosen is None:
+            first = [w for w in words if w not in words.values()] or list(words)
+            errors.append(f'line {number}: {key} "{value}" is not one of {", ".join(first)}')
+        else:
+            fields[name] = chosen
+    profile = get("bounce_profile")
+    if len(errors) > found:
+        return None
+    limits = DestinationLimits(destination=destination, **fields)  # type: ignore[arg-type]
+    return FileEntry(line=line, limits=limits, bounce_profile=profile[1] if profile else "")
+
+
+def format_file(entries: Iterable[DestinationLimits], profile_names: Mapping[int, str]) -> str:
+    """The destination controls as a file `parse_file` reads back to the same entries: the Default first
+    (`[DEFAULT]`), then the others in their stored order, every key written."""
+    ip_words = {v: k for k, v in IP_SORT_PREFS.items()}
+    scope_words = {v: k for k, v in LIMIT_TYPES.items()}
+    ordered = sorted(entries, key=lambda e: (not e.is_default, e.destination))
+    lines = [
+        "# esaroutes destination controls (the ESA's destconfig file): one [destination] section per entry,",
+        "# [DEFAULT] for the Default entry; an empty value means none.",
+    ]
+    for entry in ordered:
+        profile = profile_names.get(entry.bounce_profile_id, "") if entry.bounce_profile_id else ""
+        lines += [
+            "",
+            f"[{FILE_DEFAULT_SECTION if entry.is_default else entry.destination}]",
+            f"ip_sort_pref = {ip_words[entry.ip_preference]}",
+            f"max_host_concurrency = {entry.max_connections}",
+            f"max_messages_per_connection = {entry.max_messages_per_connection}",
+            f"recipient_limit = {'' if entry.recipient_limit is None else entry.recipient_limit}",
+            f"recipient_minutes = {'' if entry.recipient_minutes is None else entry.recipient_minutes}",
+            f"limit_type = {scope_words[entry.limit_scope]}",
+            f"use_tls = {entry.tls}",
+            f"bounce_profile = {profile}",
+        ]
+    return "\n".join(lines) + "\n"

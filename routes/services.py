@@ -468,6 +468,18 @@ def destinations_import(*, entries: Sequence[DestinationData], actor: audit.Acto
     return summary
 
 
+def destinations_export_text() -> str:
+    """The destination controls in the import/export file format (`routes.destinations.format_file`)."""
+    from routes import snapshot  # snapshot reads models only; imported here to keep the import graph one-way
+
+    names = dict(
+        DestinationControl.objects.filter(bounce_profile__isnull=False).values_list(
+            "bounce_profile_id", "bounce_profile__name"
+        )
+    )
+    return destinations.format_file(snapshot.destination_table().entries(), names)
+
+
 DESTINATION_OBJECT = "destination control"
 DESTINATION_TABLE_OBJECT = "destination controls"
 
