@@ -3,8 +3,8 @@
 No I/O, no clock, no Django: every time and offset is passed in, so each rule is a table in
 tests/delivery/test_engine.py. The semantics follow Cisco ESA "SMTP Routes" (see reference/esa.md §2, §3):
 
-* hosts: lowest priority number first; equal priorities round-robin per *connection*; down hosts skipped
-  unless all are down;
+* hosts: lowest priority number first; equal priorities round-robin per *connection*, shared in proportion to
+  the hosts' weights (smooth weighted round-robin); down hosts skipped unless all are down;
 * a failure of the host itself (no connection, no reply, TLS, a 4xx/5xx to the greeting, EHLO or AUTH) moves
   the same recipients to the next host at once;
 * after MAIL FROM, a 4xx moves the recipients concerned to the next host (or, with ``defer_on_4xx``, keeps
@@ -15,7 +15,9 @@ tests/delivery/test_engine.py. The semantics follow Cisco ESA "SMTP Routes" (see
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ class Host:
     address: str
     port: int = 25
     priority: int = 0
+    weight: int = 1  # its share of the new connections among the hosts of its priority that are up
 
     @property
     def key(self) -> tuple[str, int]:
@@ -72,11 +75,14 @@ class Host:
 def order_hosts(hosts: Sequence[Host], rr_offset: int, down: Collection[tuple[str, int]] = ()) -> list[Host]:
     """The order in which one new connection should try the hosts of a route.
 
-    Lowest priority number first. Within a priority, the hosts that are up are rotated by ``rr_offset``
-    (the caller increments a shared counter per *connection*), so successive connections start at
-    successive hosts and a down host does not hand its turns to its neighbour. Down hosts (keys in ``down``)
-    are left out, unless every host of the route is down: then all of them are tried, in the same order,
-    because holding mail for a down timer when nothing else can take it gains nothing.
+    Lowest priority number first. Within a priority, the hosts that are up take turns by ``rr_offset`` (the
+    caller increments a shared counter per *connection*): the host :func:`weighted_pick` names for that count
+    comes first, then the others in the configured order from there on, so with equal weights successive
+    connections start at successive hosts, and with weights 1, 2, 7 they start at each host 10, 20 and 70
+    times in a hundred. A down host does not hand its turns to its neighbour: the count is shared among the
+    hosts that are up, in proportion to their weights. Down hosts (keys in ``down``) are left out, unless
+    every host of the route is down: then all of them are tried, in the same order, because holding mail for a
+    down timer when nothing else can take it gains nothing.
     """
     up = [h for h in hosts if h.key not in down]
     candidates = up or list(hosts)
@@ -84,9 +90,43 @@ def order_hosts(hosts: Sequence[Host], rr_offset: int, down: Collection[tuple[st
     ordered: list[Host] = []
     for _, group in itertools.groupby(by_priority, key=attrgetter("priority")):
         members = list(group)
-        k = rr_offset % len(members)
+        k = weighted_pick(tuple(h.weight for h in members), rr_offset)
         ordered += members[k:] + members[:k]
     return ordered
+
+
+def weighted_pick(weights: tuple[int, ...], count: int) -> int:
+    """Which of the hosts with these weights the connection number ``count`` starts at (an index).
+
+    Smooth weighted round-robin, nginx's: each turn every host's current weight grows by its weight, the
+    largest (the first of equal ones) is picked and loses the total. Started from zero the picks repeat with
+    a period of the total weight, so the pick is a pure function of the shared counter modulo that period:
+    every worker computes the same one, and no state but the counter is kept. Weights 5, 1, 1 give
+    0, 0, 1, 0, 2, 0, 0 rather than 0, 0, 0, 0, 0, 1, 2: a heavy host's turns are spread out. Equal weights
+    give 0, 1, 2, ...: the plain rotation. Weights below 1 count as 1.
+    """
+    if not weights:
+        raise ValueError("no hosts to pick from")
+    sequence = _swrr_sequence(tuple(max(1, w) for w in weights))
+    return sequence[count % len(sequence)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _swrr_sequence(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """One period of the smooth weighted round-robin picks (the weights divided by their common divisor,
+    which gives the same picks in a shorter period)."""
+    divisor = math.gcd(*weights)
+    reduced = [w // divisor for w in weights]
+    total = sum(reduced)
+    current = [0] * len(reduced)
+    picks: list[int] = []
+    for _ in range(total):
+        for i, w in enumerate(reduced):
+            current[i] += w
+        best = max(range(len(current)), key=current.__getitem__)  # max() keeps the first of equals
+        current[best] -= total
+        picks.append(best)
+    return tuple(picks)
 
 
 def expand_exchanges(
@@ -105,7 +145,7 @@ def expand_exchanges(
         if not names:
             out.append(host)
             continue
-        expanded = [Host(name, host.port, host.priority) for name in names]
+        expanded = [Host(name, host.port, host.priority, host.weight) for name in names]
         out += [h for h in expanded if h.key not in down] or expanded
     return out
 

@@ -4,9 +4,9 @@ the queue page, so what an operator is shown is the order delivery connects in.
 `Resolver.resolve(domain)` reads the route table and DNS once per domain: the route (or none), its hosts (or
 the domain's MX hosts, for a USEDNS route or no route), and the MX exchanges of each route host name (the ESA
 looks a route's host name up by MX, then A). `Resolution.order(rr_offset, down)` is then the pure rule of
-`engine.order_hosts` and `engine.expand_exchanges`: lowest priority first, equal priorities rotated by the
-route's round-robin position, hosts that are down left out while another host is up, MX names replaced by
-their exchanges in place.
+`engine.order_hosts` and `engine.expand_exchanges`: lowest priority first, equal priorities taking turns by the
+route's round-robin position (in proportion to their weights), hosts that are down left out while another host
+is up, MX names replaced by their exchanges in place.
 
 The planner asks for the order with the next round-robin position (`hosts.next_rr_offset`, one per new
 connection); the pages with the current one (`preview`), which is where the next connection will start.
@@ -108,7 +108,7 @@ class Resolver:
             return Resolution(domain, Kind.DEVNULL, entry)
         fallback = fallback_for(entry)
         if entry is not None and not entry.special:
-            route_hosts = tuple(engine.Host(h.host, h.port, h.priority) for h in entry.hosts)
+            route_hosts = tuple(engine.Host(h.host, h.port, h.priority, h.weight) for h in entry.hosts)
             names = {h.host for h in entry.hosts if wants_mx(h)} if self.dns else set()
             exchanges = {name: found for name in sorted(names) if (found := self._route_exchanges(name))}
             return Resolution(domain, Kind.ROUTE, entry, route_hosts, exchanges, fallback=fallback)

@@ -38,10 +38,13 @@ class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
         required=False, max_length=300, help_text="Host name, [host name] (A/AAAA only), IPv4 or IPv6"
     )
     port = djforms.CharField(required=False, initial="25", max_length=20)
+    weight = djforms.CharField(
+        required=False, initial="1", max_length=20, help_text="1-100: its share of its priority's connections"
+    )
 
     class Meta:
         model = DestinationHost
-        fields = ("priority", "port")
+        fields = ("priority", "port", "weight")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +57,9 @@ class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
 
     def clean_port(self) -> int:
         return forms.parse_cell(domains.parse_port, self.cleaned_data["port"])
+
+    def clean_weight(self) -> int:
+        return forms.parse_cell(domains.parse_weight, self.cleaned_data["weight"])
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]
@@ -96,7 +102,7 @@ class DestinationHostInline(admin.TabularInline[DestinationHost, Route]):
     model = DestinationHost
     form = DestinationHostAdminForm
     formset = DestinationHostFormSet  # type: ignore[assignment]
-    fields = ("priority", "destination", "port")
+    fields = ("priority", "destination", "port", "weight")
     extra = 1
     max_num = domains.MAX_HOSTS_PER_ROUTE
 

@@ -30,6 +30,8 @@ DEFAULT_PORT = 25
 MAX_HOSTS_PER_ROUTE = 100
 MAX_PORT = 65535
 MAX_PRIORITY = 65535
+DEFAULT_WEIGHT = 1
+MAX_WEIGHT = 100
 MAX_LABEL_LENGTH = 63
 MAX_NAME_LENGTH = 253
 
@@ -42,7 +44,7 @@ ONE_PORT_PER_HOST = (
     "A route lists each host once, with one port (the ESA's rule): to use a second port of the same server, "
     "list it under another of its addresses or host names."
 )
-_PRIORITY_OPTION = re.compile(r"pri\s*=\s*(?P<value>.*)", re.IGNORECASE)
+_HOST_OPTION = re.compile(r"(?P<name>pri|weight)\s*=\s*(?P<value>.*)", re.IGNORECASE)
 
 
 class DomainError(ValueError):
@@ -82,15 +84,18 @@ class HostSpec:
     """One destination host of a route.
 
     `host` is a normalised host name or IP address. `a_only` is the `[host]` form: resolve the name's A/AAAA
-    records only, skipping the MX lookup. An IP address is never looked up at all, so for an IP `a_only` is
-    always False: the parser drops brackets around an IP (`[10.0.0.9]` is `10.0.0.9`) and `validate_route`
-    rejects an IP with `a_only=True`, so that each host has exactly one representation and duplicates are found.
+    records only, skipping the MX lookup. `weight` (1-100) is the host's share of the new connections among the
+    hosts of its priority (`/weight=N`, an esaroutes extension of the ESA syntax). An IP address is never looked
+    up at all, so for an IP `a_only` is always False: the parser drops brackets around an IP (`[10.0.0.9]` is
+    `10.0.0.9`) and `validate_route` rejects an IP with `a_only=True`, so that each host has exactly one
+    representation and duplicates are found.
     """
 
     host: str
     port: int = DEFAULT_PORT
     priority: int = 0
     a_only: bool = False
+    weight: int = DEFAULT_WEIGHT
 
     @property
     def ip(self) -> IPAddress | None:
@@ -98,7 +103,8 @@ class HostSpec:
         return _parse_ip(self.host)
 
     def format(self) -> str:
-        """The canonical `host[:port][/pri=N]` text: `:25` and `/pri=0` are left out, `[name]` marks a_only.
+        """The canonical `host[:port][/pri=N][/weight=N]` text: `:25`, `/pri=0` and `/weight=1` are left out (so a
+        plain ESA file reads back as it was written), `[name]` marks a_only.
 
         An IPv6 address needs brackets only when a port follows (`[2001:db8::1]:2525`), since its own colons
         would otherwise swallow the port.
@@ -114,6 +120,8 @@ class HostSpec:
             text += f":{self.port}"
         if self.priority:
             text += f"/pri={self.priority}"
+        if self.weight != DEFAULT_WEIGHT:
+            text += f"/weight={self.weight}"
         return text
 
 
@@ -262,9 +270,11 @@ def _parse_ip(text: str) -> IPAddress | None:
 
 
 def parse_hosts(text: str) -> list[HostSpec] | Special:
-    """Parse a comma-separated destination list: `host[:port][/pri=N], ...`, or `USEDNS` or `/dev/null` alone.
+    """Parse a comma-separated destination list: `host[:port][/pri=N][/weight=N], ...`, or `USEDNS` or `/dev/null`
+    alone.
 
-    Host forms: `mx.example.com`, `mx.example.com:2525/pri=10`, `[mx.example.com]` (A/AAAA only),
+    Host forms: `mx.example.com`, `mx.example.com:2525/pri=10`, `mx.example.com/pri=10/weight=3` (the options in
+    any order), `[mx.example.com]` (A/AAAA only),
     `10.0.0.9:2525`, `2001:db8::1/pri=5` (bare IPv6, port 25), `[2001:db8::1]:2525`. Syntax only: every entry
     is checked and all the problems are raised together in one HostListError; the route-level rules
     (duplicates, the 100-host limit, USEDNS on ALL) are `validate_route`'s.
@@ -294,7 +304,7 @@ def parse_hosts(text: str) -> list[HostSpec] | Special:
 
 
 def parse_host(text: str) -> HostSpec:
-    """Parse one `host[:port][/pri=N]` entry (see `parse_hosts`); raises HostListError naming the entry."""
+    """Parse one `host[:port][/pri=N][/weight=N]` entry (see `parse_hosts`); raises HostListError naming the entry."""
     item = text.strip()
     try:
         return _parse_host(item)
@@ -307,13 +317,8 @@ def _parse_host(item: str) -> HostSpec:
         raise ValueError("no host given")
     if _special(item) is not None:
         raise ValueError("USEDNS and /dev/null must be the whole destination list, not one host of several")
-    address, slash, option = item.partition("/")
-    priority = 0
-    if slash:
-        match = _PRIORITY_OPTION.fullmatch(option.strip())
-        if match is None:
-            raise ValueError(f'unknown option "/{option}" (the only option is /pri=N)')
-        priority = _number(match["value"].strip(), "priority", 0, MAX_PRIORITY)
+    address, *options = item.split("/")
+    priority, weight = _host_options(options)
     address = address.strip()
     bracketed = address.startswith("[")
     port_text: str | None = None
@@ -335,10 +340,28 @@ def _parse_host(item: str) -> HostSpec:
         raise ValueError("no host given")
     ip = _parse_ip(host)
     if ip is not None:
-        return HostSpec(host=_check_ip(ip), port=port, priority=priority, a_only=False)
+        return HostSpec(host=_check_ip(ip), port=port, priority=priority, a_only=False, weight=weight)
     if ":" in host:
         raise ValueError(f'"{host}" is not a valid IPv6 address')
-    return HostSpec(host=_host_name(host), port=port, priority=priority, a_only=bracketed)
+    return HostSpec(host=_host_name(host), port=port, priority=priority, a_only=bracketed, weight=weight)
+
+
+def _host_options(options: Sequence[str]) -> tuple[int, int]:
+    """The (priority, weight) of a host's `/pri=N` and `/weight=N` options, each at most once, in any order."""
+    found: dict[str, int] = {}
+    for option in options:
+        match = _HOST_OPTION.fullmatch(option.strip())
+        if match is None:
+            raise ValueError(f'unknown option "/{option}" (the options are /pri=N and /weight=N)')
+        name = match["name"].lower()
+        if name in found:
+            raise ValueError(f"/{name}= is given twice")
+        value = match["value"].strip()
+        if name == "pri":
+            found[name] = _number(value, "priority", 0, MAX_PRIORITY)
+        else:
+            found[name] = _number(value, "weight", 1, MAX_WEIGHT)
+    return found.get("pri", 0), found.get("weight", DEFAULT_WEIGHT)
 
 
 def _special(item: str) -> Special | None:
@@ -413,8 +436,8 @@ def validate_route(domain: str, hosts: Destination) -> list[str]:
 
     The one place the route rules live, for hosts parsed from text and for hosts built field by field (the
     admin, a form row editor): the domain is valid; USEDNS is not the default route's destination (with no
-    route, mail already goes by MX); a route has 1 to 100 hosts; each host is well formed with port and
-    priority in range; a host appears once, with one port (the ESA's own wording for the latter).
+    route, mail already goes by MX); a route has 1 to 100 hosts; each host is well formed with port,
+    priority and weight in range; a host appears once, with one port (the ESA's own wording for the latter).
     `route_problems` gives the same messages sorted by field, for forms.
     """
     return route_problems(domain, hosts).all()
@@ -500,6 +523,12 @@ def parse_priority(text: str) -> int:
     return 0 if not text else _number(text, "priority", 0, MAX_PRIORITY)
 
 
+def parse_weight(text: str) -> int:
+    """A weight typed in its own field: 1-100, empty means 1; ValueError says why."""
+    text = text.strip()
+    return DEFAULT_WEIGHT if not text else _number(text, "weight", 1, MAX_WEIGHT)
+
+
 def _host_problems(spec: HostSpec) -> list[str]:
     shown = f'"{spec.format()}"'
     problems: list[str] = []
@@ -520,4 +549,6 @@ def _host_problems(spec: HostSpec) -> list[str]:
         problems.append(f"{shown}: port must be from 1 to {MAX_PORT}")
     if not 0 <= spec.priority <= MAX_PRIORITY:
         problems.append(f"{shown}: priority must be from 0 to {MAX_PRIORITY}")
+    if not 1 <= spec.weight <= MAX_WEIGHT:
+        problems.append(f"{shown}: weight must be from 1 to {MAX_WEIGHT}")
     return problems

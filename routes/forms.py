@@ -1,4 +1,5 @@
-"""The route editor: a route form plus a formset of destination host rows (Priority | Destination | Port | Remove).
+"""The route editor: a route form plus a formset of destination host rows
+(Priority | Destination | Port | Weight | Remove).
 
 Validation is `routes.domains`' (the same code as the admin, the importer and the `smtproutes` command); this
 module only parses the cells and puts each message at the field it is about: a bad port at that row's Port, a
@@ -89,12 +90,21 @@ class HostRowForm(forms.Form):
         max_length=20,
         widget=forms.TextInput(attrs={"size": 6, "inputmode": "numeric", "aria-label": "Port"}),
     )
+    weight = forms.CharField(
+        required=False,
+        initial="1",
+        max_length=20,
+        widget=forms.TextInput(attrs={"size": 4, "inputmode": "numeric", "aria-label": "Weight"}),
+    )
 
     def clean_priority(self) -> int:
         return parse_cell(domains.parse_priority, self.cleaned_data["priority"])
 
     def clean_port(self) -> int:
         return parse_cell(domains.parse_port, self.cleaned_data["port"])
+
+    def clean_weight(self) -> int:
+        return parse_cell(domains.parse_weight, self.cleaned_data["weight"])
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]
@@ -111,7 +121,7 @@ class HostRowForm(forms.Form):
 
 
 def parse_cell(parse: Callable[[str], int], text: str) -> int:
-    """A Priority or Port cell through its `domains` parser; the parser's message becomes the field error."""
+    """A Priority, Port or Weight cell through its `domains` parser; the parser's message becomes the field error."""
     try:
         value: int = parse(text)
     except ValueError as exc:
@@ -126,26 +136,28 @@ class BaseHostFormSet(BaseFormSet[HostRowForm]):
 HostFormSet = formset_factory(HostRowForm, formset=BaseHostFormSet, extra=0, can_delete=True)
 
 
-def parse_row(destination: str, port: int, priority: int) -> domains.HostSpec:
+def parse_row(destination: str, port: int, priority: int, weight: int = domains.DEFAULT_WEIGHT) -> domains.HostSpec:
     """One table row as a HostSpec; the Destination cell is a host name, `[name]`, IPv4 or IPv6 address.
 
-    Raises ValueError when the cell is not a host, or carries a port or priority of its own (they have columns).
+    Raises ValueError when the cell is not a host, or carries a port, priority or weight of its own (they have
+    columns).
     """
     if "/" in destination:
-        raise ValueError("write the priority in the Priority column, not after the host")
+        column = "Weight" if "weight" in destination.lower() else "Priority"
+        raise ValueError(f"write the {column.lower()} in the {column} column, not after the host")
     try:
         spec = domains.parse_host(destination)
     except domains.HostListError as exc:
         raise ValueError("; ".join(exc.errors)) from None
     if spec.port != domains.DEFAULT_PORT:
         raise ValueError(f"write the port ({spec.port}) in the Port column, not after the host")
-    return domains.HostSpec(host=spec.host, port=port, priority=priority, a_only=spec.a_only)
+    return domains.HostSpec(host=spec.host, port=port, priority=priority, a_only=spec.a_only, weight=weight)
 
 
 def rows_destination(
-    rows: list[tuple[str, int, int]],
+    rows: list[tuple[str, int, int, int]],
 ) -> tuple[domains.Destination | None, dict[int, str]]:
-    """The destination of (destination, port, priority) rows: a Special typed alone, or HostSpecs.
+    """The destination of (destination, port, priority, weight) rows: a Special typed alone, or HostSpecs.
 
     Returns (destination or None, {row index: problem}).
     """
@@ -155,12 +167,12 @@ def rows_destination(
         return domains.Special.DEVNULL, {}
     specs: list[domains.HostSpec] = []
     problems: dict[int, str] = {}
-    for index, (text, port, priority) in enumerate(rows):
+    for index, (text, port, priority, weight) in enumerate(rows):
         if text.upper() == "USEDNS" or text == "/dev/null":
             problems[index] = f"{text} must be the only destination of a route: remove the other rows"
             continue
         try:
-            specs.append(parse_row(text, port, priority))
+            specs.append(parse_row(text, port, priority, weight))
         except ValueError as exc:
             problems[index] = str(exc)
     return (None if problems else specs), problems
@@ -181,6 +193,7 @@ def check_host_rows(live: Sequence[forms.BaseForm], domain: str | None) -> tuple
             f.cleaned_data.get("destination", ""),
             f.cleaned_data.get("port", domains.DEFAULT_PORT),
             f.cleaned_data.get("priority", 0),
+            f.cleaned_data.get("weight", domains.DEFAULT_WEIGHT),
         )
         for f in live
     ]
@@ -211,7 +224,7 @@ class RouteEditor:
     def __init__(self, data: Any = None, *, route: Route | None = None) -> None:
         self.route = route
         initial: dict[str, Any] = {}
-        rows: list[dict[str, Any]] = [{"priority": "0", "destination": "", "port": "25"}]
+        rows: list[dict[str, Any]] = [{"priority": "0", "destination": "", "port": "25", "weight": "1"}]
         if route is not None:
             initial = {
                 "domain": domains.display_domain(route.domain),
@@ -223,10 +236,15 @@ class RouteEditor:
             }
             destination = services.route_destination(route)
             if isinstance(destination, domains.Special):
-                rows = [{"priority": "0", "destination": destination.value, "port": "25"}]
+                rows = [{"priority": "0", "destination": destination.value, "port": "25", "weight": "1"}]
             else:
                 rows = [
-                    {"priority": str(h.priority), "destination": _host_text(h), "port": str(h.port)}
+                    {
+                        "priority": str(h.priority),
+                        "destination": _host_text(h),
+                        "port": str(h.port),
+                        "weight": str(h.weight),
+                    }
                     for h in destination
                 ] or rows
         self.form = RouteForm(data, initial=initial)

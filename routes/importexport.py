@@ -5,13 +5,15 @@ format is the ESA's (one route a line, blank lines and `#` lines ignored, the re
 destination list in CLI syntax):
 
     # File exported by esaroutes at 20240102T101500
-    example.com       mx1.example.com/pri=10, mx2.example.com:2525/pri=10, [10.0.0.9]/pri=20
+    example.com       mx1.example.com/pri=10, mx2.example.com:2525/pri=10/weight=3, [10.0.0.9]/pri=20
     .example.com      USEDNS
     drop.example.com  /dev/null
     ALL               smarthost.example.net:587
 
 An import replaces the whole table and is all-or-nothing, so `parse` reports every problem of a bad file at once,
-each as `line N: ...`, and the caller imports only when `errors` is empty. SMTP authentication profiles, bounce
+each as `line N: ...`, and the caller imports only when `errors` is empty. `/weight=N` (an esaroutes extension:
+the host's share of its priority's connections) is written only when it is not 1, so a plain ESA file reads
+back and writes out as it was. SMTP authentication profiles, bounce
 profiles and TLS settings are not part of the file: credentials are never written to it.
 """
 
@@ -208,7 +210,7 @@ def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: dateti
     width = min(max((len(domain) for domain, _ in ordered), default=0), _DOMAIN_COLUMN_MAX)
     lines = [
         f"# File exported by esaroutes at {now:%Y%m%dT%H%M%S}",
-        "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N])",
+        "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N][/weight=N])",
         "# SMTP authentication profiles, bounce profiles and TLS settings are not part of this file.",
     ]
     lines += [f"{domain.ljust(width)}  {canonical(destination)}" for domain, destination in ordered]
@@ -221,7 +223,7 @@ def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: dateti
 
 @dataclass(frozen=True)
 class HostChange:
-    """One host of a route, before and after: `kind` is added, removed or changed (port, priority, [brackets])."""
+    """One host of a route, before and after: `kind` is added, removed or changed (port, priority, weight, [])."""
 
     kind: str
     host: str  # as people read it: Unicode, `[name]` for A/AAAA only
@@ -230,8 +232,10 @@ class HostChange:
 
 
 def host_text(spec: domains.HostSpec) -> str:
-    """`mx.bücher.example:25/pri=0`, `[relay.example.net]:2525/pri=10`, `[2001:db8::1]:25/pri=0`: every part shown."""
-    return f"{_host_name(spec)}:{spec.port}/pri={spec.priority}"
+    """`mx.bücher.example:25/pri=0`, `[relay.example.net]:2525/pri=10`, `[2001:db8::1]:25/pri=0`: every part shown,
+    but the weight only when it is not 1 (`mx.example.com:25/pri=10/weight=3`)."""
+    text = f"{_host_name(spec)}:{spec.port}/pri={spec.priority}"
+    return text if spec.weight == domains.DEFAULT_WEIGHT else f"{text}/weight={spec.weight}"
 
 
 def _host_name(spec: domains.HostSpec) -> str:

@@ -95,6 +95,9 @@ class DestinationHost(models.Model):
     a_only = models.BooleanField(default=False, help_text="[host]: A/AAAA records only, no MX lookup")
     port = models.PositiveIntegerField(default=25)
     priority = models.PositiveIntegerField(default=0)
+    weight = models.PositiveSmallIntegerField(
+        default=1, help_text="Share of the new connections among the hosts of its priority that are up (1-100)"
+    )
     position = models.PositiveSmallIntegerField(default=0, help_text="Order of entry, for display")
 
     class Meta(TypedModelMeta):
@@ -103,6 +106,7 @@ class DestinationHost(models.Model):
             models.UniqueConstraint(fields=["route", "host", "port"], name="unique_host_port_per_route"),
             models.CheckConstraint(condition=models.Q(port__gte=1, port__lte=65535), name="port_range"),
             models.CheckConstraint(condition=models.Q(priority__lte=65535), name="priority_range"),
+            models.CheckConstraint(condition=models.Q(weight__gte=1, weight__lte=100), name="weight_range"),
         ]
 
     def __str__(self) -> str:

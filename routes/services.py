@@ -211,7 +211,7 @@ def routes_import(
                 ids.update(Route.objects.filter(domain__in=chunk).values_list("domain", "pk"))
         _insert_hosts(
             [
-                (pk, h.host, h.a_only, h.port, h.priority, position)
+                (pk, h.host, h.a_only, h.port, h.priority, h.weight, position)
                 for domain, pk in ids.items()
                 if not isinstance(incoming[domain], domains.Special)
                 for position, h in enumerate(incoming[domain])  # type: ignore[arg-type]
@@ -527,7 +527,7 @@ def route_destination(route: Route) -> domains.Destination:
     if special is not None:
         return special
     return [
-        domains.HostSpec(host=h.host, port=h.port, priority=h.priority, a_only=h.a_only)
+        domains.HostSpec(host=h.host, port=h.port, priority=h.priority, a_only=h.a_only, weight=h.weight)
         for h in sorted(route.hosts.all(), key=lambda h: (h.position, h.pk))
     ]
 
@@ -645,7 +645,13 @@ def _host_rows(route_id: int, destination: domains.Destination) -> list[Destinat
         return []
     return [
         DestinationHost(
-            route_id=route_id, host=h.host, a_only=h.a_only, port=h.port, priority=h.priority, position=position
+            route_id=route_id,
+            host=h.host,
+            a_only=h.a_only,
+            port=h.port,
+            priority=h.priority,
+            weight=h.weight,
+            position=position,
         )
         for position, h in enumerate(destination)
     ]
@@ -661,7 +667,7 @@ def _analyze() -> None:
 _ROUTES = bulk.BulkInsert(
     Route, ("domain", "special", "tls", "defer_on_4xx", "fallback_relay", "created_at", "updated_at")
 )
-_HOSTS = bulk.BulkInsert(DestinationHost, ("route_id", "host", "a_only", "port", "priority", "position"))
+_HOSTS = bulk.BulkInsert(DestinationHost, ("route_id", "host", "a_only", "port", "priority", "weight", "position"))
 
 
 def _insert_routes(rows: Sequence[tuple[str, str]]) -> None:
@@ -672,8 +678,8 @@ def _insert_routes(rows: Sequence[tuple[str, str]]) -> None:
     _ROUTES.run([(d, sp, Route.TLS.OPPORTUNISTIC, False, "", now, now) for d, sp in rows])
 
 
-def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int]]) -> None:
-    """Bulk insert (route_id, host, a_only, port, priority, position) destination hosts."""
+def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int, int]]) -> None:
+    """Bulk insert (route_id, host, a_only, port, priority, weight, position) destination hosts."""
     _HOSTS.run(rows)
 
 

@@ -69,10 +69,10 @@ def build_table(version: int | None = None) -> matching.RouteTable:
         version = _version()
     hosts: dict[int, list[domains.HostSpec]] = {}
     spec = domains.HostSpec
-    for route_id, host, port, priority, a_only in _rows(
-        DestinationHost, ("route_id", "host", "port", "priority", "a_only"), ("route_id", "position", "id")
+    for route_id, host, port, priority, a_only, weight in _rows(
+        DestinationHost, ("route_id", "host", "port", "priority", "a_only", "weight"), ("route_id", "position", "id")
     ):
-        hosts.setdefault(route_id, []).append(spec(host, port, priority, bool(a_only)))
+        hosts.setdefault(route_id, []).append(spec(host, port, priority, bool(a_only), weight))
     entries = [
         matching.RouteEntry(
             id=pk,

@@ -190,7 +190,8 @@ def host_row(request: AuthedHtmxRequest) -> HttpResponse:
         raise BadRequest("the host row count is not a number") from None  # only a hand-made request: the 400 page
     if not 0 <= index < domains.MAX_HOSTS_PER_ROUTE * 2:
         raise BadRequest("too many host rows")
-    row = forms.HostRowForm(prefix=f"{forms.RouteEditor.prefix}-{index}", initial={"priority": "0", "port": "25"})
+    initial = {"priority": "0", "port": "25", "weight": "1"}
+    row = forms.HostRowForm(prefix=f"{forms.RouteEditor.prefix}-{index}", initial=initial)
     return render(
         request,
         "routes/_host_row.html",
@@ -296,9 +297,10 @@ def _plan(address: str) -> dict[str, Any]:
     now = timezone.now()
     preview = resolve.preview(domain or address, table=table, now=now)
     specs = {(h.host, h.port): h for h in entry.hosts}
+    spec = domains.HostSpec
     plan["hosts"] = [
         PlannedHost(
-            spec=specs.get(c.host.key) or domains.HostSpec(c.host.address, c.host.port, c.host.priority),
+            spec=specs.get(c.host.key) or spec(c.host.address, c.host.port, c.host.priority, weight=c.host.weight),
             down_until=c.down_until if c.down(now) else None,
             last_error=c.last_error if c.down(now) else "",
             skipped=c.skipped,

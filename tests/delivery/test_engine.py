@@ -59,6 +59,70 @@ def test_round_robin_spreads_first_connections_evenly() -> None:
     assert {h: firsts.count(h) for h in (A, B, C)} == {A: 100, B: 100, C: 100}
 
 
+W1 = Host("10.0.0.1", priority=10, weight=1)
+W2 = Host("10.0.0.2", priority=10, weight=2)
+W7 = Host("10.0.0.3", priority=10, weight=7)
+
+
+@pytest.mark.parametrize(
+    ("weights", "picks"),
+    [
+        ((1,), [0, 0, 0]),
+        ((1, 1, 1), [0, 1, 2, 0, 1, 2]),  # equal weights: the plain rotation, whatever their value
+        ((5, 5, 5), [0, 1, 2, 0, 1, 2]),
+        ((2, 1), [0, 1, 0, 0, 1, 0]),
+        ((5, 1, 1), [0, 0, 1, 0, 2, 0, 0, 0]),  # nginx's example: the heavy host's turns are spread out
+        ((1, 2, 7), [2, 1, 2, 2, 0, 2, 2, 1, 2, 2, 2]),
+        ((0, 1), [0, 1, 0]),  # a weight below 1 counts as 1
+    ],
+)
+def test_weighted_pick_is_smooth_weighted_round_robin(weights: tuple[int, ...], picks: list[int]) -> None:
+    assert [engine.weighted_pick(weights, n) for n in range(len(picks))] == picks
+
+
+@pytest.mark.parametrize(("weights", "shares"), [((1, 2, 7), [100, 200, 700]), ((3, 1), [750, 250])])
+def test_weighted_pick_shares_in_proportion(weights: tuple[int, ...], shares: list[int]) -> None:
+    firsts = [engine.weighted_pick(weights, n) for n in range(1000)]
+    assert [firsts.count(i) for i in range(len(weights))] == shares
+
+
+def test_weighted_pick_is_a_function_of_the_counter() -> None:
+    """Every worker reads the same shared counter: the same count names the same host, negative ones too."""
+    assert [engine.weighted_pick((1, 2, 7), n) for n in (-1, 9, 19, 10**12 + 9)] == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match="no hosts"):
+        engine.weighted_pick((), 0)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "rr", "down", "expected"),
+    [
+        # the picked host first, then the others in the configured order from there on
+        ([W1, W2, W7], 0, (), ["3", "1", "2"]),
+        ([W1, W2, W7], 1, (), ["2", "3", "1"]),
+        ([W1, W2, W7], 4, (), ["1", "2", "3"]),
+        # a down host's turns go to the others in proportion to their weights (here 1:2)
+        ([W1, W2, W7], 0, {W7.key}, ["2", "1"]),
+        ([W1, W2, W7], 1, {W7.key}, ["1", "2"]),
+        ([W1, W2, W7], 2, {W7.key}, ["2", "1"]),
+        # the weights count within a priority; the backup keeps its place
+        ([BACKUP, W1, W7], 0, (), ["3", "1", "9"]),
+    ],
+)
+def test_order_hosts_with_weights(hosts: list[Host], rr: int, down: set[tuple[str, int]], expected: list[str]) -> None:
+    assert names(engine.order_hosts(hosts, rr, down)) == expected
+
+
+def test_a_down_hosts_share_goes_to_the_others_in_proportion() -> None:
+    firsts = [engine.order_hosts([W1, W2, W7], rr, {W7.key})[0] for rr in range(900)]
+    assert (firsts.count(W1), firsts.count(W2)) == (300, 600)
+
+
+def test_mx_exchanges_keep_their_route_hosts_weight() -> None:
+    relay = Host("relay.example", priority=10, weight=4)
+    expanded = engine.expand_exchanges([relay], {"relay.example": ["mx1.example"]})
+    assert expanded == [Host("mx1.example", 25, 10, 4)]
+
+
 # --- verdict ----------------------------------------------------------------------------------------------
 
 CONNECTION = [Stage.CONNECT, Stage.GREETING, Stage.TLS, Stage.EHLO, Stage.AUTH]

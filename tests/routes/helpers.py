@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from routes import domains, services
@@ -14,8 +15,8 @@ def make_route(domain: str = "example.com", hosts: str = "mx1.example.com", *, a
     )
 
 
-def form_data(domain: str, rows: list[tuple[str, str, str]], **extra: Any) -> dict[str, Any]:
-    """POST data for the add/edit form: rows of (priority, destination, port)."""
+def form_data(domain: str, rows: Sequence[tuple[str, ...]], **extra: Any) -> dict[str, Any]:
+    """POST data for the add/edit form: rows of (priority, destination, port[, weight])."""
     data: dict[str, Any] = {
         "domain": domain,
         "tls": "opportunistic",
@@ -24,10 +25,12 @@ def form_data(domain: str, rows: list[tuple[str, str, str]], **extra: Any) -> di
         "hosts-MIN_NUM_FORMS": "0",
         "hosts-MAX_NUM_FORMS": "1000",
     }
-    for i, (priority, destination, port) in enumerate(rows):
+    for i, (priority, destination, port, *weight) in enumerate(rows):
         data[f"hosts-{i}-priority"] = priority
         data[f"hosts-{i}-destination"] = destination
         data[f"hosts-{i}-port"] = port
+        if weight:
+            data[f"hosts-{i}-weight"] = weight[0]
     data.update(extra)
     return data
 

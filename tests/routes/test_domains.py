@@ -112,6 +112,12 @@ def test_display_domain_round_trips_with_normalize():
             ],
         ),
         ("a.example,b.example", [HostSpec("a.example"), HostSpec("b.example")]),
+        # /weight=N (1-100, default 1): the host's share of its priority's connections, with /pri= in any order
+        ("mx1.example.com/pri=10/weight=3", [HostSpec("mx1.example.com", priority=10, weight=3)]),
+        ("mx1.example.com/weight=3/pri=10", [HostSpec("mx1.example.com", priority=10, weight=3)]),
+        ("[10.0.0.9]:2525/WEIGHT = 100", [HostSpec("10.0.0.9", 2525, weight=100)]),
+        ("2001:db8::1/weight=7", [HostSpec("2001:db8::1", weight=7)]),
+        ("mx1.example.com/weight=1", [HostSpec("mx1.example.com")]),
     ],
 )
 def test_parse_hosts_accepts_the_cli_syntax(text, hosts):
@@ -137,8 +143,18 @@ def test_special_destinations(text, special):
         ("mx1.example.com/pri=65536", ['"mx1.example.com/pri=65536": priority must be from 0 to 65535']),
         ("mx1.example.com/pri=", ['"mx1.example.com/pri=": priority is missing']),
         (
-            "mx1.example.com/weight=5",
-            ['"mx1.example.com/weight=5": unknown option "/weight=5" (the only option is /pri=N)'],
+            "mx1.example.com/prio=5",
+            ['"mx1.example.com/prio=5": unknown option "/prio=5" (the options are /pri=N and /weight=N)'],
+        ),
+        ("mx1.example.com/weight=0", ['"mx1.example.com/weight=0": weight must be from 1 to 100']),
+        ("mx1.example.com/weight=101", ['"mx1.example.com/weight=101": weight must be from 1 to 100']),
+        ("mx1.example.com/weight=", ['"mx1.example.com/weight=": weight is missing']),
+        ("mx1.example.com/weight=2.5", ['"mx1.example.com/weight=2.5": weight "2.5" is not a whole number']),
+        ("mx1.example.com/pri=1/pri=2", ['"mx1.example.com/pri=1/pri=2": /pri= is given twice']),
+        ("mx1.example.com/weight=1/Weight=2", ['"mx1.example.com/weight=1/Weight=2": /weight= is given twice']),
+        (
+            "mx1.example.com/pri=1/",
+            ['"mx1.example.com/pri=1/": unknown option "/" (the options are /pri=N and /weight=N)'],
         ),
         ("[mx1.example.com", ['"[mx1.example.com": "[" without a closing "]"']),
         ("[mx1.example.com]2525", ['"[mx1.example.com]2525": unexpected "2525" after "]" (expected ":port")']),
@@ -190,11 +206,29 @@ def test_parse_host_rejects_a_special_as_one_host():
         (HostSpec("10.0.0.9", 2525), "10.0.0.9:2525"),
         (HostSpec("2001:db8::1", priority=5), "2001:db8::1/pri=5"),
         (HostSpec("2001:db8::1", 2525), "[2001:db8::1]:2525"),
+        (HostSpec("mx.example.com", priority=10, weight=3), "mx.example.com/pri=10/weight=3"),
+        (HostSpec("10.0.0.9", 2525, weight=100), "10.0.0.9:2525/weight=100"),
     ],
 )
 def test_host_format_is_canonical_and_parses_back(spec, text):
     assert spec.format() == text
     assert domains.parse_hosts(text) == [spec]
+
+
+@pytest.mark.parametrize(
+    ("text", "weight"), [("", 1), (" 3 ", 3), ("100", 100), ("0", "Weight must be from 1 to 100"), ("x", "not a whole")]
+)
+def test_parse_weight_for_its_own_field(text, weight):
+    if isinstance(weight, int):
+        assert domains.parse_weight(text) == weight
+    else:
+        with pytest.raises(ValueError, match=weight.lower()):
+            domains.parse_weight(text)
+
+
+def test_validate_route_checks_a_weight_built_field_by_field():
+    problems = domains.validate_route("example.com", [HostSpec("mx.example.com", weight=0)])
+    assert problems == ['"mx.example.com/weight=0": weight must be from 1 to 100']
 
 
 def test_special_codes_match_the_model_choices():

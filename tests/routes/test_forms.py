@@ -78,6 +78,38 @@ def test_edit_shows_hosts_in_unicode_and_specials():
     route = make_route("xn--bcher-kva.example", "[mx.xn--bcher-kva.example]:2525/pri=5")
     e = forms.RouteEditor(route=route)
     assert e.form.initial["domain"] == "bücher.example"
-    assert e.hosts.forms[0].initial == {"priority": "5", "destination": "[mx.bücher.example]", "port": "2525"}
+    assert e.hosts.forms[0].initial == {
+        "priority": "5",
+        "destination": "[mx.bücher.example]",
+        "port": "2525",
+        "weight": "1",
+    }
     usedns = make_route(".example.org", "USEDNS")
     assert forms.RouteEditor(route=usedns).hosts.forms[0].initial["destination"] == "USEDNS"
+
+
+def test_weight_column_is_stored_and_shown_back():
+    e, ok = editor("example.com", [("10", "mx1.example.com", "", "3"), ("10", "mx2.example.com", "", "")])
+    assert ok, [f.errors for f in e.hosts.forms]
+    assert e.data.destination == [
+        domains.HostSpec("mx1.example.com", priority=10, weight=3),
+        domains.HostSpec("mx2.example.com", priority=10, weight=1),
+    ]
+    route = make_route("example.net", "mx1.example.net/pri=10/weight=7")
+    assert forms.RouteEditor(route=route).hosts.forms[0].initial["weight"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [("0", "Weight must be from 1 to 100"), ("101", "Weight must be from 1 to 100"), ("x", "not")],
+)
+def test_a_bad_weight_is_reported_at_its_cell(weight, message):
+    e, ok = editor("example.com", [("0", "mx1.example.com", "", weight)])
+    assert not ok
+    assert any(message in m for m in e.hosts.forms[0].errors["weight"])
+
+
+def test_a_weight_typed_after_the_host_points_to_its_column():
+    e, ok = editor("example.com", [("0", "mx1.example.com/weight=3", "")])
+    assert not ok
+    assert e.hosts.forms[0].errors["destination"] == ["write the weight in the Weight column, not after the host"]

@@ -155,7 +155,7 @@ def test_export_is_sorted_aligned_and_puts_all_last():
     ]
     assert importexport.format_table(rows, now=NOW) == (
         "# File exported by esaroutes at 20240102T101500\n"
-        "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N])\n"
+        "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N][/weight=N])\n"
         "# SMTP authentication profiles, bounce profiles and TLS settings are not part of this file.\n"
         "example.com       mx1.example.com/pri=10, [2001:db8::1]:2525/pri=20\n"
         ".example.com      USEDNS\n"
@@ -182,6 +182,23 @@ def test_sample_round_trips():
     assert again.routes() == parsed
 
 
+def test_weights_round_trip_and_a_plain_esa_file_stays_plain():
+    plain = "example.com  mx1.example.com/pri=10, mx2.example.com/pri=10\n"
+    routes = importexport.parse(plain).routes()
+    assert [h.weight for h in routes["example.com"]] == [1, 1]
+    assert importexport.format_table(routes.items(), now=NOW).splitlines()[-1] == plain.strip()
+    weighted = importexport.parse("example.com  mx1.example.com/weight=3/pri=10, mx2.example.com/pri=10\n")
+    exported = importexport.format_table(weighted.routes().items(), now=NOW)
+    assert exported.splitlines()[-1] == "example.com  mx1.example.com/pri=10/weight=3, mx2.example.com/pri=10"
+    assert importexport.diff(routes, weighted.routes()).changed == ("example.com",)
+    before, after = routes["example.com"][0], weighted.routes()["example.com"][0]
+    assert importexport.destination_changes([before], [after]) == [
+        importexport.HostChange(
+            "changed", "mx1.example.com", "mx1.example.com:25/pri=10", "mx1.example.com:25/pri=10/weight=3"
+        )
+    ]
+
+
 # Round-trip property --------------------------------------------------------------------------------------------
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True).filter(lambda s: not s.isdigit())
@@ -195,6 +212,7 @@ named_host = st.builds(
     port=st.integers(1, 65535),
     priority=st.integers(0, 65535),
     a_only=st.booleans(),
+    weight=st.integers(1, 100),
 )
 ip_host = st.builds(
     HostSpec,
@@ -203,6 +221,7 @@ ip_host = st.builds(
     .map(lambda ip: ip.compressed),
     port=st.integers(1, 65535),
     priority=st.integers(0, 65535),
+    weight=st.integers(1, 100),
 )
 host_lists = st.lists(st.one_of(named_host, ip_host), min_size=1, max_size=6, unique_by=lambda h: h.host).map(tuple)
 receiving = st.one_of(name, name.map(lambda n: "." + n), st.just("ALL"))

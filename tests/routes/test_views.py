@@ -308,6 +308,15 @@ def test_route_test_shows_match_and_host_order(client_alice):
     assert "delivered by its MX records" in none
 
 
+def test_route_test_and_the_list_show_the_weights(client_alice):
+    make_route("weights.example", "mx1.example.net/pri=10/weight=7, mx2.example.net/pri=10")
+    body = client_alice.get(reverse("routes:route-test"), {"address": "u@weights.example"}, **HTMX).content.decode()
+    assert '<th scope="col">Weight</th>' in body
+    assert "<td>7</td>" in body and "<td>1</td>" in body
+    listing = client_alice.get(reverse("routes:route-list")).content.decode()
+    assert "weight 7" in listing and "weight 1" not in listing
+
+
 def test_route_test_refuses_text_that_is_not_an_address_at_the_field(client_alice):
     make_route("ALL", "smarthost.example.net")
     response = client_alice.get(reverse("routes:route-test"), {"address": "not-an-address"}, **HTMX)

@@ -85,6 +85,7 @@ class ReceivedMessage:
     tls: bool
     auth_user: str | None
     helo: str | None
+    client: str = ""  # the address the connection came from, as the peer saw it
 
 
 class Peer:
@@ -339,6 +340,7 @@ class _Handler:
                 tls=session.ssl is not None,
                 auth_user=session.auth_data if session.authenticated else None,
                 helo=session.host_name,
+                client=str(session.peer[0]) if session.peer else "",
             )
         )
         return reply or f"250 2.0.0 Ok: queued as {len(self.peer.messages)}"

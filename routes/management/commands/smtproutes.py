@@ -38,7 +38,7 @@ class Command(BaseCommand):
         sub.add_parser("print", help="print the route table in the import/export format")
         new = sub.add_parser("new", help="add a route")
         new.add_argument("domain", help="example.com, .example.com or ALL")
-        new.add_argument("hosts", help='"host[:port][/pri=N], ...", or USEDNS, or /dev/null')
+        new.add_argument("hosts", help='"host[:port][/pri=N][/weight=N], ...", or USEDNS, or /dev/null')
         new.add_argument("--fallback-relay", metavar="HOST[:PORT]", default="", help=FALLBACK_HELP)
         edit = sub.add_parser("edit", help="replace the destination hosts of a route (and optionally rename it)")
         edit.add_argument("domain")
