@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("routes", "0006_default_destination"),
+        ("routes", "0007_grant_destination_permissions"),
     ]
 
     operations = [
