@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import socket
 from datetime import timedelta
@@ -70,6 +71,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "esaroutes",
     "routes",
     "delivery",
@@ -282,6 +286,51 @@ ESAROUTES_METRICS_TOKEN = env.env_str("ESAROUTES_METRICS_TOKEN", "")
 # Rows per response of the mail log page, and how far back a search without a "from" time reaches.
 ESAROUTES_LOG_PAGE_ROWS = env.env_int("ESAROUTES_LOG_PAGE_ROWS", 500, minimum=10, maximum=5000)
 ESAROUTES_LOG_SEARCH_HOURS = env.env_int("ESAROUTES_LOG_SEARCH_HOURS", 24, minimum=1)
+
+# --- The REST API (/api/v1/, esaroutes/api/) -------------------------------------------------------------------
+# Requests per token (per user for the session, per address before authentication) and the period, DRF's
+# "N/second|minute|hour|day"; the largest request body an endpoint reads unless it says otherwise (injection
+# allows the SMTP message size); rows per page of a list, by default and at most.
+ESAROUTES_API_RATE = env.env_str("ESAROUTES_API_RATE", "1200/minute")
+if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", ESAROUTES_API_RATE):
+    raise ImproperlyConfigured(f"ESAROUTES_API_RATE: {ESAROUTES_API_RATE!r} is not N/second, N/minute, N/hour or N/day")
+ESAROUTES_API_MAX_BODY = env.env_int("ESAROUTES_API_MAX_BODY", 1024 * 1024, minimum=1024)
+ESAROUTES_API_PAGE_SIZE = env.env_int("ESAROUTES_API_PAGE_SIZE", 100, minimum=1, maximum=1000)
+ESAROUTES_API_MAX_PAGE_SIZE = env.env_int("ESAROUTES_API_MAX_PAGE_SIZE", 1000, minimum=1, maximum=10_000)
+REST_FRAMEWORK: dict[str, Any] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "esaroutes.api.auth.BearerTokenAuthentication",
+        "esaroutes.api.auth.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["esaroutes.api.permissions.HasCapability"],
+    "DEFAULT_THROTTLE_CLASSES": ["esaroutes.api.throttling.TokenRateThrottle"],
+    # JSON only: no browsable API, never AdminRenderer (CVE-2026-73229).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "esaroutes.api.pagination.KeysetPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "esaroutes.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS: dict[str, Any] = {
+    "TITLE": "esaroutes API",
+    "DESCRIPTION": "Routes, access tables, the queue, tracking and the logs of esaroutes (the README's API section).",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["esaroutes.api.permissions.AnyRole"],
+    "SERVE_AUTHENTICATION": [
+        "esaroutes.api.auth.BearerTokenAuthentication",
+        "esaroutes.api.auth.SessionAuthentication",
+    ],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "esaroutes.api.schema.add_problem_responses",
+    ],
+}
 
 # --- Auth, sessions, security ---------------------------------------------------------------------------------
 LOGIN_URL = "login"

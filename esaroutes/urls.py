@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
 
 from delivery.monitor import metrics
-from esaroutes import login, views
+from esaroutes import login, token_views, views
 
 admin.site.site_header = "esaroutes administration"
 admin.site.site_title = "esaroutes"
@@ -15,6 +15,10 @@ admin.site.index_title = "Routes, queue and mail log"
 urlpatterns = [
     path("", include("delivery.monitor.urls")),
     path("routes/", include("routes.urls")),
+    path("api/v1/", include("esaroutes.api_urls")),
+    path("tokens/", token_views.token_list, name="token-list"),
+    path("tokens/new/", token_views.token_create, name="token-create"),
+    path("tokens/<int:pk>/revoke/", token_views.token_revoke, name="token-revoke"),
     path("login/", login_not_required(login.LoginView.as_view()), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),

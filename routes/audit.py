@@ -4,7 +4,8 @@ Every `AuditEntry` is written here: by the route services (routes, the route tab
 services (the Recipient Access Table, relay networks, SMTP AUTH users) and the queue's operator actions. Call
 these functions inside the transaction that makes the change, so nothing is ever changed without its row.
 
-Actors: a `User` (the web UI, the admin) or a string such as `"cli:alice"` (the command line).
+Actors: a `User` (the web UI, the admin), an `ApiToken` (the REST API: its user, named `api:alice/token-name`) or
+a string such as `"cli:alice"` (the command line).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 
+from esaroutes.models import ApiToken
 from routes import domains, importexport
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
 
-Actor = User | AnonymousUser | str
+Actor = User | AnonymousUser | ApiToken | str
 
 
 def cli_actor() -> str:
@@ -37,11 +39,15 @@ def record_audit(
 ) -> AuditEntry:
     """One audit log entry (routes, access tables, queue actions): call it inside the change's transaction.
 
-    The actor is a User (the web UI, the admin) or a string such as "cli:alice"; its name is kept with the entry
-    so it survives the user's deletion.
+    The actor is a User (the web UI, the admin), an ApiToken (its user; named `api:<user>/<token>`) or a string
+    such as "cli:alice"; its name is kept with the entry so it survives the user's deletion.
     """
-    user = actor if isinstance(actor, User) else None
-    name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
+    if isinstance(actor, ApiToken):
+        user: User | None = actor.user
+        name = actor.actor_name
+    else:
+        user = actor if isinstance(actor, User) else None
+        name = actor if isinstance(actor, str) else (actor.get_username() if user is not None else "anonymous")
     return AuditEntry.objects.create(
         at=timezone.now(),
         actor=user,

@@ -14,10 +14,14 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from rest_framework.test import APIClient
 
 from delivery.listener import sendtest
 from delivery.models import HostStatus, MailLogLine, Message, Recipient
+from esaroutes import apitokens
+from esaroutes.models import ApiToken
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
+from tests.api.conftest import make_token
 from tests.conftest import PASSWORD
 from tests.routes.helpers import form_data
 from tests.support.messages import attempt, make_message
@@ -84,6 +88,17 @@ ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ),
     ("routes:access-user-delete", "POST", _post(), CHANGERS),
     ("logout", "POST", _post(), EVERYONE),
+    ("token-list", "GET", None, EVERYONE),
+    ("token-create", "POST", _post(name="new-token"), EVERYONE),
+    ("token-revoke", "POST", _post(), {A}),  # alice's token: its owner, or an administrator
+]
+
+# The REST API (/api/v1/): (url name, method, body or None, roles allowed), called with a token of each role.
+# Anonymous callers get 401 problem+json, never the login page: DRF views are exempt from LoginRequiredMiddleware.
+API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
+    ("api:schema", "GET", None, EVERYONE),
+    ("api:docs", "GET", None, EVERYONE),
+    ("api:redoc", "GET", None, EVERYONE),
 ]
 POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
 
@@ -116,6 +131,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
         "rat": RecipientAccessRule.objects.create(domain="rat.test", action="accept").pk,
         "relay": RelayNetwork.objects.create(network="10.1.0.0/16").pk,
         "smtpuser": SmtpUser.objects.create(username="app", password=make_password("x" * 20)).pk,
+        "token": apitokens.create(user=alice, name="alices", read_only=False, expires_days=None, actor="test").token.pk,
     }
 
 
@@ -130,6 +146,7 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "routes:access-rat-delete": {"pk": world["rat"]},
         "routes:access-relay-delete": {"pk": world["relay"]},
         "routes:access-user-delete": {"pk": world["smtpuser"]},
+        "token-revoke": {"pk": world["token"]},
     }.get(name, {})
 
 
@@ -149,6 +166,7 @@ def state() -> tuple[Any, ...]:
         SmtpUser.objects.count(),
         Message.objects.count(),
         MailLogLine.objects.count(),
+        ApiToken.objects.count(),
     )
 
 
@@ -160,7 +178,7 @@ def request(client: Client, method: str, path: str, data: dict[str, Any] | None,
 
 
 def test_every_url_is_classified():
-    classified = {name for name, _, _, _ in ACCESS} | PUBLIC
+    classified = {name for name, _, _, _ in ACCESS} | {name for name, _, _, _ in API_ACCESS} | PUBLIC
     unclassified = sorted(n for n, _ in named_urls() if not n.startswith("admin:") and n not in classified)
     assert unclassified == [], "add these URLs to ACCESS in tests/security/test_access_control.py"
 
@@ -232,6 +250,49 @@ def test_csrf_token_is_accepted_when_sent_the_htmx_way(world):
     )
     assert response.status_code == 200
     assert RelayNetwork.objects.filter(network="10.8.0.0/16").exists()
+
+
+def api_request(client: APIClient, method: str, path: str, data: dict[str, Any] | None) -> Any:
+    return getattr(client, method.lower())(path, data, format="json", HTTP_IF_MATCH="*")
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "data", "allowed"), API_ACCESS, ids=[f"{m} {n}" for n, m, _, _ in API_ACCESS]
+)
+def test_api_anonymous_gets_401_and_changes_nothing(world, name, method, data, allowed):
+    before = state()
+    response = api_request(APIClient(), method, reverse(name, kwargs=url_kwargs(name, world)), fill(data, world))
+    assert response.status_code == 401, (name, response.status_code)
+    assert response["Content-Type"].startswith("application/problem+json")
+    assert state() == before
+
+
+def test_every_api_url_authenticates():
+    """Whatever is added under /api/ later: an anonymous GET is refused (401), never answered or redirected."""
+    api = [(n, p) for n, p in named_urls() if n.startswith("api:")]
+    assert {n for n, _ in api} == {n for n, _, _, _ in API_ACCESS}
+    for name, pattern in api:
+        kwargs = dict.fromkeys(pattern.pattern.regex.groupindex, "1")
+        response = APIClient().get(reverse(name, kwargs=kwargs))
+        assert response.status_code == 401, (name, response.status_code)
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "data", "allowed"), API_ACCESS, ids=[f"{m} {n}" for n, m, _, _ in API_ACCESS]
+)
+@pytest.mark.parametrize("who", [A, B, C, D])
+def test_api_each_role_is_refused_what_it_may_not_do(world, name, method, data, allowed, who):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {make_token(get_user_model().objects.get(username=who))}")
+    path = reverse(name, kwargs=url_kwargs(name, world))
+    before = state()
+    response = api_request(client, method, path, fill(data, world))
+    if who in allowed:
+        assert response.status_code != 403, (who, method, name)
+        assert response.status_code < 500, (who, method, name, response.status_code)
+    else:
+        assert response.status_code == 403, (who, method, name, response.status_code)
+        assert state()[:-1] == before[:-1], (who, method, name)  # the last: the token made for the call
 
 
 def test_admin_is_for_staff_only(client, world):

@@ -68,6 +68,14 @@ ADVISORIES: dict[str, list[tuple[str, str]]] = {
     # CVE-2021-23727 (cvelistV5), celery Changelog.rst 5.2.2
     # 5.6.0's changelog (celery/celery#9997): broker credentials no longer logged (no advisory id was published)
     "celery": [("CVE-2021-23727", "5.2.2"), ("celery#9997: broker password logged", "5.6.0")],
+    # encode/django-rest-framework PR #9439 (3.15.2) and release PR #10014 (3.17.2): CVE-2026-73228, parsers
+    # reading past DATA_UPLOAD_MAX_MEMORY_SIZE; CVE-2026-73229, AdminRenderer showing what permissions refuse.
+    # 3.18.0 and later carry both fixes (released after 3.17.2, from the same branch).
+    "djangorestframework": [
+        ("CVE-2024-21520", "3.15.2"),
+        ("CVE-2026-73228", "3.17.2"),
+        ("CVE-2026-73229", "3.17.2"),
+    ],
 }
 
 

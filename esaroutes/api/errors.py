@@ -1,0 +1,100 @@
+"""Every API error is `application/problem+json` (RFC 9457), naming the field that is wrong.
+
+    {"type": "about:blank", "title": "Bad Request", "status": 400,
+     "detail": "domain: Enter a domain such as example.com.",
+     "errors": [{"field": "domain", "detail": "Enter a domain such as example.com."}]}
+
+`errors` is there for validation failures only: one entry per message, `field` a dotted path into the request
+body (`hosts.1.port`) or a query parameter's name, `null` for a problem of the request as a whole. Raise DRF's
+`ValidationError({"field": ["message"]})` (or `invalid(field, message)`) from a view and this handler shapes it.
+Statuses of our own: 412 (If-Match names another version), 413 (body over the endpoint's limit) and 428 (a write
+without If-Match); 401 carries `WWW-Authenticate: Bearer`, 429 carries `Retry-After`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from http import HTTPStatus
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+CONTENT_TYPE = "application/problem+json"
+
+
+class PreconditionFailed(exceptions.APIException):
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+    default_detail = "If-Match does not name the current version: read it again (its ETag) and retry"
+    default_code = "precondition_failed"
+
+
+class PreconditionRequired(exceptions.APIException):
+    status_code = status.HTTP_428_PRECONDITION_REQUIRED
+    default_detail = "send If-Match with the ETag of what you read (or If-Match: * to overwrite whatever is there)"
+    default_code = "precondition_required"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "the request body is too large"
+    default_code = "payload_too_large"
+
+
+def invalid(field: str | None, message: str) -> exceptions.ValidationError:
+    """A validation error at one field (None: the request as a whole), to raise."""
+    return exceptions.ValidationError({field or "non_field_errors": [message]})
+
+
+def field_errors(detail: Any, path: str = "") -> Iterator[dict[str, Any]]:
+    """DRF's nested error detail as flat {field, detail} entries, fields as dotted paths."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = "" if key in ("non_field_errors", "__all__") else str(key)
+            yield from field_errors(value, f"{path}.{name}" if path and name else (name or path))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, dict | list) for item in detail):
+            for item in detail:
+                yield {"field": path or None, "detail": str(item)}
+        else:
+            for index, item in enumerate(detail):
+                yield from field_errors(item, f"{path}.{index}" if path else str(index))
+    else:
+        yield {"field": path or None, "detail": str(detail)}
+
+
+def problem(status_code: int, detail: str, **extra: Any) -> Response:
+    """A problem+json response built by hand (a view answering an error without raising)."""
+    body = {"type": "about:blank", "title": HTTPStatus(status_code).phrase, "status": status_code, "detail": detail}
+    return Response({**body, **extra}, status=status_code, content_type=CONTENT_TYPE)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a bug: Django's 500 (and its log line), never a guess dressed as a problem
+    headers: dict[str, str] = {}
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = str(getattr(exc, "auth_header"))  # noqa: B009
+    wait = getattr(exc, "wait", None)  # Throttled's (not in the 3.16 stubs)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        headers["Retry-After"] = str(int(wait) + 1)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        errors = list(field_errors(exc.detail))
+        first = errors[0] if errors else {"field": None, "detail": "invalid request"}
+        detail = f"{first['field']}: {first['detail']}" if first["field"] else str(first["detail"])
+        extra["errors"] = errors
+    else:
+        detail = str(exc.detail)
+    response = problem(exc.status_code, detail, **extra)
+    for name, value in headers.items():
+        response[name] = value
+    return response

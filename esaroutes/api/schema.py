@@ -1,0 +1,54 @@
+"""The OpenAPI schema's shared parts: the problem+json error responses every operation may answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM = {
+    "type": "object",
+    "description": "RFC 9457 problem details (esaroutes/api/errors.py)",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "detail"],
+                "properties": {"field": {"type": "string", "nullable": True}, "detail": {"type": "string"}},
+            },
+        },
+    },
+}
+REASONS = {
+    "400": "The request is invalid: `errors` names each wrong field",
+    "401": "No token, or an unknown, expired or revoked one",
+    "403": "The role (or a read-only token) may not do this",
+    "404": "No such object",
+    "405": "Method not allowed",
+    "406": "Only JSON is answered",
+    "412": "If-Match names another version: read it again",
+    "413": "The body is too large",
+    "415": "Send JSON (Content-Type: application/json)",
+    "428": "A write without If-Match",
+    "429": "Over the token's rate limit: see Retry-After",
+}
+WRITE_ONLY = {"412", "413", "415", "428"}
+
+
+def add_problem_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the Problem component, and the error statuses on every operation."""
+    result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM
+    ref = {"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for path_item in result.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            for code, reason in REASONS.items():
+                if code in WRITE_ONLY and method in ("get", "head"):
+                    continue
+                operation["responses"].setdefault(code, {"description": reason, **ref})
+    return result
