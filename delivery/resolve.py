@@ -26,7 +26,7 @@ from delivery import engine
 from delivery.models import HostStatus
 from delivery.outbound import dns, hosts
 from delivery.outbound.hosts import HostKey
-from routes import domains, matching, snapshot
+from routes import destinations, domains, matching, snapshot
 
 
 class Kind(enum.StrEnum):
@@ -65,6 +65,15 @@ class Resolution:
     def route_domain(self) -> str:
         """The route's receiving domain in stored form ("" when no route applies)."""
         return self.entry.domain if self.entry is not None else ""
+
+    def tls_policy(self, limits: destinations.DestinationLimits) -> str:
+        """The TLS policy of this mail's connections (`engine.tls_policy`): the stricter of the route's and the
+        destination control's; the destination's alone for mail delivered by MX (USEDNS, no route). A redirect
+        (an operator's relay, not the destination) stays opportunistic, as it was."""
+        if self.kind == Kind.REDIRECT:
+            return engine.TLS_OPPORTUNISTIC
+        route_tls = self.entry.tls if self.kind == Kind.ROUTE and self.entry is not None else None
+        return engine.tls_policy(route_tls, limits.tls)
 
     def host_keys(self) -> set[HostKey]:
         """Every host a connection may try, MX exchanges of route host names included."""

@@ -239,9 +239,8 @@ ESAROUTES_DELIVERY_BATCH = env.env_int("ESAROUTES_DELIVERY_BATCH", 100, minimum=
 # Messages one worker process holds in flight (handed to its event loop, not yet recorded) before a delivery task
 # waits; batches stalled on a slow host count against twice this, so they never hold the room of moving mail.
 ESAROUTES_DELIVERY_MAX_IN_FLIGHT = env.env_int("ESAROUTES_DELIVERY_MAX_IN_FLIGHT", 1000, minimum=1, maximum=1_000_000)
-ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION = env.env_int(
-    "ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION", 50, minimum=1, maximum=100_000
-)
+# Messages per connection: the destination controls' (the Default entry's replaces the old
+# ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION, whose value its data migration took over).
 ESAROUTES_DELIVERY_IDLE = env.env_float("ESAROUTES_DELIVERY_IDLE", 5.0, minimum=0.0)
 ESAROUTES_DELIVERY_EHLO = env.env_str("ESAROUTES_DELIVERY_EHLO", ESAROUTES_HOSTNAME)
 ESAROUTES_DELIVERY_SOURCE_ADDRESS = env.env_str("ESAROUTES_DELIVERY_SOURCE_ADDRESS", "")

@@ -20,7 +20,7 @@ from delivery import engine, maillog, outcome, resolve
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
 from delivery.outbound import hosts
 from delivery.spool import lease
-from routes import auth_profiles, matching, snapshot
+from routes import auth_profiles, destinations, matching, snapshot
 
 
 @dataclass
@@ -49,9 +49,22 @@ def _read_profiles() -> dict[int | None, BounceProfile]:
     return profiles
 
 
-def profile_for(entry: matching.RouteEntry | None, profiles: dict[int | None, BounceProfile]) -> BounceProfile:
-    pid = entry.bounce_profile_id if entry is not None else None
-    return profiles.get(pid) or profiles[None]
+def profile_for(
+    entry: matching.RouteEntry | None,
+    profiles: dict[int | None, BounceProfile],
+    limits: destinations.DestinationLimits | None = None,
+) -> BounceProfile:
+    """The bounce profile that applies: the route's if it names one, else the destination control's, else the
+    default profile (a profile deleted meanwhile counts as not named)."""
+    for pid in (entry.bounce_profile_id if entry is not None else None, limits.bounce_profile_id if limits else None):
+        if pid is not None and pid in profiles:
+            return profiles[pid]
+    return profiles[None]
+
+
+def profile_of(table: matching.RouteTable, domain: str, profiles: dict[int | None, BounceProfile]) -> BounceProfile:
+    """`profile_for` a recipient domain: its route and its destination control in one table."""
+    return profile_for(table.lookup(domain), profiles, table.destinations.lookup(domain))
 
 
 def _timeouts() -> outcome.Timeouts:
@@ -68,6 +81,8 @@ def _template(
     entry: matching.RouteEntry | None,
     auth_cache: dict[int, tuple[str, str] | None],
     profile: BounceProfile,
+    limits: destinations.DestinationLimits,
+    tls: str,
 ) -> outcome.Destination:
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
@@ -77,12 +92,13 @@ def _template(
     return outcome.Destination(
         host=host,
         helo=settings.ESAROUTES_DELIVERY_EHLO,
-        tls=outcome.TlsPolicy(entry.tls if entry is not None and not entry.special else "opportunistic"),
+        tls=outcome.TlsPolicy(tls),  # resolve.Resolution.tls_policy: the route's and the destination's
         auth=auth,
         timeouts=_timeouts(),
         defer_on_4xx=bool(entry and entry.defer_on_4xx),
         count_possible_delivery=profile.after_possible_delivery == BounceProfile.AfterPossibleDelivery.DELIVERED,
-        max_messages=settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION,
+        max_messages=limits.max_messages_per_connection,
+        ip_preference=limits.ip_preference,
         ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
         source_address=settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None,
         allowed_networks=tuple(settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS),
@@ -149,8 +165,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             left.add(domain)  # not attempted, not expired; the release leaves it with no due time
             continue
         rcpt = outcome.Rcpt(rid, address, domain)
-        entry = resolver.table.lookup(domain)
-        profile = profile_for(entry, profiles)
+        profile = profile_of(resolver.table, domain, profiles)
         if attempts and engine.is_expired(
             message["received_at"],
             attempts,
@@ -176,9 +191,10 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
         jobs[where.key][mid].append(rcpt)
     out.immediate.lines += [maillog.lines.suspended(d) for d in sorted(left)]
     down = hosts.down_hosts({k for where in routes.values() for k in where.host_keys()}, now)
-    per_connection = settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION
     for key, by_mid in jobs.items():
         where = routes[key]
+        limits = resolver.table.destinations.lookup(where.domain)
+        per_connection = limits.max_messages_per_connection
         job_list = [
             outcome.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))
             for mid, rcpts in by_mid.items()
@@ -190,7 +206,14 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                     route_key=key,
                     domain=where.domain,
                     hosts=tuple(order),
-                    template=_template(order[0], where.entry, auth_cache, profile_for(where.entry, profiles)),
+                    template=_template(
+                        order[0],
+                        where.entry,
+                        auth_cache,
+                        profile_for(where.entry, profiles, limits),
+                        limits,
+                        where.tls_policy(limits),
+                    ),
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=settings.ESAROUTES_SMTP_INTERFACE,
                     fallback=where.fallback,

@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 def _retry_at(
-    recipient: Recipient, entry: matching.RouteEntry | None, profiles: dict[int | None, BounceProfile], now: datetime
+    recipient: Recipient, table: matching.RouteTable, profiles: dict[int | None, BounceProfile], now: datetime
 ) -> datetime:
-    profile = plan.profile_for(entry, profiles)
+    profile = plan.profile_of(table, recipient.domain, profiles)
     wait = engine.retry_delay(
         recipient.attempts, timedelta(seconds=profile.initial_retry), timedelta(seconds=profile.max_retry_timeout)
     )
@@ -74,7 +74,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
             r.dsn_status = f.dsn_status[:16]
             r.state = f.state
             if f.state == Recipient.State.DELAYED:
-                r.next_attempt_at = _retry_at(r, table.lookup(r.domain), profiles, now)
+                r.next_attempt_at = _retry_at(r, table, profiles, now)
             else:
                 r.next_attempt_at = None
                 r.finished_at = now
@@ -319,7 +319,7 @@ def _generate_bounces(
         message = messages.get(mid)
         if message is None or not dsn.should_bounce(message.sender):
             continue
-        if not any(plan.profile_for(table.lookup(r.domain), profiles).send_bounces for r, _ in pairs):
+        if not any(plan.profile_of(table, r.domain, profiles).send_bounces for r, _ in pairs):
             continue
         sender_domain = matching.recipient_domain(message.sender) or ""
         data = dsn.build_dsn(

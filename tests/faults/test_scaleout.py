@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PER_MACHINE = 250  # messages for dest.test into each listener
 CLIENTS = 3  # SMTP clients sending into each listener
-PER_CONNECTION = 5  # ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION (see _run)
+PER_CONNECTION = 5  # the Default destination control's messages per connection (see _run)
 DOWN_MESSAGES = 5  # messages for down.test in each of the two host-down phases
 LEASE = 10  # ESAROUTES_LEASE_SECONDS: how long the survivor waits for the dead machine's leases
 KILL_AT = 0.4  # the kill comes once the sinks hold this share of the load
@@ -82,11 +82,11 @@ def _run(net, a, b, sinks, fallback, refuser, stack_factory):
         ESAROUTES_LEASE_SECONDS=str(LEASE),
         ESAROUTES_HOST_DOWN_INITIAL="600",  # down for the whole test once marked
         ESAROUTES_HOST_DOWN_MAX="600",
-        # The round-robin position moves once per connection's worth of a batch: with at most 5 messages a
-        # connection the load spreads over about 100 of them, so the shares measure the round-robin and not
-        # how big the batches happened to be (50, the default, gave 44-59 % over 500 messages).
-        ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION=str(PER_CONNECTION),
     )
+    # The round-robin position moves once per connection's worth of a batch: with at most 5 messages a connection
+    # the load spreads over about 100 of them, so the shares measure the round-robin and not how big the batches
+    # happened to be (50, the default, gave 44-59 % over 500 messages).
+    stack.default_destination(max_messages_per_connection=PER_CONNECTION)
     stack.route(harness.DOMAIN, sinks.route_text())
     stack.route("down.test", f"{refuser.route_text(0)}, {fallback.route_text(10)}")
     stack.relay_network(net.cidr)  # the clients reach each listener from its machine's root end

@@ -828,6 +828,14 @@ class Stack:
     def route(self, domain: str, hosts: str) -> None:
         self.manage("smtproutes", "new", domain, hosts)
 
+    def default_destination(self, **limits: int | str) -> None:
+        """Set the Default destination control's fields (``max_messages_per_connection=5``) before workers start."""
+        code = (
+            "from routes.models import DestinationControl as D; "
+            f"D.objects.filter(destination=D.DEFAULT).update(**{limits!r})"
+        )
+        self.manage("shell", "-c", code)
+
     def relay_network(self, network: str) -> None:
         """Let clients in `network` relay (the defaults are loopback only)."""
         code = f"from routes.models import RelayNetwork as R; R.objects.create(network={network!r}, comment='faults')"
