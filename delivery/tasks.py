@@ -22,6 +22,7 @@ from django.utils import timezone
 from delivery import worker
 from delivery.outbound import hosts
 from delivery.spool import journal, lease, record
+from delivery.webhooks import send as webhook_send
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ def deliver(mid: int | None = None, mids: list[int] | None = None) -> int:
     """Deliver these messages (those still queued and free) and other due ones, up to ESAROUTES_DELIVERY_BATCH;
     returns how many were claimed. The doorbell sends `mids` (a group commit's worth), the sweep one `mid`."""
     return worker.deliver_batch(mids or ([mid] if mid is not None else []), wait=False).claimed
+
+
+@shared_task(ignore_result=True)
+def send_webhooks() -> int:
+    """Celery beat, every ESAROUTES_WEBHOOK_INTERVAL seconds: POST the due webhook rows (at least once)."""
+    return webhook_send.send_due()
 
 
 @shared_task(ignore_result=True)

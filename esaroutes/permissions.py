@@ -37,6 +37,8 @@ In a template (the context processor `esaroutes.permissions.capabilities` is ins
 | access.change    | Administrator, Operator                        | routes.change_recipientaccessrule   |
 | audit.view       | Administrator, Operator, Read-only             | routes.view_auditentry              |
 | users.change     | Administrator                                  | auth.change_user                    |
+| webhooks.view    | Administrator                                  | webhooks.view_webhook               |
+| webhooks.change  | Administrator                                  | webhooks.change_webhook             |
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "access.change": ("routes.change_recipientaccessrule",),
     "audit.view": ("routes.view_auditentry",),
     "users.change": ("auth.change_user",),
+    "webhooks.view": ("webhooks.view_webhook",),
+    "webhooks.change": ("webhooks.change_webhook",),
 }
 
 P = ParamSpec("P")

@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "esaroutes",
     "routes",
     "delivery",
+    "delivery.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -192,6 +193,10 @@ ESAROUTES_SWEEP_INTERVAL = env.env_float("ESAROUTES_SWEEP_INTERVAL", 5.0, minimu
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "sweep-queue": {"task": "delivery.tasks.sweep", "schedule": timedelta(seconds=ESAROUTES_SWEEP_INTERVAL)},
     "worker-heartbeat": {"task": "esaroutes.tasks.heartbeat", "schedule": timedelta(seconds=15)},
+    "send-webhooks": {
+        "task": "delivery.tasks.send_webhooks",
+        "schedule": timedelta(seconds=env.env_float("ESAROUTES_WEBHOOK_INTERVAL", 5.0, minimum=0.5)),
+    },
 }
 
 # --- The mail relay -------------------------------------------------------------------------------------------

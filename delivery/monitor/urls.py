@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.monitor import views
+from delivery.monitor import views, webhooks
 
 app_name = "delivery"
 
@@ -24,4 +24,7 @@ urlpatterns = [
     path("hosts/<int:pk>/retry/", views.host_retry, name="host-retry"),
     path("hosts/domain/<str:domain>/", views.domain_detail, name="domain-detail"),
     path("audit/", views.audit_list, name="audit-list"),
+    path("webhooks/", webhooks.webhook_list, name="webhook-list"),
+    path("webhooks/<int:pk>/", webhooks.webhook_edit, name="webhook-edit"),
+    path("webhooks/<int:pk>/delete/", webhooks.webhook_delete, name="webhook-delete"),
 ]

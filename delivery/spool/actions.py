@@ -21,6 +21,7 @@ from delivery import engine, maillog, outcome
 from delivery.models import DeliverySuspension, Recipient
 from delivery.outbound import hosts
 from delivery.spool import doorbell, lease, plan, record
+from delivery.webhooks import events as webhook_events
 from routes import audit
 
 
@@ -239,6 +240,7 @@ def suspend_delivery(domains: Sequence[str], *, actor: audit.Actor, now: datetim
         if new:
             maillog.writer.write([maillog.lines.suspension_changed(d, suspended=True, by=name) for d in new], at=now)
             audit.record_action(actor, "queue", f"Suspend delivery to {', '.join(new)}", {"domains": new})
+            webhook_events.write_suspended(new, by=name, now=now)
     return new
 
 

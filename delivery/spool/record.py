@@ -25,6 +25,7 @@ from delivery import dsn, engine, maillog, outcome
 from delivery.models import BounceProfile, DeliveryAttempt, Message, MessageBody, Recipient
 from delivery.outbound import hosts, smtp_client
 from delivery.spool import intake, lease, plan
+from delivery.webhooks import events as webhook_events
 from esaroutes import bulk
 from routes import matching, snapshot
 
@@ -64,6 +65,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
         table = snapshot.current_table()
         profiles = plan.bounce_profiles()
         changed: list[Recipient] = []
+        hooked: list[webhook_events.Change] = []
         bounced: dict[int, list[tuple[Recipient, outcome.Final]]] = defaultdict(list)
         for f in finals:
             r = by_key.get((f.mid, f.rid))
@@ -81,7 +83,13 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
                 if f.state == Recipient.State.BOUNCED:
                     bounced[f.mid].append((r, f))
             changed.append(r)
+            hooked.append(
+                webhook_events.Change(
+                    f.mid, f.rid, r.address, r.domain, f.state, f.code, f.text, f.host, f.dsn_status, r.attempts
+                )
+            )
         _update_recipients(changed)
+        webhook_events.write(hooked, now)  # the events' rows, with the states they tell (no HTTP here)
         at = connection.ops.adapt_datetimefield_value(now)
         _ATTEMPTS.run(
             [

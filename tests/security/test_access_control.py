@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 
 from delivery.listener import sendtest
 from delivery.models import HostStatus, MailLogLine, Message, Recipient
+from delivery.webhooks.models import Webhook
 from esaroutes import apitokens
 from esaroutes.models import ApiToken
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
@@ -58,6 +59,11 @@ ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("delivery:host-retry", "POST", _post(), CHANGERS),
     ("delivery:domain-detail", "GET", None, VIEWERS),
     ("delivery:audit-list", "GET", None, VIEWERS),
+    ("delivery:webhook-list", "GET", None, {A}),
+    ("delivery:webhook-list", "POST", _post(name="new", url="http://127.0.0.1:9/", events="delivered"), {A}),
+    ("delivery:webhook-edit", "GET", None, {A}),
+    ("delivery:webhook-edit", "POST", _post(name="siem", url="http://127.0.0.1:9/y", events="bounced"), {A}),
+    ("delivery:webhook-delete", "POST", _post(), {A}),
     ("routes:route-list", "GET", None, VIEWERS),
     ("routes:route-add", "GET", None, CHANGERS),
     ("routes:route-add", "POST", form_data("new.test", [("0", "127.0.0.1", "9")]), CHANGERS),
@@ -132,6 +138,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
         "relay": RelayNetwork.objects.create(network="10.1.0.0/16").pk,
         "smtpuser": SmtpUser.objects.create(username="app", password=make_password("x" * 20)).pk,
         "token": apitokens.create(user=alice, name="alices", read_only=False, expires_days=None, actor="test").token.pk,
+        "webhook": Webhook.objects.create(name="siem", url="http://127.0.0.1:9/x", events=["delivered"], secret="s").pk,
     }
 
 
@@ -147,6 +154,8 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "routes:access-relay-delete": {"pk": world["relay"]},
         "routes:access-user-delete": {"pk": world["smtpuser"]},
         "token-revoke": {"pk": world["token"]},
+        "delivery:webhook-edit": {"pk": world["webhook"]},
+        "delivery:webhook-delete": {"pk": world["webhook"]},
     }.get(name, {})
 
 
@@ -164,6 +173,7 @@ def state() -> tuple[Any, ...]:
         RecipientAccessRule.objects.count(),
         RelayNetwork.objects.count(),
         SmtpUser.objects.count(),
+        list(Webhook.objects.order_by("pk").values_list("name", "url", "updated_at")),
         Message.objects.count(),
         MailLogLine.objects.count(),
         ApiToken.objects.count(),
