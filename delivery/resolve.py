@@ -22,8 +22,8 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from delivery import engine
-from delivery.models import HostStatus
+from delivery import engine, slots
+from delivery.models import BounceProfile, HostStatus
 from delivery.outbound import dns, hosts
 from delivery.outbound.hosts import HostKey
 from routes import destinations, domains, matching, snapshot
@@ -212,6 +212,12 @@ class Preview:
     resolution: Resolution
     candidates: tuple[Candidate, ...]
     rr_offset: int
+    table: matching.RouteTable | None = None  # the route table it was read from (destination controls included)
+
+    def destination(self) -> DestinationStatus:
+        """The destination control that applies to this domain, with its counts now (`destination_status`)."""
+        table = self.table if self.table is not None else snapshot.current_table(max_age=0)
+        return destination_status(self.resolution.domain, self.resolution, table)
 
 
 def preview(
@@ -239,7 +245,7 @@ def preview(
     )
     candidates = [Candidate(h, statuses.get(h.key), via.get(h.key, "")) for h in order]
     candidates += [Candidate(h, statuses.get(h.key), via.get(h.key, ""), skipped=True) for h in left_out]
-    return Preview(resolution, tuple(candidates), offset)
+    return Preview(resolution, tuple(candidates), offset, table)
 
 
 def _all_hosts(resolution: Resolution) -> list[engine.Host]:
@@ -248,3 +254,63 @@ def _all_hosts(resolution: Resolution) -> list[engine.Host]:
         names = resolution.exchanges.get(h.address)
         out += [engine.Host(x, h.port, h.priority) for x in names] if names else [h]
     return out
+
+
+# --- the destination control that applies -------------------------------------------------------------------
+
+
+def profile_ids(entry: matching.RouteEntry | None, limits: destinations.DestinationLimits) -> list[int]:
+    """The bounce profiles named for a domain's mail, in precedence order: the route's, then the destination
+    control's; none named (or none of them still there) means the default profile."""
+    named = [entry.bounce_profile_id if entry is not None else None, limits.bounce_profile_id]
+    return [pid for pid in named if pid is not None]
+
+
+#: The client's TLS policy as the pages say it.
+TLS_WORDS = {
+    engine.TLS_OFF: "none",
+    engine.TLS_OPPORTUNISTIC: "preferred",
+    engine.TLS_OPPORTUNISTIC_VERIFY: "preferred (verify)",
+    engine.TLS_REQUIRED: "required",
+    engine.TLS_REQUIRED_VERIFY: "required (verify)",
+}
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """The destination control entry that applies to a domain, what it makes of the domain's mail, and the
+    shared counts now (`delivery.slots`), for the route test page and `hoststatus`."""
+
+    limits: destinations.DestinationLimits
+    key: str  # what connections and recipients are counted by (`destinations.counting_key`)
+    tls: str  # the policy that applies (TLS_WORDS), the route's and the destination's combined
+    bounce_profile: str  # the name of the profile that applies
+    connections: int  # connection slots held now, by every worker
+    recipients: int | None  # recipients in the current window; None when the entry has no recipient limit
+
+    @property
+    def matched(self) -> str:
+        return "Default" if self.limits.is_default else self.limits.destination
+
+    @property
+    def recipient_limit(self) -> str:
+        if self.limits.recipient_limit is None or self.limits.recipient_minutes is None:
+            return "none"
+        per = "each destination IP" if self.limits.limit_scope == destinations.SCOPE_IP else "the whole domain"
+        return f"{self.limits.recipient_limit} per {self.limits.recipient_minutes} min, for {per}"
+
+
+def destination_status(domain: str, resolution: Resolution, table: matching.RouteTable) -> DestinationStatus:
+    limits = table.destinations.lookup(domain)
+    key = destinations.counting_key(limits, domain)
+    names = dict(BounceProfile.objects.filter(pk__in=profile_ids(resolution.entry, limits)).values_list("pk", "name"))
+    profile = next((names[pid] for pid in profile_ids(resolution.entry, limits) if pid in names), "")
+    minutes = limits.recipient_minutes
+    return DestinationStatus(
+        limits=limits,
+        key=key,
+        tls=TLS_WORDS.get(resolution.tls_policy(limits), resolution.tls_policy(limits)),
+        bounce_profile=profile or BounceProfile.DEFAULT_NAME,
+        connections=slots.in_use(key),
+        recipients=slots.recipients_in_window(key, minutes) if limits.recipient_limit and minutes else None,
+    )

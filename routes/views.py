@@ -33,6 +33,7 @@ from delivery import resolve
 from delivery.listener import sendtest
 from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
+from routes import destinations as destination_controls
 from routes import domains, forms, importexport, matching, probe, services, snapshot
 from routes.models import DestinationHost, Route
 
@@ -285,6 +286,11 @@ def _plan(address: str) -> dict[str, Any]:
         "table_version": table.version,
         "fallback": resolve.fallback_for(entry),
     }
+    if domain:  # the destination control that applies, with the shared counts now (delivery.slots)
+        where = resolve.Resolver(table, dns=False).resolve(domain)
+        plan["destination"] = resolve.destination_status(domain, where, table)
+        preference = plan["destination"].limits.ip_preference
+        plan["ip_preference"] = destination_controls.IP_PREFERENCES.get(preference, preference)
     if entry is None:
         return plan
     plan["display"] = (

@@ -56,8 +56,8 @@ def profile_for(
 ) -> BounceProfile:
     """The bounce profile that applies: the route's if it names one, else the destination control's, else the
     default profile (a profile deleted meanwhile counts as not named)."""
-    for pid in (entry.bounce_profile_id if entry is not None else None, limits.bounce_profile_id if limits else None):
-        if pid is not None and pid in profiles:
+    for pid in resolve.profile_ids(entry, limits or destinations.BUILTIN_DEFAULT):
+        if pid in profiles:
             return profiles[pid]
     return profiles[None]
 

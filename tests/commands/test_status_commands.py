@@ -157,3 +157,45 @@ def test_tophosts_sorts_and_marks_down_hosts(run, dest):
 
 def test_tophosts_empty(run):
     assert "(no destination domain yet)" in run("tophosts").out
+
+
+def test_hoststatus_shows_the_destination_control_and_its_counts_now(run, dest):
+    from delivery import slots
+    from delivery.models import BounceProfile
+    from routes import services
+
+    slots.flush()
+    quiet = BounceProfile.objects.create(name="quiet")
+    services.create_destination(
+        data=services.DestinationData(
+            destination="dest.test",
+            max_connections=7,
+            max_messages_per_connection=3,
+            recipient_limit=30,
+            recipient_minutes=1,
+            ip_preference="ipv6-required",
+            tls="required-verify",
+            bounce_profile_id=quiet.pk,
+        ),
+        actor="test",
+    )
+    assert slots.acquire("dest.test", "w1:1", 7) and slots.acquire("dest.test", "w1:2", 7)
+    assert slots.reserve("dest.test", 4, limit=30, minutes=1) == 4
+    out = run("hoststatus", "dest.test").out
+    assert "Destination control: dest.test" in out
+    assert value(out, "Concurrent Connections (max)") == "7"
+    assert value(out, "Current Connections (all workers)") == "2"
+    assert value(out, "Messages Per Connection (max)") == "3"
+    assert value(out, "Recipient Limit") == "30 per 1 min, for the whole domain"
+    assert value(out, "Recipients In Current Window") == "4"
+    assert value(out, "TLS") == "required (verify)"  # the route's opportunistic and the destination's
+    assert value(out, "IP Address Preference") == "IPv6 required"
+    assert value(out, "Bounce Profile") == "quiet"
+    slots.flush()
+
+
+def test_hoststatus_falls_back_to_the_default_entry(run, dest):
+    out = run("hoststatus", "dest.test").out
+    assert "Destination control: Default" in out
+    assert value(out, "Recipient Limit") == "none" and "Recipients In Current Window" not in out
+    assert value(out, "TLS") == "preferred" and value(out, "Bounce Profile") == "Default"

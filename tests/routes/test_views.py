@@ -442,3 +442,25 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
     monkeypatch.setattr(sendtest, "send_test_message", failing)
     body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
     assert "Not sent: 554 no thanks" in body
+
+
+def test_route_test_shows_the_destination_control_that_applies(client_alice):
+    from delivery import slots
+    from routes import services
+
+    slots.flush()
+    make_route("dest.example", "mx1.example.net", tls="required")
+    services.create_destination(
+        data=services.DestinationData(destination=".example", max_connections=4, ip_preference="ipv6-preferred"),
+        actor="test",
+    )
+    assert slots.acquire("dest.example", "w:1", 4)
+    body = client_alice.get(reverse("routes:route-test"), {"address": "u@dest.example"}, **HTMX).content.decode()
+    table = body[body.index('id="destination-control"') :]
+    assert "<strong>.example</strong>" in table and "its own copy of the limits, for dest.example" in table
+    assert "1 in use now, of at most 4" in table
+    assert "<td>required</td>" in table  # the route's required beats the entry's preferred
+    assert "IPv6 preferred" in table and "<td>none</td>" in table and "<td>Default</td>" in table
+    mx = client_alice.get(reverse("routes:route-test"), {"address": "u@other.test"}, **HTMX).content.decode()
+    assert "delivered by its MX records" in mx and 'id="destination-control"' in mx and "<td>Default</td>" in mx
+    slots.flush()

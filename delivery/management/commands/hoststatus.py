@@ -20,6 +20,7 @@ from delivery import maillog, resolve
 from delivery.management.commands import _cli
 from delivery.models import DeliverySuspension, HostStatus
 from delivery.monitor import selectors
+from routes import destinations
 
 WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
 
@@ -30,7 +31,7 @@ def when(at: datetime | None, default: str = "(never)") -> str:
 
 def row(indent: int, label: str, value: object) -> str:
     text = f"{' ' * indent}{label}"
-    return f"{text}{str(value).rjust(max(1, WIDTH - len(text)))}"
+    return f"{text} {str(value).rjust(max(0, WIDTH - len(text) - 1))}"  # a space even when the value is long
 
 
 def suspended(suspension: DeliverySuspension | None) -> str:
@@ -46,6 +47,27 @@ def host_state(status: HostStatus | None, now: datetime) -> str:
     if status.down_until and status.down_until > now:
         return f"down until {maillog.lines.ctime(status.down_until)}"
     return "up"
+
+
+def destination_lines(dest: resolve.DestinationStatus) -> list[str]:
+    """The destination control that applies (Mail Policies > Destination Controls) and its counts now."""
+    limits = dest.limits
+    window = "" if dest.recipients is None else f"{dest.recipients}"
+    lines = [
+        f"Destination control: {dest.matched}",
+        row(2, "Concurrent Connections (max)", limits.max_connections),
+        row(2, "Current Connections (all workers)", dest.connections),
+        row(2, "Messages Per Connection (max)", limits.max_messages_per_connection),
+        row(2, "Recipient Limit", dest.recipient_limit),
+    ]
+    if window:
+        lines.append(row(2, "Recipients In Current Window", window))
+    lines += [
+        row(2, "TLS", dest.tls),
+        row(2, "IP Address Preference", destinations.IP_PREFERENCES.get(limits.ip_preference, limits.ip_preference)),
+        row(2, "Bounce Profile", dest.bounce_profile),
+    ]
+    return lines
 
 
 class Command(BaseCommand):
@@ -104,6 +126,7 @@ class Command(BaseCommand):
         out.append(f"{maillog.lines.ctime(last.at)} {last.host}: {last.code} {last.response}" if last else "(never)")
         out += ["", "SMTP routes for this host:"]
         out += self.route_lines(route, status["hosts"], now)
+        out += ["", *destination_lines(route.destination())]
         self.stdout.write("\n".join(out))
 
     def route_lines(self, preview: resolve.Preview, tried: list[HostStatus], now: datetime) -> list[str]:
