@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from delivery import engine, maillog
 from esaroutes import egress
+from routes import destinations
+
+#: A Final's state for a recipient a destination limit held back (no connection slot, or the recipient rate):
+#: not an attempt and not a failure; it stays queued, due again at the Final's `until`.
+THROTTLED = "throttled"
 
 
 class TlsPolicy(enum.StrEnum):
@@ -87,6 +93,9 @@ class Group:
     template: Destination  # everything but the host
     jobs: tuple[Job, ...]
     interface: str = "Data 1"
+    # The destination control of `domain`: its connections count against max_connections, its recipients
+    # against the recipient limit (`delivery.slots`); None: nothing is counted (a group built by hand).
+    limits: destinations.DestinationLimits | None = None
     fallback: engine.Host | None = None  # tried after every host of `hosts` failed a recipient (engine.with_fallback)
 
 
@@ -102,6 +111,7 @@ class Final:
     host: str = ""
     dsn_status: str = ""
     attempt: bool = True  # counts as a delivery attempt (False for a local decision: expiry, /dev/null, admin)
+    until: datetime | None = None  # THROTTLED: when the recipient is due again
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,35 +88,37 @@ _ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-  return 1
+  return redis.call('ZCARD', KEYS[1])
 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[5])
-  return 1
+  return redis.call('ZCARD', KEYS[1])
 end
 return 0
 """
 
 
-def acquire(key: str, name: str, limit: int, *, now: datetime | None = None) -> bool:
-    """Take a connection slot of `key` for holder `name`, if fewer than `limit` live holders have one."""
+def acquire(key: str, name: str, limit: int, *, now: datetime | None = None) -> int:
+    """Take a connection slot of `key` for holder `name`, if fewer than `limit` live holders have one. Returns
+    how many slots of `key` are held with it, 0 when it was refused."""
     now = now or timezone.now()
     client = _redis()
     if client is not None:
         stamp = now.timestamp()
         ttl = int(SLOT_TTL) + 5
-        return bool(client.eval(_ACQUIRE, 1, _slots_key(key), stamp, stamp + SLOT_TTL, limit, name, ttl))  # type: ignore[no-untyped-call]
+        return int(client.eval(_ACQUIRE, 1, _slots_key(key), stamp, stamp + SLOT_TTL, limit, name, ttl))  # type: ignore[no-untyped-call]
     with transaction.atomic():
         _locked(key)
         ConnectionSlot.objects.filter(key=key, expires_at__lte=now).delete()
         until = now + timedelta(seconds=SLOT_TTL)
+        held = ConnectionSlot.objects.filter(key=key).count()
         if ConnectionSlot.objects.filter(key=key, holder=name).update(expires_at=until):
-            return True
-        if engine.connections_allowed(limit, ConnectionSlot.objects.filter(key=key).count()) < 1:
-            return False
+            return held
+        if engine.connections_allowed(limit, held) < 1:
+            return 0
         ConnectionSlot.objects.create(key=key, holder=name, expires_at=until)
-        return True
+        return held + 1
 
 
 def release(key: str, name: str) -> None:

@@ -332,3 +332,18 @@ def fallback_relay(mid: int, rids: Iterable[int], host: str, port: int, *, domai
         domain=domain,
         host=host,
     )
+
+
+def max_connections_reached(limit: int, domain: str) -> Line:
+    """Mail for `domain` waits: its destination control's concurrent connections are all open (once per episode)."""
+    return Line(f"Maximum outbound connections {limit} reached for {clean(domain)}", domain=domain)
+
+
+def recipient_limit_throttled(domain: str, interface: str) -> Line:
+    """Mail for `domain` waits: its recipient limit is reached for this window (once per episode)."""
+    return Line(f"Delivery to {clean(domain)} {clean(interface)} throttled by recipient limit", domain=domain)
+
+
+def recipient_limit_expired(domain: str, interface: str) -> Line:
+    """The recipient limit's window moved on: the mail `recipient_limit_throttled` held back goes again."""
+    return Line(f"Recipient limit expired; resume delivery to {clean(domain)} {clean(interface)}", domain=domain)

@@ -30,22 +30,25 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from delivery import engine, ids, maillog, outcome
+from delivery import engine, ids, maillog, outcome, slots
 from delivery.engine import Verdict
 from delivery.models import DeliveryAttempt
 from delivery.outbound import dns, hosts, smtp_client
 from esaroutes import eventloop
+from routes import destinations
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +71,27 @@ class _Stopped(Exception):
     """The runner is shutting down: a group starts no new connection and no new message."""
 
 
+#: A recipient that found every connection slot of its destination taken is due again after this many seconds
+#: (the slot of a connection that closes meanwhile, or of a dead worker's after slots.SLOT_TTL, is free by then).
+SLOT_RETRY = 5.0
+
+Slot = tuple[str, str]  # (counting key, holder)
+
+
 @dataclass(slots=True)
 class _Pooled:
     session: smtp_client.HostSession
     dcid: int
     idle_since: float = 0.0
+    slot: Slot | None = None  # the destination's connection slot this connection holds
+
+
+@dataclass(slots=True)
+class _Throttled:
+    """A destination limit holds the recipients back: due again at `until`; `lines` say so (once per episode)."""
+
+    until: datetime
+    lines: list[maillog.lines.Line] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -98,6 +117,10 @@ class Runner:
         self._open: collections.Counter[hosts.HostKey] = collections.Counter()
         self._published: tuple[float, dict[hosts.HostKey, int]] | None = None
         self._token = f"{os.getpid()}:{id(self):x}"
+        # The connection slots this process holds (delivery.slots), refreshed by the reaper while they live
+        self._slots: set[Slot] = set()
+        self._slot_names = itertools.count(1)
+        self._slots_refreshed = time.monotonic()
         # Shutting down: no new connection and no new message; group tasks waiting on a connect or a greeting
         # (nothing of theirs on the wire) are cancelled, their messages stay queued for a later retry.
         self._stopping = False
@@ -213,6 +236,9 @@ class Runner:
             remaining, pending = pending, []
             while remaining:
                 pooled = await self._acquire(destination, group, carry)
+                if isinstance(pooled, _Throttled):  # every slot of the destination taken: all of it waits
+                    self._hold(group, remaining + pending, pooled, carry, emit)
+                    return
                 if isinstance(pooled, _Last):  # the host failed: everything goes on to the next host
                     failed_now.add(host.key)
                     kind = DeliveryAttempt.Outcome.DELAYED if final_host else DeliveryAttempt.Outcome.CONNECTION_ERROR
@@ -244,6 +270,17 @@ class Runner:
                 try:
                     while remaining and pooled.session.usable and not self._stopping:
                         job, rcpts = remaining.pop(0)
+                        if group.limits is not None and group.limits.recipient_limit:
+                            rcpts, throttled = await self._take_recipients(group, pooled, rcpts, carry)
+                            if throttled is not None:  # the window is full: this message's rest and what follows
+                                held_back, rest_of_job = throttled
+                                rest = [(job, rest_of_job)] if rest_of_job else []
+                                if not rcpts:
+                                    rest += remaining
+                                    remaining = []
+                                self._hold(group, rest, held_back, carry, emit)
+                                if not rcpts:
+                                    break
                         report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host)
                         if final_host:
                             delayed.update((job.mid, r.rid) for r in carried)
@@ -295,6 +332,55 @@ class Runner:
                 report.lines.append(_now(line))
         if report:
             emit(report)
+
+    def _hold(
+        self,
+        group: outcome.Group,
+        held: Sequence[tuple[outcome.Job, Sequence[outcome.Rcpt]]],
+        throttled: _Throttled,
+        carry: outcome.Report,
+        emit: Emit,
+    ) -> None:
+        """Recipients a destination limit holds back: no attempt, no host marked down, due again at `until`."""
+        report = outcome.Report()
+        report.lines += [_now(line) for line in throttled.lines]
+        for job, rcpts in held:
+            for r in rcpts:
+                report.finals.append(
+                    outcome.Final(job.mid, r.rid, outcome.THROTTLED, None, "", attempt=False, until=throttled.until)
+                )
+        report.lines[:0] = carry.lines
+        report.attempts[:0] = carry.attempts
+        report.host_events[:0] = carry.host_events
+        carry.lines, carry.attempts, carry.host_events = [], [], []
+        if report:
+            emit(report)
+
+    def _counting_key(self, limits: destinations.DestinationLimits, domain: str, ip: str) -> str:
+        return destinations.counting_key(limits, domain, ip if limits.limit_scope == destinations.SCOPE_IP else None)
+
+    async def _take_recipients(
+        self, group: outcome.Group, pooled: _Pooled, rcpts: list[outcome.Rcpt], carry: outcome.Report
+    ) -> tuple[list[outcome.Rcpt], tuple[_Throttled, list[outcome.Rcpt]] | None]:
+        """(the recipients of a message the recipient limit lets go now, (when the rest may go, the rest) or None).
+        A `Recipient limit expired` line goes into `carry`, before the message's own lines."""
+        limits = group.limits
+        assert limits is not None and limits.recipient_limit and limits.recipient_minutes
+        ip = pooled.session.connection.peer_ip if pooled.session.connection else pooled.session.destination.host.address
+        key = self._counting_key(limits, group.domain, ip)
+        loop = asyncio.get_running_loop()
+        try:
+            granted, until, lines = await loop.run_in_executor(
+                self._executor, _take_recipients, key, len(rcpts), limits, group.domain, group.interface
+            )
+        except Exception:  # the shared counters are gone (Redis down): deliver rather than hold mail forever
+            logger.warning("recipient limit of %s not applied: the shared counters are unavailable", key, exc_info=True)
+            return rcpts, None
+        resumed = [line for line in lines if line.text.startswith("Recipient limit expired")]
+        carry.lines += [_now(line) for line in resumed]
+        if until is None:
+            return rcpts, None
+        return rcpts[:granted], (_Throttled(until, [line for line in lines if line not in resumed]), rcpts[granted:])
 
     async def _send(
         self,
@@ -393,11 +479,12 @@ class Runner:
 
     async def _acquire(
         self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report
-    ) -> _Pooled | _Last:
+    ) -> _Pooled | _Last | _Throttled:
         """An idle pooled connection to the destination, else a new one (its lines go into `carry`).
 
         When the connection failed: the Connection Error line and the host event are in `carry`, and the
-        returned `_Last` describes the failure for the recipients' attempts and their Delayed lines.
+        returned `_Last` describes the failure for the recipients' attempts and their Delayed lines. `_Throttled`:
+        every connection slot of the group's destination is taken (`delivery.slots`), nothing was opened.
         """
         idle = self._pool.get(destination)
         while idle:
@@ -407,6 +494,31 @@ class Runner:
             await self._close(pooled)
         if self._stopping:
             raise _Stopped
+        slot: Slot | None = None
+        loop = asyncio.get_running_loop()
+        if group.limits is not None:
+            key = self._counting_key(group.limits, group.domain, destination.host.address)
+            slot = (key, slots.holder(self._token, next(self._slot_names)))
+            try:
+                taken, lines = await loop.run_in_executor(
+                    self._executor, _take_slot, slot, group.limits.max_connections, group.domain
+                )
+            except Exception:  # the shared counters are gone (Redis down): deliver rather than hold mail forever
+                logger.warning("connection limit of %s not applied: the counters are unavailable", key, exc_info=True)
+                taken, lines, slot = True, [], None
+            if not taken:
+                return _Throttled(timezone.now() + timedelta(seconds=SLOT_RETRY), lines)
+            if slot is not None:
+                self._slots.add(slot)
+        try:
+            return await self._open_new(destination, group, carry, slot)
+        except BaseException:
+            self._free_slot(slot)
+            raise
+
+    async def _open_new(
+        self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report, slot: Slot | None
+    ) -> _Pooled | _Last:
         task = asyncio.current_task()
         assert task is not None
         with self._opening_lock:  # nothing of this group is on the wire: a shutdown may cancel it here
@@ -444,6 +556,7 @@ class Runner:
                     host.address, host.port, ok=False, error=_details(opened), marks_down=opened.marks_host_down
                 )
             )
+            self._free_slot(slot)
             return _Last(dcid, opened.code, opened.text or opened.reason, host.address, ip, host.port)
         carry.lines.append(
             _now(
@@ -456,7 +569,15 @@ class Runner:
             carry.lines.append(_now(maillog.lines.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or "")))
         carry.host_events.append(outcome.HostEvent(host.address, host.port, ok=True))
         self._open[host.key] += 1
-        return _Pooled(session, dcid)
+        return _Pooled(session, dcid, slot=slot)
+
+    def _free_slot(self, slot: Slot | None) -> None:
+        """Give a connection slot back (its connection closed, or never opened); never waits, never raises."""
+        if slot is None:
+            return
+        self._slots.discard(slot)
+        future = self._executor.submit(_free_slot, slot)
+        future.add_done_callback(_log_slot_error)
 
     async def _release(self, destination: outcome.Destination, pooled: _Pooled, carry: outcome.Report) -> None:
         if pooled.session.usable and self.idle > 0:
@@ -466,18 +587,21 @@ class Runner:
         why = pooled.session.close_reason()
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
+        self._free_slot(pooled.slot)
         carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, why)))
 
     def _abort(self, pooled: _Pooled, carry: outcome.Report) -> None:
         """Drop a connection whose delivery was cancelled; its close line goes with the group's last report."""
         pooled.session.abort()
         self._open[pooled.session.destination.host.key] -= 1
+        self._free_slot(pooled.slot)
         carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, engine.CLOSE_CANCELLED)))
 
     async def _close(self, pooled: _Pooled) -> None:
         why = pooled.session.close_reason()  # an idle connection the peer closed says so
         await pooled.session.close()
         self._open[pooled.session.destination.host.key] -= 1
+        self._free_slot(pooled.slot)
         loop = asyncio.get_running_loop()
         line = _now(maillog.lines.dcid_close(pooled.dcid, why))
         await loop.run_in_executor(self._executor, _write_lines, [line])
@@ -496,6 +620,20 @@ class Runner:
                     except Exception:
                         logger.exception("closing idle DCID %s", pooled.dcid)
             await self._publish()
+            await self._refresh_slots()
+
+    async def _refresh_slots(self) -> None:
+        """The heartbeat of this process's connection slots: renewed every third of their lease."""
+        if time.monotonic() - self._slots_refreshed < slots.SLOT_TTL / 3:
+            return
+        self._slots_refreshed = time.monotonic()
+        held = list(self._slots)
+        if not held:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, _refresh_slots, held)
+        except Exception:
+            logger.warning("could not renew this worker's connection slots", exc_info=True)
 
     async def _publish(self, *, force: bool = False) -> None:
         """Tell the other processes how many connections this one has open (when it changed, or every 5 s)."""
@@ -553,6 +691,52 @@ def _details(failure: smtp_client.Failure) -> str:
 def _next_dcid() -> int:
     close_old_connections()
     return ids.next_id("dcid")
+
+
+def _take_slot(slot: Slot, limit: int, domain: str) -> tuple[bool, list[maillog.lines.Line]]:
+    """(a connection slot was taken, the log line of a limit that starts holding `domain` back)."""
+    close_old_connections()
+    key, name = slot
+    held = slots.acquire(key, name, limit)
+    if held:
+        if held < limit:  # room left: the destination is no longer at its limit, a new episode may start
+            slots.end_episode(key, slots.CONNECTIONS)
+        return True, []
+    if slots.start_episode(key, slots.CONNECTIONS):
+        return False, [maillog.lines.max_connections_reached(limit, domain)]
+    return False, []
+
+
+def _free_slot(slot: Slot) -> None:
+    close_old_connections()
+    slots.release(*slot)
+
+
+def _refresh_slots(held: list[Slot]) -> None:
+    close_old_connections()
+    slots.refresh(held)
+
+
+def _log_slot_error(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("could not give a connection slot back; it runs out by itself", exc_info=future.exception())
+
+
+def _take_recipients(
+    key: str, wanted: int, limits: destinations.DestinationLimits, domain: str, interface: str
+) -> tuple[int, datetime | None, list[maillog.lines.Line]]:
+    """(recipients granted, when the rest may go or None when all may, the episode's log lines)."""
+    close_old_connections()
+    limit, minutes = limits.recipient_limit or 0, limits.recipient_minutes or 1
+    granted = slots.reserve(key, wanted, limit=limit, minutes=minutes)
+    lines: list[maillog.lines.Line] = []
+    if granted and slots.end_episode(key, slots.RECIPIENTS):
+        lines.append(maillog.lines.recipient_limit_expired(domain, interface))
+    if granted == wanted:
+        return granted, None, lines
+    if slots.start_episode(key, slots.RECIPIENTS):
+        lines.append(maillog.lines.recipient_limit_throttled(domain, interface))
+    return granted, slots.window_frees_at(key, limit=limit, minutes=minutes), lines
 
 
 def _write_lines(lines: list[maillog.lines.Line]) -> None:

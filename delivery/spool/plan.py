@@ -105,6 +105,14 @@ def _template(
     )
 
 
+def _limits(where: resolve.Resolution, table: matching.RouteTable) -> destinations.DestinationLimits | None:
+    """The destination control whose connection and recipient limits the group's connections count against
+    (`delivery.slots`, in the runner): its recipient domain's. Mail an operator redirected is not counted."""
+    if where.kind == resolve.Kind.REDIRECT:
+        return None
+    return table.destinations.lookup(where.domain)
+
+
 def local_final(
     report: outcome.Report,
     *,
@@ -217,6 +225,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=settings.ESAROUTES_SMTP_INTERFACE,
                     fallback=where.fallback,
+                    limits=_limits(where, resolver.table),
                 )
             )
     return out

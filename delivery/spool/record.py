@@ -71,6 +71,10 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
             r = by_key.get((f.mid, f.rid))
             if r is None or r.state not in lease.ACTIVE:
                 continue
+            if f.state == outcome.THROTTLED:  # held back by a destination limit: not an attempt, same state
+                r.next_attempt_at = f.until
+                changed.append(r)
+                continue
             r.attempts += int(f.attempt)
             r.last_code, r.last_response, r.last_host = f.code, f.text[:4000], f.host[:300]
             r.dsn_status = f.dsn_status[:16]

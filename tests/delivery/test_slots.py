@@ -57,9 +57,9 @@ def clean_slots(db: None) -> Iterator[None]:
 @pytest.mark.usefixtures("clean_slots")
 def test_a_slot_is_refused_at_the_limit_and_comes_back_on_release() -> None:
     now = datetime.now(UTC)
-    assert slots.acquire("example.test", "w1:1", 2, now=now)
-    assert slots.acquire("example.test", "w1:2", 2, now=now)
-    assert not slots.acquire("example.test", "w2:3", 2, now=now)
+    assert slots.acquire("example.test", "w1:1", 2, now=now) == 1
+    assert slots.acquire("example.test", "w1:2", 2, now=now) == 2  # how many are held with it
+    assert slots.acquire("example.test", "w2:3", 2, now=now) == 0
     assert slots.in_use("example.test", now=now) == 2
     assert slots.in_use("other.test", now=now) == 0
     assert slots.acquire("example.test", "w1:1", 2, now=now)  # the same holder again: still its one slot

@@ -335,6 +335,7 @@ class Sinks:
         self.peers: list[str] = []  # the client address of each of `events` (which machine delivered it)
         self.connections: Counter[tuple[int, str]] = Counter()  # (sink, client address) -> connections
         self.open: Counter[str] = Counter()  # client address -> connections open now
+        self.peak_open = 0  # the most connections open at once, over every sink and client (destination limits)
         addresses = list(hosts) if hosts is not None else [f"127.0.0.{first + i}" for i in range(count)]
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
@@ -370,6 +371,7 @@ class Sinks:
         with self._cond:
             self.connections[(index, peer)] += max(change, 0)
             self.open[peer] += change
+            self.peak_open = max(self.peak_open, sum(self.open.values()))
 
     @property
     def total(self) -> int:

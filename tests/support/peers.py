@@ -100,6 +100,8 @@ class Peer:
         self.ca_file: str | None = _tls_files()[0] if script and script.starttls else None
         self._cond = threading.Condition()
         self._connections = 0
+        self._open = 0  # SMTP sessions held now, and the most ever held at once (destination limits)
+        self._peak = 0
         self._messages: list[ReceivedMessage] = []
         self._reads: list[bytes] = []
         self._server: asyncio.AbstractServer | None = None
@@ -116,6 +118,17 @@ class Peer:
     def connections(self) -> int:
         with self._cond:
             return self._connections
+
+    @property
+    def peak_sessions(self) -> int:
+        """The most SMTP sessions this peer held at the same time (scripted peers)."""
+        with self._cond:
+            return self._peak
+
+    @property
+    def open_sessions(self) -> int:
+        with self._cond:
+            return self._open
 
     @property
     def messages(self) -> list[ReceivedMessage]:
@@ -150,6 +163,13 @@ class Peer:
         self._transports.add(transport)
         with self._cond:
             self._connections += 1
+            self._open += 1
+            self._peak = max(self._peak, self._open)
+            self._cond.notify_all()
+
+    def _disconnected(self) -> None:
+        with self._cond:
+            self._open -= 1
             self._cond.notify_all()
 
     def _read(self, data: bytes) -> None:
@@ -238,6 +258,12 @@ class _ScriptedSMTP(SMTP):
         if self._original_transport is None:  # not the second call that STARTTLS makes
             self.peer._connected(transport)
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not getattr(self, "_counted_lost", False):
+            self._counted_lost = True
+            self.peer._disconnected()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.peer._read(bytes(data))

@@ -1,0 +1,136 @@
+"""Destination limits enforced where connections open (delivery.outbound.runner, delivery.slots): real loopback
+peers, the real runner and recorder, several batches at once as several workers deliver them.
+
+A recipient held back by a limit is not a failure: no attempt row, no host marked down, no retry back-off; it
+stays queued and goes when a slot or the window allows, and the log says so once per episode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from delivery import slots, worker
+from delivery.models import DeliveryAttempt, HostStatus, Recipient
+from delivery.outbound import runner
+from routes import services
+from tests.delivery.conftest import grep, log, queue_message
+from tests.routes.helpers import make_route
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_runner", "fresh_slots")]
+
+
+@pytest.fixture
+def fresh_slots(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    settings.ESAROUTES_DELIVERY_IDLE = 0.0  # a connection closes when its group is through: its slot comes back
+    settings.ESAROUTES_DELIVERY_BATCH = 6
+    settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION = 2
+    monkeypatch.setattr(runner, "SLOT_RETRY", 0.3)  # held-back mail is due again sooner (same code path)
+    slots.flush()
+    yield
+    slots.flush()
+
+
+def limit(destination: str, **kw: Any) -> None:
+    services.create_destination(data=services.DestinationData(destination=destination, **kw), actor="test")
+
+
+def active() -> int:
+    return Recipient.objects.filter(state__in=[Recipient.State.QUEUED, Recipient.State.DELAYED]).count()
+
+
+def deliver_everything(workers: int, timeout: float) -> None:
+    """`workers` threads each claiming and delivering batches of due mail, as worker processes do, until the
+    queue is empty."""
+    deadline = time.monotonic() + timeout
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not worker.deliver_batch(fill=True, wait=True).claimed:
+                stop.wait(0.05)  # nothing due now (held-back mail waits for its time)
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(work) for _ in range(workers)]
+        while active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stop.set()
+        for future in futures:
+            future.result()
+    assert not active(), f"{active()} recipients still queued"
+
+
+def test_max_connections_2_is_never_passed_by_several_workers(peers):
+    peer = peers.start()
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", max_connections=2, max_messages_per_connection=2)
+    mids = [queue_message(f"u{i}@dest.test") for i in range(40)]
+    deliver_everything(workers=3, timeout=90)
+    assert len(peer.messages) == 40
+    assert peer.peak_sessions <= 2
+    assert Recipient.objects.filter(message_id__in=mids, state=Recipient.State.DELIVERED).count() == 40
+    # held back is not a failure: one attempt each (the delivery), no host marked down
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert set(DeliveryAttempt.objects.values_list("outcome", flat=True)) == {DeliveryAttempt.Outcome.DELIVERED}
+    assert not HostStatus.objects.filter(consecutive_failures__gt=0).exists()
+    reached = grep(r"^Maximum outbound connections 2 reached for dest\.test$", log())
+    assert reached, "the limit never held anything back: the test proves nothing"
+    assert len(reached) < 40  # once per episode, not once per recipient
+
+
+def test_the_slots_of_a_dead_worker_come_back_and_the_backlog_completes(peers):
+    peer = peers.start()
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", max_connections=2)
+    # a worker that died holding both slots: nobody refreshes them
+    assert slots.acquire("dest.test", "dead-machine:1:1", 2)
+    assert slots.acquire("dest.test", "dead-machine:1:2", 2)
+    started = time.monotonic()
+    for i in range(6):
+        queue_message(f"u{i}@dest.test")
+    deliver_everything(workers=2, timeout=60)
+    assert time.monotonic() - started >= slots.SLOT_TTL * 0.5  # nothing went while the dead slots counted
+    assert len(peer.messages) == 6
+    assert peer.peak_sessions <= 2
+    assert slots.in_use("dest.test") == 0  # every slot given back when its connection closed
+    # once while the dead slots held it all, at most once more each time it is at its limit again
+    assert 1 <= len(grep(r"^Maximum outbound connections 2 reached for dest\.test$", log())) <= 3
+
+
+def _recipient_clock(seen: list[float]) -> Any:
+    def rcpt(address: str) -> None:
+        seen.append(time.monotonic())
+        return None
+
+    return rcpt
+
+
+def _max_in_any_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    return max((sum(1 for t in times[i:] if t - start < window) for i, start in enumerate(times)), default=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_recipient_limit_of_30_per_minute_delays_the_rest_without_bouncing(peers):
+    seen: list[float] = []
+    peer = peers.start(rcpt=_recipient_clock(seen))
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", recipient_limit=30, recipient_minutes=1)
+    for i in range(15):
+        queue_message(*(f"u{i}-{j}@dest.test" for j in range(5)))  # 75 recipients: three windows' worth
+    deliver_everything(workers=2, timeout=200)
+    assert len(seen) == 75
+    assert _max_in_any_window(seen, 60.0) <= 30
+    assert max(seen) - min(seen) >= 120.0 - 1.0  # the third window's recipients waited two minutes
+    assert not Recipient.objects.exclude(state=Recipient.State.DELIVERED).exists()  # delayed, never bounced
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    lines = log()
+    assert grep(r"^Delivery to dest\.test Data 1 throttled by recipient limit$", lines)
+    assert grep(r"^Recipient limit expired; resume delivery to dest\.test Data 1$", lines)
+    assert len(grep(r"throttled by recipient limit", lines)) <= 3  # once per window, not per recipient
