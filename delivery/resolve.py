@@ -1,7 +1,8 @@
 """Where mail for a domain goes now: the one answer, used by the planner, the route test page, `hoststatus` and
 the queue page, so what an operator is shown is the order delivery connects in.
 
-`Resolver.resolve(domain)` reads the route table and DNS once per domain: the route (or none), its hosts (or
+`Resolver.resolve(domain, sender)` reads the route table and DNS once per domain and route (the envelope sender
+may pick a sender route, `routes.matching`): the route (or none), its hosts (or
 the domain's MX hosts, for a USEDNS route or no route), and the MX exchanges of each route host name (the ESA
 looks a route's host name up by MX, then A). `Resolution.order(rr_offset, down)` is then the pure rule of
 `engine.order_hosts` and `engine.expand_exchanges`: lowest priority first, equal priorities taking turns by the
@@ -59,6 +60,8 @@ class Resolution:
         if self.kind == Kind.REDIRECT:
             (host,) = self.hosts
             return f"redirect:{host.address}:{host.port}"
+        if self.entry is not None and self.entry.sender:
+            return f"mx:{self.domain}:{self.entry.id}"  # a sender's USEDNS route: its own settings, its own group
         return f"mx:{self.domain}"
 
     @property
@@ -102,17 +105,19 @@ class Resolver:
         self.table = table if table is not None else snapshot.current_table()
         self.dns = dns
         self.domain_mx = dns and domain_mx
-        self._resolved: dict[str, Resolution] = {}
+        self._resolved: dict[tuple[str, int | None], Resolution] = {}
         self._exchanges: dict[str, tuple[str, ...]] = {}
 
-    def resolve(self, domain: str) -> Resolution:
-        found = self._resolved.get(domain)
+    def resolve(self, domain: str, sender: str | None = None) -> Resolution:
+        """Where mail for `domain` from the envelope `sender` goes (None: the routes without a sender pattern)."""
+        entry = self.table.lookup(domain, sender)
+        key = (domain, entry.id if entry is not None else None)
+        found = self._resolved.get(key)
         if found is None:
-            found = self._resolved[domain] = self._resolve(domain)
+            found = self._resolved[key] = self._resolve(domain, entry)
         return found
 
-    def _resolve(self, domain: str) -> Resolution:
-        entry = self.table.lookup(domain)
+    def _resolve(self, domain: str, entry: matching.RouteEntry | None) -> Resolution:
         if entry is not None and entry.special == "devnull":
             return Resolution(domain, Kind.DEVNULL, entry)
         fallback = fallback_for(entry)
@@ -227,12 +232,14 @@ def preview(
     domain_mx: bool = True,
     now: datetime | None = None,
     table: matching.RouteTable | None = None,
+    sender: str | None = None,
 ) -> Preview:
-    """What the next connection for `domain` would do now: the hosts it tries in order (with the route's current
-    round-robin position and the hosts marked down now), then the hosts it leaves out, with their health."""
+    """What the next connection for `domain` (from `sender`, when given) would do now: the hosts it tries in order
+    (with the route's current round-robin position and the hosts marked down now), then the hosts it leaves out,
+    with their health."""
     now = now or timezone.now()
     table = table if table is not None else snapshot.current_table(max_age=0)  # a page shows the latest change
-    resolution = Resolver(table, dns=dns, domain_mx=domain_mx).resolve(domain)
+    resolution = Resolver(table, dns=dns, domain_mx=domain_mx).resolve(domain, sender)
     keys = resolution.host_keys()
     down = hosts.down_hosts(keys, now)
     offset = hosts.current_rr_offset(resolution.key) if resolution.hosts else 0

@@ -10,6 +10,15 @@ destination list in CLI syntax):
     drop.example.com  /dev/null
     ALL               smarthost.example.net:587
 
+A route with a sender pattern (`routes.matching`) adds `sender=PATTERN` after its receiving domain, an extension
+of the ESA's line; a file without one is a plain ESA file, and an export writes it only for sender routes:
+
+    example.com       sender=app.example        mx1.example.com/pri=10
+    example.com       sender=<>                 bounces.example.com
+
+Mappings of routes (`ParseResult.routes`, `diff`, `format_table`) are keyed by `route_key`: the stored domain, then
+` sender=PATTERN` for a sender route, which is how the line starts.
+
 An import replaces the whole table and is all-or-nothing, so `parse` reports every problem of a bad file at once,
 each as `line N: ...`, and the caller imports only when `errors` is empty. `/weight=N` (an esaroutes extension:
 the host's share of its priority's connections) is written only when it is not 1, so a plain ESA file reads
@@ -24,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from routes import domains
+from routes import domains, matching
 
 MAX_FILE_BYTES = 5_000_000
 MAX_LINE_CHARS = 20_000
@@ -32,6 +41,18 @@ _DOMAIN_COLUMN_MAX = 40  # one very long domain should not push every host list 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 FrozenDestination = tuple[domains.HostSpec, ...] | domains.Special  # a Row's: hashable, immutable
+SENDER_OPTION = "sender="
+
+
+def route_key(domain: str, sender: str = "") -> str:
+    """A route's key in the file's mappings: `example.com`, or `example.com sender=app.example`."""
+    return f"{domain} {SENDER_OPTION}{sender}" if sender else domain
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(stored domain, stored sender pattern or "") of a `route_key`."""
+    domain, _, option = key.partition(" ")
+    return domain, option.removeprefix(SENDER_OPTION)
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,11 @@ class Row:
     line: int
     domain: str  # stored form
     destination: FrozenDestination
+    sender: str = ""  # stored sender pattern, "" for none
+
+    @property
+    def key(self) -> str:
+        return route_key(self.domain, self.sender)
 
 
 @dataclass
@@ -53,8 +79,8 @@ class ParseResult:
         return not self.errors
 
     def routes(self) -> dict[str, FrozenDestination]:
-        """The rows as {stored domain: destination}, the shape `diff` compares."""
-        return {row.domain: row.destination for row in self.rows}
+        """The rows as {route key: destination}, the shape `diff` compares."""
+        return {row.key: row.destination for row in self.rows}
 
 
 @dataclass(frozen=True)
@@ -109,7 +135,7 @@ def parse(text: str) -> ParseResult:
 
     Each route line goes through `domains.normalize_receiving_domain`, `domains.parse_hosts` and
     `domains.validate_route`, the same checks as the form and the CLI; a domain routed twice (`ALL` included)
-    is an error naming the first line.
+    is an error naming the first line (a domain may have one route per sender pattern).
     """
     result = ParseResult()
     first_line: dict[str, int] = {}
@@ -123,17 +149,31 @@ def parse(text: str) -> ParseResult:
         if not line or line.startswith("#"):
             continue
         token, *rest = line.split(None, 1)
-        domain, destination, errors = _parse_route(token, rest[0] if rest else "")
-        if domain is not None:
-            earlier = first_line.setdefault(domain, number)
+        hosts = rest[0] if rest else ""
+        sender, sender_errors = "", []
+        if hosts[: len(SENDER_OPTION)].lower() == SENDER_OPTION:
+            option, *after = hosts.split(None, 1)
+            hosts = after[0] if after else ""
+            try:
+                sender = matching.normalize_sender_pattern(option[len(SENDER_OPTION) :])
+            except matching.SenderPatternError as exc:
+                sender_errors.append(f"sender: {exc}")
+            else:
+                if not sender:
+                    sender_errors.append("sender= needs a pattern: leave the option out for every sender")
+        domain, destination, errors = _parse_route(token, hosts)
+        errors = sender_errors + errors
+        if domain is not None and not sender_errors:
+            earlier = first_line.setdefault(route_key(domain, sender), number)
+            shown = f" for the sender {sender}" if sender else ""
             if earlier != number and domain == domains.DEFAULT_ROUTE:
-                errors.append(f"there is already a default route (ALL) on line {earlier}")
+                errors.append(f"there is already a default route (ALL){shown} on line {earlier}")
             elif earlier != number:
-                errors.append(f'"{token}" is already routed on line {earlier}')
+                errors.append(f'"{token}" is already routed{shown} on line {earlier}')
         if errors or domain is None or destination is None:
             result.errors += [f"line {number}: {message}" for message in errors]
         else:
-            result.rows.append(Row(line=number, domain=domain, destination=destination))
+            result.rows.append(Row(line=number, domain=domain, destination=destination, sender=sender))
     return result
 
 
@@ -167,18 +207,20 @@ def canonical(destination: domains.Destination) -> str:
     return ", ".join(host.format() for host in destination)
 
 
-def export_order(domain: str) -> tuple[bool, tuple[str, ...], bool]:
-    """Sort key: by the domain's labels read from the right, so a domain's routes sit together
-    (`example.com`, `.example.com`, `a.example.com`, then `example.net`), `ALL` last."""
+def export_order(key: str) -> tuple[bool, tuple[str, ...], bool, str]:
+    """Sort key of a `route_key`: by the domain's labels read from the right, so a domain's routes sit together
+    (`example.com`, `.example.com`, `a.example.com`, then `example.net`), `ALL` last; a domain's route without a
+    sender pattern before its sender routes."""
+    domain, sender = split_key(key)
     partial = domain.startswith(".")
     labels = tuple(reversed(domain.removeprefix(".").split(".")))
-    return domain == domains.DEFAULT_ROUTE, labels, partial
+    return domain == domains.DEFAULT_ROUTE, labels, partial, sender
 
 
 def diff(current: Mapping[str, domains.Destination], incoming: Mapping[str, domains.Destination]) -> Diff:
     """The import preview: which routes the file adds, changes (another destination list) or removes.
 
-    Both sides are keyed by stored domain; destinations are compared by their canonical text, so hosts
+    Both sides are keyed by `route_key`; destinations are compared by their canonical text, so hosts
     listed in another order count as a change (the order decides which equal-priority host is tried first).
     """
     added = [domain for domain in incoming if domain not in current]
@@ -196,7 +238,7 @@ def diff(current: Mapping[str, domains.Destination], incoming: Mapping[str, doma
 
 
 def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: datetime) -> str:
-    """The export file for (stored domain, destination) pairs: a header, then one aligned line per route.
+    """The export file for (route key, destination) pairs: a header, then one aligned line per route.
 
     Routes are in `export_order` (`ALL` last); domains and host names stay in their ASCII (IDNA) form so the
     file survives any editor. `parse(format_table(rows))` gives the same routes back.
@@ -207,13 +249,19 @@ def format_table(rows: Iterable[tuple[str, domains.Destination]], *, now: dateti
         if domain in seen:
             raise ValueError(f"the receiving domain {domain} appears twice")
         seen.add(domain)
-    width = min(max((len(domain) for domain, _ in ordered), default=0), _DOMAIN_COLUMN_MAX)
+    split = [(*split_key(key), destination) for key, destination in ordered]
+    width = min(max((len(domain) for domain, _, _ in split), default=0), _DOMAIN_COLUMN_MAX)
+    option = min(max((len(SENDER_OPTION + s) for _, s, _ in split if s), default=0), _DOMAIN_COLUMN_MAX)
     lines = [
         f"# File exported by esaroutes at {now:%Y%m%dT%H%M%S}",
         "# receiving-domain   destination-hosts (comma separated, host[:port][/pri=N][/weight=N])",
         "# SMTP authentication profiles, bounce profiles and TLS settings are not part of this file.",
     ]
-    lines += [f"{domain.ljust(width)}  {canonical(destination)}" for domain, destination in ordered]
+    if option:
+        lines.append("# sender=PATTERN after the domain: the route applies to mail from that envelope sender only.")
+    for domain, sender, destination in split:
+        column = f"{(SENDER_OPTION + sender).ljust(option)}  " if sender else " " * (option + 2) if option else ""
+        lines.append(f"{domain.ljust(width)}  {column}{canonical(destination)}")
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,14 @@ class Route(models.Model):
 
     DEFAULT_DOMAIN = "ALL"
 
-    domain = models.CharField(max_length=255, unique=True, help_text="example.com, .example.com or ALL")
+    domain = models.CharField(max_length=255, help_text="example.com, .example.com or ALL")
+    sender = models.CharField(
+        max_length=320,
+        blank=True,
+        default="",
+        help_text="Envelope sender pattern: alerts@app.example, app.example, .app.example or <>; empty for every "
+        "sender",
+    )
     special = models.CharField(max_length=16, choices=Special.choices, default=Special.NONE, blank=True)
     auth_profile = models.ForeignKey(
         AuthProfile, null=True, blank=True, on_delete=models.PROTECT, related_name="routes"
@@ -79,10 +86,11 @@ class Route(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TypedModelMeta):
-        ordering = ["domain"]
+        ordering = ["domain", "sender"]
+        constraints = [models.UniqueConstraint(fields=["domain", "sender"], name="unique_domain_sender")]
 
     def __str__(self) -> str:
-        return self.domain
+        return f"{self.domain} sender={self.sender}" if self.sender else self.domain
 
     @property
     def is_default(self) -> bool:

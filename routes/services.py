@@ -23,11 +23,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Prefetch
+from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from esaroutes import bulk
-from routes import audit, destinations, domains, importexport
+from routes import audit, destinations, domains, importexport, matching
 from routes.models import (
     AuditEntry,
     DefaultDestinationProtected,
@@ -56,7 +56,8 @@ class RouteNotFound(LookupError):
 
 @dataclass(frozen=True)
 class RouteData:
-    """What a route is, as the services take it. `domain` may be typed (any case, Unicode): it is normalised."""
+    """What a route is, as the services take it. `domain` and `sender` may be typed (any case, Unicode): they are
+    normalised. `sender` is the route's envelope sender pattern ("" for every sender, `routes.matching`)."""
 
     domain: str
     destination: domains.Destination
@@ -65,6 +66,7 @@ class RouteData:
     tls: str = Route.TLS.OPPORTUNISTIC
     defer_on_4xx: bool = False
     fallback_relay: str = ""  # HOST[:PORT] as typed, "" for none: stored normalised (`domains.fallback_relay_text`)
+    sender: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,15 @@ class ImportSummary:
 
 
 def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
-    domain = _validated(data)
+    domain, sender = _validated(data)
     with transaction.atomic():
-        if domain_in_use(domain):
-            raise RouteInvalid(_exists(domain))
+        if domain_in_use(domain, sender=sender):
+            raise RouteInvalid(_exists(domain, sender))
         try:
             with transaction.atomic():  # another writer may add the same domain between the check and here
                 route = Route.objects.create(
                     domain=domain,
+                    sender=sender,
                     special=_special_code(data.destination),
                     auth_profile_id=data.auth_profile_id,
                     bounce_profile_id=data.bounce_profile_id,
@@ -104,23 +107,24 @@ def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
                     fallback_relay=_fallback_relay(data),
                 )
         except IntegrityError:
-            raise RouteInvalid(_exists(domain)) from None
+            raise RouteInvalid(_exists(domain, sender)) from None
         _write_hosts(route.pk, data.destination)
         after = route_state(route)
-        audit.record_audit(actor, AuditEntry.Action.CREATE, "route", domain, after=after)
+        audit.record_audit(actor, AuditEntry.Action.CREATE, "route", str(route), after=after)
         bump_version()
     return route
 
 
 def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route:
     """Replace a route's domain (renaming is allowed), destination and settings."""
-    domain = _validated(data)
+    domain, sender = _validated(data)
     with transaction.atomic():
         route = _locked_route(route_id)
         before = route_state(route)
-        if domain_in_use(domain, route_id=route.pk):
-            raise RouteInvalid(_exists(domain))
+        if domain_in_use(domain, route_id=route.pk, sender=sender):
+            raise RouteInvalid(_exists(domain, sender))
         route.domain = domain
+        route.sender = sender
         route.special = _special_code(data.destination)
         route.auth_profile_id = data.auth_profile_id
         route.bounce_profile_id = data.bounce_profile_id
@@ -131,13 +135,13 @@ def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route
             with transaction.atomic():
                 route.save()
         except IntegrityError:
-            raise RouteInvalid(_exists(domain)) from None
+            raise RouteInvalid(_exists(domain, sender)) from None
         DestinationHost.objects.filter(route_id=route.pk).delete()
         _write_hosts(route.pk, data.destination)
         route = _locked_route(route_id)  # the hosts as written, not the prefetched ones
         after = route_state(route)
         if after != before:
-            audit.record_audit(actor, AuditEntry.Action.UPDATE, "route", domain, before=before, after=after)
+            audit.record_audit(actor, AuditEntry.Action.UPDATE, "route", str(route), before=before, after=after)
             bump_version()
     return route
 
@@ -151,8 +155,8 @@ def routes_delete(*, route_ids: Iterable[int], actor: audit.Actor) -> list[str]:
             routes = list(Route.objects.filter(pk__in=chunk).select_related("auth_profile", "bounce_profile"))
             _prefetch_hosts(routes)
             for route in routes:
-                audit.record_audit(actor, AuditEntry.Action.DELETE, "route", route.domain, before=route_state(route))
-                deleted.append(route.domain)
+                audit.record_audit(actor, AuditEntry.Action.DELETE, "route", str(route), before=route_state(route))
+                deleted.append(str(route))
             Route.objects.filter(pk__in=[route.pk for route in routes]).delete()
         if deleted:
             bump_version()
@@ -182,9 +186,7 @@ def routes_import(
     skip the checks.
     """
     problems = [
-        f"{domain}: {message}"
-        for domain, destination in incoming.items()
-        for message in domains.validate_route(domain, destination)
+        f"{key}: {message}" for key, destination in incoming.items() for message in _key_problems(key, destination)
     ]
     if problems:
         raise ValueError("; ".join(problems[:20]))
@@ -194,21 +196,22 @@ def routes_import(
         plan = importexport.diff(current, incoming)
         removed = plan.removed if mode == "replace" else ()
         for chunk in _chunks(list(removed)):
-            Route.objects.filter(domain__in=chunk).delete()
+            Route.objects.filter(_keys_filter(chunk)).delete()
         ids: dict[str, int] = {}
         for chunk in _chunks(list(plan.changed)):
-            ids.update(Route.objects.filter(domain__in=chunk).values_list("domain", "pk"))
+            ids.update(_key_ids(chunk))
         for chunk in _chunks(list(ids.values())):
             DestinationHost.objects.filter(route_id__in=chunk).delete()
-        for domain, pk in ids.items():
-            Route.objects.filter(pk=pk).update(special=_special_code(incoming[domain]), updated_at=timezone.now())
-        _insert_routes([(domain, _special_code(incoming[domain])) for domain in plan.added])
+        for key, pk in ids.items():
+            Route.objects.filter(pk=pk).update(special=_special_code(incoming[key]), updated_at=timezone.now())
+        _insert_routes([(*importexport.split_key(key), _special_code(incoming[key])) for key in plan.added])
         if len(plan.added) > 5 * _CHUNK:  # one pass over the table beats many IN (...) queries
             added = set(plan.added)
-            ids.update((d, pk) for d, pk in Route.objects.values_list("domain", "pk").iterator() if d in added)
+            rows = Route.objects.values_list("domain", "sender", "pk").iterator()
+            ids.update((k, pk) for d, sd, pk in rows if (k := importexport.route_key(d, sd)) in added)
         else:
             for chunk in _chunks(list(plan.added)):
-                ids.update(Route.objects.filter(domain__in=chunk).values_list("domain", "pk"))
+                ids.update(_key_ids(chunk))
         _insert_hosts(
             [
                 (pk, h.host, h.a_only, h.port, h.priority, h.weight, position)
@@ -534,7 +537,7 @@ def route_destination(route: Route) -> domains.Destination:
 
 def route_state(route: Route) -> dict[str, Any]:
     """The audit log's picture of a route: JSON, no secrets (an auth profile by name)."""
-    return {
+    state = {
         "domain": route.domain,
         "destination": importexport.canonical(route_destination(route)),
         "auth_profile": route.auth_profile.name if route.auth_profile_id and route.auth_profile else None,
@@ -543,16 +546,21 @@ def route_state(route: Route) -> dict[str, Any]:
         "defer_on_4xx": route.defer_on_4xx,
         "fallback_relay": route.fallback_relay,
     }
+    if route.sender:  # only sender routes carry it, so older entries and plain routes read the same
+        state["sender"] = route.sender
+    return state
 
 
 def current_destinations() -> dict[str, domains.Destination]:
-    """The whole table as {stored domain: destination}: two queries, whatever its size."""
+    """The whole table as {route key (`importexport.route_key`): destination}: two queries, whatever its size."""
     from routes import snapshot  # snapshot reads models only; imported here to keep the import graph one-way
 
     table: dict[str, domains.Destination] = {}
     for entry in snapshot.build_table(version=0).entries():
         special = domains.Special.from_code(entry.special)
-        table[entry.domain] = special if special is not None else list(entry.hosts)
+        table[importexport.route_key(entry.domain, entry.sender)] = (
+            special if special is not None else list(entry.hosts)
+        )
     return table
 
 
@@ -572,12 +580,25 @@ def current_version() -> int:
 # Helpers
 
 
-def _validated(data: RouteData) -> str:
+class SenderInvalid(RouteInvalid):
+    """The route's sender pattern is not usable (`routes.matching.normalize_sender_pattern`); `message` says why."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(domains.RouteProblems(domain=[], hosts={}, route=[message]))
+
+
+def _validated(data: RouteData) -> tuple[str, str]:
+    """(stored domain, stored sender pattern); raises RouteInvalid (SenderInvalid for the sender) saying why."""
+    try:
+        sender = matching.normalize_sender_pattern(data.sender)
+    except matching.SenderPatternError as exc:
+        raise SenderInvalid(str(exc)) from None
     problems = domains.route_problems(data.domain, data.destination)
     problems.route += fallback_relay_problems(data.fallback_relay, data.destination)
     if problems:
         raise RouteInvalid(problems)
-    return domains.normalize_receiving_domain(data.domain)
+    return domains.normalize_receiving_domain(data.domain), sender
 
 
 def fallback_relay_problems(text: str, destination: domains.Destination) -> list[str]:
@@ -595,26 +616,54 @@ def _fallback_relay(data: RouteData) -> str:
     return domains.fallback_relay_text(data.fallback_relay)  # _validated has checked it
 
 
-def domain_in_use(domain: str, *, route_id: int | None = None) -> str | None:
-    """The ESA's message when a route other than `route_id` has this stored domain, else None.
+def _key_problems(key: str, destination: domains.Destination) -> list[str]:
+    domain, sender = importexport.split_key(key)
+    try:
+        if matching.normalize_sender_pattern(sender) != sender:
+            return [f'write the sender pattern as "{matching.normalize_sender_pattern(sender)}"']
+    except matching.SenderPatternError as exc:
+        return [str(exc)]
+    return domains.validate_route(domain, destination)
+
+
+def _keys_filter(keys: Sequence[str]) -> Q:
+    """The routes of these `importexport.route_key`s."""
+    plain = [k for k in keys if " " not in k]
+    found = Q(domain__in=plain, sender="") if plain else Q(pk__in=[])
+    for key in keys:
+        if " " in key:
+            domain, sender = importexport.split_key(key)
+            found |= Q(domain=domain, sender=sender)
+    return found
+
+
+def _key_ids(keys: Sequence[str]) -> dict[str, int]:
+    rows = Route.objects.filter(_keys_filter(keys)).values_list("domain", "sender", "pk")
+    return {importexport.route_key(domain, sender): pk for domain, sender, pk in rows}
+
+
+def domain_in_use(domain: str, *, route_id: int | None = None, sender: str = "") -> str | None:
+    """The ESA's message when a route other than `route_id` has this stored domain and sender pattern, else None.
 
     The services check it when they write; the admin's form asks it too, to show the message at the field.
     """
-    others = Route.objects.filter(domain=domain)
+    others = Route.objects.filter(domain=domain, sender=sender)
     if route_id is not None:
         others = others.exclude(pk=route_id)
     if not others.exists():
         return None
-    return _exists_message(domain)
+    return _exists_message(domain, sender)
 
 
-def _exists_message(domain: str) -> str:
+def _exists_message(domain: str, sender: str = "") -> str:
     shown = "The default route (ALL)" if domain == domains.DEFAULT_ROUTE else f"The value {domain}"
+    if sender:
+        shown += f" for the sender {sender}"
     return f"{shown} is already in the routing table."
 
 
-def _exists(domain: str) -> domains.RouteProblems:
-    return domains.RouteProblems(domain=[_exists_message(domain)], hosts={}, route=[])
+def _exists(domain: str, sender: str = "") -> domains.RouteProblems:
+    return domains.RouteProblems(domain=[_exists_message(domain, sender)], hosts={}, route=[])
 
 
 def _locked_route(route_id: int) -> Route:
@@ -665,17 +714,17 @@ def _analyze() -> None:
 
 
 _ROUTES = bulk.BulkInsert(
-    Route, ("domain", "special", "tls", "defer_on_4xx", "fallback_relay", "created_at", "updated_at")
+    Route, ("domain", "sender", "special", "tls", "defer_on_4xx", "fallback_relay", "created_at", "updated_at")
 )
 _HOSTS = bulk.BulkInsert(DestinationHost, ("route_id", "host", "a_only", "port", "priority", "weight", "position"))
 
 
-def _insert_routes(rows: Sequence[tuple[str, str]]) -> None:
-    """Bulk insert (domain, special) routes with default settings (esaroutes.bulk: 10x the ORM's speed)."""
+def _insert_routes(rows: Sequence[tuple[str, str, str]]) -> None:
+    """Bulk insert (domain, sender, special) routes with default settings (esaroutes.bulk: 10x the ORM's speed)."""
     if not rows:
         return
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    _ROUTES.run([(d, sp, Route.TLS.OPPORTUNISTIC, False, "", now, now) for d, sp in rows])
+    _ROUTES.run([(d, sd, sp, Route.TLS.OPPORTUNISTIC, False, "", now, now) for d, sd, sp in rows])
 
 
 def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int, int]]) -> None:

@@ -55,6 +55,7 @@ _ROUTE_COLUMNS = (
     "tls",
     "defer_on_4xx",
     "fallback_relay",
+    "sender",
 )
 
 
@@ -84,8 +85,9 @@ def build_table(version: int | None = None) -> matching.RouteTable:
             tls=tls,
             defer_on_4xx=bool(defer_on_4xx),
             fallback_relay=fallback_relay or "",
+            sender=sender,
         )
-        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx, fallback_relay in _rows(
+        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx, fallback_relay, sender in _rows(
             Route, _ROUTE_COLUMNS, ()
         )
     ]

@@ -62,9 +62,12 @@ def profile_for(
     return profiles[None]
 
 
-def profile_of(table: matching.RouteTable, domain: str, profiles: dict[int | None, BounceProfile]) -> BounceProfile:
-    """`profile_for` a recipient domain: its route and its destination control in one table."""
-    return profile_for(table.lookup(domain), profiles, table.destinations.lookup(domain))
+def profile_of(
+    table: matching.RouteTable, domain: str, profiles: dict[int | None, BounceProfile], sender: str | None = None
+) -> BounceProfile:
+    """`profile_for` a recipient domain (of a message from `sender`, whose route may be a sender route): its route
+    and its destination control in one table."""
+    return profile_for(table.lookup(domain, sender), profiles, table.destinations.lookup(domain))
 
 
 def _timeouts() -> outcome.Timeouts:
@@ -173,7 +176,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             left.add(domain)  # not attempted, not expired; the release leaves it with no due time
             continue
         rcpt = outcome.Rcpt(rid, address, domain)
-        profile = profile_of(resolver.table, domain, profiles)
+        profile = profile_of(resolver.table, domain, profiles, sender)
         if attempts and engine.is_expired(
             message["received_at"],
             attempts,
@@ -184,7 +187,11 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
             text = "5.4.7 Delivery expired (message too old)"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.BOUNCED, text=text)
             continue
-        where = resolve.redirected(domain, redirect_host, redirect_port) if redirect_host else resolver.resolve(domain)
+        where = (
+            resolve.redirected(domain, redirect_host, redirect_port)
+            if redirect_host
+            else resolver.resolve(domain, sender)
+        )
         if where.kind == resolve.Kind.DEVNULL:
             text = "Dropped by the /dev/null route"
             local_final(out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=Recipient.State.DROPPED, text=text)

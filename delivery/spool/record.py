@@ -33,9 +33,13 @@ logger = logging.getLogger(__name__)
 
 
 def _retry_at(
-    recipient: Recipient, table: matching.RouteTable, profiles: dict[int | None, BounceProfile], now: datetime
+    recipient: Recipient,
+    table: matching.RouteTable,
+    profiles: dict[int | None, BounceProfile],
+    now: datetime,
+    sender: str | None = None,
 ) -> datetime:
-    profile = plan.profile_of(table, recipient.domain, profiles)
+    profile = plan.profile_of(table, recipient.domain, profiles, sender)
     wait = engine.retry_delay(
         recipient.attempts, timedelta(seconds=profile.initial_retry), timedelta(seconds=profile.max_retry_timeout)
     )
@@ -64,6 +68,9 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
                 by_key[(row.message_id, row.rid)] = row
         table = snapshot.current_table()
         profiles = plan.bounce_profiles()
+        senders: dict[int, str] = {}  # a sender route's bounce profile decides the retry: the planner's lookup
+        if table.by_sender and mids:
+            senders = dict(Message.objects.filter(pk__in=mids).values_list("pk", "sender"))
         changed: list[Recipient] = []
         hooked: list[webhook_events.Change] = []
         bounced: dict[int, list[tuple[Recipient, outcome.Final]]] = defaultdict(list)
@@ -80,7 +87,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
             r.dsn_status = f.dsn_status[:16]
             r.state = f.state
             if f.state == Recipient.State.DELAYED:
-                r.next_attempt_at = _retry_at(r, table, profiles, now)
+                r.next_attempt_at = _retry_at(r, table, profiles, now, senders.get(r.message_id))
             else:
                 r.next_attempt_at = None
                 r.finished_at = now
@@ -331,7 +338,7 @@ def _generate_bounces(
         message = messages.get(mid)
         if message is None or not dsn.should_bounce(message.sender):
             continue
-        if not any(plan.profile_of(table, r.domain, profiles).send_bounces for r, _ in pairs):
+        if not any(plan.profile_of(table, r.domain, profiles, message.sender).send_bounces for r, _ in pairs):
             continue
         sender_domain = matching.recipient_domain(message.sender) or ""
         data = dsn.build_dsn(

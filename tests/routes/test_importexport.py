@@ -300,3 +300,62 @@ def test_destination_changes_host_by_host():
 def test_default_route_warning_in_words(current, incoming, warning):
     parse = lambda text: None if text is None else domains.parse_hosts(text)  # noqa: E731
     assert importexport.default_route_warning(parse(current), parse(incoming)) == warning
+
+
+SENDER_SAMPLE = """\
+example.com                     mx1.example.com/pri=10
+example.com sender=app.example  mx-app.example.com/pri=10
+example.com\tSENDER=<>\tbounces.example.com
+ALL sender=alerts@App.Example   [10.0.0.9]:2525
+"""
+
+
+def test_a_sender_option_after_the_domain_makes_a_sender_route():
+    result = importexport.parse(SENDER_SAMPLE)
+    assert result.errors == []
+    assert [(row.domain, row.sender) for row in result.rows] == [
+        ("example.com", ""),
+        ("example.com", "app.example"),
+        ("example.com", "<>"),
+        ("ALL", "alerts@app.example"),
+    ]
+    assert list(result.routes()) == [
+        "example.com",
+        "example.com sender=app.example",
+        "example.com sender=<>",
+        "ALL sender=alerts@app.example",
+    ]
+
+
+def test_sender_routes_round_trip_and_plain_files_stay_plain():
+    routes = importexport.parse(SENDER_SAMPLE).routes()
+    text = importexport.format_table(routes.items(), now=NOW)
+    assert "example.com  sender=app.example         mx-app.example.com/pri=10" in text
+    assert "example.com                             mx1.example.com/pri=10" in text
+    assert importexport.parse(text).routes() == routes
+    plain = importexport.format_table(importexport.parse(SAMPLE).routes().items(), now=NOW)
+    assert "sender" not in plain
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("example.com sender= mx1.example.com", "line 1: sender= needs a pattern"),
+        ("example.com sender=@app.example mx1.example.com", "line 1: sender: "),
+        ("example.com sender=ALL mx1.example.com", "line 1: sender: ALL is not a sender pattern"),
+        ("example.com sender=app.example", 'line 1: "example.com" has no destination hosts'),
+        (
+            "example.com sender=app.example a.example\nexample.com sender=APP.example b.example",
+            'line 2: "example.com" is already routed for the sender app.example on line 1',
+        ),
+    ],
+)
+def test_bad_sender_options_are_line_numbered_errors(line, message):
+    result = importexport.parse(line)
+    assert not result.ok
+    assert any(error.startswith(message) for error in result.errors), result.errors
+
+
+def test_one_domain_for_two_senders_is_not_a_duplicate():
+    result = importexport.parse("example.com a.example\nexample.com sender=<> b.example\n")
+    assert result.ok and len(result.rows) == 2

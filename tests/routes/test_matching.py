@@ -170,3 +170,122 @@ def test_case_and_trailing_dot_do_not_matter(domain):
 def test_stored_and_recipient_forms_agree(domain):
     """What the admin types (normalize) and what a recipient carries (lookup) reach the same key."""
     assert matching.recipient_domain(domain) == domains.normalize_receiving_domain(domain)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Routes by sender
+
+
+def sender_entry(route_id: int, domain: str, sender: str = "") -> RouteEntry:
+    return RouteEntry(id=route_id, domain=domain, hosts=(HostSpec(f"mx{route_id}.relay.test"),), sender=sender)
+
+
+SENDER_TABLE = RouteTable(
+    [
+        sender_entry(1, "example.com"),
+        sender_entry(2, "ALL"),
+        sender_entry(10, "example.com", "alerts@app.example"),
+        sender_entry(11, "example.com", "app.example"),
+        sender_entry(12, ".example.com", "app.example"),
+        sender_entry(13, "example.com", ".app.example"),
+        sender_entry(14, "example.com", ".example"),
+        sender_entry(15, "ALL", ".mail.app.example"),
+        sender_entry(16, "example.com", "<>"),
+        sender_entry(17, "other.test", "alerts@app.example"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("recipient", "sender", "route_id"),
+    [
+        ("user@example.com", None, 1),  # no sender given: the plain routes only
+        ("user@example.com", "bob@elsewhere.test", 1),  # no pattern matches: the plain routes decide
+        ("user@example.com", "alerts@app.example", 10),  # the address beats the domain
+        ("user@example.com", "ALERTS@App.Example", 10),  # senders compare without case
+        ("user@example.com", "<alerts@app.example>", 10),
+        ("user@example.com", "bob@app.example", 11),  # the domain beats the partials
+        ("a.example.com", "bob@app.example", 12),  # within a pattern: the longest receiving-domain match
+        ("user@example.com", "bob@x.app.example", 13),  # the longer partial beats the shorter .example
+        ("user@example.com", "bob@y.example", 14),
+        ("user@example.com", "bob@app.example.org", 1),  # .example is a label suffix, not a text suffix
+        ("user@example.com", "bob@z.mail.app.example", 15),  # .mail.app.example's ALL beats .app.example's domain
+        ("user@example.com", "", 16),  # the null sender
+        ("user@example.com", "<>", 16),
+        ("a.example.com", "", 2),  # <> has no route for a.example.com: the plain routes decide
+        ("user@other.test", "alerts@app.example", 17),
+        ("user@other.test", "bob@app.example", 2),  # app.example has no route there, nor ALL: plain ALL
+        ("user@[192.0.2.1]", "alerts@app.example", 2),  # an address literal: the patterns' ALL, else plain ALL
+        ("user@[192.0.2.1]", "bob@z.mail.app.example", 15),
+    ],
+)
+def test_sender_routes_are_tried_most_specific_pattern_first(recipient: str, sender: str | None, route_id: int) -> None:
+    found = SENDER_TABLE.lookup(recipient, sender)
+    assert found is not None
+    assert found.id == route_id
+
+
+def test_a_table_without_sender_routes_ignores_the_sender() -> None:
+    assert not TABLE.by_sender
+    assert TABLE.lookup("user@example.com", "alerts@app.example") is TABLE.lookup("user@example.com")
+
+
+def test_sender_routes_are_counted_and_listed() -> None:
+    assert len(SENDER_TABLE) == 10
+    assert sorted(e.id for e in SENDER_TABLE.entries()) == [1, 2, 10, 11, 12, 13, 14, 15, 16, 17]
+
+
+def test_one_domain_twice_for_one_sender_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"for the sender app\.example"):
+        RouteTable([sender_entry(1, "example.com", "app.example"), sender_entry(2, "example.com", "app.example")])
+
+
+@pytest.mark.parametrize(
+    ("sender", "patterns"),
+    [
+        ("alerts@mail.app.example", ["alerts@mail.app.example", "mail.app.example", ".app.example", ".example"]),
+        ("", ["<>"]),
+        ("<>", ["<>"]),
+        ("Bob@Bücher.Example", ["bob@xn--bcher-kva.example", "xn--bcher-kva.example", ".example"]),
+        ("root@localhost", ["root@localhost", "localhost"]),
+    ],
+)
+def test_sender_patterns_most_specific_first(sender: str, patterns: list[str]) -> None:
+    assert matching.sender_patterns(sender) == patterns
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("", ""),
+        ("  ", ""),
+        ("<>", "<>"),
+        ("< >", "<>"),
+        ("Alerts@App.Example", "alerts@app.example"),
+        ("app.example.", "app.example"),
+        (".App.Example", ".app.example"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ('"odd@x"@app.example', '"odd@x"@app.example'),
+    ],
+)
+def test_sender_patterns_are_stored_normalised(typed: str, stored: str) -> None:
+    assert matching.normalize_sender_pattern(typed) == stored
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("ALL", "ALL is not a sender pattern"),
+        ("@app.example", "nothing before the @"),
+        ("alerts@", "has no domain"),
+        (".", "has no domain"),
+        ("a b@app.example", "is not a sender pattern"),
+        ("<alerts@app.example>", "is not a sender pattern"),
+        ("alerts@192.0.2.1", "IP address"),
+        ("app_x.example", 'contains "_"'),
+        (".alerts@app.example", "cannot start with a dot"),
+    ],
+)
+def test_bad_sender_patterns_say_why(typed: str, message: str) -> None:
+    with pytest.raises(matching.SenderPatternError, match=message):
+        matching.normalize_sender_pattern(typed)

@@ -121,3 +121,33 @@ def test_a_large_import_takes_the_bulk_path_and_round_trips():
     route = Route.objects.get(domain="d7.example")
     assert (route.tls, route.defer_on_4xx, route.auth_profile_id) == ("opportunistic", False, None)
     assert route.created_at is not None and route.hosts.count() == 2
+
+
+def test_a_domain_has_one_route_per_sender_pattern(alice):
+    make_route("example.com", "mx1.example.com")
+    app = make_route("example.com", "mx-app.example.com", sender="App.Example")
+    assert app.sender == "app.example"
+    with pytest.raises(services.RouteInvalid, match=r"The value example\.com for the sender app\.example is already"):
+        make_route("example.com", "other.example.com", sender="app.example")
+    with pytest.raises(services.SenderInvalid, match="nothing before the @"):
+        make_route("example.com", "other.example.com", sender="@app.example")
+    entry = AuditEntry.objects.filter(object_repr="example.com sender=app.example").get()
+    assert entry.after["sender"] == "app.example"
+    table = snapshot.build_table()
+    assert table.lookup("u@example.com", "x@app.example").id == app.pk
+    assert table.lookup("u@example.com", "x@other.example").id != app.pk
+
+
+def test_an_import_keeps_sender_routes_apart_and_round_trips():
+    make_route("example.com", "mx1.example.com")
+    make_route("example.com", "old.example.com", sender="<>", tls="required")
+    text = "example.com mx1.example.com\nexample.com sender=<> new.example.com\nexample.com sender=app.example a.ex\n"
+    summary = services.routes_import(incoming=importexport.parse(text).routes(), mode="replace", actor="t")
+    assert summary.added == ("example.com sender=app.example",)
+    assert summary.changed == ("example.com sender=<>",) and summary.unchanged == 1
+    assert Route.objects.get(domain="example.com", sender="<>").tls == "required"  # the changed row is kept
+    assert importexport.parse(services.export_text()).routes() == importexport.parse(text).routes()
+    services.routes_import(
+        incoming=importexport.parse("example.com mx1.example.com\n").routes(), mode="replace", actor="t"
+    )
+    assert list(Route.objects.values_list("sender", flat=True)) == [""]
