@@ -94,6 +94,7 @@ ROUTE_OBJECTS = ("route", "route table")  # what the "Route changes" view of the
 
 _LABELS = {
     "domain": "Domain",
+    "sender": "Sender",
     "destination": "Destination hosts",
     "auth_profile": "SMTP AUTH profile",
     "bounce_profile": "Bounce profile",

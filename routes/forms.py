@@ -16,7 +16,7 @@ from django import forms
 from django.forms.formsets import BaseFormSet, formset_factory
 
 from delivery.models import BounceProfile
-from routes import domains, services
+from routes import domains, matching, services
 from routes.models import AuthProfile, Route
 
 FALLBACK_PREFIX = "fallback relay: "  # a service's route-level message about the fallback relay field
@@ -29,6 +29,15 @@ class RouteForm(forms.Form):
         max_length=300,
         help_text="example.com (that domain only), .example.com (its subdomains) or ALL (all other domains). "
         "Unicode names are fine.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+    sender = forms.CharField(
+        label="Sender",
+        required=False,
+        max_length=320,
+        help_text="Optional: this route applies only to mail from this envelope sender. An address "
+        "(alerts@app.example), a domain (app.example), its subdomains (.app.example) or <> (the null sender, "
+        "bounces). Empty: every sender.",
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
     auth_profile = forms.ModelChoiceField(
@@ -60,6 +69,13 @@ class RouteForm(forms.Form):
         try:
             return domains.fallback_relay_text(text)
         except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
+
+    def clean_sender(self) -> str:
+        text: str = self.cleaned_data["sender"]
+        try:
+            return matching.normalize_sender_pattern(text)
+        except matching.SenderPatternError as exc:
             raise forms.ValidationError(_sentence(str(exc))) from None
 
     def clean_domain(self) -> str:
@@ -228,6 +244,7 @@ class RouteEditor:
         if route is not None:
             initial = {
                 "domain": domains.display_domain(route.domain),
+                "sender": matching.display_sender(route.sender),
                 "auth_profile": route.auth_profile_id,
                 "bounce_profile": route.bounce_profile_id,
                 "tls": route.tls,
@@ -263,10 +280,10 @@ class RouteEditor:
         if self.hosts.non_form_errors():
             return False
         live = [f for f in self.hosts.forms if not f.is_removed and not f.is_blank]
-        domain: str | None = self.form.cleaned_data["domain"] if form_ok else None
+        domain: str | None = self.form.cleaned_data.get("domain")  # checked even when another field is wrong
         destination, route_messages = check_host_rows(live, domain)
         self.route_errors += [_sentence(m) for m in route_messages]
-        if domain is None or destination is None or self.route_errors or any(f.errors for f in live):
+        if not form_ok or domain is None or destination is None or self.route_errors or any(f.errors for f in live):
             return False
         auth = self.form.cleaned_data["auth_profile"]
         bounce = self.form.cleaned_data["bounce_profile"]
@@ -278,6 +295,7 @@ class RouteEditor:
             tls=self.form.cleaned_data["tls"],
             defer_on_4xx=self.form.cleaned_data["defer_on_4xx"],
             fallback_relay=self.form.cleaned_data["fallback_relay"],
+            sender=self.form.cleaned_data["sender"],
         )
         return True
 

@@ -50,6 +50,7 @@ KINDS = {
     "partial": Q(domain__startswith=".") & Q(special=""),
     "special": ~Q(special=""),
     "auth": Q(auth_profile__isnull=False),
+    "sender": ~Q(sender=""),
 }
 IMPORT_TTL = timedelta(hours=1)
 PROBE_TIMEOUT = 5.0  # seconds for each host's EHLO probe on the route test page
@@ -73,7 +74,7 @@ def route_list(request: AuthedHtmxRequest) -> HttpResponse:
     sort = sort if sort in SORTS else "domain"
     kind = request.GET.get("kind", "all")
     kind = kind if kind in KINDS else "all"
-    routes = Route.objects.exclude(domain=domains.DEFAULT_ROUTE).filter(KINDS[kind])
+    routes = Route.objects.exclude(domain=domains.DEFAULT_ROUTE, sender="").filter(KINDS[kind])
     if q:
         routes = routes.filter(_search(q))
     routes = routes.select_related("auth_profile").order_by(*SORTS[sort])
@@ -87,7 +88,9 @@ def route_list(request: AuthedHtmxRequest) -> HttpResponse:
         page = Paginator(routes, PER_PAGE).get_page(request.GET.get("page"))
         rows = list(page.object_list)
     prefetch_related_objects(rows, "hosts")  # this page's hosts only: one query
-    default = Route.objects.select_related("auth_profile").prefetch_related("hosts").filter(domain="ALL").first()
+    default = (
+        Route.objects.select_related("auth_profile").prefetch_related("hosts").filter(domain="ALL", sender="").first()
+    )
     context = {
         "page": page,
         "routes": rows,
@@ -101,6 +104,7 @@ def route_list(request: AuthedHtmxRequest) -> HttpResponse:
             ("partial", "Partial"),
             ("special", "USEDNS or /dev/null"),
             ("auth", "With SMTP AUTH"),
+            ("sender", "By sender"),
         ],
         "query": _query(q=q, sort=sort, kind=kind),
         "total": Route.objects.count(),
@@ -117,14 +121,14 @@ def _by_unicode_domain(routes: Any, *, descending: bool) -> list[int]:
 
 
 def _search(q: str) -> Q:
-    """Routes whose domain or one of whose hosts contains the text (typed in Unicode or punycode)."""
+    """Routes whose domain, sender pattern or one of whose hosts contains the text (Unicode or punycode)."""
     terms = {q.lower()}
     with contextlib.suppress(ValueError, UnicodeError):
         terms.add(domains.to_ascii_name(q.strip(".")).lower())
     condition = Q()
     for term in terms:
         hosts = DestinationHost.objects.filter(host__contains=term).values("route_id")
-        condition |= Q(domain__contains=term) | Q(pk__in=hosts)
+        condition |= Q(domain__contains=term) | Q(sender__contains=term) | Q(pk__in=hosts)
     return condition
 
 
@@ -160,6 +164,12 @@ def route_edit(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
     return _save(request, editor, route)
 
 
+def _label(route: Route) -> str:
+    """A route as people read it: `bücher.example`, `example.com from alerts@app.example`."""
+    shown = domains.display_domain(route.domain)
+    return f"{shown} from {matching.display_sender(route.sender)}" if route.sender else shown
+
+
 def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | None) -> HttpResponse:
     template = htmx.partial_or_page(request, "routes/route_form.html", "route-form")
     context = {"editor": editor, "route": route}
@@ -169,10 +179,10 @@ def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | 
         try:
             if route is None:
                 saved = services.route_create(data=editor.data, actor=request.user)
-                messages.success(request, f"Route {domains.display_domain(saved.domain)} added.")
+                messages.success(request, f"Route {_label(saved)} added.")
             else:
                 saved = services.route_update(route_id=route.pk, data=editor.data, actor=request.user)
-                messages.success(request, f"Route {domains.display_domain(saved.domain)} saved.")
+                messages.success(request, f"Route {_label(saved)} saved.")
         except services.RouteInvalid as exc:
             editor.apply_problems(exc.problems)
         else:
@@ -252,13 +262,16 @@ class PlannedHost:
 def route_test(request: AuthedHtmxRequest) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
     address = source.get("address", "").strip()[:320]
-    context: dict[str, Any] = {"address": address}
+    sender = source.get("sender", "").strip()[:320]
+    context: dict[str, Any] = {"address": address, "sender": sender}
     problem = matching.address_problem(address) if address else None
-    if problem:
+    sender_problem = _sender_problem(sender)
+    if problem or sender_problem:
         context["address_error"] = problem
+        context["sender_error"] = sender_problem
         return htmx.render(request, "routes/route_test.html", "test-result", context, status=422)
     if address:
-        context.update(_plan(address))
+        context.update(_plan(address, sender or None))
         context["rows"] = [(p, None) for p in context.get("hosts", [])]
         if request.method == "POST" and source.get("connect") and context.get("hosts"):
             if not request.user.has_perm("routes.change_route"):
@@ -276,10 +289,18 @@ def route_test(request: AuthedHtmxRequest) -> HttpResponse:
     return htmx.render(request, "routes/route_test.html", "test-result", context)
 
 
-def _plan(address: str) -> dict[str, Any]:
+def _sender_problem(sender: str) -> str | None:
+    """Why the route tester's Sender is not an envelope sender: empty (no sender) and `<>` are fine."""
+    if not sender or sender.replace(" ", "") == matching.NULL_SENDER:
+        return None
+    problem = matching.address_problem(sender)
+    return problem.replace("user@example.com", "alerts@app.example, or <> for the null sender") if problem else None
+
+
+def _plan(address: str, sender: str | None = None) -> dict[str, Any]:
     domain = matching.recipient_domain(address)
     table = snapshot.current_table(max_age=0)
-    entry = table.lookup(address)
+    entry = table.lookup(address, sender)
     plan: dict[str, Any] = {
         "domain": domain,
         "entry": entry,
@@ -301,7 +322,7 @@ def _plan(address: str) -> dict[str, Any]:
     # The order delivery's next connection uses (delivery.resolve: MX exchanges of route host names included),
     # then the hosts it leaves out (down while another host is up), flagged.
     now = timezone.now()
-    preview = resolve.preview(domain or address, table=table, now=now)
+    preview = resolve.preview(domain or address, table=table, now=now, sender=sender)
     specs = {(h.host, h.port): h for h in entry.hosts}
     spec = domains.HostSpec
     plan["hosts"] = [

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from django import template
 
-from routes import audit, domains, importexport
+from routes import audit, domains, importexport, matching
 from routes.models import AuditEntry, DestinationHost
 
 if TYPE_CHECKING:
@@ -19,6 +19,12 @@ register = template.Library()
 def unicode_domain(stored: str) -> str:
     """`.xn--bcher-kva.example` → `.bücher.example`; `ALL` and IP addresses unchanged."""
     return domains.display_domain(stored)
+
+
+@register.filter
+def unicode_sender(stored: str) -> str:
+    """A stored sender pattern (`alerts@xn--bcher-kva.example`, `.app.example`, `<>`) as people read it."""
+    return matching.display_sender(stored)
 
 
 @register.filter

@@ -1,13 +1,18 @@
 """`manage.py smtproutes`: the ESA's `smtproutes` as sub-commands, with the same validation and audit as the web UI.
 
     smtproutes print
-    smtproutes new DOMAIN HOSTS [--fallback-relay HOST[:PORT]]
+    smtproutes new DOMAIN HOSTS [--sender PATTERN] [--fallback-relay HOST[:PORT]]
                                            e.g. new example.com "mx1.example.com/pri=10, [10.0.0.9]:2525/pri=20"
-    smtproutes edit DOMAIN HOSTS [--rename NEW] [--fallback-relay HOST[:PORT]]   ("" removes the fallback)
-    smtproutes delete DOMAIN
+    smtproutes edit DOMAIN HOSTS [--sender PATTERN] [--rename NEW] [--set-sender NEW]
+                                 [--fallback-relay HOST[:PORT]]   ("" removes the fallback, or the sender)
+    smtproutes delete DOMAIN [--sender PATTERN]
     smtproutes import FILE [--replace]     (default: merge; --replace makes the table exactly the file)
     smtproutes export FILE                 (- for standard output)
     smtproutes clear [--yes]
+
+`--sender` names a route by sender: with `new` it makes a route for mail from that envelope sender only (an
+address, a domain, a .partial domain or <>); with `edit` and `delete` it picks that domain's route for the
+sender (without it, the route for every sender). `print` shows the sender routes as `sender=PATTERN`.
 
 Changes are recorded in the audit log as "cli:<unix user>". Errors go to stderr with a non-zero exit status.
 """
@@ -20,9 +25,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from routes import audit, domains, importexport, services
+from routes import audit, domains, importexport, matching, services
 from routes.models import Route
 
+SENDER_HELP = "envelope sender pattern: alerts@app.example, app.example, .app.example or <> (the null sender)"
 FALLBACK_HELP = "tried when every host of the route failed a recipient, before it waits for its retry"
 
 
@@ -39,16 +45,22 @@ class Command(BaseCommand):
         new = sub.add_parser("new", help="add a route")
         new.add_argument("domain", help="example.com, .example.com or ALL")
         new.add_argument("hosts", help='"host[:port][/pri=N][/weight=N], ...", or USEDNS, or /dev/null')
+        new.add_argument(
+            "--sender", metavar="PATTERN", default="", help="route mail from this sender only: " + SENDER_HELP
+        )
         new.add_argument("--fallback-relay", metavar="HOST[:PORT]", default="", help=FALLBACK_HELP)
         edit = sub.add_parser("edit", help="replace the destination hosts of a route (and optionally rename it)")
         edit.add_argument("domain")
         edit.add_argument("hosts")
+        edit.add_argument("--sender", metavar="PATTERN", default="", help="the route for this sender: " + SENDER_HELP)
         edit.add_argument("--rename", metavar="NEW", help="new receiving domain")
+        edit.add_argument("--set-sender", metavar="NEW", help='new sender pattern ("" : every sender)')
         edit.add_argument(
             "--fallback-relay", metavar="HOST[:PORT]", help=FALLBACK_HELP + ' (default: unchanged; "" removes it)'
         )
         delete = sub.add_parser("delete", help="delete a route")
         delete.add_argument("domain")
+        delete.add_argument("--sender", metavar="PATTERN", default="", help="the route for this sender: " + SENDER_HELP)
         imp = sub.add_parser("import", help="import a routes file (all or nothing)")
         imp.add_argument("file", help="path, or - for standard input")
         imp.add_argument("--replace", action="store_true", help="remove the routes that are not in the file")
@@ -72,18 +84,22 @@ class Command(BaseCommand):
         try:
             route = services.route_create(
                 data=services.RouteData(
-                    domain=domain, destination=destination, fallback_relay=options["fallback_relay"]
+                    domain=domain,
+                    destination=destination,
+                    fallback_relay=options["fallback_relay"],
+                    sender=self._sender(options["sender"]),
                 ),
                 actor=audit.cli_actor(),
             )
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
-        self.stdout.write(f"Added {route.domain}: {importexport.canonical(destination)}{_fallback(route)}")
+        self.stdout.write(f"Added {route}: {importexport.canonical(destination)}{_fallback(route)}")
 
     def do_edit(self, options: dict[str, Any]) -> None:
-        route = self._route(options["domain"])
+        route = self._route(options["domain"], options["sender"])
         destination = self._hosts(options["hosts"])
         new_domain = self._domain(options["rename"]) if options["rename"] else route.domain
+        new_sender = route.sender if options["set_sender"] is None else self._sender(options["set_sender"])
         data = services.RouteData(
             domain=new_domain,
             destination=destination,
@@ -92,18 +108,19 @@ class Command(BaseCommand):
             tls=route.tls,
             defer_on_4xx=route.defer_on_4xx,
             fallback_relay=route.fallback_relay if options["fallback_relay"] is None else options["fallback_relay"],
+            sender=new_sender,
         )
         try:
             saved = services.route_update(route_id=route.pk, data=data, actor=audit.cli_actor())
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
-        renamed = f" (renamed from {route.domain})" if saved.domain != route.domain else ""
-        self.stdout.write(f"Changed {saved.domain}{renamed}: {importexport.canonical(destination)}{_fallback(saved)}")
+        renamed = f" (renamed from {route})" if str(saved) != str(route) else ""
+        self.stdout.write(f"Changed {saved}{renamed}: {importexport.canonical(destination)}{_fallback(saved)}")
 
     def do_delete(self, options: dict[str, Any]) -> None:
-        route = self._route(options["domain"])
+        route = self._route(options["domain"], options["sender"])
         services.routes_delete(route_ids=[route.pk], actor=audit.cli_actor())
-        self.stdout.write(f"Deleted {route.domain}")
+        self.stdout.write(f"Deleted {route}")
 
     def do_import(self, options: dict[str, Any]) -> None:
         name = options["file"]
@@ -160,12 +177,26 @@ class Command(BaseCommand):
         except domains.HostListError as exc:
             raise CommandError("; ".join(exc.errors)) from None
 
-    def _route(self, text: str) -> Route:
+    def _sender(self, text: str) -> str:
+        try:
+            return matching.normalize_sender_pattern(text)
+        except matching.SenderPatternError as exc:
+            raise CommandError(f"--sender: {exc}") from None
+
+    def _route(self, text: str, sender_text: str = "") -> Route:
         domain = self._domain(text)
-        route = Route.objects.filter(domain=domain).first()
+        sender = self._sender(sender_text)
+        route = Route.objects.filter(domain=domain, sender=sender).first()
         if route is None:
-            raise CommandError(f'"{text}": that entry does not appear to be in the routing table')
+            shown = f" with the sender {sender}" if sender else ""
+            others = "" if sender else _sender_routes_hint(domain)
+            raise CommandError(f'"{text}"{shown}: that entry does not appear to be in the routing table{others}')
         return route
+
+
+def _sender_routes_hint(domain: str) -> str:
+    senders = list(Route.objects.filter(domain=domain).exclude(sender="").values_list("sender", flat=True)[:5])
+    return f" (it has routes by sender: name one with --sender {senders[0]})" if senders else ""
 
 
 def _problems(problems: domains.RouteProblems) -> str:
