@@ -308,7 +308,7 @@ def _plan(address: str, sender: str | None = None) -> dict[str, Any]:
         "fallback": resolve.fallback_for(entry),
     }
     if domain:  # the destination control that applies, with the shared counts now (delivery.slots)
-        where = resolve.Resolver(table, dns=False).resolve(domain)
+        where = resolve.Resolver(table, dns=False).resolve(domain, sender)
         plan["destination"] = resolve.destination_status(domain, where, table)
         preference = plan["destination"].limits.ip_preference
         plan["ip_preference"] = destination_controls.IP_PREFERENCES.get(preference, preference)

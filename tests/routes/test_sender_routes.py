@@ -160,3 +160,26 @@ def test_the_admin_saves_and_checks_the_sender(client_alice):
     assert Route.objects.filter(domain="example.com", sender="<>").exists()
     listing = client_alice.get(reverse("admin:routes_route_changelist")).content.decode()
     assert "&lt;&gt;" in listing
+
+
+def _upload(client, text):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("routes.txt", text.encode(), content_type="text/plain")
+    return client.post(reverse("routes:routes-import"), {"file": upload}, **HTMX)
+
+
+def test_the_import_page_previews_and_applies_sender_routes_and_exports_them(client_alice):
+    make_route("example.com", "mx1.example.com")
+    text = "example.com mx1.example.com\nexample.com sender=app.example mx-app.example.com\n"
+    preview = _upload(client_alice, text)
+    body = preview.content.decode()
+    assert preview.status_code == 200 and "1 to add" in body and "sender=app.example" in body
+    token = body.split('name="token" value="')[1].split('"')[0]
+    version = body.split('name="version" value="')[1].split('"')[0]
+    client_alice.post(reverse("routes:routes-import"), {"token": token, "mode": "replace", "version": version}, **HTMX)
+    assert Route.objects.filter(domain="example.com", sender="app.example").exists()
+    exported = client_alice.get(reverse("routes:routes-export")).content.decode()
+    assert "sender=app.example" in exported
+    bad = _upload(client_alice, "example.com sender=@app.example mx.example.com\n")
+    assert bad.status_code == 422 and "line 1: sender:" in bad.content.decode()
