@@ -125,6 +125,9 @@ class BounceProfileAdmin(admin.ModelAdmin[BounceProfile]):
         "initial_retry",
         "max_retry_timeout",
         "send_bounces",
+        "send_warnings",
+        "warning_interval",
+        "warning_max",
         "after_possible_delivery",
     )
     search_fields = ("name",)

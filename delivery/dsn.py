@@ -1,4 +1,5 @@
-"""Delivery status notifications (RFC 3464 bounces): a pure function from a failed delivery to message bytes.
+"""Delivery status notifications (RFC 3464 bounces and delay warnings): pure functions from a failed or delayed
+delivery to message bytes (``build_dsn``; ``build_delay_warning`` for a recipient still being retried).
 
     data = dsn.build_dsn(original=body, sender="alice@example.test", recipients=[dsn.BouncedRecipient(
         "bob@example.net", "5.1.1", "550 5.1.1 <bob@example.net>... User unknown", "mx.example.net", now)],
@@ -59,6 +60,7 @@ from email.message import EmailMessage
 from delivery import engine
 
 SUBJECT = "Delivery Status Notification (Failure)"
+DELAY_SUBJECT = "Delivery Status Notification (Delay)"
 #: RFC 5322 §2.1.1: at most 998 octets per line, CRLF excluded.
 MAX_LINE = 998
 
@@ -102,6 +104,59 @@ def build_dsn(
     include_body: bool = False,
 ) -> bytes:
     """The complete bounce message for ``recipients`` of message ``mid``; see the module docstring."""
+    return _build(
+        original=original,
+        sender=sender,
+        recipients=recipients,
+        reporting_mta=reporting_mta,
+        arrival=arrival,
+        now=now,
+        mid=mid,
+        include_body=include_body,
+        will_retry_until=None,
+    )
+
+
+def build_delay_warning(
+    *,
+    original: bytes,
+    sender: str,
+    recipients: Sequence[BouncedRecipient],
+    reporting_mta: str,
+    arrival: datetime,
+    now: datetime,
+    mid: int,
+    will_retry_until: datetime,
+) -> bytes:
+    """The delay warning for ``recipients`` of message ``mid``, still queued and retried until
+    ``will_retry_until``: the bounce's shape (see the module docstring) with ``Subject: Delivery Status
+    Notification (Delay)``, ``Action: delayed``, a ``4.x.x`` ``Status`` (anything else is written ``4.0.0``) and
+    ``Will-Retry-Until``, and a text that says nothing needs doing yet. The original's headers are attached."""
+    return _build(
+        original=original,
+        sender=sender,
+        recipients=recipients,
+        reporting_mta=reporting_mta,
+        arrival=arrival,
+        now=now,
+        mid=mid,
+        include_body=False,
+        will_retry_until=will_retry_until,
+    )
+
+
+def _build(
+    *,
+    original: bytes,
+    sender: str,
+    recipients: Sequence[BouncedRecipient],
+    reporting_mta: str,
+    arrival: datetime,
+    now: datetime,
+    mid: int,
+    include_body: bool,
+    will_retry_until: datetime | None,
+) -> bytes:
     lines = _NEWLINES.split(original)
     if lines and lines[-1] == b"":
         lines.pop()  # the final line ending is not a line of its own
@@ -113,13 +168,17 @@ def build_dsn(
         attachment = b"Content-Type: text/rfc822-headers\r\n" + _cte(headers) + b"\r\n" + _join(headers)
 
     mta = _HOST_JUNK.sub("", reporting_mta) or "localhost"
-    human = _human_part(recipients, mta, arrival, now, whole=attach_whole)
-    report = _report_part(recipients, mta, arrival, mid)
+    if will_retry_until is None:
+        human = _human_part(recipients, mta, arrival, now, whole=attach_whole)
+    else:
+        human = _delay_part(recipients, mta, arrival, will_retry_until)
+    report = _report_part(recipients, mta, arrival, mid, will_retry_until)
 
     body_parts = [human, report, attachment]
     boundary = _boundary(body_parts)
     utf8 = not sender.isascii()
-    head = _top_headers(sender, mta, now, boundary, utf8=utf8)
+    subject = SUBJECT if will_retry_until is None else DELAY_SUBJECT
+    head = _top_headers(sender, mta, now, boundary, utf8=utf8, subject=subject)
     out = [head, b"This is a MIME-formatted message. See the text/plain part for a description.\r\n"]
     for part in body_parts:
         out += [b"\r\n--", boundary, b"\r\n", part]
@@ -130,7 +189,7 @@ def build_dsn(
 # --- the parts --------------------------------------------------------------------------------------------------
 
 
-def _top_headers(sender: str, mta: str, now: datetime, boundary: bytes, *, utf8: bool) -> bytes:
+def _top_headers(sender: str, mta: str, now: datetime, boundary: bytes, *, utf8: bool, subject: str) -> bytes:
     policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
     msg = EmailMessage(policy=policy)
     msg["From"] = f"Mail Delivery System <MAILER-DAEMON@{mta}>"
@@ -142,7 +201,7 @@ def _top_headers(sender: str, mta: str, now: datetime, boundary: bytes, *, utf8:
     except Exception:  # a sender the address parser cannot fold must not stop the bounce (the envelope decides)
         del msg["To"]
         msg["To"] = "undisclosed-recipients:;"
-    msg["Subject"] = SUBJECT
+    msg["Subject"] = subject
     msg["Date"] = email.utils.format_datetime(_aware(now))
     msg["Message-ID"] = email.utils.make_msgid(domain=mta)
     msg["Auto-Submitted"] = "auto-replied"
@@ -186,7 +245,45 @@ def _human_part(
     return part.as_bytes()
 
 
-def _report_part(recipients: Sequence[BouncedRecipient], mta: str, arrival: datetime, mid: int) -> bytes:
+def _delay_part(
+    recipients: Sequence[BouncedRecipient], mta: str, arrival: datetime, will_retry_until: datetime
+) -> bytes:
+    count = len(recipients)
+    para = [
+        f"This is the mail system at {mta}.",
+        (
+            f"Your message has not been delivered to {'this recipient' if count == 1 else f'{count} recipients'} "
+            f"yet. It arrived on {_rfc5322(arrival)}. The problem is temporary, so the mail system keeps trying "
+            f"until {_rfc5322(will_retry_until)}. You do not need to send it again: you will be told if it "
+            "cannot be delivered."
+        ),
+    ]
+    blocks = ["\r\n".join(textwrap.wrap(p, 76)) for p in para]
+    for r in recipients:
+        status = _delay_status(r.status)
+        lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}"]
+        detail = f"Technical details: {status} {engine.status_phrase(status)}"
+        if r.remote_mta:
+            detail += f"; the server {_one_line(r.remote_mta, ascii_only=False)} answered"
+        if r.diagnostic:
+            detail += f": {_one_line(r.diagnostic, ascii_only=False)}"
+        lines += textwrap.wrap(detail, 72, initial_indent="    ", subsequent_indent="    ", break_long_words=True)
+        blocks.append("\r\n".join(lines))
+    blocks.append("The headers of your original message are attached.")
+    text = "\r\n\r\n".join(blocks) + "\r\n"
+    part = EmailMessage(policy=email.policy.SMTP)
+    part.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
+    del part["MIME-Version"]
+    return part.as_bytes()
+
+
+def _report_part(
+    recipients: Sequence[BouncedRecipient],
+    mta: str,
+    arrival: datetime,
+    mid: int,
+    will_retry_until: datetime | None = None,
+) -> bytes:
     blocks = [
         [
             f"Reporting-MTA: dns; {mta}",
@@ -195,10 +292,11 @@ def _report_part(recipients: Sequence[BouncedRecipient], mta: str, arrival: date
         ]
     ]
     for r in recipients:
+        delayed = will_retry_until is not None
         fields = [
             f"Final-Recipient: {_address_field(r.address)}",
-            "Action: failed",
-            f"Status: {_status(r.status)}",
+            "Action: delayed" if delayed else "Action: failed",
+            f"Status: {_delay_status(r.status) if delayed else _status(r.status)}",
         ]
         if remote := _one_line(r.remote_mta, ascii_only=True):
             fields.append(f"Remote-MTA: dns; {_mta_name(remote)}")
@@ -207,6 +305,8 @@ def _report_part(recipients: Sequence[BouncedRecipient], mta: str, arrival: date
             fields.append(f"Diagnostic-Code: {kind}; {diagnostic}")
         if r.last_attempt is not None:
             fields.append(f"Last-Attempt-Date: {_rfc5322(r.last_attempt)}")
+        if will_retry_until is not None:
+            fields.append(f"Will-Retry-Until: {_rfc5322(will_retry_until)}")
         blocks.append(fields)
     text = "\r\n\r\n".join("\r\n".join(_fold(f) for f in block) for block in blocks)
     return b"Content-Type: message/delivery-status\r\n\r\n" + text.encode("ascii") + b"\r\n"
@@ -249,6 +349,12 @@ def _boundary(parts: list[bytes]) -> bytes:
 def _status(status: str) -> str:
     status = status.strip()
     return status if _STATUS.match(status) else "5.0.0"
+
+
+def _delay_status(status: str) -> str:
+    """A delay report's Status is temporary: ``4.x.x``, else ``4.0.0``."""
+    status = status.strip()
+    return status if _STATUS.match(status) and status.startswith("4") else "4.0.0"
 
 
 def _explain(status: str) -> str:

@@ -374,6 +374,30 @@ def retry_delay(
     return _doubling(attempts, initial, maximum)
 
 
+def delay_warning_due(
+    *,
+    enabled: bool,
+    null_sender: bool,
+    attempts: int,
+    sent: int,
+    maximum: int,
+    last_sent_at: datetime | None,
+    interval: timedelta,
+    now: datetime,
+) -> bool:
+    """Whether a delayed message's sender gets a delay warning now (the bounce profile's "Send Delay Warning
+    Messages", its minimum interval and maximum number).
+
+    Never when the profile's warnings are off, never to the null sender (``<>``: bounces and warnings come from
+    it, so a warning could loop), never before the second failed attempt (the ESA warns from the second attempt
+    on, not on the first delay), never more than ``maximum`` per message, and never sooner than ``interval``
+    after the last one. ``attempts`` counts the failed attempts of the recipient just delayed, this one included.
+    """
+    if not enabled or null_sender or attempts < 2 or sent >= maximum:
+        return False
+    return last_sent_at is None or now - last_sent_at >= interval
+
+
 def is_expired(
     first_queued_at: datetime,
     attempts: int,

@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
 
+MAX_DELAY_WARNINGS = 100  # per message, as a bounce profile may set
+
 
 class BounceProfile(models.Model):
     """Retry schedule and bounce behaviour, as on the ESA's Network > Bounce Profiles. "Default" always exists."""
@@ -23,6 +25,20 @@ class BounceProfile(models.Model):
     initial_retry = models.PositiveIntegerField(default=60, help_text="Seconds before the first retry")
     max_retry_timeout = models.PositiveIntegerField(default=3600, help_text="Ceiling of the doubling retry wait")
     send_bounces = models.BooleanField(default=True, help_text="Send a DSN to the envelope sender on hard bounce")
+    send_warnings = models.BooleanField(
+        default=False,
+        verbose_name="Send delay warning messages",
+        help_text="While a message is delayed (from its second attempt on), send an RFC 3464 delay report "
+        "(Action: delayed) to the envelope sender; never to <>.",
+    )
+    warning_interval = models.PositiveIntegerField(
+        default=14_400,
+        verbose_name="Minimum interval between delay warnings",
+        help_text="Seconds (4 hours)",
+    )
+    warning_max = models.PositiveIntegerField(
+        default=1, verbose_name="Maximum number of delay warnings", help_text="Per message"
+    )
 
     class AfterPossibleDelivery(models.TextChoices):
         RESEND = "resend", "Send it again to the next host (a possible duplicate)"
@@ -55,6 +71,10 @@ class BounceProfile(models.Model):
             errors["max_retry_timeout"] = f"The ceiling must be at least the first wait ({self.initial_retry} seconds)."
         if self.max_queue_lifetime < 1:
             errors["max_queue_lifetime"] = "Keep a message queued for at least 1 second."
+        if self.warning_interval < 1:
+            errors["warning_interval"] = "Leave at least 1 second between two delay warnings."
+        if not 1 <= self.warning_max <= MAX_DELAY_WARNINGS:
+            errors["warning_max"] = f"Send from 1 to {MAX_DELAY_WARNINGS} delay warnings per message."
         if not self._state.adding and self.name != self.DEFAULT_NAME:
             stored = BounceProfile.objects.filter(pk=self.pk).values_list("name", flat=True).first()
             if stored == self.DEFAULT_NAME:
@@ -85,6 +105,9 @@ class Message(models.Model):
     leased_by = models.CharField(max_length=200, blank=True)
     leased_until = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Delay warnings sent to the sender so far, and when the last one was (the bounce profile's interval and maximum)
+    warnings_sent = models.PositiveSmallIntegerField(default=0, db_default=0)
+    last_warning_at = models.DateTimeField(null=True, blank=True)
 
     class Meta(TypedModelMeta):
         indexes = [models.Index(fields=["state", "next_attempt_at"], name="message_due")]

@@ -279,6 +279,11 @@ def generated_bounce(new_mid: int, mid: int) -> Line:
     return Line(f"MID {new_mid} was generated for bounce of MID {mid}", mid=new_mid)
 
 
+def generated_delay_warning(new_mid: int, mid: int) -> Line:
+    """A delay warning to the sender of `mid` (its bounce profile sends them): shaped like the bounce's line."""
+    return Line(f"MID {new_mid} was generated for delay warning of MID {mid}", mid=new_mid)
+
+
 def deleted(mid: int, rids: Iterable[int]) -> Line:
     return Line(f"Deleted: MID {mid} to {rid_list(rids)}", mid=mid)
 

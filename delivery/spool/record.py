@@ -2,7 +2,8 @@
 
 `record()` applies reports in one transaction: a recipient moves to delivered / bounced / dropped, or to
 delayed with its retry time from its bounce profile; a message with no active recipient left is finished; a
-hard bounce generates a DSN to the envelope sender (a new message, accepted through `intake`); a host that
+hard bounce generates a DSN to the envelope sender (a new message, accepted through `intake`), and a delay may
+generate a delay warning (`engine.delay_warning_due`, the bounce profile's "Send Delay Warning Messages"); a host that
 came back has its routes' backlog made due. `record_safely()` and `record_apart()` make sure a report that
 cannot be recorded as it is (a reply no database takes) still records who was delivered, so it is never sent
 again.
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from delivery import dsn, engine, maillog, outcome
@@ -74,6 +76,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
         changed: list[Recipient] = []
         hooked: list[webhook_events.Change] = []
         bounced: dict[int, list[tuple[Recipient, outcome.Final]]] = defaultdict(list)
+        delayed: dict[int, list[tuple[Recipient, outcome.Final]]] = defaultdict(list)  # for delay warnings
         for f in finals:
             r = by_key.get((f.mid, f.rid))
             if r is None or r.state not in lease.ACTIVE:
@@ -88,6 +91,8 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
             r.state = f.state
             if f.state == Recipient.State.DELAYED:
                 r.next_attempt_at = _retry_at(r, table, profiles, now, senders.get(r.message_id))
+                if f.attempt:
+                    delayed[f.mid].append((r, f))
             else:
                 r.next_attempt_at = None
                 r.finished_at = now
@@ -128,6 +133,7 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
         lines = _after_their_story(lines, finish_messages(mids - still_active, now))
         maillog.writer.write(lines, at=now)
         generated = _generate_bounces(bounced, profiles, table, now)
+        generated += _generate_delay_warnings(delayed, profiles, table, now)
         if came_back:
             lease.kick_hosts(came_back, now)
     return generated
@@ -375,4 +381,75 @@ def _generate_bounces(
     for new_mid, mid in zip(new_mids, origins, strict=True):
         Message.objects.filter(pk=new_mid).update(bounce_of_id=mid)
     maillog.writer.write([maillog.lines.generated_bounce(n, m) for n, m in zip(new_mids, origins, strict=True)], at=now)
+    return new_mids
+
+
+def _generate_delay_warnings(
+    delayed: dict[int, list[tuple[Recipient, outcome.Final]]],
+    profiles: dict[int | None, BounceProfile],
+    table: matching.RouteTable,
+    now: datetime,
+) -> list[int]:
+    """A delay warning (RFC 3464, `Action: delayed`) to the envelope sender of each message whose delayed
+    recipients' bounce profile sends them, when `engine.delay_warning_due` says one is due now."""
+    if not delayed:
+        return []
+    messages = {m.pk: m for m in Message.objects.filter(pk__in=delayed)}
+    incoming: list[intake.Incoming] = []
+    origins: list[int] = []
+    for mid, pairs in delayed.items():
+        message = messages.get(mid)
+        if message is None:
+            continue
+        candidates = (plan.profile_of(table, r.domain, profiles, message.sender) for r, _ in pairs)
+        profile = next((p for p in candidates if p.send_warnings), None)
+        if profile is None:
+            continue
+        due = engine.delay_warning_due(
+            enabled=profile.send_warnings,
+            null_sender=not dsn.should_bounce(message.sender),
+            attempts=max(r.attempts for r, _ in pairs),
+            sent=message.warnings_sent,
+            maximum=profile.warning_max,
+            last_sent_at=message.last_warning_at,
+            interval=timedelta(seconds=profile.warning_interval),
+            now=now,
+        )
+        # compare-and-set on the count: a warning is counted, and sent, once whoever records the message
+        if not due or not Message.objects.filter(pk=mid, warnings_sent=message.warnings_sent).update(
+            warnings_sent=F("warnings_sent") + 1, last_warning_at=now
+        ):
+            continue
+        body = MessageBody.objects.filter(message_id=mid).values_list("data", flat=True).first()
+        data = dsn.build_delay_warning(
+            original=bytes(body or b""),
+            sender=message.sender,
+            recipients=[
+                dsn.BouncedRecipient(
+                    address=r.address,
+                    status=f.dsn_status or engine.enhanced_status(f.code, f.text)[0],
+                    diagnostic=f"{f.code} {f.text}" if f.code is not None else f.text,
+                    remote_mta=f.host,
+                    last_attempt=now,
+                )
+                for r, f in pairs
+            ],
+            reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
+            arrival=message.received_at,
+            now=now,
+            mid=mid,
+            will_retry_until=message.received_at + timedelta(seconds=profile.max_queue_lifetime),
+        )
+        sender_domain = matching.recipient_domain(message.sender) or ""
+        incoming.append(
+            intake.Incoming(
+                icid=0, sender="", recipients=((message.sender, sender_domain),), data=data, subject=dsn.DELAY_SUBJECT
+            )
+        )
+        origins.append(mid)
+    if not incoming:
+        return []
+    new_mids = intake.accept_many(incoming, now=now)
+    lines = [maillog.lines.generated_delay_warning(n, m) for n, m in zip(new_mids, origins, strict=True)]
+    maillog.writer.write(lines, at=now)
     return new_mids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message
@@ -358,3 +359,52 @@ def test_any_original_and_any_reply_give_a_parseable_report(
             assert "\r" not in value
             assert "\n" not in value
     assert "rfc822" in parts[2].get_content_type()
+
+
+# --- delay warnings ---------------------------------------------------------------------------------------------
+
+UNTIL = ARRIVAL + timedelta(hours=72)
+DELAYED_BOB = BouncedRecipient(
+    "bob@example.net", "4.3.1", "452 4.3.1 Insufficient system resources", "mx1.example.net", NOW
+)
+
+
+def warning(recipients=(DELAYED_BOB,)) -> EmailMessage:
+    return parse(
+        dsn.build_delay_warning(
+            original=ORIGINAL,
+            sender="alice@example.test",
+            recipients=list(recipients),
+            reporting_mta="relay.example.test",
+            arrival=ARRIVAL,
+            now=NOW,
+            mid=42,
+            will_retry_until=UNTIL,
+        )
+    )
+
+
+def test_a_delay_warning_is_an_rfc3464_report_with_action_delayed_and_will_retry_until() -> None:
+    msg = warning()
+    assert msg["Subject"] == "Delivery Status Notification (Delay)" and msg["To"] == "alice@example.test"
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+    per_message, bob = report_blocks(msg)
+    assert per_message["X-Esaroutes-MID"] == "42"
+    assert bob["Action"] == "delayed" and bob["Status"] == "4.3.1"
+    assert bob["Final-Recipient"] == "rfc822; bob@example.net"
+    assert bob["Diagnostic-Code"] == "smtp; 452 4.3.1 Insufficient system resources"
+    assert email.utils.parsedate_to_datetime(bob["Will-Retry-Until"]) == UNTIL
+    human = " ".join(msg.get_payload()[0].get_content().split())
+    assert "has not been delivered" in human and "keeps trying" in human and "You do not need to send it again" in human
+    assert msg.get_payload()[2].get_content_type() == "text/rfc822-headers"
+
+
+@pytest.mark.parametrize(("status", "written"), [("4.4.1", "4.4.1"), ("5.1.1", "4.0.0"), ("junk", "4.0.0")])
+def test_a_delay_warnings_status_is_always_temporary(status, written) -> None:
+    (_, r) = report_blocks(warning([BouncedRecipient("bob@example.net", status, "")]))
+    assert r["Status"] == written and r["Action"] == "delayed"
+
+
+def test_a_bounce_has_no_will_retry_until() -> None:
+    (_, bob) = report_blocks(parse(build()))
+    assert bob["Action"] == "failed" and bob["Will-Retry-Until"] is None

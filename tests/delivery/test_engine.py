@@ -509,3 +509,39 @@ def test_tls_policy_is_the_stricter_of_route_and_destination(
     route: str | None, destination: str, expected: str
 ) -> None:
     assert engine.tls_policy(route, destination) == expected
+
+
+# --- delay warnings ---------------------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("enabled", "null_sender", "attempts", "sent", "maximum", "last", "now", "due"),
+    [
+        (False, False, 5, 0, 3, None, T0, False),  # off (the default)
+        (True, True, 5, 0, 3, None, T0, False),  # never to <>
+        (True, False, 1, 0, 3, None, T0, False),  # the first delay: no warning yet
+        (True, False, 2, 0, 3, None, T0, True),  # the second failed attempt: the first warning
+        (True, False, 9, 0, 3, None, T0, True),
+        (True, False, 3, 1, 3, T0, T0 + HOUR - timedelta(seconds=1), False),  # sooner than the interval
+        (True, False, 3, 1, 3, T0, T0 + HOUR, True),  # the interval has passed
+        (True, False, 4, 3, 3, T0, T0 + 10 * HOUR, False),  # the maximum is reached
+        (True, False, 4, 1, 1, T0, T0 + 10 * HOUR, False),
+    ],
+)
+def test_delay_warning_due(enabled, null_sender, attempts, sent, maximum, last, now, due):
+    assert (
+        engine.delay_warning_due(
+            enabled=enabled,
+            null_sender=null_sender,
+            attempts=attempts,
+            sent=sent,
+            maximum=maximum,
+            last_sent_at=last,
+            interval=HOUR,
+            now=now,
+        )
+        is due
+    )

@@ -388,8 +388,11 @@ def test_a_relay_network_comment_changed_or_users_deleted_in_bulk_through_the_ad
         ),
         ({"max_queue_lifetime": "0"}, "max_queue_lifetime", "Keep a message queued for at least 1 second."),
         ({"name": "Renamed"}, "name", 'The "Default" profile is used by every route without one: keep its name.'),
+        ({"warning_interval": "0"}, "warning_interval", "Leave at least 1 second between two delay warnings."),
+        ({"warning_max": "0"}, "warning_max", "Send from 1 to 100 delay warnings per message."),
+        ({"warning_max": "101"}, "warning_max", "Send from 1 to 100 delay warnings per message."),
     ],
-    ids=["initial-0", "ceiling-below-first", "lifetime-0", "default-renamed"],
+    ids=["initial-0", "ceiling-below-first", "lifetime-0", "default-renamed", "interval-0", "max-0", "max-101"],
 )
 def test_a_bounce_profile_rule_is_refused_by_the_admin(superuser, change, field, message):
     default = BounceProfile.objects.get(name="Default")
@@ -400,6 +403,9 @@ def test_a_bounce_profile_rule_is_refused_by_the_admin(superuser, change, field,
         "initial_retry": "60",
         "max_retry_timeout": "3600",
         "send_bounces": "on",
+        "warning_interval": "14400",
+        "warning_max": "1",
+        "after_possible_delivery": "resend",
         **change,
     }
     response = superuser.post(reverse("admin:delivery_bounceprofile_change", args=[default.pk]), data)
@@ -409,6 +415,27 @@ def test_a_bounce_profile_rule_is_refused_by_the_admin(superuser, change, field,
     assert list(BounceProfile.objects.values_list("name", "initial_retry", "max_queue_lifetime")) == [
         ("Default", 60, 259200)
     ]
+
+
+def test_delay_warnings_are_off_by_default_and_set_in_the_admin(superuser):
+    default = BounceProfile.objects.get(name="Default")
+    assert (default.send_warnings, default.warning_interval, default.warning_max) == (False, 14400, 1)
+    data = {
+        "name": "Default",
+        "max_retries": "100",
+        "max_queue_lifetime": "259200",
+        "initial_retry": "60",
+        "max_retry_timeout": "3600",
+        "send_bounces": "on",
+        "send_warnings": "on",
+        "warning_interval": "7200",
+        "warning_max": "3",
+        "after_possible_delivery": "resend",
+    }
+    response = superuser.post(reverse("admin:delivery_bounceprofile_change", args=[default.pk]), data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    default.refresh_from_db()
+    assert (default.send_warnings, default.warning_interval, default.warning_max) == (True, 7200, 3)
 
 
 def test_the_default_bounce_profile_cannot_be_deleted_through_the_admin(superuser):
