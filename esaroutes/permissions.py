@@ -33,6 +33,8 @@ In a template (the context processor `esaroutes.permissions.capabilities` is ins
 | message.raw      | Administrator                                  | delivery.view_messagebody           |
 | routes.view      | Administrator, Operator, Read-only             | routes.view_route                   |
 | routes.change    | Administrator, Operator                        | routes.change_route                 |
+| destinations.view | Administrator, Operator, Read-only            | routes.view_destinationcontrol      |
+| destinations.change | Administrator, Operator                      | routes.change_destinationcontrol    |
 | access.view      | Administrator, Operator, Read-only             | routes.view_recipientaccessrule     |
 | access.change    | Administrator, Operator                        | routes.change_recipientaccessrule   |
 | audit.view       | Administrator, Operator, Read-only             | routes.view_auditentry              |
@@ -62,6 +64,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "message.raw": ("delivery.view_messagebody",),
     "routes.view": ("routes.view_route",),
     "routes.change": ("routes.change_route",),
+    "destinations.view": ("routes.view_destinationcontrol",),
+    "destinations.change": ("routes.change_destinationcontrol",),
     "access.view": ("routes.view_recipientaccessrule",),
     "access.change": ("routes.change_recipientaccessrule",),
     "audit.view": ("routes.view_auditentry",),

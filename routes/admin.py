@@ -18,9 +18,9 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from routes import audit, auth_profiles, domains, forms, matching, services
+from routes import audit, auth_profiles, destinations, domains, forms, matching, services
 from routes.access import admin as access_admin  # noqa: F401  (registers the access tables' admin)
-from routes.models import AuditEntry, AuthProfile, DestinationHost, Route
+from routes.models import AuditEntry, AuthProfile, DestinationControl, DestinationHost, Route
 
 
 def _actor(request: HttpRequest) -> audit.Actor:
@@ -249,6 +249,69 @@ class RouteAdmin(admin.ModelAdmin[Route]):
         self.message_user(request, f"Cleared the route table ({count} routes deleted).", messages.SUCCESS)
 
     actions = ["clear_all_routes"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Destination controls: the model's clean() checks (the same rules as the page and destconfig), the services write
+
+
+@admin.register(DestinationControl)
+class DestinationControlAdmin(admin.ModelAdmin[DestinationControl]):
+    list_display = (
+        "shown_destination",
+        "max_connections",
+        "max_messages_per_connection",
+        "recipient_limit",
+        "recipient_minutes",
+        "limit_scope",
+        "ip_preference",
+        "tls",
+        "bounce_profile",
+    )
+    list_filter = ("limit_scope", "ip_preference", "tls", "bounce_profile")
+    search_fields = ("destination",)
+    list_select_related = ("bounce_profile",)
+    fields = (
+        "destination",
+        "max_connections",
+        "max_messages_per_connection",
+        "recipient_limit",
+        "recipient_minutes",
+        "limit_scope",
+        "ip_preference",
+        "tls",
+        "bounce_profile",
+    )
+
+    @admin.display(description="Destination", ordering="destination")
+    def shown_destination(self, control: DestinationControl) -> str:
+        return destinations.display_destination(control.destination)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: DestinationControl | None = None) -> Any:
+        return ("destination",) if obj is not None and obj.is_default else ()
+
+    def has_delete_permission(self, request: HttpRequest, obj: DestinationControl | None = None) -> bool:
+        if obj is not None and obj.is_default:
+            return False  # the Default entry always exists
+        return super().has_delete_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: DestinationControl, form: Any, change: bool) -> None:
+        data = services.DestinationData.of(obj)
+        if change:
+            saved = services.update_destination(destination_id=obj.pk, data=data, actor=_actor(request))
+        else:
+            saved = services.create_destination(data=data, actor=_actor(request))
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: DestinationControl) -> None:
+        services.delete_destination(destination_id=obj.pk, actor=_actor(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DestinationControl]) -> None:
+        ids = list(queryset.exclude(destination=DestinationControl.DEFAULT).values_list("pk", flat=True))
+        if queryset.filter(destination=DestinationControl.DEFAULT).exists():
+            self.message_user(request, destinations.DEFAULT_PROTECTED, messages.WARNING)
+        for pk in ids:
+            services.delete_destination(destination_id=pk, actor=_actor(request))
 
 
 # ---------------------------------------------------------------------------------------------------------------

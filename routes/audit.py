@@ -114,6 +114,20 @@ _LABELS = {
 }
 
 
+# A destination control entry's fields (its "destination" is not a route's host list).
+_DESTINATION_LABELS = {
+    "destination": "Destination",
+    "max_connections": "Concurrent connections",
+    "max_messages_per_connection": "Messages per connection",
+    "recipient_limit": "Recipient limit",
+    "recipient_minutes": "Recipient limit minutes",
+    "limit_scope": "Limit scope",
+    "ip_preference": "IP address preference",
+    "tls": "TLS",
+    "bounce_profile": "Bounce profile",
+}
+
+
 @dataclass(frozen=True)
 class FieldChange:
     """One field of an audited object, before and after, as text ("" where the side has none)."""
@@ -155,7 +169,13 @@ def changes(entry: AuditEntry) -> list[FieldChange]:
             _destination_change(_domain_label(domain), (before or {}).get(domain), (after or {}).get(domain))
             for domain in sorted({*(before or {}), *(after or {})}, key=importexport.export_order)
         ]
-    order = list(_LABELS)  # jsonb (PostgreSQL) keeps no key order: fields come in the order people read them
+    if entry.object_type == "destination controls":  # an import: one field per destination, its settings as text
+        return [
+            FieldChange(key, _settings_text((before or {}).get(key)), _settings_text((after or {}).get(key)))
+            for key in sorted({*(before or {}), *(after or {})})
+        ]
+    labels = _DESTINATION_LABELS if entry.object_type == "destination control" else _LABELS
+    order = list(labels)  # jsonb (PostgreSQL) keeps no key order: fields come in the order people read them
     keys = sorted({*(after or {}), *(before or {})}, key=lambda k: (order.index(k) if k in order else len(order), k))
     found: list[FieldChange] = []
     for key in keys:
@@ -163,12 +183,18 @@ def changes(entry: AuditEntry) -> list[FieldChange]:
         new = after.get(key) if after is not None else None
         if before is not None and after is not None and old == new:
             continue
-        label = _LABELS.get(key, key.replace("_", " ").capitalize())
+        label = labels.get(key, key.replace("_", " ").capitalize())
         if key == "destination" and entry.object_type == "route":
             found.append(_destination_change(label, old, new))
         else:
             found.append(FieldChange(label, _value(key, old), _value(key, new)))
     return found
+
+
+def _settings_text(state: Any) -> str:
+    if not isinstance(state, dict):
+        return ""
+    return ", ".join(f"{k}={'' if v is None else v}" for k, v in state.items() if k != "destination")
 
 
 def _domain_label(domain: str) -> str:

@@ -9,15 +9,15 @@ what was typed, never a cleaned value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django import forms
 from django.forms.formsets import BaseFormSet, formset_factory
 
 from delivery.models import BounceProfile
-from routes import domains, matching, services
-from routes.models import AuthProfile, Route
+from routes import destinations, domains, matching, services
+from routes.models import AuthProfile, DestinationControl, Route
 
 FALLBACK_PREFIX = "fallback relay: "  # a service's route-level message about the fallback relay field
 SPECIAL_HELP = "Type USEDNS (deliver by MX records) or /dev/null (accept and drop) alone in the first row."
@@ -325,3 +325,107 @@ def _host_text(spec: domains.HostSpec) -> str:
 
 def _sentence(message: str) -> str:
     return message[:1].upper() + message[1:] if message else message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Destination controls
+
+
+def _number_input(size: int = 8) -> forms.TextInput:
+    return forms.TextInput(attrs={"size": size, "inputmode": "numeric", "autocomplete": "off"})
+
+
+class DestinationForm(forms.Form):
+    """A destination control entry; the rules are `routes.destinations`' through `services.check_destination`,
+    so the page says what the admin, the model and `destconfig` say, each message at its field."""
+
+    destination = forms.CharField(
+        label="Destination",
+        max_length=300,
+        help_text="example.com (that domain), .example.com (its subdomains) or an IP address. Unicode names are fine.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+    max_connections = forms.IntegerField(
+        label="Concurrent connections", help_text="1 to 1,000.", widget=_number_input()
+    )
+    max_messages_per_connection = forms.IntegerField(
+        label="Maximum messages per connection", help_text="1 to 1,000; then a new connection.", widget=_number_input()
+    )
+    recipient_limit = forms.IntegerField(
+        label="Recipient limit", required=False, help_text="Empty: no limit.", widget=_number_input()
+    )
+    recipient_minutes = forms.IntegerField(
+        label="recipients per (minutes)", required=False, help_text="1 to 60.", widget=_number_input(4)
+    )
+    limit_scope = forms.ChoiceField(
+        label="Apply the limits", choices=list(destinations.LIMIT_SCOPES.items()), widget=forms.RadioSelect
+    )
+    ip_preference = forms.ChoiceField(label="IP address preference", choices=list(destinations.IP_PREFERENCES.items()))
+    tls = forms.ChoiceField(label="TLS", choices=list(destinations.TLS_MODES.items()))
+    bounce_profile = forms.ModelChoiceField(
+        BounceProfile.objects.all(),
+        required=False,
+        empty_label="None (the route's, else Default)",
+        label="Bounce profile",
+    )
+
+    def __init__(self, data: Any = None, *, control: DestinationControl | None = None) -> None:
+        self.control = control
+        initial: dict[str, Any] = {
+            "max_connections": destinations.DEFAULT_MAX_CONNECTIONS,
+            "max_messages_per_connection": destinations.DEFAULT_MAX_MESSAGES_PER_CONNECTION,
+            "limit_scope": destinations.SCOPE_DOMAIN,
+            "ip_preference": destinations.DEFAULT_IP_PREFERENCE,
+            "tls": destinations.DEFAULT_TLS,
+        }
+        if control is not None:
+            initial = {
+                "destination": destinations.display_destination(control.destination),
+                "max_connections": control.max_connections,
+                "max_messages_per_connection": control.max_messages_per_connection,
+                "recipient_limit": control.recipient_limit,
+                "recipient_minutes": control.recipient_minutes,
+                "limit_scope": control.limit_scope,
+                "ip_preference": control.ip_preference,
+                "tls": control.tls,
+                "bounce_profile": control.bounce_profile_id,
+            }
+        super().__init__(data, initial=initial)
+        if control is not None and control.is_default:
+            self.fields["destination"].disabled = True  # the Default keeps its name
+        self.data_out: services.DestinationData | None = None
+
+    def clean(self) -> dict[str, Any]:
+        """Every rule at once, so the first answer flags every problem; a field that did not even parse keeps
+        its own message."""
+        cleaned = super().clean() or {}
+        profile = cleaned.get("bounce_profile")
+        if self.control is not None and self.control.is_default:
+            destination = DestinationControl.DEFAULT
+        else:
+            destination = cleaned.get("destination", "")
+        data = services.DestinationData(
+            destination=destination,
+            max_connections=cleaned.get("max_connections"),
+            max_messages_per_connection=cleaned.get("max_messages_per_connection"),
+            recipient_limit=cleaned.get("recipient_limit"),
+            recipient_minutes=cleaned.get("recipient_minutes"),
+            limit_scope=cleaned.get("limit_scope", destinations.SCOPE_DOMAIN),
+            ip_preference=cleaned.get("ip_preference", destinations.DEFAULT_IP_PREFERENCE),
+            tls=cleaned.get("tls", destinations.DEFAULT_TLS),
+            bounce_profile_id=profile.pk if profile else None,
+        )
+        try:
+            services.check_destination(data, destination_id=self.control.pk if self.control else None)
+        except services.DestinationInvalid as exc:
+            self.apply_problems({k: v for k, v in exc.problems.items() if k not in self.errors})
+        else:
+            if not self.errors:
+                self.data_out = data
+        return cleaned
+
+    def apply_problems(self, problems: Mapping[str, list[str]]) -> None:
+        """Put a service's `DestinationInvalid.problems` at their fields."""
+        for name, messages in problems.items():
+            for message in messages:
+                self.add_error(name if name in self.fields else None, _sentence(message))

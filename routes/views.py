@@ -35,7 +35,7 @@ from esaroutes import htmx
 from esaroutes.types import AuthedHtmxRequest
 from routes import destinations as destination_controls
 from routes import domains, forms, importexport, matching, probe, services, snapshot
-from routes.models import DestinationHost, Route
+from routes.models import DefaultDestinationProtected, DestinationControl, DestinationHost, Route
 
 PER_PAGE = 50
 SORTS = {
@@ -59,6 +59,10 @@ can_view = permission_required("routes.view_route", raise_exception=True)
 can_add = permission_required("routes.add_route", raise_exception=True)
 can_change = permission_required("routes.change_route", raise_exception=True)
 can_delete = permission_required("routes.delete_route", raise_exception=True)
+can_view_destinations = permission_required("routes.view_destinationcontrol", raise_exception=True)
+can_add_destination = permission_required("routes.add_destinationcontrol", raise_exception=True)
+can_change_destination = permission_required("routes.change_destinationcontrol", raise_exception=True)
+can_delete_destination = permission_required("routes.delete_destinationcontrol", raise_exception=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,3 +483,81 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     query = request.GET.copy()
     query.setdefault("object_type", "route")
     return redirect(f"{reverse('delivery:audit-list')}?{query.urlencode()}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Destination controls (the ESA's Mail Policies > Destination Controls)
+
+
+@require_GET
+@can_view_destinations
+def destination_list(request: AuthedHtmxRequest) -> HttpResponse:
+    """The Default entry first, then the others in the order people read their names."""
+    controls = list(DestinationControl.objects.select_related("bounce_profile"))
+    default = next((c for c in controls if c.is_default), None)
+    others = sorted(
+        (c for c in controls if not c.is_default),
+        key=lambda c: (destination_controls.display_destination(c.destination).casefold(), c.destination),
+    )
+    return render(request, "routes/destination_list.html", {"default": default, "controls": others})
+
+
+@require_http_methods(["GET", "POST"])
+@can_add_destination
+def destination_add(request: AuthedHtmxRequest) -> HttpResponse:
+    form = forms.DestinationForm(request.POST if request.method == "POST" else None)
+    return _save_destination(request, form)
+
+
+@require_http_methods(["GET", "POST"])
+@can_change_destination
+def destination_edit(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    control = get_object_or_404(DestinationControl.objects.select_related("bounce_profile"), pk=pk)
+    form = forms.DestinationForm(request.POST if request.method == "POST" else None, control=control)
+    return _save_destination(request, form)
+
+
+def _save_destination(request: AuthedHtmxRequest, form: forms.DestinationForm) -> HttpResponse:
+    template = htmx.partial_or_page(request, "routes/destination_form.html", "destination-form")
+    context = {"form": form, "control": form.control}
+    if request.method != "POST":
+        return render(request, "routes/destination_form.html", context)
+    if form.is_valid() and form.data_out is not None:
+        try:
+            if form.control is None:
+                saved = services.create_destination(data=form.data_out, actor=request.user)
+                messages.success(
+                    request, f"Destination {destination_controls.display_destination(saved.destination)} added."
+                )
+            else:
+                saved = services.update_destination(
+                    destination_id=form.control.pk, data=form.data_out, actor=request.user
+                )
+                messages.success(
+                    request, f"Destination {destination_controls.display_destination(saved.destination)} saved."
+                )
+        except services.DestinationInvalid as exc:
+            form.apply_problems(exc.problems)
+        else:
+            url = reverse("routes:destination-list")
+            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    return render(request, template, context, status=422)
+
+
+@require_http_methods(["GET", "POST"])
+@can_delete_destination
+def destination_delete(request: AuthedHtmxRequest, pk: int) -> HttpResponse:
+    """A confirmation page, then the delete; the Default entry is refused with a message."""
+    control = get_object_or_404(DestinationControl, pk=pk)
+    if control.is_default:
+        messages.error(request, destination_controls.DEFAULT_PROTECTED)
+        return redirect("routes:destination-list")
+    if request.method == "POST":
+        try:
+            deleted = services.delete_destination(destination_id=control.pk, actor=request.user)
+        except DefaultDestinationProtected as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Destination {destination_controls.display_destination(deleted)} deleted.")
+        return redirect("routes:destination-list")
+    return render(request, "routes/destination_delete.html", {"control": control})

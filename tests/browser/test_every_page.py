@@ -27,6 +27,8 @@ from delivery import worker
 from delivery.models import HostStatus
 from delivery.monitor import selectors
 from esaroutes import tasks
+from routes import services
+from routes.models import DestinationControl
 from tests.browser.operator_helpers import login
 from tests.delivery.conftest import fresh_runner, hosts_text, queue_message  # noqa: F401 (fresh_runner: a fixture)
 from tests.routes.helpers import make_route
@@ -133,7 +135,9 @@ def seed(peers: Any) -> dict[str, Any]:
         last_error="421 4.7.0 Too many connections, try later",
         last_error_at=now,
     )
-    return {"route": route.pk, "failover": failover, "queued": queued}
+    DestinationControl.objects.create(destination=".dest.test", recipient_limit=30, recipient_minutes=1)
+    default = services.default_destination()  # a transactional test before this one may have flushed it
+    return {"route": route.pk, "failover": failover, "queued": queued, "default_destination": default.pk}
 
 
 def test_every_page_fits_both_widths_without_errors_or_serious_axe_violations(
@@ -157,6 +161,9 @@ def test_every_page_fits_both_widths_without_errors_or_serious_axe_violations(
         ("route-edit", f"/routes/{data['route']}/"),
         ("route-test", "/routes/test/?address=user%40dest.test"),
         ("routes-import", "/routes/import/"),
+        ("destinations", "/routes/destinations/"),
+        ("destination-add", "/routes/destinations/add/"),
+        ("destination-edit-default", f"/routes/destinations/{data['default_destination']}/"),
         ("access", "/routes/access/"),
         ("maillog", "/log/"),
         ("maillog-failover", f"/log/?mid={data['failover']}"),
@@ -214,7 +221,7 @@ def test_every_page_fits_both_widths_without_errors_or_serious_axe_violations(
         tour.visit("error-403", "/queue/", 403)
 
     assert not tour.problems, "\n".join(tour.problems)
-    assert len(set(tour.seen)) == 25  # every page above, each at both widths
+    assert len(set(tour.seen)) == 28  # every page above, each at both widths
 
 
 def _broken(*args: Any, **kwargs: Any) -> Any:

@@ -154,3 +154,17 @@ def test_a_missing_default_row_still_gives_the_builtin_default():
     DestinationControl.objects.filter(destination="default")._raw_delete(DestinationControl.objects.db)
     assert snapshot.build_table().destinations.lookup("example.com").max_connections == 500
     assert services.default_destination().is_default
+
+
+def test_the_audit_page_names_the_fields_of_a_destination_change():
+    from routes import audit
+
+    control = make_destination("example.com")
+    services.update_destination(
+        destination_id=control.pk,
+        data=dataclasses.replace(services.DestinationData.of(control), max_connections=9),
+        actor="test",
+    )
+    entry = AuditEntry.objects.get(action="update")
+    assert [(c.field, c.before, c.after) for c in audit.changes(entry)] == [("Concurrent connections", "500", "9")]
+    assert audit.action_label(entry) == "Update destination control"

@@ -21,7 +21,7 @@ from delivery.models import HostStatus, MailLogLine, Message, Recipient
 from delivery.webhooks.models import Webhook
 from esaroutes import apitokens
 from esaroutes.models import ApiToken
-from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, Route, SmtpUser
+from routes.models import AuditEntry, DestinationControl, RecipientAccessRule, RelayNetwork, Route, SmtpUser
 from tests.api.conftest import make_token
 from tests.conftest import PASSWORD
 from tests.routes.helpers import form_data
@@ -81,6 +81,37 @@ ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("routes:routes-import", "GET", None, CHANGERS),
     ("routes:routes-import", "POST", _post(mode="replace"), CHANGERS),
     ("routes:audit-list", "GET", None, VIEWERS),
+    ("routes:destination-list", "GET", None, VIEWERS),
+    ("routes:destination-add", "GET", None, CHANGERS),
+    (
+        "routes:destination-add",
+        "POST",
+        _post(
+            destination="new.test",
+            max_connections="5",
+            max_messages_per_connection="5",
+            limit_scope="domain",
+            ip_preference="ipv4-preferred",
+            tls="preferred",
+        ),
+        CHANGERS,
+    ),
+    ("routes:destination-edit", "GET", None, CHANGERS),
+    (
+        "routes:destination-edit",
+        "POST",
+        _post(
+            destination="dest.test",
+            max_connections="6",
+            max_messages_per_connection="5",
+            limit_scope="domain",
+            ip_preference="ipv4-preferred",
+            tls="preferred",
+        ),
+        CHANGERS,
+    ),
+    ("routes:destination-delete", "GET", None, CHANGERS),
+    ("routes:destination-delete", "POST", _post(), CHANGERS),
     ("routes:access-list", "GET", None, VIEWERS),
     ("routes:access-rat-save", "POST", _post(domain="open.test", action="accept", comment=""), CHANGERS),
     ("routes:access-rat-delete", "POST", _post(), CHANGERS),
@@ -135,6 +166,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
         "route": route.pk,
         "host": HostStatus.objects.get(host="127.0.0.1", port=9).pk,
         "rat": RecipientAccessRule.objects.create(domain="rat.test", action="accept").pk,
+        "destination": DestinationControl.objects.create(destination="dest.test").pk,
         "relay": RelayNetwork.objects.create(network="10.1.0.0/16").pk,
         "smtpuser": SmtpUser.objects.create(username="app", password=make_password("x" * 20)).pk,
         "token": apitokens.create(user=alice, name="alices", read_only=False, expires_days=None, actor="test").token.pk,
@@ -150,6 +182,8 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "delivery:host-retry": {"pk": world["host"]},
         "delivery:domain-detail": {"domain": "dest.test"},
         "routes:route-edit": {"pk": world["route"]},
+        "routes:destination-edit": {"pk": world["destination"]},
+        "routes:destination-delete": {"pk": world["destination"]},
         "routes:access-rat-delete": {"pk": world["rat"]},
         "routes:access-relay-delete": {"pk": world["relay"]},
         "routes:access-user-delete": {"pk": world["smtpuser"]},
@@ -171,6 +205,7 @@ def state() -> tuple[Any, ...]:
         list(Recipient.objects.order_by("pk").values_list("state", "next_attempt_at")),
         list(HostStatus.objects.order_by("pk").values_list("down_until", "consecutive_failures")),
         RecipientAccessRule.objects.count(),
+        list(DestinationControl.objects.order_by("pk").values_list("destination", "max_connections")),
         RelayNetwork.objects.count(),
         SmtpUser.objects.count(),
         list(Webhook.objects.order_by("pk").values_list("name", "url", "updated_at")),
