@@ -234,3 +234,15 @@ def test_showqueue_filters_and_limits(run, queued):
 
 def test_showqueue_on_an_empty_queue(run):
     assert run("showqueue").out.strip().endswith("The queue is empty.")
+
+
+def test_bounce_warns_when_the_chosen_recipients_domain_is_suspended(run, queued):
+    run("suspenddel", "dest.test")
+    result = run("bouncerecipients", "--domain", "dest.test", "--dry-run")
+    assert "Warning: deliveries to dest.test are suspended (suspenddel)" in result.err
+    assert result.out.strip() == "Would bounce 3 recipients of 2 messages."
+    assert run("bouncerecipients", "--domain", "other.test").err == ""  # not suspended: no warning
+    run("suspenddel", "ALL")
+    result = run("bouncerecipients", "--all", "--yes")
+    assert result.err.startswith("Warning: deliveries to dest.test, example.org are suspended")  # ALL: every one
+    assert result.out.strip().endswith("recipients bounced.")  # dest.test's and the DSNs just queued

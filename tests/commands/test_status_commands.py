@@ -199,3 +199,13 @@ def test_hoststatus_falls_back_to_the_default_entry(run, dest):
     assert "Destination control: Default" in out
     assert value(out, "Recipient Limit") == "none" and "Recipients In Current Window" not in out
     assert value(out, "TLS") == "preferred" and value(out, "Bounce Profile") == "Default"
+
+
+def test_tophosts_marks_suspended_domains(run, dest):
+    make_message(recipients=("a@busy.test", "b@busy.test"))
+    run("suspenddel", "busy.test")
+    out = run("tophosts").out
+    assert "Hosts marked with 'S' have their deliveries suspended (resumedel to resume)." in out
+    rows = {line.split()[-6]: line for line in out.splitlines() if re.match(r"^\s+\d", line)}
+    assert rows["busy.test"].startswith("  1 S busy.test")
+    assert rows["dest.test"].startswith("  2   dest.test")

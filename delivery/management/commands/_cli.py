@@ -71,6 +71,10 @@ class SelectionCommand(BaseCommand):
         """The chosen recipients this action applies to (hold: those not held yet; release: the held ones)."""
         return recipients
 
+    def warnings(self, recipients: QuerySet[Recipient]) -> list[str]:
+        """What the operator should know before the action applies to the chosen recipients."""
+        return []
+
     def act(self, recipients: QuerySet[Recipient]) -> int:
         return actions.bounce_recipients(recipients, actor=audit.cli_actor())
 
@@ -94,6 +98,8 @@ class SelectionCommand(BaseCommand):
             self.stdout.write(self.nothing)
             return
         what = f"{plural(n, 'recipient')} of {plural(m, 'message')}"
+        for warning in self.warnings(chosen):
+            self.stderr.write(f"Warning: {warning}")
         if options["dry_run"]:
             self.stdout.write(f"Would {self.verb} {what}.")
             return

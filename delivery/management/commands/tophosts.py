@@ -1,5 +1,6 @@
 """`manage.py tophosts [--sort active|connections|delivered|soft|hard]`: the busiest destination domains, as
-the ESA's `tophosts` prints them (20 rows by default). A `*` marks a domain whose latest host is down."""
+the ESA's `tophosts` prints them (20 rows by default). A `*` marks a domain whose latest host is down, an `S` one
+whose deliveries are suspended (`suspenddel`)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ class Command(BaseCommand):
             f"Status as of:                  {maillog.lines.ctime(now)}",
             f"Sorted by:                     {selectors.DESTINATION_SORTS[options['sort']]}",
             "Hosts marked with '*' were down as of the last delivery attempt.",
+            "Hosts marked with 'S' have their deliveries suspended (resumedel to resume).",
             "Recip. = recipients; Soft Bounced = events (attempt rows); Conn. Out = connections open now.",
             f"{'':45}{'Active':>8}{'Conn.':>8}{'Deliv.':>9}{'Soft':>9}{'Hard':>9}",
             f"{'  #   Recipient Host':<45}{'Recip.':>8}{'Out':>8}{'Recip.':>9}{'Bounced':>9}{'Bounced':>9}",
         ]
         for rank, d in enumerate(rows, 1):
-            mark = "*" if d.host_up is False else " "
-            label = f"{rank:>3}{mark}  {d.domain}"
+            mark = ("*" if d.host_up is False else " ") + ("S" if d.suspended else " ")
+            label = f"{rank:>3}{mark} {d.domain}"
             if len(label) > 44:
                 label = label[:43] + "…"
             out.append(
