@@ -6,7 +6,7 @@ without a namespace of their own, so every name is `api:<noun>-<verb>` (`api:rou
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path, re_path
 
 from esaroutes.api import views
 
@@ -16,4 +16,6 @@ urlpatterns = [
     path("schema/", views.SchemaView.as_view(), name="schema"),
     path("docs/", views.SwaggerView.as_view(), name="docs"),
     path("redoc/", views.RedocView.as_view(), name="redoc"),
+    path("", include("routes.api.urls")),
+    re_path(r"", views.NoSuchEndpoint.as_view()),  # last: any other path is a problem+json 404
 ]

@@ -50,6 +50,7 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
     read_capability = ""
     write_capability = ""
     max_body_bytes: int | None = None
+    metadata_class = None  # OPTIONS answers 405: the schema describes the API
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication, capabilities, throttle: in that order
@@ -60,16 +61,29 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
         if int(raw) > limit:
             raise errors.PayloadTooLarge(f"the body has {int(raw)} bytes; this endpoint takes at most {limit}")
 
-    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
         if (
             request.method == "GET"
+            and isinstance(response, Response)
             and response.status_code == 200
             and response.data is not None
             and not response.has_header("ETag")
         ):
             response["ETag"] = conditional.etag(response.data)
         return response
+
+
+@extend_schema(exclude=True)
+class NoSuchEndpoint(ApiView):
+    """Every other path under /api/v1/: a problem+json 404 (to an authenticated caller), not the pages' HTML one."""
+
+    read_capability = permissions.ANY_ROLE
+    write_capability = permissions.ANY_ROLE
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        raise exceptions.NotFound("no such API endpoint: see /api/v1/schema/")
 
 
 class SchemaView(ProblemsInJson, spectacular.SpectacularAPIView):

@@ -136,6 +136,14 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:schema", "GET", None, EVERYONE),
     ("api:docs", "GET", None, EVERYONE),
     ("api:redoc", "GET", None, EVERYONE),
+    ("api:route-list", "GET", None, VIEWERS),
+    ("api:route-list", "POST", _post(domain="api.test", destination=["127.0.0.1:9"]), CHANGERS),
+    ("api:route-detail", "GET", None, VIEWERS),
+    ("api:route-detail", "PATCH", _post(tls="required"), CHANGERS),
+    ("api:route-detail", "DELETE", None, CHANGERS),
+    ("api:route-test", "POST", _post(address="x@dest.test"), VIEWERS),
+    ("api:route-export", "GET", None, VIEWERS),
+    ("api:route-import", "POST", None, CHANGERS),
 ]
 POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
 
@@ -190,6 +198,7 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "token-revoke": {"pk": world["token"]},
         "delivery:webhook-edit": {"pk": world["webhook"]},
         "delivery:webhook-delete": {"pk": world["webhook"]},
+        "api:route-detail": {"pk": world["route"]},
     }.get(name, {})
 
 
