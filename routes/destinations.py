@@ -22,6 +22,7 @@ services, the page's form, the admin and the `destconfig` command refuse the sam
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -290,9 +291,11 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 #
 # The ESA's shape: an INI-style file, one `[destination]` section per entry, `[DEFAULT]` for the Default entry,
 # `key = value` lines with the ESA's parameter names. A key left out of a section takes the model's default
-# (not the Default entry's value); an empty value means none (no recipient limit, no bounce profile).
+# (not the Default entry's value); an empty value means none (no recipient limit, no bounce profile). `#` or `;`
+# after a space starts a comment.
 
 FILE_DEFAULT_SECTION = "DEFAULT"
+_INLINE_COMMENT = re.compile(r"(^|\s)[#;].*$")  # `key = value   # a comment`
 IP_SORT_PREFS: Mapping[str, str] = {
     "PREFER_V4": "ipv4-preferred",
     "REQUIRE_V4": "ipv4-required",
@@ -362,7 +365,7 @@ def parse_file(text: str) -> tuple[list[FileEntry], list[str]]:
         elif key in values:
             errors.append(f"line {number}: {key} is given twice in [{section[1]}]")
         else:
-            values[key] = f"{number}\0{value.strip()}"
+            values[key] = f"{number}\0{_INLINE_COMMENT.sub('', value).strip()}"
     close()
     return entries, errors
 

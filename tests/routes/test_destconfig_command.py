@@ -193,3 +193,14 @@ def test_the_command_exits_non_zero_with_one_line_on_stderr(tmp_path: Path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith('CommandError: "bad..name" is not a valid domain')
+
+
+def test_the_readme_example_file_imports(tmp_path: Path):
+    path = tmp_path / "dest.conf"
+    path.write_text(
+        "[DEFAULT]\nip_sort_pref = PREFER_V4             # PREFER_V4 | REQUIRE_V4\nrecipient_limit =   # none\n"
+        "[example.com]\nmax_host_concurrency = 2\nrecipient_limit = 30\nrecipient_minutes = 1\nlimit_type = MXIP\n"
+    )
+    assert "1 added, 0 changed" in run("import", str(path))
+    c = DestinationControl.objects.get(destination="example.com")
+    assert (c.max_connections, c.recipient_limit, c.recipient_minutes, c.limit_scope) == (2, 30, 1, "ip")
