@@ -17,5 +17,6 @@ urlpatterns = [
     path("docs/", views.SwaggerView.as_view(), name="docs"),
     path("redoc/", views.RedocView.as_view(), name="redoc"),
     path("", include("routes.api.urls")),
+    path("", include("delivery.api.urls")),
     re_path(r"", views.NoSuchEndpoint.as_view()),  # last: any other path is a problem+json 404
 ]

@@ -144,6 +144,18 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:route-test", "POST", _post(address="x@dest.test"), VIEWERS),
     ("api:route-export", "GET", None, VIEWERS),
     ("api:route-import", "POST", None, CHANGERS),
+    (
+        "api:message-inject",
+        "POST",
+        _post(sender="a@origin.test", recipients=["user@dest.test"], message="Subject: x\r\n\r\nHi.\r\n"),
+        CHANGERS,
+    ),
+    ("api:webhook-list", "GET", None, {A}),
+    ("api:webhook-list", "POST", _post(name="new", url="http://127.0.0.1:9/", events=["delivered"]), {A}),
+    ("api:webhook-detail", "GET", None, {A}),
+    ("api:webhook-detail", "PATCH", _post(enabled=False), {A}),
+    ("api:webhook-detail", "DELETE", None, {A}),
+    ("api:webhook-attempts", "GET", None, {A}),
 ]
 POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
 
@@ -197,6 +209,8 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "routes:access-user-delete": {"pk": world["smtpuser"]},
         "token-revoke": {"pk": world["token"]},
         "delivery:webhook-edit": {"pk": world["webhook"]},
+        "api:webhook-detail": {"pk": world["webhook"]},
+        "api:webhook-attempts": {"pk": world["webhook"]},
         "delivery:webhook-delete": {"pk": world["webhook"]},
         "api:route-detail": {"pk": world["route"]},
     }.get(name, {})

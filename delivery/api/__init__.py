@@ -1,0 +1,1 @@
+"""delivery's REST endpoints under `/api/v1/` (see `esaroutes.api` for the shared plumbing): injection and webhooks."""

@@ -1,0 +1,14 @@
+"""delivery's API routes, included by `esaroutes/api_urls.py` (names `api:<noun>-<verb>`)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from delivery.api import views
+
+urlpatterns = [
+    path("messages", views.MessageInject.as_view(), name="message-inject"),
+    path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
+    path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
+    path("webhooks/<int:pk>/attempts/", views.WebhookAttempts.as_view(), name="webhook-attempts"),
+]
