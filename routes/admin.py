@@ -18,7 +18,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from routes import audit, auth_profiles, destinations, domains, forms, matching, services
+from routes import audit, auth_profiles, destinations, domains, forms, matching, services, sources
 from routes.access import admin as access_admin  # noqa: F401  (registers the access tables' admin)
 from routes.models import AuditEntry, AuthProfile, DestinationControl, DestinationHost, Route
 
@@ -119,8 +119,24 @@ class RouteAdminForm(djforms.ModelForm[Route]):
             "tls",
             "defer_on_4xx",
             "fallback_relay",
+            "source_address",
+            "ehlo_name",
         )
-        labels = {"special": "Deliver to"}
+        labels = {"special": "Deliver to", "ehlo_name": "EHLO name"}
+
+    def clean_source_address(self) -> str:
+        problems = services.source_problems(self.cleaned_data["source_address"], "")
+        if problems:
+            text = problems[0].removeprefix(sources.SOURCE_PREFIX)
+            raise djforms.ValidationError(text[:1].upper() + text[1:])
+        return sources.normalize_source_address(self.cleaned_data["source_address"])
+
+    def clean_ehlo_name(self) -> str:
+        try:
+            return sources.normalize_ehlo_name(self.cleaned_data["ehlo_name"])
+        except ValueError as exc:
+            text = str(exc)
+            raise djforms.ValidationError(text[:1].upper() + text[1:]) from None
 
     def clean_fallback_relay(self) -> str:
         try:
@@ -227,6 +243,8 @@ class RouteAdmin(admin.ModelAdmin[Route]):
             defer_on_4xx=form.cleaned_data["defer_on_4xx"],
             fallback_relay=form.cleaned_data["fallback_relay"],
             sender=form.cleaned_data["sender"],
+            source_address=form.cleaned_data["source_address"],
+            ehlo_name=form.cleaned_data["ehlo_name"],
         )
         if change:
             route = services.route_update(route_id=form.instance.pk, data=data, actor=_actor(request))

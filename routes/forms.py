@@ -16,7 +16,7 @@ from django import forms
 from django.forms.formsets import BaseFormSet, formset_factory
 
 from delivery.models import BounceProfile
-from routes import destinations, domains, matching, services
+from routes import destinations, domains, matching, services, sources
 from routes.models import AuthProfile, DestinationControl, Route
 
 FALLBACK_PREFIX = "fallback relay: "  # a service's route-level message about the fallback relay field
@@ -63,6 +63,38 @@ class RouteForm(forms.Form):
         "before it waits for its retry. A 5xx still bounces. Empty: none.",
         widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
+
+    source_address = forms.CharField(
+        required=False,
+        max_length=64,
+        label="Source address",
+        help_text="The local IP address this route's connections come from: one of this machine's. Empty: the "
+        "global setting (ESAROUTES_DELIVERY_SOURCE_ADDRESS, or the system's choice).",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+    ehlo_name = forms.CharField(
+        required=False,
+        max_length=255,
+        label="EHLO name",
+        help_text="The name this route's connections give in EHLO. Empty: the global ESAROUTES_DELIVERY_EHLO.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+
+    def clean_source_address(self) -> str:
+        try:
+            address = sources.normalize_source_address(self.cleaned_data["source_address"])
+        except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
+        problem = sources.local_address_problem(address) if address else None
+        if problem:
+            raise forms.ValidationError(_sentence(problem))
+        return address
+
+    def clean_ehlo_name(self) -> str:
+        try:
+            return sources.normalize_ehlo_name(self.cleaned_data["ehlo_name"])
+        except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
 
     def clean_fallback_relay(self) -> str:
         text: str = self.cleaned_data["fallback_relay"]
@@ -250,6 +282,8 @@ class RouteEditor:
                 "tls": route.tls,
                 "defer_on_4xx": route.defer_on_4xx,
                 "fallback_relay": route.fallback_relay,
+                "source_address": route.source_address,
+                "ehlo_name": route.ehlo_name,
             }
             destination = services.route_destination(route)
             if isinstance(destination, domains.Special):
@@ -296,6 +330,8 @@ class RouteEditor:
             defer_on_4xx=self.form.cleaned_data["defer_on_4xx"],
             fallback_relay=self.form.cleaned_data["fallback_relay"],
             sender=self.form.cleaned_data["sender"],
+            source_address=self.form.cleaned_data["source_address"],
+            ehlo_name=self.form.cleaned_data["ehlo_name"],
         )
         return True
 
@@ -308,6 +344,10 @@ class RouteEditor:
         for message in problems.route:
             if message.startswith(FALLBACK_PREFIX):
                 self.form.add_error("fallback_relay", _sentence(message.removeprefix(FALLBACK_PREFIX)))
+            elif message.startswith(sources.SOURCE_PREFIX):
+                self.form.add_error("source_address", _sentence(message.removeprefix(sources.SOURCE_PREFIX)))
+            elif message.startswith(sources.EHLO_PREFIX):
+                self.form.add_error("ehlo_name", _sentence(message.removeprefix(sources.EHLO_PREFIX)))
             else:
                 self.route_errors.append(_sentence(message))
         for index, messages in problems.hosts.items():

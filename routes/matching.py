@@ -49,6 +49,8 @@ class RouteEntry:
     defer_on_4xx: bool = False
     fallback_relay: str = ""  # stored form (`routes.domains.fallback_relay_text`), "" for none
     sender: str = ""  # stored sender pattern (`normalize_sender_pattern`); "" for a route without one
+    source_address: str = ""  # the local address its connections come from, "" for the global setting
+    ehlo_name: str = ""  # the EHLO name its connections say, "" for the global setting
 
 
 NULL_SENDER = "<>"

@@ -82,6 +82,19 @@ class Route(models.Model):
         help_text="HOST[:PORT] tried when every host of the route failed a recipient (refused, timed out, 4xx), "
         "before the recipient waits for its retry. Empty: none.",
     )
+    source_address = models.CharField(
+        max_length=45,
+        blank=True,
+        default="",
+        help_text="Local IP address this route's connections come from (one of this machine's). Empty: "
+        "ESAROUTES_DELIVERY_SOURCE_ADDRESS, or the system's choice.",
+    )
+    ehlo_name = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="The EHLO name this route's connections say. Empty: ESAROUTES_DELIVERY_EHLO.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

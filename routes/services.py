@@ -27,7 +27,7 @@ from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from esaroutes import bulk
-from routes import audit, destinations, domains, importexport, matching
+from routes import audit, destinations, domains, importexport, matching, sources
 from routes.models import (
     AuditEntry,
     DefaultDestinationProtected,
@@ -67,6 +67,8 @@ class RouteData:
     defer_on_4xx: bool = False
     fallback_relay: str = ""  # HOST[:PORT] as typed, "" for none: stored normalised (`domains.fallback_relay_text`)
     sender: str = ""
+    source_address: str = ""  # an address of this machine its connections come from, "" for the global setting
+    ehlo_name: str = ""  # the EHLO name its connections say, "" for the global setting
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
                     tls=data.tls,
                     defer_on_4xx=data.defer_on_4xx,
                     fallback_relay=_fallback_relay(data),
+                    source_address=sources.normalize_source_address(data.source_address),
+                    ehlo_name=sources.normalize_ehlo_name(data.ehlo_name),
                 )
         except IntegrityError:
             raise RouteInvalid(_exists(domain, sender)) from None
@@ -131,6 +135,8 @@ def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route
         route.tls = data.tls
         route.defer_on_4xx = data.defer_on_4xx
         route.fallback_relay = _fallback_relay(data)
+        route.source_address = sources.normalize_source_address(data.source_address)  # _validated has checked
+        route.ehlo_name = sources.normalize_ehlo_name(data.ehlo_name)
         try:
             with transaction.atomic():
                 route.save()
@@ -545,6 +551,8 @@ def route_state(route: Route) -> dict[str, Any]:
         "tls": route.tls,
         "defer_on_4xx": route.defer_on_4xx,
         "fallback_relay": route.fallback_relay,
+        "source_address": route.source_address,
+        "ehlo_name": route.ehlo_name,
     }
     if route.sender:  # only sender routes carry it, so older entries and plain routes read the same
         state["sender"] = route.sender
@@ -596,6 +604,7 @@ def _validated(data: RouteData) -> tuple[str, str]:
         raise SenderInvalid(str(exc)) from None
     problems = domains.route_problems(data.domain, data.destination)
     problems.route += fallback_relay_problems(data.fallback_relay, data.destination)
+    problems.route += source_problems(data.source_address, data.ehlo_name)
     if problems:
         raise RouteInvalid(problems)
     return domains.normalize_receiving_domain(data.domain), sender
@@ -610,6 +619,25 @@ def fallback_relay_problems(text: str, destination: domains.Destination) -> list
     if spec is not None and destination is domains.Special.DEVNULL:
         return ["fallback relay: a /dev/null route delivers nothing, so it has no fallback relay"]
     return []
+
+
+def source_problems(source_address: str, ehlo_name: str) -> list[str]:
+    """Why a route cannot have this source address (not an IP address, not one of this machine's) or this EHLO
+    name; each message starts with its field's `sources` prefix."""
+    problems: list[str] = []
+    try:
+        address = sources.normalize_source_address(source_address)
+    except ValueError as exc:
+        problems.append(f"{sources.SOURCE_PREFIX}{exc}")
+    else:
+        problem = sources.local_address_problem(address) if address else None
+        if problem:
+            problems.append(f"{sources.SOURCE_PREFIX}{problem}")
+    try:
+        sources.normalize_ehlo_name(ehlo_name)
+    except ValueError as exc:
+        problems.append(f"{sources.EHLO_PREFIX}{exc}")
+    return problems
 
 
 def _fallback_relay(data: RouteData) -> str:
@@ -714,7 +742,19 @@ def _analyze() -> None:
 
 
 _ROUTES = bulk.BulkInsert(
-    Route, ("domain", "sender", "special", "tls", "defer_on_4xx", "fallback_relay", "created_at", "updated_at")
+    Route,
+    (
+        "domain",
+        "sender",
+        "special",
+        "tls",
+        "defer_on_4xx",
+        "fallback_relay",
+        "source_address",
+        "ehlo_name",
+        "created_at",
+        "updated_at",
+    ),
 )
 _HOSTS = bulk.BulkInsert(DestinationHost, ("route_id", "host", "a_only", "port", "priority", "weight", "position"))
 
@@ -724,7 +764,7 @@ def _insert_routes(rows: Sequence[tuple[str, str, str]]) -> None:
     if not rows:
         return
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    _ROUTES.run([(d, sd, sp, Route.TLS.OPPORTUNISTIC, False, "", now, now) for d, sd, sp in rows])
+    _ROUTES.run([(d, sd, sp, Route.TLS.OPPORTUNISTIC, False, "", "", "", now, now) for d, sd, sp in rows])
 
 
 def _insert_hosts(rows: Sequence[tuple[int, str, bool, int, int, int, int]]) -> None:

@@ -56,6 +56,8 @@ _ROUTE_COLUMNS = (
     "defer_on_4xx",
     "fallback_relay",
     "sender",
+    "source_address",
+    "ehlo_name",
 )
 
 
@@ -86,10 +88,22 @@ def build_table(version: int | None = None) -> matching.RouteTable:
             defer_on_4xx=bool(defer_on_4xx),
             fallback_relay=fallback_relay or "",
             sender=sender,
+            source_address=source_address or "",
+            ehlo_name=ehlo_name or "",
         )
-        for pk, domain, special, auth_profile_id, bounce_profile_id, tls, defer_on_4xx, fallback_relay, sender in _rows(
-            Route, _ROUTE_COLUMNS, ()
-        )
+        for (
+            pk,
+            domain,
+            special,
+            auth_profile_id,
+            bounce_profile_id,
+            tls,
+            defer_on_4xx,
+            fallback_relay,
+            sender,
+            source_address,
+            ehlo_name,
+        ) in _rows(Route, _ROUTE_COLUMNS, ())
     ]
     return matching.RouteTable(entries, version=version, destinations=destination_table())
 

@@ -474,6 +474,23 @@ class NoAddressError(OSError):
     """The host has no address the destination's IP preference allows (``ipv6-required``, only A records)."""
 
 
+class SourceAddressError(egress.Refused):
+    """The route's (or the global) source address cannot be bound: it is not, or no longer, an address of this
+    machine, or not of the destination address's family. Nothing was sent, and it says nothing of the host."""
+
+
+def _bind_source(sock: socket.socket, source: str) -> None:
+    """Bind a connection's socket to the source address; SourceAddressError says, in words, why it cannot be."""
+    if (sock.family == socket.AF_INET6) != (":" in source):
+        raise SourceAddressError(f"source address {source} is not of the destination address's family")
+    try:
+        sock.bind((source, 0))
+    except OSError as exc:
+        raise SourceAddressError(
+            f"source address {source} is not an address of this machine ({exc.strerror or exc})"
+        ) from None
+
+
 class HostSession:
     """One SMTP connection to one host: open (connect, greeting, EHLO, STARTTLS, AUTH), then send messages.
 
@@ -611,7 +628,7 @@ class HostSession:
             sock.setblocking(False)
             try:
                 if self.destination.source_address:
-                    sock.bind((self.destination.source_address, 0))
+                    _bind_source(sock, self.destination.source_address)
                 async with asyncio.timeout(self.destination.timeouts.connect):
                     await loop.sock_connect(sock, sockaddr)
             except (OSError, TimeoutError) as exc:

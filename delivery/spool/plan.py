@@ -94,7 +94,7 @@ def _template(
         auth = auth_cache[entry.auth_profile_id]
     return outcome.Destination(
         host=host,
-        helo=settings.ESAROUTES_DELIVERY_EHLO,
+        helo=(entry.ehlo_name if entry is not None else "") or settings.ESAROUTES_DELIVERY_EHLO,
         tls=outcome.TlsPolicy(tls),  # resolve.Resolution.tls_policy: the route's and the destination's
         auth=auth,
         timeouts=_timeouts(),
@@ -103,7 +103,7 @@ def _template(
         max_messages=limits.max_messages_per_connection,
         ip_preference=limits.ip_preference,
         ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
-        source_address=settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None,
+        source_address=source_address(entry),
         allowed_networks=tuple(settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS),
     )
 
@@ -114,6 +114,12 @@ def _limits(where: resolve.Resolution, table: matching.RouteTable) -> destinatio
     if where.kind == resolve.Kind.REDIRECT:
         return None
     return table.destinations.lookup(where.domain)
+
+
+def source_address(entry: matching.RouteEntry | None) -> str | None:
+    """The local address a route's connections come from: its own, else the global one, else the system's choice
+    (None). It is also the `interface` of their `New SMTP DCID` and `Connection Error` lines, as on the ESA."""
+    return (entry.source_address if entry is not None else "") or settings.ESAROUTES_DELIVERY_SOURCE_ADDRESS or None
 
 
 def local_final(
@@ -230,7 +236,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                         where.tls_policy(limits),
                     ),
                     jobs=tuple(job_list[start : start + per_connection]),
-                    interface=settings.ESAROUTES_SMTP_INTERFACE,
+                    interface=source_address(where.entry) or settings.ESAROUTES_SMTP_INTERFACE,
                     fallback=where.fallback,
                     limits=_limits(where, resolver.table),
                 )
