@@ -8,6 +8,7 @@ from delivery.api import views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
+    path("log/", views.MailLog.as_view(), name="maillog"),
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
     path("webhooks/<int:pk>/attempts/", views.WebhookAttempts.as_view(), name="webhook-attempts"),

@@ -22,6 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from delivery.listener import inject
+from delivery.models import MailLogLine
 from delivery.webhooks import services as webhook_services
 from delivery.webhooks.models import Webhook, WebhookAttempt
 from esaroutes.api import conditional, errors, views
@@ -208,3 +209,36 @@ class WebhookAttempts(views.ApiView):
         hook = get_object_or_404(Webhook, pk=pk)
         rows = self.paginate_queryset(WebhookAttempt.objects.filter(webhook=hook).select_related("event"))
         return self.get_paginated_response(WebhookAttemptSerializer(rows, many=True).data)
+
+
+# --- the mail log, by id ---------------------------------------------------------------------------------
+
+
+_IDS = ("mid", "icid", "dcid")
+
+
+class MailLogLineSerializer(serializers.ModelSerializer[MailLogLine]):
+    class Meta:
+        model = MailLogLine
+        fields = ["id", "at", "level", "text", "mid", "icid", "dcid"]
+
+
+class MailLog(views.ApiView):
+    """The mail log, oldest first, keyset by id (`?after=ID`); `?mid=`, `?icid=`, `?dcid=` narrow it."""
+
+    read_capability = "maillog.view"
+
+    @extend_schema(
+        parameters=[OpenApiParameter(name, int, description=f"only the lines of this {name.upper()}") for name in _IDS],
+        responses=MailLogLineSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        rows = MailLogLine.objects.all()
+        for name in _IDS:
+            value = request.query_params.get(name)
+            if value is not None:
+                if not value.isdigit():
+                    raise errors.invalid(name, "Use a whole number.")
+                rows = rows.filter(**{name: int(value)})
+        page = self.paginate_queryset(rows)
+        return self.get_paginated_response(MailLogLineSerializer(page, many=True).data)

@@ -150,6 +150,7 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
         _post(sender="a@origin.test", recipients=["user@dest.test"], message="Subject: x\r\n\r\nHi.\r\n"),
         CHANGERS,
     ),
+    ("api:maillog", "GET", None, EVERYONE),
     ("api:webhook-list", "GET", None, {A}),
     ("api:webhook-list", "POST", _post(name="new", url="http://127.0.0.1:9/", events=["delivered"]), {A}),
     ("api:webhook-detail", "GET", None, {A}),
