@@ -20,7 +20,21 @@ from routes import destinations, domains, matching, services, sources
 from routes.models import AuthProfile, DestinationControl, Route
 
 FALLBACK_PREFIX = "fallback relay: "  # a service's route-level message about the fallback relay field
+ROUTE_FIELD_PREFIXES = (
+    ("fallback_relay", FALLBACK_PREFIX),
+    ("source_address", sources.SOURCE_PREFIX),
+    ("ehlo_name", sources.EHLO_PREFIX),
+)
 SPECIAL_HELP = "Type USEDNS (deliver by MX records) or /dev/null (accept and drop) alone in the first row."
+
+
+def route_problem_field(message: str) -> tuple[str, str]:
+    """(field, message without its prefix) for a service's route-level message about one field; ("", message)
+    for one about the route as a whole."""
+    for field, prefix in ROUTE_FIELD_PREFIXES:
+        if message.startswith(prefix):
+            return field, message.removeprefix(prefix)
+    return "", message
 
 
 class RouteForm(forms.Form):
@@ -342,12 +356,9 @@ class RouteEditor:
         for message in problems.domain:
             self.form.add_error("domain", _sentence(message))
         for message in problems.route:
-            if message.startswith(FALLBACK_PREFIX):
-                self.form.add_error("fallback_relay", _sentence(message.removeprefix(FALLBACK_PREFIX)))
-            elif message.startswith(sources.SOURCE_PREFIX):
-                self.form.add_error("source_address", _sentence(message.removeprefix(sources.SOURCE_PREFIX)))
-            elif message.startswith(sources.EHLO_PREFIX):
-                self.form.add_error("ehlo_name", _sentence(message.removeprefix(sources.EHLO_PREFIX)))
+            field, text = route_problem_field(message)
+            if field:
+                self.form.add_error(field, _sentence(text))
             else:
                 self.route_errors.append(_sentence(message))
         for index, messages in problems.hosts.items():

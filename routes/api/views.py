@@ -26,6 +26,7 @@ from rest_framework.response import Response
 from delivery.models import BounceProfile
 from esaroutes.api import conditional, errors, views
 from routes import domains, importexport, matching, probe, services
+from routes import forms as route_forms
 from routes import views as pages
 from routes.models import AuthProfile, Route
 
@@ -51,6 +52,9 @@ class RouteSerializer(serializers.Serializer[Route]):
     tls = serializers.ChoiceField(choices=TLS_CHOICES, read_only=True)
     defer_on_4xx = serializers.BooleanField(read_only=True)
     fallback_relay = serializers.CharField(read_only=True)
+    sender = serializers.CharField(read_only=True)
+    source_address = serializers.CharField(read_only=True)
+    ehlo_name = serializers.CharField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
 
     def get_display_domain(self, route: Route) -> str:
@@ -75,6 +79,18 @@ class RouteInputSerializer(serializers.Serializer[Any]):
     tls = serializers.ChoiceField(choices=TLS_CHOICES, default=Route.TLS.OPPORTUNISTIC)
     defer_on_4xx = serializers.BooleanField(default=False)
     fallback_relay = serializers.CharField(max_length=300, allow_blank=True, default="")
+    sender = serializers.CharField(
+        max_length=320,
+        allow_blank=True,
+        default="",
+        help_text='envelope sender pattern: an address, a domain, a .partial domain or "<>"; "" for every sender',
+    )
+    source_address = serializers.CharField(
+        max_length=45, allow_blank=True, default="", help_text='an address of this machine; "" for the setting'
+    )
+    ehlo_name = serializers.CharField(
+        max_length=255, allow_blank=True, default="", help_text='the EHLO name; "" for the setting'
+    )
 
 
 def parse_destination(items: list[str]) -> domains.Destination:
@@ -105,15 +121,21 @@ def route_data(validated: dict[str, Any]) -> services.RouteData:
         tls=validated["tls"],
         defer_on_4xx=validated["defer_on_4xx"],
         fallback_relay=validated["fallback_relay"],
+        sender=validated["sender"],
+        source_address=validated["source_address"],
+        ehlo_name=validated["ehlo_name"],
     )
 
 
 def invalid_route(exc: services.RouteInvalid) -> serializers.ValidationError:
+    if isinstance(exc, services.SenderInvalid):
+        return serializers.ValidationError({"sender": [exc.message]})
     problems: dict[str, list[str]] = {}
     if exc.problems.domain:
         problems["domain"] = exc.problems.domain
-    if exc.problems.route:
-        problems["destination"] = exc.problems.route
+    for message in exc.problems.route:
+        field, text = route_forms.route_problem_field(message)
+        problems.setdefault(field or "destination", []).append(text)
     for index, messages in exc.problems.hosts.items():
         problems[f"destination.{index}"] = messages
     return serializers.ValidationError(problems or {"non_field_errors": [str(exc)]})
@@ -200,6 +222,9 @@ class RouteDetail(views.ApiView):
                 "tls": route.tls,
                 "defer_on_4xx": route.defer_on_4xx,
                 "fallback_relay": route.fallback_relay,
+                "sender": route.sender,
+                "source_address": route.source_address,
+                "ehlo_name": route.ehlo_name,
             }
             given = {k: v for k, v in body.validated_data.items() if k in request.data} if partial else {}
             merged = {**current, **given} if partial else body.validated_data

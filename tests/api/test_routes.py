@@ -141,3 +141,47 @@ def test_export_and_import_with_a_dry_run(bob, api_client):
 
 def test_route_urls_are_in_the_api_namespace():
     assert reverse("api:route-list") == ROUTES
+
+
+def test_sender_source_address_and_ehlo_name_are_read_written_and_kept(bob, api_client):
+    client = api_client(bob)
+    body = {
+        "domain": "dest.test",
+        "destination": ["127.0.0.1:2525"],
+        "sender": "Alerts@App.Example",
+        "source_address": "127.0.0.1",
+        "ehlo_name": "relay.app.example",
+    }
+    created = client.post(ROUTES, body, format="json")
+    assert created.status_code == 201, created.content
+    route = created.json()
+    assert (route["sender"], route["source_address"], route["ehlo_name"]) == (
+        "alerts@app.example",
+        "127.0.0.1",
+        "relay.app.example",
+    )
+    url = f"{ROUTES}{route['id']}/"
+    changed = client.patch(url, {"tls": "required"}, format="json", HTTP_IF_MATCH=created["ETag"]).json()
+    assert (changed["sender"], changed["source_address"], changed["ehlo_name"]) == (
+        "alerts@app.example",
+        "127.0.0.1",
+        "relay.app.example",
+    )
+    plain = client.post(ROUTES, {"domain": "dest.test", "destination": ["127.0.0.2"]}, format="json")
+    assert plain.status_code == 201 and plain.json()["sender"] == ""  # the same domain for every other sender
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"sender": "not a pattern@@"}, "sender"),
+        ({"source_address": "not-an-address"}, "source_address"),
+        ({"source_address": "192.0.2.1"}, "source_address"),  # not one of this machine's (never connected to)
+        ({"ehlo_name": "bad..name"}, "ehlo_name"),
+        ({"fallback_relay": "host:0"}, "fallback_relay"),
+    ],
+)
+def test_sender_and_source_problems_are_at_their_field(bob, api_client, extra, field):
+    body = {"domain": "dest.test", "destination": ["127.0.0.1"], **extra}
+    is_problem(api_client(bob).post(ROUTES, body, format="json"), 400, field)
+    assert not Route.objects.filter(domain="dest.test").exists()
