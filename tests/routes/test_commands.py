@@ -49,12 +49,42 @@ def test_new_edit_rename_delete_with_the_cli_actor():
         (("edit", "missing.example", "mx.example.com"), "does not appear to be in the routing table"),
         (("delete", "missing.example"), "does not appear to be in the routing table"),
         (("import", "/nonexistent/routes.txt"), "Error reading file"),
+        (("new", "example.com", "USEDNS", "--source-address", "mail.example"), "^source address: .*not an IP address"),
+        (("new", "example.com", "USEDNS", "--source-address", "192.0.2.77"), "^source address: .*not an address of"),
+        (("new", "example.com", "USEDNS", "--ehlo", "bad_name!"), "^EHLO name: .*is not a host name"),
     ],
 )
 def test_errors_are_command_errors(args, message):
     with pytest.raises(CommandError, match=message):
         run(*args)
     assert not Route.objects.exists()
+
+
+@pytest.mark.django_db
+def test_new_edit_and_print_a_source_address_and_ehlo_name():
+    added = run("new", "example.com", "USEDNS", "--source-address", "127.0.0.1", "--ehlo", "Relay.Example")
+    assert "source address 127.0.0.1 EHLO relay.example" in added
+    route = Route.objects.get()
+    assert (route.source_address, route.ehlo_name) == ("127.0.0.1", "relay.example")
+    assert "# example.com: source address 127.0.0.1 EHLO relay.example" in run("print")
+    run("edit", "example.com", "mx.example.com")  # without the options: unchanged
+    route.refresh_from_db()
+    assert (route.source_address, route.ehlo_name) == ("127.0.0.1", "relay.example")
+    run("edit", "example.com", "mx.example.com", "--source-address", "", "--ehlo", "[127.0.0.1]")
+    route.refresh_from_db()
+    assert (route.source_address, route.ehlo_name) == ("", "[127.0.0.1]")
+    run("edit", "example.com", "mx.example.com", "--ehlo", "")
+    route.refresh_from_db()
+    assert (route.source_address, route.ehlo_name) == ("", "")
+    assert "# example.com:" not in run("print")
+
+
+@pytest.mark.django_db
+def test_edit_keeps_the_route_when_the_source_address_is_bad():
+    make_route("example.com")
+    with pytest.raises(CommandError, match=r"^source address: .*not an IP address"):
+        run("edit", "example.com", "USEDNS", "--source-address", "nope")
+    assert Route.objects.get().source_address == ""
 
 
 @pytest.mark.django_db

@@ -1,10 +1,12 @@
 """`manage.py smtproutes`: the ESA's `smtproutes` as sub-commands, with the same validation and audit as the web UI.
 
     smtproutes print
-    smtproutes new DOMAIN HOSTS [--sender PATTERN] [--fallback-relay HOST[:PORT]]
+    smtproutes new DOMAIN HOSTS [--sender PATTERN] [--fallback-relay HOST[:PORT]] [--source-address ADDR]
+                                [--ehlo NAME]
                                            e.g. new example.com "mx1.example.com/pri=10, [10.0.0.9]:2525/pri=20"
     smtproutes edit DOMAIN HOSTS [--sender PATTERN] [--rename NEW] [--set-sender NEW]
-                                 [--fallback-relay HOST[:PORT]]   ("" removes the fallback, or the sender)
+                                 [--fallback-relay HOST[:PORT]] [--source-address ADDR] [--ehlo NAME]
+                                 ("" removes the fallback, the sender, the source address or the EHLO name)
     smtproutes delete DOMAIN [--sender PATTERN]
     smtproutes import FILE [--replace]     (default: merge; --replace makes the table exactly the file)
     smtproutes export FILE                 (- for standard output)
@@ -12,7 +14,8 @@
 
 `--sender` names a route by sender: with `new` it makes a route for mail from that envelope sender only (an
 address, a domain, a .partial domain or <>); with `edit` and `delete` it picks that domain's route for the
-sender (without it, the route for every sender). `print` shows the sender routes as `sender=PATTERN`.
+sender (without it, the route for every sender). `print` shows the sender routes as `sender=PATTERN`, and a
+route's own source address and EHLO name as comment lines after the table (`# example.com: source address ...`).
 
 Changes are recorded in the audit log as "cli:<unix user>". Errors go to stderr with a non-zero exit status.
 """
@@ -30,10 +33,21 @@ from routes.models import Route
 
 SENDER_HELP = "envelope sender pattern: alerts@app.example, app.example, .app.example or <> (the null sender)"
 FALLBACK_HELP = "tried when every host of the route failed a recipient, before it waits for its retry"
+SOURCE_HELP = (
+    "an address of this machine the route's connections come from (default: ESAROUTES_DELIVERY_SOURCE_ADDRESS)"
+)
+EHLO_HELP = "the name the route's connections say in EHLO (default: ESAROUTES_DELIVERY_EHLO)"
+UNCHANGED = ' (default: unchanged; "" removes it)'
 
 
 def _fallback(route: Route) -> str:
     return f" (fallback relay {route.fallback_relay})" if route.fallback_relay else ""
+
+
+def _sources(route: Route) -> str:
+    parts = [f" source address {route.source_address}" if route.source_address else ""]
+    parts.append(f" EHLO {route.ehlo_name}" if route.ehlo_name else "")
+    return "".join(parts)
 
 
 class Command(BaseCommand):
@@ -49,15 +63,17 @@ class Command(BaseCommand):
             "--sender", metavar="PATTERN", default="", help="route mail from this sender only: " + SENDER_HELP
         )
         new.add_argument("--fallback-relay", metavar="HOST[:PORT]", default="", help=FALLBACK_HELP)
+        new.add_argument("--source-address", metavar="ADDR", default="", help=SOURCE_HELP)
+        new.add_argument("--ehlo", metavar="NAME", default="", help=EHLO_HELP)
         edit = sub.add_parser("edit", help="replace the destination hosts of a route (and optionally rename it)")
         edit.add_argument("domain")
         edit.add_argument("hosts")
         edit.add_argument("--sender", metavar="PATTERN", default="", help="the route for this sender: " + SENDER_HELP)
         edit.add_argument("--rename", metavar="NEW", help="new receiving domain")
         edit.add_argument("--set-sender", metavar="NEW", help='new sender pattern ("" : every sender)')
-        edit.add_argument(
-            "--fallback-relay", metavar="HOST[:PORT]", help=FALLBACK_HELP + ' (default: unchanged; "" removes it)'
-        )
+        edit.add_argument("--fallback-relay", metavar="HOST[:PORT]", help=FALLBACK_HELP + UNCHANGED)
+        edit.add_argument("--source-address", metavar="ADDR", help=SOURCE_HELP + UNCHANGED)
+        edit.add_argument("--ehlo", metavar="NAME", help=EHLO_HELP + UNCHANGED)
         delete = sub.add_parser("delete", help="delete a route")
         delete.add_argument("domain")
         delete.add_argument("--sender", metavar="PATTERN", default="", help="the route for this sender: " + SENDER_HELP)
@@ -77,6 +93,8 @@ class Command(BaseCommand):
 
     def do_print(self, options: dict[str, Any]) -> None:
         self.stdout.write(services.export_text(), ending="")
+        for route in Route.objects.exclude(source_address="", ehlo_name="").order_by("domain", "sender"):
+            self.stdout.write(f"# {route}:{_sources(route)}")
 
     def do_new(self, options: dict[str, Any]) -> None:
         domain = self._domain(options["domain"])
@@ -88,12 +106,14 @@ class Command(BaseCommand):
                     destination=destination,
                     fallback_relay=options["fallback_relay"],
                     sender=self._sender(options["sender"]),
+                    source_address=options["source_address"],
+                    ehlo_name=options["ehlo"],
                 ),
                 actor=audit.cli_actor(),
             )
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
-        self.stdout.write(f"Added {route}: {importexport.canonical(destination)}{_fallback(route)}")
+        self.stdout.write(f"Added {route}: {importexport.canonical(destination)}{_fallback(route)}{_sources(route)}")
 
     def do_edit(self, options: dict[str, Any]) -> None:
         route = self._route(options["domain"], options["sender"])
@@ -109,13 +129,17 @@ class Command(BaseCommand):
             defer_on_4xx=route.defer_on_4xx,
             fallback_relay=route.fallback_relay if options["fallback_relay"] is None else options["fallback_relay"],
             sender=new_sender,
+            source_address=route.source_address if options["source_address"] is None else options["source_address"],
+            ehlo_name=route.ehlo_name if options["ehlo"] is None else options["ehlo"],
         )
         try:
             saved = services.route_update(route_id=route.pk, data=data, actor=audit.cli_actor())
         except services.RouteInvalid as exc:
             raise CommandError(_problems(exc.problems)) from None
         renamed = f" (renamed from {route})" if str(saved) != str(route) else ""
-        self.stdout.write(f"Changed {saved}{renamed}: {importexport.canonical(destination)}{_fallback(saved)}")
+        self.stdout.write(
+            f"Changed {saved}{renamed}: {importexport.canonical(destination)}{_fallback(saved)}{_sources(saved)}"
+        )
 
     def do_delete(self, options: dict[str, Any]) -> None:
         route = self._route(options["domain"], options["sender"])
