@@ -330,6 +330,10 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {  # two "tls" choice sets: a route's and a destination control's
+        "RouteTlsEnum": "routes.api.views.TLS_CHOICES",
+        "DestinationTlsEnum": "routes.models.DestinationControl.TLS",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "esaroutes.api.schema.add_problem_responses",

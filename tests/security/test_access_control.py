@@ -144,6 +144,11 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:route-test", "POST", _post(address="x@dest.test"), VIEWERS),
     ("api:route-export", "GET", None, VIEWERS),
     ("api:route-import", "POST", None, CHANGERS),
+    ("api:destination-list", "GET", None, VIEWERS),
+    ("api:destination-list", "POST", _post(destination="api.test"), CHANGERS),
+    ("api:destination-detail", "GET", None, VIEWERS),
+    ("api:destination-detail", "PATCH", _post(max_connections=3), CHANGERS),
+    ("api:destination-detail", "DELETE", None, CHANGERS),
     (
         "api:message-inject",
         "POST",
@@ -214,6 +219,7 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "api:webhook-attempts": {"pk": world["webhook"]},
         "delivery:webhook-delete": {"pk": world["webhook"]},
         "api:route-detail": {"pk": world["route"]},
+        "api:destination-detail": {"pk": world["destination"]},
     }.get(name, {})
 
 
