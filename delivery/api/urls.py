@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.api import views
+from delivery.api import queue, views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
+    path("queue/destinations/", queue.QueueDestinations.as_view(), name="queue-destinations"),
+    path("queue/recipients/", queue.QueueRecipients.as_view(), name="queue-recipients"),
+    path("queue/actions/", queue.QueueActions.as_view(), name="queue-actions"),
     path("log/", views.MailLog.as_view(), name="maillog"),
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
