@@ -354,8 +354,14 @@ def route_send_test(request: AuthedHtmxRequest) -> HttpResponse:
         return render(
             request, "routes/route_test.html#send-result", {"send_result": f"Not sent: {problem}"}, status=422
         )
-    try:
-        result = sendtest.send_test_message(address)
+    sender = request.POST.get("sender", "").strip()[:320]
+    sender_problem = _sender_problem(sender)
+    if sender_problem:
+        ctx = {"send_result": f"Not sent: the sender: {sender_problem}"}
+        return render(request, "routes/route_test.html#send-result", ctx, status=422)
+    from_address = None if not sender else "" if sender.replace(" ", "") == matching.NULL_SENDER else sender
+    try:  # from the page's Sender when one was typed, so the message follows the sender route the page shows
+        result = sendtest.send_test_message(address, sender=from_address)
     except Exception as exc:  # the listener's errors are shown to the admin, not turned into a 500
         text = f"Not sent: {exc}"
     else:

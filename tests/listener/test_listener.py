@@ -534,6 +534,26 @@ def test_send_test_message_goes_through_the_listener(smtpd, settings):
         sendtest.send_test_message("bob@elsewhere.test")
 
 
+def test_the_route_testers_send_test_message_comes_from_its_sender(smtpd, settings, client, alice):
+    from django.urls import reverse
+
+    settings.ESAROUTES_SMTP_LISTEN = ("127.0.0.1", smtpd.port)
+    client.force_login(alice)
+    page = client.get(reverse("routes:route-test"), {"address": "bob@dest.test", "sender": "alerts@app.example"})
+    assert 'name="sender" value="alerts@app.example"' in page.content.decode()
+    url = reverse("routes:route-send-test")
+    sent = client.post(url, {"address": "bob@dest.test", "sender": "alerts@app.example"})
+    assert sent.status_code == 200 and "Test message queued" in sent.content.decode()
+    assert Message.objects.get().sender == "alerts@app.example"
+    client.post(url, {"address": "bob@dest.test", "sender": "<>"})
+    client.post(url, {"address": "bob@dest.test"})
+    senders = list(Message.objects.order_by("pk").values_list("sender", flat=True))
+    assert senders == ["alerts@app.example", "", f"postmaster@{settings.ESAROUTES_HOSTNAME}"]
+    bad = client.post(url, {"address": "bob@dest.test", "sender": "not-an-address"})
+    assert bad.status_code == 422 and "Not sent: the sender:" in bad.content.decode()
+    assert Message.objects.count() == 3
+
+
 def test_sendtest_command(smtpd, settings, capsys):
     from django.core.management import call_command
 

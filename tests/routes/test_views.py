@@ -425,7 +425,7 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
 
     sent: list[str] = []
 
-    def fake_send(to: str) -> str:
+    def fake_send(to: str, sender: str | None = None) -> str:
         sent.append(to)
         return "250 ok queued as 42"
 
@@ -436,7 +436,7 @@ def test_send_test_message_calls_the_listener_and_shows_its_reply(client_alice, 
     body = client_alice.post(reverse("routes:route-send-test"), {"address": "u@example.com"}, **HTMX).content.decode()
     assert sent == ["u@example.com"] and "250 ok queued as 42" in body
 
-    def failing(to: str) -> str:
+    def failing(to: str, sender: str | None = None) -> str:
         raise RuntimeError("554 no thanks")
 
     monkeypatch.setattr(sendtest, "send_test_message", failing)
