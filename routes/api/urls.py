@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routes.api import destinations, views
+from routes.api import access, destinations, views
 
 urlpatterns = [
     path("routes/", views.RouteList.as_view(), name="route-list"),
@@ -12,4 +12,10 @@ urlpatterns = [
     path("routes/import/", views.RouteImport.as_view(), name="route-import"),
     path("destinations/", destinations.DestinationList.as_view(), name="destination-list"),
     path("destinations/<int:pk>/", destinations.DestinationDetail.as_view(), name="destination-detail"),
+    path("access/rat/", access.RatList.as_view(), name="access-rat-list"),
+    path("access/rat/<int:pk>/", access.RatDetail.as_view(), name="access-rat-detail"),
+    path("access/relay/", access.RelayList.as_view(), name="access-relay-list"),
+    path("access/relay/<int:pk>/", access.RelayDetail.as_view(), name="access-relay-detail"),
+    path("access/users/", access.UserList.as_view(), name="access-user-list"),
+    path("access/users/<int:pk>/", access.UserDetail.as_view(), name="access-user-detail"),
 ]

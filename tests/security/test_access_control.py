@@ -149,6 +149,21 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:destination-detail", "GET", None, VIEWERS),
     ("api:destination-detail", "PATCH", _post(max_connections=3), CHANGERS),
     ("api:destination-detail", "DELETE", None, CHANGERS),
+    ("api:access-rat-list", "GET", None, VIEWERS),
+    ("api:access-rat-list", "POST", _post(domain="new-rat.test", action="accept"), CHANGERS),
+    ("api:access-rat-detail", "GET", None, VIEWERS),
+    ("api:access-rat-detail", "PATCH", _post(comment="x"), CHANGERS),
+    ("api:access-rat-detail", "DELETE", None, CHANGERS),
+    ("api:access-relay-list", "GET", None, VIEWERS),
+    ("api:access-relay-list", "POST", _post(network="10.5.0.0/16"), CHANGERS),
+    ("api:access-relay-detail", "GET", None, VIEWERS),
+    ("api:access-relay-detail", "PATCH", _post(comment="x"), CHANGERS),
+    ("api:access-relay-detail", "DELETE", None, CHANGERS),
+    ("api:access-user-list", "GET", None, VIEWERS),
+    ("api:access-user-list", "POST", _post(username="new", password="long-enough-pw"), CHANGERS),
+    ("api:access-user-detail", "GET", None, VIEWERS),
+    ("api:access-user-detail", "PATCH", _post(is_active=False), CHANGERS),
+    ("api:access-user-detail", "DELETE", None, CHANGERS),
     (
         "api:message-inject",
         "POST",
@@ -223,6 +238,9 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "delivery:webhook-delete": {"pk": world["webhook"]},
         "api:route-detail": {"pk": world["route"]},
         "api:destination-detail": {"pk": world["destination"]},
+        "api:access-rat-detail": {"pk": world["rat"]},
+        "api:access-relay-detail": {"pk": world["relay"]},
+        "api:access-user-detail": {"pk": world["smtpuser"]},
     }.get(name, {})
 
 
