@@ -183,3 +183,49 @@ def test_the_import_page_previews_and_applies_sender_routes_and_exports_them(cli
     assert "sender=app.example" in exported
     bad = _upload(client_alice, "example.com sender=@app.example mx.example.com\n")
     assert bad.status_code == 422 and "line 1: sender:" in bad.content.decode()
+
+
+def test_the_route_tester_says_where_a_routes_connections_come_from(client_alice):
+    make_route("example.com", "mx1.example.com", source_address="127.0.0.1", ehlo_name="out1.example.net")
+    make_route("plain.example", "mx1.example.com")
+    body = client_alice.get(reverse("routes:route-test"), {"address": "u@example.com"}, **HTMX).content.decode()
+    assert "Connections come from <strong>127.0.0.1</strong> and say <strong>EHLO out1.example.net</strong>" in body
+    plain = client_alice.get(reverse("routes:route-test"), {"address": "u@plain.example"}, **HTMX).content.decode()
+    assert "Connections come from" not in plain
+
+
+def test_the_admin_shows_and_checks_weight_source_address_and_ehlo_name(client_alice):
+    data = {
+        "domain": "example.com",
+        "sender": "",
+        "special": "",
+        "tls": "opportunistic",
+        "source_address": "192.0.2.77",
+        "ehlo_name": "Out1.Example.NET",
+        "hosts-TOTAL_FORMS": "1",
+        "hosts-INITIAL_FORMS": "0",
+        "hosts-MIN_NUM_FORMS": "0",
+        "hosts-MAX_NUM_FORMS": "100",
+        "hosts-0-priority": "0",
+        "hosts-0-destination": "mx1.example.com",
+        "hosts-0-port": "25",
+        "hosts-0-weight": "3",
+    }
+    page = client_alice.get(reverse("admin:routes_route_add")).content.decode()
+    assert 'name="source_address"' in page and 'name="ehlo_name"' in page and 'name="hosts-0-weight"' in page
+    bad = client_alice.post(reverse("admin:routes_route_add"), data).content.decode()
+    field = bad[bad.index("field-source_address") :]
+    field = field[: field.index("field-ehlo_name")]
+    assert "192.0.2.77 is not an address of this machine" in field and "errorlist" in field
+    assert not Route.objects.exists()
+    ehlo = client_alice.post(reverse("admin:routes_route_add"), {**data, "source_address": "", "ehlo_name": "a_b!"})
+    assert "is not a host name" in ehlo.content.decode()[ehlo.content.decode().index("field-ehlo_name") :]
+    weight = client_alice.post(reverse("admin:routes_route_add"), {**data, "source_address": "", "hosts-0-weight": "x"})
+    assert "is not a whole number" in weight.content.decode() and not Route.objects.exists()
+    saved = client_alice.post(reverse("admin:routes_route_add"), {**data, "source_address": "127.0.0.1"})
+    assert saved.status_code == 302
+    route = Route.objects.get()
+    assert (route.source_address, route.ehlo_name) == ("127.0.0.1", "out1.example.net")
+    assert route.hosts.get().weight == 3
+    edit = client_alice.get(reverse("admin:routes_route_change", args=[route.pk])).content.decode()
+    assert 'value="127.0.0.1"' in edit and 'value="out1.example.net"' in edit and 'value="3"' in edit
