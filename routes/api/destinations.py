@@ -30,7 +30,7 @@ class DestinationConflict(exceptions.APIException):
     default_code = "conflict"
 
 
-class DestinationSerializer(serializers.Serializer[DestinationControl]):
+class DestinationControlSerializer(serializers.Serializer[DestinationControl]):
     id = serializers.IntegerField(read_only=True)
     destination = serializers.CharField(read_only=True)
     display_destination = serializers.SerializerMethodField()
@@ -49,7 +49,7 @@ class DestinationSerializer(serializers.Serializer[DestinationControl]):
         return destinations.display_destination(control.destination)
 
 
-class DestinationInputSerializer(serializers.Serializer[Any]):
+class DestinationControlInputSerializer(serializers.Serializer[Any]):
     destination = serializers.CharField(
         max_length=300, help_text="example.com, .example.com, an IP address, or default"
     )
@@ -92,16 +92,16 @@ def read_destination(pk: int, *, lock: bool = False) -> DestinationControl:
 class DestinationList(views.ApiView):
     read_capability = "destinations.view"
     write_capability = "destinations.change"
-    serializer_class = DestinationSerializer
+    serializer_class = DestinationControlSerializer
 
-    @extend_schema(responses=DestinationSerializer(many=True))
+    @extend_schema(responses=DestinationControlSerializer(many=True))
     def get(self, request: Request) -> Response:
         rows = self.paginate_queryset(DestinationControl.objects.all())
-        return self.get_paginated_response(DestinationSerializer(cast(Any, rows), many=True).data)
+        return self.get_paginated_response(DestinationControlSerializer(cast(Any, rows), many=True).data)
 
-    @extend_schema(request=DestinationInputSerializer, responses={201: DestinationSerializer})
+    @extend_schema(request=DestinationControlInputSerializer, responses={201: DestinationControlSerializer})
     def post(self, request: Request) -> Response:
-        body = DestinationInputSerializer(data=request.data)
+        body = DestinationControlInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
             control = services.create_destination(
@@ -109,7 +109,7 @@ class DestinationList(views.ApiView):
             )
         except services.DestinationInvalid as exc:
             raise serializers.ValidationError(exc.problems) from None
-        data = DestinationSerializer(read_destination(control.pk)).data
+        data = DestinationControlSerializer(read_destination(control.pk)).data
         response = Response(data, status=status.HTTP_201_CREATED)
         response["ETag"] = conditional.etag(data)
         response["Location"] = request.build_absolute_uri(f"{control.pk}/")
@@ -119,16 +119,16 @@ class DestinationList(views.ApiView):
 class DestinationDetail(views.ApiView):
     read_capability = "destinations.view"
     write_capability = "destinations.change"
-    serializer_class = DestinationSerializer
+    serializer_class = DestinationControlSerializer
 
     def get(self, request: Request, pk: int) -> Response:
-        return Response(DestinationSerializer(read_destination(pk)).data)
+        return Response(DestinationControlSerializer(read_destination(pk)).data)
 
-    @extend_schema(request=DestinationInputSerializer, responses=DestinationSerializer)
+    @extend_schema(request=DestinationControlInputSerializer, responses=DestinationControlSerializer)
     def put(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=False)
 
-    @extend_schema(request=DestinationInputSerializer, responses=DestinationSerializer)
+    @extend_schema(request=DestinationControlInputSerializer, responses=DestinationControlSerializer)
     def patch(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=True)
 
@@ -136,7 +136,7 @@ class DestinationDetail(views.ApiView):
     def delete(self, request: Request, pk: int) -> Response:
         with transaction.atomic():
             control = read_destination(pk, lock=True)
-            conditional.require_match(request, DestinationSerializer(control).data)
+            conditional.require_match(request, DestinationControlSerializer(control).data)
             try:
                 services.delete_destination(destination_id=control.pk, actor=views.actor(request))
             except DefaultDestinationProtected as exc:
@@ -144,11 +144,11 @@ class DestinationDetail(views.ApiView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
-        body = DestinationInputSerializer(data=request.data, partial=partial)
+        body = DestinationControlInputSerializer(data=request.data, partial=partial)
         body.is_valid(raise_exception=True)
         with transaction.atomic():
             control = read_destination(pk, lock=True)
-            conditional.require_match(request, DestinationSerializer(control).data)
+            conditional.require_match(request, DestinationControlSerializer(control).data)
             if partial:
                 given = {k: v for k, v in body.validated_data.items() if k in request.data}
                 if "bounce_profile" in given:
@@ -160,7 +160,7 @@ class DestinationDetail(views.ApiView):
                 services.update_destination(destination_id=control.pk, data=data, actor=views.actor(request))
             except services.DestinationInvalid as exc:
                 raise serializers.ValidationError(exc.problems) from None
-        answer = DestinationSerializer(read_destination(pk)).data
+        answer = DestinationControlSerializer(read_destination(pk)).data
         response = Response(answer)
         response["ETag"] = conditional.etag(answer)  # the If-Match of the next write
         return response
