@@ -27,7 +27,7 @@ SAMPLE = 50  # recipients a dry run lists
 ACTIONS = ("deliver-now", "bounce", "delete", "suspend", "resume", "hold", "release", "redirect")
 
 
-class DestinationSerializer(serializers.Serializer[Any]):
+class QueueDestinationSerializer(serializers.Serializer[Any]):
     domain = serializers.CharField()
     active = serializers.IntegerField()
     delayed = serializers.IntegerField()
@@ -61,9 +61,9 @@ class QueueDestinations(views.ApiView):
 
     read_capability = "queue.view"
 
-    @extend_schema(responses=DestinationSerializer(many=True))
+    @extend_schema(responses=QueueDestinationSerializer(many=True))
     def get(self, request: Request) -> Response:
-        return Response(DestinationSerializer(selectors.queue_domains(), many=True).data)
+        return Response(QueueDestinationSerializer(selectors.queue_domains(), many=True).data)
 
 
 class QueueRecipients(views.ApiView):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.api import queue, views
+from delivery.api import queue, tracking, views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
     path("queue/destinations/", queue.QueueDestinations.as_view(), name="queue-destinations"),
     path("queue/recipients/", queue.QueueRecipients.as_view(), name="queue-recipients"),
     path("queue/actions/", queue.QueueActions.as_view(), name="queue-actions"),
+    path("messages/<int:mid>/", tracking.MessageDetail.as_view(), name="message-detail"),
+    path("messages/<int:mid>/raw", tracking.MessageRaw.as_view(), name="message-raw"),
     path("log/", views.MailLog.as_view(), name="maillog"),
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
