@@ -83,7 +83,7 @@ class Failure:
     tls_required: bool = False  # the policy required TLS and it could not be negotiated
     tls_handshake: bool = False  # STARTTLS was accepted and the handshake then failed (or timed out)
     reused: bool = False  # the connection had already carried a message
-    refused: bool = False  # no address of the host is in ESAROUTES_DELIVERY_ALLOWED_NETWORKS: nothing was sent
+    refused: bool = False  # our policy left no address to try (allowed networks, IP preference): nothing sent
 
     def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
         if len(self.text) > TEXT_LIMIT:
@@ -705,7 +705,9 @@ class HostSession:
             handshake = exc.cause is not None and not isinstance(exc.cause, aiosmtplib.SMTPResponseException)
             self.failure = self._failure(stage, translated, tls_required=exc.tls_required, tls_handshake=handshake)
         else:
-            self.failure = self._failure(stage, _translate(exc, self._peer()), refused=isinstance(exc, egress.Refused))
+            self.failure = self._failure(
+                stage, _translate(exc, self._peer()), refused=isinstance(exc, egress.Refused | NoAddressError)
+            )
         self._drop()
         return self.failure
 

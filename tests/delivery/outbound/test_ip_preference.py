@@ -93,6 +93,7 @@ def test_required_with_no_address_of_the_family_is_a_clear_failure(peers: PeerFa
     session = eventloop.run(go())
     assert session.failure is not None and session.failure.stage is Stage.CONNECT
     assert session.failure.text == "no IPv6 address for v4only.test (IPv6 required; it has 127.0.0.1)"
+    assert not session.failure.marks_host_down  # our preference, not the host's health: other domains still use it
     assert four.connections == 0
 
 
