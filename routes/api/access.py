@@ -173,39 +173,48 @@ class _Users(_Table):
 
 
 @extend_schema(request=RatSerializer, responses=RatSerializer)
-@extend_schema_view(get=extend_schema(responses=RatSerializer(many=True)))
+@extend_schema_view(
+    get=extend_schema(responses=RatSerializer(many=True)), post=extend_schema(responses={201: RatSerializer})
+)
 class RatList(_List):
     table = _Rats()
     serializer_class = RatSerializer
 
 
 @extend_schema(request=RatSerializer, responses=RatSerializer)
+@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class RatDetail(_Detail):
     table = _Rats()
     serializer_class = RatSerializer
 
 
 @extend_schema(request=RelaySerializer, responses=RelaySerializer)
-@extend_schema_view(get=extend_schema(responses=RelaySerializer(many=True)))
+@extend_schema_view(
+    get=extend_schema(responses=RelaySerializer(many=True)), post=extend_schema(responses={201: RelaySerializer})
+)
 class RelayList(_List):
     table = _Relays()
     serializer_class = RelaySerializer
 
 
 @extend_schema(request=RelaySerializer, responses=RelaySerializer)
+@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class RelayDetail(_Detail):
     table = _Relays()
     serializer_class = RelaySerializer
 
 
 @extend_schema(request=SmtpUserSerializer, responses=SmtpUserSerializer)
-@extend_schema_view(get=extend_schema(responses=SmtpUserSerializer(many=True)))
+@extend_schema_view(
+    get=extend_schema(responses=SmtpUserSerializer(many=True)), post=extend_schema(responses={201: SmtpUserSerializer})
+)
 class UserList(_List):
     table = _Users()
     serializer_class = SmtpUserSerializer
 
 
 @extend_schema(request=SmtpUserSerializer, responses=SmtpUserSerializer)
+@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class UserDetail(_Detail):
     table = _Users()
     serializer_class = SmtpUserSerializer
