@@ -289,17 +289,7 @@ class DestinationControlAdmin(admin.ModelAdmin[DestinationControl]):
     list_filter = ("limit_scope", "ip_preference", "tls", "bounce_profile")
     search_fields = ("destination",)
     list_select_related = ("bounce_profile",)
-    fields = (
-        "destination",
-        "max_connections",
-        "max_messages_per_connection",
-        "recipient_limit",
-        "recipient_minutes",
-        "limit_scope",
-        "ip_preference",
-        "tls",
-        "bounce_profile",
-    )
+    fields = tuple(name.removesuffix("_id") for name in destinations.COLUMNS)  # bounce_profile: the select
 
     @admin.display(description="Destination", ordering="destination")
     def shown_destination(self, control: DestinationControl) -> str:

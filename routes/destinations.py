@@ -25,6 +25,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 
 from routes import domains
 
@@ -85,6 +86,10 @@ class DestinationLimits:
     @property
     def is_default(self) -> bool:
         return self.destination == DEFAULT
+
+
+# The entry's fields in `DestinationLimits` order: the snapshot's columns, the services' data, the admin's form
+COLUMNS = tuple(f.name for f in dataclass_fields(DestinationLimits))
 
 
 BUILTIN_DEFAULT = DestinationLimits(destination=DEFAULT)

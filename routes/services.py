@@ -307,17 +307,7 @@ class DestinationData:
         return cls(**{name: getattr(control, name) for name in _DESTINATION_FIELDS})
 
 
-_DESTINATION_FIELDS = (
-    "destination",
-    "max_connections",
-    "max_messages_per_connection",
-    "recipient_limit",
-    "recipient_minutes",
-    "limit_scope",
-    "ip_preference",
-    "tls",
-    "bounce_profile_id",
-)
+_DESTINATION_FIELDS = destinations.COLUMNS
 
 
 @dataclass(frozen=True)

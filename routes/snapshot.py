@@ -108,17 +108,7 @@ def build_table(version: int | None = None) -> matching.RouteTable:
     return matching.RouteTable(entries, version=version, destinations=destination_table())
 
 
-_LIMIT_COLUMNS = (
-    "destination",
-    "max_connections",
-    "max_messages_per_connection",
-    "recipient_limit",
-    "recipient_minutes",
-    "limit_scope",
-    "ip_preference",
-    "tls",
-    "bounce_profile_id",
-)
+_LIMIT_COLUMNS = destinations.COLUMNS
 
 
 def destination_table() -> destinations.DestinationTable:
