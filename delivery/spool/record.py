@@ -327,6 +327,20 @@ def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True)
     return [maillog.lines.message_finished(mid) for mid in done]
 
 
+def _reported(pairs: list[tuple[Recipient, outcome.Final]], now: datetime) -> list[dsn.BouncedRecipient]:
+    """The recipients as a DSN reports them (a bounce's or a delay warning's): status, reply, host."""
+    return [
+        dsn.BouncedRecipient(
+            address=r.address,
+            status=f.dsn_status or engine.enhanced_status(f.code, f.text)[0],
+            diagnostic=f"{f.code} {f.text}" if f.code is not None else f.text,
+            remote_mta=f.host,
+            last_attempt=now,
+        )
+        for r, f in pairs
+    ]
+
+
 def _generate_bounces(
     bounced: dict[int, list[tuple[Recipient, outcome.Final]]],
     profiles: dict[int | None, BounceProfile],
@@ -350,16 +364,7 @@ def _generate_bounces(
         data = dsn.build_dsn(
             original=bytes(bodies.get(mid, b"")),
             sender=message.sender,
-            recipients=[
-                dsn.BouncedRecipient(
-                    address=r.address,
-                    status=f.dsn_status or engine.enhanced_status(f.code, f.text)[0],
-                    diagnostic=f"{f.code} {f.text}" if f.code is not None else f.text,
-                    remote_mta=f.host,
-                    last_attempt=now,
-                )
-                for r, f in pairs
-            ],
+            recipients=_reported(pairs, now),
             reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
             arrival=message.received_at,
             now=now,
@@ -424,16 +429,7 @@ def _generate_delay_warnings(
         data = dsn.build_delay_warning(
             original=bytes(body or b""),
             sender=message.sender,
-            recipients=[
-                dsn.BouncedRecipient(
-                    address=r.address,
-                    status=f.dsn_status or engine.enhanced_status(f.code, f.text)[0],
-                    diagnostic=f"{f.code} {f.text}" if f.code is not None else f.text,
-                    remote_mta=f.host,
-                    last_attempt=now,
-                )
-                for r, f in pairs
-            ],
+            recipients=_reported(pairs, now),
             reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
             arrival=message.received_at,
             now=now,
