@@ -1,5 +1,6 @@
 """Delivery status notifications (RFC 3464 bounces and delay warnings): pure functions from a failed or delayed
-delivery to message bytes (``build_dsn``; ``build_delay_warning`` for a recipient still being retried).
+delivery to message bytes (``build_dsn``; with ``will_retry_until``, the delay warning for a recipient still
+being retried).
 
     data = dsn.build_dsn(original=body, sender="alice@example.test", recipients=[dsn.BouncedRecipient(
         "bob@example.net", "5.1.1", "550 5.1.1 <bob@example.net>... User unknown", "mx.example.net", now)],
@@ -102,61 +103,16 @@ def build_dsn(
     now: datetime,
     mid: int,
     include_body: bool = False,
+    will_retry_until: datetime | None = None,
 ) -> bytes:
-    """The complete bounce message for ``recipients`` of message ``mid``; see the module docstring."""
-    return _build(
-        original=original,
-        sender=sender,
-        recipients=recipients,
-        reporting_mta=reporting_mta,
-        arrival=arrival,
-        now=now,
-        mid=mid,
-        include_body=include_body,
-        will_retry_until=None,
-    )
+    """The complete bounce message for ``recipients`` of message ``mid``; see the module docstring.
 
-
-def build_delay_warning(
-    *,
-    original: bytes,
-    sender: str,
-    recipients: Sequence[BouncedRecipient],
-    reporting_mta: str,
-    arrival: datetime,
-    now: datetime,
-    mid: int,
-    will_retry_until: datetime,
-) -> bytes:
-    """The delay warning for ``recipients`` of message ``mid``, still queued and retried until
-    ``will_retry_until``: the bounce's shape (see the module docstring) with ``Subject: Delivery Status
-    Notification (Delay)``, ``Action: delayed``, a ``4.x.x`` ``Status`` (anything else is written ``4.0.0``) and
-    ``Will-Retry-Until``, and a text that says nothing needs doing yet. The original's headers are attached."""
-    return _build(
-        original=original,
-        sender=sender,
-        recipients=recipients,
-        reporting_mta=reporting_mta,
-        arrival=arrival,
-        now=now,
-        mid=mid,
-        include_body=False,
-        will_retry_until=will_retry_until,
-    )
-
-
-def _build(
-    *,
-    original: bytes,
-    sender: str,
-    recipients: Sequence[BouncedRecipient],
-    reporting_mta: str,
-    arrival: datetime,
-    now: datetime,
-    mid: int,
-    include_body: bool,
-    will_retry_until: datetime | None,
-) -> bytes:
+    With ``will_retry_until``, the delay warning instead, for recipients still queued and retried until then: the
+    bounce's shape with ``Subject: Delivery Status Notification (Delay)``, ``Action: delayed``, a ``4.x.x``
+    ``Status`` (anything else is written ``4.0.0``) and ``Will-Retry-Until``, and a text that says nothing needs
+    doing yet. A warning attaches the original's headers only, whatever ``include_body`` says."""
+    if will_retry_until is not None:
+        include_body = False
     lines = _NEWLINES.split(original)
     if lines and lines[-1] == b"":
         lines.pop()  # the final line ending is not a line of its own

@@ -426,7 +426,7 @@ def _generate_delay_warnings(
         ):
             continue
         body = MessageBody.objects.filter(message_id=mid).values_list("data", flat=True).first()
-        data = dsn.build_delay_warning(
+        data = dsn.build_dsn(
             original=bytes(body or b""),
             sender=message.sender,
             recipients=_reported(pairs, now),

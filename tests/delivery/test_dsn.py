@@ -371,7 +371,7 @@ DELAYED_BOB = BouncedRecipient(
 
 def warning(recipients=(DELAYED_BOB,)) -> EmailMessage:
     return parse(
-        dsn.build_delay_warning(
+        dsn.build_dsn(
             original=ORIGINAL,
             sender="alice@example.test",
             recipients=list(recipients),
