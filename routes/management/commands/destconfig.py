@@ -25,6 +25,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from delivery.models import BounceProfile
 from routes import audit, destinations, services
+from routes.management.commands import _cli
 from routes.models import DefaultDestinationProtected, DestinationControl
 
 _NUMBERS = {
@@ -127,24 +128,12 @@ class Command(BaseCommand):
             except ValueError as exc:
                 errors = str(exc).split("; ")
         if errors:
-            lines = "\n".join(f"  {name}: {error}" for error in errors)
-            raise CommandError(f"Import failed, nothing was changed ({len(errors)} errors):\n{lines}")
-        self.stdout.write(
-            f"Imported {len(rows)} destination controls: {len(summary.added)} added, {len(summary.changed)} "
-            f"changed, {len(summary.removed)} removed, {summary.unchanged} unchanged"
-        )
+            raise _cli.import_failed(name, errors)
+        self.stdout.write(_cli.imported(f"{len(rows)} destination controls", summary))
 
     def do_export(self, options: dict[str, Any]) -> None:
-        text = services.destinations_export_text()
-        name = options["file"]
-        if name == "-":
-            self.stdout.write(text, ending="")
-            return
-        try:
-            Path(name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise CommandError(f"Error writing file {name}: {exc.strerror or exc}") from None
-        self.stdout.write(f"Exported {DestinationControl.objects.count()} destination controls to {name}")
+        what = f"{DestinationControl.objects.count()} destination controls"
+        _cli.write_export(self, services.destinations_export_text(), options["file"], what)
 
     # --- helpers ----------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from routes import audit, domains, importexport, matching, services
+from routes.management.commands import _cli
 from routes.models import Route
 
 SENDER_HELP = "envelope sender pattern: alerts@app.example, app.example, .app.example or <> (the null sender)"
@@ -154,26 +155,13 @@ class Command(BaseCommand):
             raise CommandError(f"Error reading file {name}: {exc.strerror or exc}") from None
         parsed = importexport.parse_bytes(data)
         if not parsed.ok:
-            lines = "\n".join(f"  {name}: {error}" for error in parsed.errors)
-            raise CommandError(f"Import failed, nothing was changed ({len(parsed.errors)} errors):\n{lines}")
+            raise _cli.import_failed(name, parsed.errors)
         mode: services.ImportMode = "replace" if options["replace"] else "merge"
         summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=audit.cli_actor())
-        self.stdout.write(
-            f"Imported {len(parsed.rows)} routes ({mode}): {len(summary.added)} added, {len(summary.changed)} "
-            f"changed, {len(summary.removed)} removed, {summary.unchanged} unchanged"
-        )
+        self.stdout.write(_cli.imported(f"{len(parsed.rows)} routes ({mode})", summary))
 
     def do_export(self, options: dict[str, Any]) -> None:
-        text = services.export_text()
-        name = options["file"]
-        if name == "-":
-            self.stdout.write(text, ending="")
-            return
-        try:
-            Path(name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise CommandError(f"Error writing file {name}: {exc.strerror or exc}") from None
-        self.stdout.write(f"Exported {Route.objects.count()} routes to {name}")
+        _cli.write_export(self, services.export_text(), options["file"], f"{Route.objects.count()} routes")
 
     def do_clear(self, options: dict[str, Any]) -> None:
         if not options["yes"]:
