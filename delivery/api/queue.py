@@ -60,6 +60,7 @@ class QueueDestinations(views.ApiView):
     """The queue page's per-domain rows (`showrecipients`), oldest message first, with `suspended`."""
 
     read_capability = "queue.view"
+    pagination_class = None  # one row per domain with queued mail: the whole list, as on the page
 
     @extend_schema(responses=QueueDestinationSerializer(many=True))
     def get(self, request: Request) -> Response:

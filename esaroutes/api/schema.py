@@ -40,7 +40,8 @@ WRITE_ONLY = {"412", "413", "415", "428"}
 
 
 def add_problem_responses(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
-    """drf-spectacular postprocessing hook: the Problem component, and the error statuses on every operation."""
+    """drf-spectacular postprocessing hook: the Problem component, the error statuses on every operation, and the
+    problem+json body of the error statuses a view declares itself."""
     result.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM
     ref = {"content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     for path_item in result.get("paths", {}).values():
@@ -51,4 +52,7 @@ def add_problem_responses(result: dict[str, Any], generator: Any, request: Any, 
                 if code in WRITE_ONLY and method in ("get", "head"):
                     continue
                 operation["responses"].setdefault(code, {"description": reason, **ref})
+            for code, response in operation["responses"].items():
+                if code.startswith("4") and "content" not in response:  # a view's own error status (409 ...)
+                    response.update(ref)
     return result

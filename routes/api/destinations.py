@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from django.db import transaction
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -132,7 +132,7 @@ class DestinationDetail(views.ApiView):
     def patch(self, request: Request, pk: int) -> Response:
         return self._write(request, pk, partial=True)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="The Default entry cannot be deleted")})
     def delete(self, request: Request, pk: int) -> Response:
         with transaction.atomic():
             control = read_destination(pk, lock=True)
