@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def fresh_slots(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     settings.ESAROUTES_DELIVERY_IDLE = 0.0  # a connection closes when its group is through: its slot comes back
     settings.ESAROUTES_DELIVERY_BATCH = 6
-    settings.ESAROUTES_DELIVERY_MAX_MESSAGES_PER_CONNECTION = 2
     monkeypatch.setattr(runner, "SLOT_RETRY", 0.3)  # held-back mail is due again sooner (same code path)
     slots.flush()
     yield
