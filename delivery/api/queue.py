@@ -20,7 +20,7 @@ from delivery import engine, resolve
 from delivery.models import Recipient
 from delivery.monitor import selectors
 from delivery.spool import actions
-from esaroutes.api import errors, views
+from esaroutes.api import errors, pagination, views
 from routes import matching
 
 SAMPLE = 50  # recipients a dry run lists
@@ -91,7 +91,9 @@ class QueueRecipients(views.ApiView):
 
 class QueueActionSerializer(serializers.Serializer[Any]):
     action = serializers.ChoiceField(choices=ACTIONS)
-    mids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+    mids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=pagination.MAX_ID), required=False, max_length=1000
+    )
     domain = serializers.CharField(required=False, max_length=255)
     sender = serializers.CharField(required=False, allow_blank=True, max_length=998, help_text='"" is <>')
     all = serializers.BooleanField(required=False, default=False, help_text="the whole queue")

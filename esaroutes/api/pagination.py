@@ -18,6 +18,8 @@ from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from esaroutes.api import errors
 
+MAX_ID = 2**63 - 1  # the largest id a BigAutoField holds; a larger one is a client error, not a database one
+
 
 def _int_param(request: Request, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     raw = request.query_params.get(name)
@@ -36,7 +38,7 @@ class KeysetPagination(BasePagination):
         self.param = "before" if self.descending else "after"
         maximum = settings.ESAROUTES_API_MAX_PAGE_SIZE
         limit = _int_param(request, "limit", min(settings.ESAROUTES_API_PAGE_SIZE, maximum), 1, maximum)
-        mark = _int_param(request, self.param, 0, 0)
+        mark = _int_param(request, self.param, 0, 0, MAX_ID)
         if mark:
             queryset = queryset.filter(pk__lt=mark) if self.descending else queryset.filter(pk__gt=mark)
         rows = list(queryset.order_by("-pk" if self.descending else "pk")[: limit + 1])

@@ -141,6 +141,7 @@ def test_lists_are_keyset_pages_by_id(alice, api_client, settings):
     is_problem(client.get("/relays/?limit=0"), 400, "limit")
     is_problem(client.get(f"/relays/?limit={settings.ESAROUTES_API_MAX_PAGE_SIZE + 1}"), 400, "limit")
     is_problem(client.get("/relays/?after=-1"), 400, "after")
+    is_problem(client.get(f"/relays/?after={2**80}"), 400, "after")
 
 
 def test_the_rate_limit_is_per_token(relay, alice, api_client, settings):
