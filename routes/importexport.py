@@ -85,7 +85,11 @@ class ParseResult:
 
 @dataclass(frozen=True)
 class Diff:
-    """What importing would do to the current table; domain lists are in export order."""
+    """What an import does, or would do, to a table: the keys it adds, changes and removes, and how many stay.
+
+    The route import's preview (`diff`) lists route keys in export order; the destination controls' import
+    (`routes.services.destinations_import`) lists destinations in the file's order.
+    """
 
     added: tuple[str, ...]
     changed: tuple[str, ...]

@@ -310,18 +310,6 @@ class DestinationData:
 _DESTINATION_FIELDS = destinations.COLUMNS
 
 
-@dataclass(frozen=True)
-class DestinationImportSummary:
-    added: tuple[str, ...]
-    changed: tuple[str, ...]
-    removed: tuple[str, ...]
-    unchanged: int
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.added or self.changed or self.removed)
-
-
 def check_destination(data: DestinationData, *, destination_id: int | None = None, against_table: bool = True) -> str:
     """The stored destination of valid data; DestinationInvalid with every problem at its field otherwise.
 
@@ -409,7 +397,7 @@ def default_destination() -> DestinationControl:
     return control
 
 
-def destinations_import(*, entries: Sequence[DestinationData], actor: audit.Actor) -> DestinationImportSummary:
+def destinations_import(*, entries: Sequence[DestinationData], actor: audit.Actor) -> importexport.Diff:
     """Make the destination controls exactly `entries` (the ESA's import), all or nothing, as one audit entry.
 
     Entries are re-validated; a destination listed twice is refused. The Default entry is never removed: a
@@ -445,7 +433,7 @@ def destinations_import(*, entries: Sequence[DestinationData], actor: audit.Acto
             elif any(getattr(control, name) != value for name, value in values.items()):
                 DestinationControl.objects.filter(pk=control.pk).update(**values, updated_at=timezone.now())
                 changed.append(stored)
-        summary = DestinationImportSummary(
+        summary = importexport.Diff(
             added=tuple(added),
             changed=tuple(changed),
             removed=removed,
