@@ -27,7 +27,9 @@ Throughput, for both relays, is messages per second from the start of the inject
 every message (smtp-sink's own counters). Latency is per message: for esaroutes from its `250` at the listener
 (`received_at`) to its recipient's delivery (`finished_at`), for Postfix its logged `delay=`. CPU is each
 relay's processes, per message delivered: listener, worker (and PostgreSQL) for esaroutes; every Postfix daemon
-by name for Postfix. Worker RSS is the sum over the esaroutes worker's processes at the end.
+by name for Postfix. PostgreSQL is the backends of the bench's database only (the server may be shared), read
+every 50 ms so that a backend which exits during the run still counts. Worker RSS is the sum over the esaroutes
+worker's processes at the end.
 
     sudo -E ESAROUTES_DATA_DIR=var/bench-pg .venv/bin/python bench/relay.py --reset --modes normal \
         --messages 3000 --against-postfix --rounds 3
@@ -46,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,8 +182,61 @@ def cpu_since(before: dict[int, float], now: dict[int, float]) -> float:
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
 
 
-def postgres_pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == "postgres"]
+class PostgresSampler:
+    """CPU of the PostgreSQL backends of the bench's own database, over a run.
+
+    The server is shared (other databases, other engineers' tests): only backends whose title names this
+    database count (`postgres: USER DBNAME ...`). A backend that exits during the run (a connection closed after
+    a task) takes its CPU with it, so they are read every `every` seconds in a thread, and each counts what it
+    spent since the start (or since it appeared) until its last reading.
+    """
+
+    def __init__(self, dbname: str, every: float = 0.05) -> None:
+        self.marker = f" {dbname} ".encode()
+        self.every = every
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.started: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self.first = self._read()
+        self.last = dict(self.first)
+        self._thread.start()
+
+    def stop(self) -> float:
+        """Stop sampling; the CPU seconds the database's backends spent meanwhile."""
+        self._stop.set()
+        self._thread.join()
+        for pid, seconds in self._read().items():
+            self._note(pid, seconds)
+        return sum(seconds - self.first.get(pid, 0.0) for pid, seconds in self.last.items())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            for pid, seconds in self._read().items():
+                self._note(pid, seconds)
+
+    def _note(self, pid: int, seconds: float) -> None:
+        if pid not in self.first and pid not in self.last:
+            self.started.add(pid)  # a backend started during the run: counted from zero
+        self.last[pid] = max(seconds, self.last.get(pid, 0.0))
+
+    def _read(self) -> dict[int, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[int, float] = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or _comm(proc) != "postgres":
+                continue
+            try:
+                if self.marker not in (proc / "cmdline").read_bytes():
+                    continue
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
+        return out
 
 
 def _comm(proc: Path) -> str:
@@ -248,15 +304,18 @@ def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dic
     time.sleep(args.route_refresh)  # the workers' route snapshot follows the table within ESAROUTES_ROUTE_REFRESH
     start_mid = Message.objects.aggregate(m=Max("pk"))["m"] or 0
     groups = {name: [pid] for name, pid in processes.items()}
-    groups["postgres"] = postgres_pids() if os.environ.get("DATABASE_URL") else []
     cpu_before = {name: cpu_by_pid(pids) for name, pids in groups.items()}
+    database = PostgresSampler(connection.settings_dict["NAME"]) if connection.vendor == "postgresql" else None
+    if database is not None:
+        database.start()
     try:
         started = time.monotonic()
         errors = inject(args, smtp_port)
         finished = wait_delivered(sinks, args.messages - len(errors), args.timeout)
-        if os.environ.get("DATABASE_URL"):
-            groups["postgres"] = postgres_pids()  # backends started during the run count from zero
         cpu = {name: cpu_since(cpu_before[name], cpu_by_pid(pids)) for name, pids in groups.items()}
+        if database is not None:
+            cpu["postgres"] = database.stop()
+            database = None
         deadline = time.monotonic() + args.timeout
         mine = Message.objects.filter(pk__gt=start_mid)
         while mine.filter(state=Message.State.QUEUED).exists():  # the sinks have it; the commits may trail
@@ -269,6 +328,8 @@ def run_mode(mode: str, args: argparse.Namespace, smtp_port: int, processes: dic
             )
         )
     finally:
+        if database is not None:
+            database.stop()
         for sink in sinks:
             sink.stop()
     latencies = sorted((f - r).total_seconds() for r, f in rows if f is not None)
