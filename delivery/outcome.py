@@ -58,6 +58,10 @@ class Destination:
     source_address: str | None = None  # local IP to connect from (the ESA "interface"); None = the OS's choice
     allowed_networks: tuple[egress.Network, ...] | None = None  # ESAROUTES_DELIVERY_ALLOWED_NETWORKS; None = any
     ip_preference: str = "ipv4-preferred"  # engine.IP_PREFERENCES: the order/filter of the host's addresses
+    # The recipient domain whose destination control the connection was opened under (its slot, its TLS, its
+    # messages per connection): part of the pool's key, so a connection never carries another domain's mail.
+    # "" for mail not counted per domain (a redirect to an operator's relay, a group built by hand).
+    domain: str = ""
 
     def __post_init__(self) -> None:
         if not self.helo or not self.helo.isascii() or any(c.isspace() for c in self.helo):
@@ -75,7 +79,7 @@ class Rcpt:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One message's recipients for one route."""
+    """One message's recipients for one route and recipient domain (the planner's group)."""
 
     mid: int
     sender: str
@@ -85,10 +89,13 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """Jobs that go the same way: `hosts` in the order to try (already rotated and with down hosts left out)."""
+    """Jobs that go the same way: `hosts` in the order to try (already rotated and with down hosts left out).
+
+    One route and one recipient domain (`resolve.Resolution.group_key`): each domain's mail gets its own
+    destination control, even where one route (`ALL`, a `.partial` domain) covers several domains."""
 
     route_key: str
-    domain: str  # the recipient domain, for the Connection Error line
+    domain: str  # the recipient domain: its destination control, and the Connection Error line
     hosts: tuple[engine.Host, ...]
     template: Destination  # everything but the host
     jobs: tuple[Job, ...]

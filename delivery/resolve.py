@@ -54,7 +54,8 @@ class Resolution:
 
     @property
     def key(self) -> str:
-        """The round-robin counter, and what the planner groups a connection's messages by."""
+        """The round-robin counter (one per route, whatever the domain); with the domain, the planner's
+        `group_key`."""
         if self.kind == Kind.ROUTE and self.entry is not None:
             return str(self.entry.id)
         if self.kind == Kind.REDIRECT:
@@ -63,6 +64,13 @@ class Resolution:
         if self.entry is not None and self.entry.sender:
             return f"mx:{self.domain}:{self.entry.id}"  # a sender's USEDNS route: its own settings, its own group
         return f"mx:{self.domain}"
+
+    @property
+    def group_key(self) -> tuple[str, str]:
+        """What the planner groups a connection's messages by: the route (`key`) and the recipient domain, since
+        destination controls apply per domain (a route such as `ALL` covers many). A redirect goes to the
+        operator's relay whatever the domain, with no destination control: one group for all its domains."""
+        return (self.key, "" if self.kind == Kind.REDIRECT else self.domain)
 
     @property
     def route_domain(self) -> str:

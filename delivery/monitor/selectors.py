@@ -108,6 +108,11 @@ def live_connections() -> dict[tuple[str, int], int]:
     return hosts.open_connections()
 
 
+def live_domain_connections() -> dict[str, int]:
+    """Open outbound connections per recipient domain now (each connection carries one domain's mail)."""
+    return hosts.open_connections_by_domain()
+
+
 def with_live_connections(statuses: Iterable[HostStatus]) -> list[HostStatus]:
     """The host statuses with `connections_out` replaced by the live gauge (the stored column lags the sweep)."""
     live = live_connections()
@@ -257,11 +262,12 @@ def destinations(
         by_domain[domain].soft_bounced = n
     if attr == "soft_bounced":
         shown = sorted(shown, key=key)[:limit]
-    live = live_connections()
+    live = live_domain_connections()
+    for d in shown:
+        d.connections_out = live.get(d.domain, 0)  # the connections open for this domain's mail, on any host
     for domain, host_list in _latest_hosts([d.domain for d in shown]).items():
         d = by_domain[domain]
         d.hosts = with_live_connections(host_list)
-        d.connections_out = sum(live.get((h.host, h.port), 0) for h in host_list)
         if host_list:
             latest = host_list[0]
             d.host = f"{latest.host}:{latest.port}"
@@ -658,7 +664,7 @@ def domain_status(domain: str, now: datetime) -> dict[str, Any] | None:
         "active": gauges["active"],
         "unattempted": gauges["unattempted"],
         "attempted": gauges["active"] - gauges["unattempted"],
-        "connections_out": sum(h.connections_out for h in statuses),
+        "connections_out": live_domain_connections().get(domain, 0),  # this domain's, on any host
         "oldest": gauges["oldest"],
         "last_activity": last_activity,
         "hosts": statuses,

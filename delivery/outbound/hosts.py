@@ -16,7 +16,7 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 
 import redis
@@ -167,35 +167,55 @@ def mark_up(host: str, port: int) -> bool:
 
 
 # --- the open connections gauge -----------------------------------------------------------------------------
-# Each worker process publishes its open connections per host in the shared cache (Redis, or the file cache on
-# the embedded default) with a short expiry, and lists itself in a registry there; the sweep adds them up into
-# HostStatus.connections_out. A killed process's figures expire with its entry: the gauge heals by itself.
+# Each worker process publishes its open connections per host and recipient domain in the shared cache (Redis,
+# or the file cache on the embedded default) with a short expiry, and lists itself in a registry there; the
+# sweep adds them up into HostStatus.connections_out. A killed process's figures expire with its entry: the
+# gauge heals by itself. A connection belongs to one domain (its destination control's: `outcome.Destination`
+# .domain), "" for one that is not counted per domain (a redirect to an operator's relay).
 
 GAUGE_TTL = 15.0
 _REGISTRY = "esaroutes:connections"
 
+#: (host, port, recipient domain): what one open connection is counted by; a (host, port) means domain "".
+GaugeKey = tuple[str, int, str]
 
-def publish_connections(token: str, counts: dict[HostKey, int]) -> None:
+
+def publish_connections(token: str, counts: Mapping[GaugeKey, int] | Mapping[HostKey, int]) -> None:
     """One process's open connections. Two processes updating the registry at once may drop each other's entry;
     each one publishes again within 5 s, so the gauge is at worst briefly low."""
     key = f"{_REGISTRY}:{settings.ESAROUTES_HOSTNAME}:{token}"
-    cache.set(key, {f"{h}|{p}": n for (h, p), n in counts.items()}, timeout=GAUGE_TTL)
+    cache.set(key, {"|".join(map(str, (*k, "")[:3])): n for k, n in counts.items()}, timeout=GAUGE_TTL)
     now = time.time()
     registry = {k: exp for k, exp in (cache.get(_REGISTRY) or {}).items() if exp > now}
     registry[key] = now + GAUGE_TTL
     cache.set(_REGISTRY, registry, timeout=None)
 
 
-def open_connections() -> dict[HostKey, int]:
-    """Open outgoing connections per host, summed over every live worker process."""
+def _gauges() -> Iterator[tuple[GaugeKey, int]]:
+    """Every live worker process's open connections: ((host, port, domain), how many), unsummed."""
     now = time.time()
     registry = cache.get(_REGISTRY) or {}
     keys = [key for key, exp in registry.items() if exp > now]
-    total: dict[HostKey, int] = {}
     for gauge in cache.get_many(keys).values():
         for name, n in gauge.items():
-            host, _, port = name.rpartition("|")
-            total[(host, int(port))] = total.get((host, int(port)), 0) + int(n)
+            host, port, domain = (*name.split("|"), "")[:3]
+            yield (host, int(port), domain), int(n)
+
+
+def open_connections() -> dict[HostKey, int]:
+    """Open outgoing connections per host, summed over every live worker process."""
+    total: dict[HostKey, int] = {}
+    for (host, port, _), n in _gauges():
+        total[(host, port)] = total.get((host, port), 0) + n
+    return total
+
+
+def open_connections_by_domain() -> dict[str, int]:
+    """Open outgoing connections per recipient domain (the one each was opened for), over every live process."""
+    total: dict[str, int] = {}
+    for (_, _, domain), n in _gauges():
+        if domain:
+            total[domain] = total.get(domain, 0) + n
     return total
 
 

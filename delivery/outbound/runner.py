@@ -1,11 +1,11 @@
 """The delivery loop: one long-lived event loop per worker process, with a pool of open SMTP connections.
 
 A Celery task (see `delivery.tasks`) claims a batch of messages, `delivery.spool.plan.plan()` turns them into
-`Group`s (the jobs of one route, with the hosts in the order to try), and `Runner.run()` delivers them here,
-in a background thread that owns the event loop. Results come back one `Report` per message and host chain, as
-soon as each message is through, through the `emit` callback: the task records them in the database at once
-(group commit), so a worker killed in the middle leaves at most the message in flight on each connection
-unrecorded.
+`Group`s (the jobs of one route and recipient domain, with the hosts in the order to try), and `Runner.run()`
+delivers them here, in a background thread that owns the event loop. Results come back one `Report` per message
+and host chain, as soon as each message is through, through the `emit` callback: the task records them in the
+database at once (group commit), so a worker killed in the middle leaves at most the message in flight on each
+connection unrecorded.
 
 What happens on the wire follows `delivery.engine` (the decisions) and `delivery.outbound.smtp_client` (the SMTP):
 
@@ -18,7 +18,9 @@ What happens on the wire follows `delivery.engine` (the decisions) and `delivery
   route's TLS policy and no AUTH (``engine.with_fallback``);
 * when no host is left, what is still pending is ``Delayed`` with the last reply, for its retry;
 * a connection carries at most ``max_messages`` messages, then a new one is opened to the same host; an idle
-  connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs.
+  connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs. The pool
+  is keyed by the whole `Destination`, its recipient domain included: a connection opened under one domain's
+  destination control (its slot, TLS, messages per connection) never carries another domain's mail.
 
 No ORM on the event loop: DCIDs and the ``DCID n close`` lines of idle connections are handled in a one-thread
 executor.
@@ -113,9 +115,10 @@ class Runner:
     def __init__(self, *, idle: float) -> None:
         self.idle = idle
         self._pool: dict[outcome.Destination, list[_Pooled]] = {}
-        # Open connections per host, published for the hosts page (hosts.publish_connections) every few seconds
-        self._open: collections.Counter[hosts.HostKey] = collections.Counter()
-        self._published: tuple[float, dict[hosts.HostKey, int]] | None = None
+        # Open connections per host and recipient domain, published for the hosts page, the dashboard and
+        # tophosts (hosts.publish_connections) every few seconds
+        self._open: collections.Counter[hosts.GaugeKey] = collections.Counter()
+        self._published: tuple[float, dict[hosts.GaugeKey, int]] | None = None
         self._token = f"{os.getpid()}:{id(self):x}"
         # The connection slots this process holds (delivery.slots), refreshed by the reaper while they live
         self._slots: set[Slot] = set()
@@ -568,7 +571,7 @@ class Runner:
         if opened.tls_protocol:
             carry.lines.append(_now(maillog.lines.dcid_tls(dcid, opened.tls_protocol, opened.tls_cipher or "")))
         carry.host_events.append(outcome.HostEvent(host.address, host.port, ok=True))
-        self._open[host.key] += 1
+        self._open[_gauge_key(destination)] += 1
         return _Pooled(session, dcid, slot=slot)
 
     def _free_slot(self, slot: Slot | None) -> None:
@@ -586,21 +589,21 @@ class Runner:
             return
         why = pooled.session.close_reason()
         await pooled.session.close()
-        self._open[pooled.session.destination.host.key] -= 1
+        self._open[_gauge_key(pooled.session.destination)] -= 1
         self._free_slot(pooled.slot)
         carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, why)))
 
     def _abort(self, pooled: _Pooled, carry: outcome.Report) -> None:
         """Drop a connection whose delivery was cancelled; its close line goes with the group's last report."""
         pooled.session.abort()
-        self._open[pooled.session.destination.host.key] -= 1
+        self._open[_gauge_key(pooled.session.destination)] -= 1
         self._free_slot(pooled.slot)
         carry.lines.append(_now(maillog.lines.dcid_close(pooled.dcid, engine.CLOSE_CANCELLED)))
 
     async def _close(self, pooled: _Pooled) -> None:
         why = pooled.session.close_reason()  # an idle connection the peer closed says so
         await pooled.session.close()
-        self._open[pooled.session.destination.host.key] -= 1
+        self._open[_gauge_key(pooled.session.destination)] -= 1
         self._free_slot(pooled.slot)
         loop = asyncio.get_running_loop()
         line = _now(maillog.lines.dcid_close(pooled.dcid, why))
@@ -680,6 +683,11 @@ def _rcpt_line(
     return maillog.lines.rcpt_outcome(
         kind, dcid, job.mid, job.sender, r.address, r.rid, *status, code, text, domain=r.domain, host=host
     )
+
+
+def _gauge_key(destination: outcome.Destination) -> hosts.GaugeKey:
+    """What an open connection counts by in the open connections gauge: its host and its recipient domain."""
+    return (destination.host.address, destination.host.port, destination.domain)
 
 
 def _details(failure: smtp_client.Failure) -> str:

@@ -1,4 +1,5 @@
-"""Planning a batch: claimed messages become groups of jobs per route, with the hosts in the order to try.
+"""Planning a batch: claimed messages become groups of jobs per route and recipient domain, with the hosts in the
+order to try.
 
 A recipient whose fate is decided here, with no connection (DCID 0: expiry, a /dev/null route, a DNS failure),
 goes into the plan's `immediate` report instead. The bounce profiles (retries, lifetime, whether to bounce) are
@@ -86,6 +87,7 @@ def _template(
     profile: BounceProfile,
     limits: destinations.DestinationLimits,
     tls: str,
+    domain: str,
 ) -> outcome.Destination:
     auth = None
     if entry is not None and entry.auth_profile_id is not None:
@@ -105,6 +107,7 @@ def _template(
         ca_file=settings.ESAROUTES_DELIVERY_CA_FILE or None,
         source_address=source_address(entry),
         allowed_networks=tuple(settings.ESAROUTES_DELIVERY_ALLOWED_NETWORKS),
+        domain=domain,
     )
 
 
@@ -154,7 +157,9 @@ def local_final(
 
 
 def plan(mids: Sequence[int], *, now: datetime) -> Plan:
-    """Turn claimed messages into groups of jobs per route, with the hosts in the order to try."""
+    """Turn claimed messages into groups of jobs per route and recipient domain, with the hosts in the order to
+    try: each group gets its own domain's destination control (connections, messages per connection, recipient
+    limit, IP preference, TLS, bounce profile)."""
     out = Plan()
     messages = {m["pk"]: m for m in Message.objects.filter(pk__in=mids).values("pk", "sender", "received_at", "state")}
     recipients = list(
@@ -171,10 +176,11 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     resolver = resolve.Resolver(snapshot.current_table())
     profiles = bounce_profiles()
     auth_cache: dict[int, tuple[str, str] | None] = {}
-    routes: dict[str, resolve.Resolution] = {}  # round-robin key -> where that connection's mail goes
+    # (route, recipient domain) -> where that group's mail goes (`Resolution.group_key`)
+    routes: dict[tuple[str, str], resolve.Resolution] = {}
     suspended = lease.suspended_domains()
     left: set[str] = set()  # domains with due mail that stays queued: their deliveries are suspended
-    jobs: dict[str, dict[int, list[outcome.Rcpt]]] = defaultdict(lambda: defaultdict(list))
+    jobs: dict[tuple[str, str], dict[int, list[outcome.Rcpt]]] = defaultdict(lambda: defaultdict(list))
     for mid, rid, address, domain, attempts, redirect_host, redirect_port in recipients:
         message = messages[mid]
         sender = message["sender"]
@@ -208,12 +214,13 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                 out.immediate, mid=mid, sender=sender, rcpt=rcpt, state=state, text=where.dns_error, counts=True
             )
             continue
-        routes.setdefault(where.key, where)
-        jobs[where.key][mid].append(rcpt)
+        routes.setdefault(where.group_key, where)
+        jobs[where.group_key][mid].append(rcpt)
     out.immediate.lines += [maillog.lines.suspended(d) for d in sorted(left)]
     down = hosts.down_hosts({k for where in routes.values() for k in where.host_keys()}, now)
-    for key, by_mid in jobs.items():
-        where = routes[key]
+    for group_key, by_mid in jobs.items():
+        where = routes[group_key]
+        key, domain = group_key  # domain: "" for a redirect (not counted, one relay whatever the domain)
         limits = resolver.table.destinations.lookup(where.domain)
         per_connection = limits.max_messages_per_connection
         job_list = [
@@ -234,6 +241,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
                         profile_for(where.entry, profiles, limits),
                         limits,
                         where.tls_policy(limits),
+                        domain,
                     ),
                     jobs=tuple(job_list[start : start + per_connection]),
                     interface=source_address(where.entry) or settings.ESAROUTES_SMTP_INTERFACE,

@@ -79,6 +79,23 @@ def test_a_routes_tls_combines_with_the_destinations_as_the_stricter(peers):
     assert recipients(mid) == [(0, "delivered")] and tls.wait_for_messages(1)[0].tls
 
 
+def test_one_route_for_several_domains_gives_each_its_own_tls_and_messages_per_connection(peers):
+    tls = peers.start(starttls=True)
+    make_route("ALL", hosts_text((tls, 0)), tls="off")  # the destinations alone decide
+    control("clear.test", tls="none", max_messages_per_connection=1)
+    control("secure.test", tls="required", max_messages_per_connection=3)
+    mids = [queue_message(f"u{i}@clear.test", f"u{i}@secure.test") for i in range(3)]
+    worker.deliver_batch(mids)
+    got = tls.wait_for_messages(6)
+    assert all(recipients(mid) == [(0, "delivered"), (1, "delivered")] for mid in mids)
+    assert sorted((m.rcpt_tos[0].rpartition("@")[2], m.tls) for m in got) == [
+        *[("clear.test", False)] * 3,
+        *[("secure.test", True)] * 3,
+    ]
+    per_dcid = Counter(re.search(r"Delivery start DCID (\d+)", line)[1] for line in grep("^Delivery start", log()))
+    assert sorted(per_dcid.values()) == [1, 1, 1, 3]  # clear.test one message per connection, secure.test three
+
+
 # --- IP address preference ----------------------------------------------------------------------------------
 
 

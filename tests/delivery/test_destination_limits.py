@@ -101,6 +101,48 @@ def test_the_slots_of_a_dead_worker_come_back_and_the_backlog_completes(peers):
     assert 1 <= len(grep(r"^Maximum outbound connections 2 reached for dest\.test$", log())) <= 3
 
 
+def test_one_route_for_two_domains_applies_each_domains_own_connection_limit(peers):
+    peer = peers.start(data_delay=0.3)  # a slow server: the sessions of one batch overlap
+    make_route("ALL", f"{peer.host}:{peer.port}")
+    limit("a.test", max_connections=1, max_messages_per_connection=1)
+    limit("b.test", max_connections=3, max_messages_per_connection=1)
+    for i in range(12):
+        queue_message(f"u{i}@a.test", f"u{i}@b.test")
+    deliver_everything(workers=2, timeout=90)
+    assert sorted(r for m in peer.messages for r in m.rcpt_tos) == sorted(
+        f"u{i}@{d}" for i in range(12) for d in ("a.test", "b.test")
+    )
+    # each message's transaction carries one domain: each domain's recipients went on its own connections
+    assert all(len({r.rpartition("@")[2] for r in m.rcpt_tos}) == 1 for m in peer.messages)
+    assert peer.peak_sessions_for("a.test") == 1
+    assert 2 <= peer.peak_sessions_for("b.test") <= 3  # not held to a.test's 1 (the limit of the first domain)
+    assert peer.peak_sessions <= 1 + 3
+    reached = grep(r"^Maximum outbound connections 1 reached for a\.test$", log())
+    assert reached, "a.test's limit never held anything back: the test proves nothing"
+    assert not grep(r"reached for b\.test", log()) or grep(
+        r"^Maximum outbound connections 3 reached for b\.test$", log()
+    )
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_a_pooled_connection_carries_only_the_domain_it_was_opened_for(peers, settings):
+    settings.ESAROUTES_DELIVERY_IDLE = 30.0  # connections stay in the pool between batches
+    peer = peers.start()
+    make_route("ALL", f"{peer.host}:{peer.port}")
+    limit("a.test", max_connections=5)
+    limit("b.test", max_connections=5)  # the same limits: only the domain tells their connections apart
+    for address in ("u1@a.test", "u1@b.test", "u2@a.test", "u2@b.test"):
+        worker.deliver_batch([queue_message(address)], fill=False)
+    assert [m.rcpt_tos for m in peer.wait_for_messages(4)] == [
+        ("u1@a.test",),
+        ("u1@b.test",),
+        ("u2@a.test",),
+        ("u2@b.test",),
+    ]
+    assert peer.connections == 2  # one per domain, each reused by its own domain's next message
+    assert slots.in_use("a.test") == 1 and slots.in_use("b.test") == 1  # each holds its own domain's slot
+
+
 def _recipient_clock(seen: list[float]) -> Any:
     def rcpt(address: str) -> None:
         seen.append(time.monotonic())

@@ -55,6 +55,27 @@ def test_order_rotates_equal_priorities_and_expands_mx_names_in_place():
     }
 
 
+@pytest.mark.parametrize(
+    ("resolution", "expected"),
+    [
+        # one route covering several domains: a group per domain, on the route's one round-robin counter
+        (resolve.Resolution("a.test", resolve.Kind.ROUTE, matching.RouteEntry(7, "all", ())), ("7", "a.test")),
+        (resolve.Resolution("b.test", resolve.Kind.ROUTE, matching.RouteEntry(7, "all", ())), ("7", "b.test")),
+        (resolve.Resolution("mx.test", resolve.Kind.MX), ("mx:mx.test", "mx.test")),
+        (
+            resolve.Resolution("mx.test", resolve.Kind.USEDNS, matching.RouteEntry(3, "all", (), special="usedns")),
+            ("mx:mx.test", "mx.test"),
+        ),
+        # a redirect: one relay whatever the domain, not counted per domain
+        (resolve.redirected("a.test", "relay.test", 2525), ("redirect:relay.test:2525", "")),
+        (resolve.redirected("b.test", "relay.test", 2525), ("redirect:relay.test:2525", "")),
+    ],
+)
+def test_mail_is_grouped_per_route_and_recipient_domain_except_a_redirect(resolution, expected):
+    assert resolution.group_key == expected
+    assert resolution.group_key[0] == resolution.key  # the round-robin key stays the route's
+
+
 def test_down_hosts_and_exchanges_are_left_out_while_another_is_up():
     r = route_resolution(
         Host("a.test", 25, 10), Host("relay.test", 25, 10), exchanges={"relay.test": ("mx1.test", "mx2.test")}

@@ -32,7 +32,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +74,7 @@ class Script:
     eightbitmime: bool = True  # advertise 8BITMIME
     size: int | None = 33_554_432  # advertised SIZE; None: not advertised
     pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands one line at a time)
+    data_delay: float = 0.0  # seconds a slow server takes to answer the final dot (the session stays open)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class Peer:
         self._connections = 0
         self._open = 0  # SMTP sessions held now, and the most ever held at once (destination limits)
         self._peak = 0
+        # Per recipient domain: the sessions that carried (a RCPT of) it held now, and the most at once
+        self._open_for: dict[str, int] = {}
+        self._peak_for: dict[str, int] = {}
         self._messages: list[ReceivedMessage] = []
         self._reads: list[bytes] = []
         self._server: asyncio.AbstractServer | None = None
@@ -124,6 +128,12 @@ class Peer:
         """The most SMTP sessions this peer held at the same time (scripted peers)."""
         with self._cond:
             return self._peak
+
+    def peak_sessions_for(self, domain: str) -> int:
+        """The most SMTP sessions carrying recipients of `domain` this peer held at the same time: a session
+        counts for a domain from its first RCPT of it until it closes."""
+        with self._cond:
+            return self._peak_for.get(domain, 0)
 
     @property
     def open_sessions(self) -> int:
@@ -167,10 +177,17 @@ class Peer:
             self._peak = max(self._peak, self._open)
             self._cond.notify_all()
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, domains: Collection[str] = ()) -> None:
         with self._cond:
             self._open -= 1
+            for domain in domains:
+                self._open_for[domain] -= 1
             self._cond.notify_all()
+
+    def _carries(self, domain: str) -> None:
+        with self._cond:
+            self._open_for[domain] = self._open_for.get(domain, 0) + 1
+            self._peak_for[domain] = max(self._peak_for.get(domain, 0), self._open_for[domain])
 
     def _read(self, data: bytes) -> None:
         with self._cond:
@@ -253,6 +270,7 @@ class _ScriptedSMTP(SMTP):
         super().__init__(_Handler(peer, script), **kwargs)
         self.peer = peer
         self.script = script
+        self.domains: set[str] = set()  # the recipient domains this session carried (peak_sessions_for)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None:  # not the second call that STARTTLS makes
@@ -262,7 +280,7 @@ class _ScriptedSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         if not getattr(self, "_counted_lost", False):
             self._counted_lost = True
-            self.peer._disconnected()
+            self.peer._disconnected(self.domains)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -350,10 +368,16 @@ class _Handler:
             return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        domain = address.rpartition("@")[2].lower()
+        if isinstance(server, _ScriptedSMTP) and domain not in server.domains:
+            server.domains.add(domain)
+            self.peer._carries(domain)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         await self._fault(server, Stage.DATA)
+        if self.script.data_delay:
+            await asyncio.sleep(self.script.data_delay)  # a slow server: the scenario, not a wait of the test
         reply = _reply_for(self.script.data, envelope.mail_from)
         if reply is not None and not reply.startswith("2"):
             return reply

@@ -62,18 +62,13 @@ def cells(body: str, row_attr: str, key: str) -> dict[str, str]:
     }
 
 
-def latest_host(domain: str) -> str:
-    """The host the domain's mail last went to, as the log names it (a pooled connection opened for another
-    domain names this one in its Delivery start line)."""
-    line = MailLogLine.objects.filter(domain=domain, dcid__isnull=False).exclude(host="").order_by("-id").first()
-    return line.host if line else ""
-
-
-def opened_minus_closed() -> Counter[str]:
-    texts = list(MailLogLine.objects.order_by("id").values_list("text", "host"))
-    new = {int(m.group(1)): host for t, host in texts if (m := re.match(r"New SMTP DCID (\d+) ", t))}
+def opened_minus_closed(by: str = "host") -> Counter[str]:
+    """The connections the log shows open now (a New SMTP DCID line and no DCID close), per host, or per the
+    recipient domain each was opened for (`by="domain"`: a connection carries one domain's mail)."""
+    texts = list(MailLogLine.objects.order_by("id").values_list("text", by))
+    new = {int(m.group(1)): key for t, key in texts if (m := re.match(r"New SMTP DCID (\d+) ", t))}
     closed = {int(m.group(1)) for t, _ in texts if (m := re.match(r"DCID (\d+) close", t))}
-    return Counter(host for dcid, host in new.items() if dcid not in closed)
+    return Counter(key for dcid, key in new.items() if dcid not in closed)
 
 
 def counter_cells(body: str) -> dict[str, list[str]]:
@@ -220,6 +215,14 @@ def test_every_figure_on_every_page_equals_the_truth(peers, start_listener, as_u
         ), domain
 
     # --- domain status page and hoststatus, tophosts --------------------------------------------------
+    # connections out per domain: the log's open connections by the domain each was opened for (the gauge is
+    # published within a second of a change)
+    open_by_domain = opened_minus_closed(by="domain")
+    assert open_by_domain["ok.test"] >= 1 and open_by_domain["sender.test"] >= 1  # both on `good`, not shared
+    wait_until(
+        lambda: Counter(hosts.open_connections_by_domain()) == open_by_domain,
+        "the open connections gauge per domain never matched the log",
+    )
     for domain, (active, delivered, soft, hard_n, deleted, _) in truth.items():
         page = html.unescape(client.get(f"/hosts/domain/{domain}/").content.decode())
         out = io.StringIO()
@@ -231,15 +234,16 @@ def test_every_figure_on_every_page_equals_the_truth(peers, start_listener, as_u
             assert status_value(text, "Deleted Recipients") == deleted, domain
             assert status_value(text, "Active Recipients") == active, domain
             assert status_value(text, "Completed Recipients") == delivered + hard_n + deleted, domain
+            assert status_value(text, "Current Outbound Connections") == open_by_domain[domain], domain
     out = io.StringIO()
     call_command("tophosts", "--limit", "50", stdout=out)
-    open_now = opened_minus_closed()
+    assert opened_minus_closed(by="domain") == open_by_domain  # nothing opened or closed meanwhile
     for domain, (active, delivered, soft, hard_n, _, _) in truth.items():
         m = re.search(
             rf"^\s*\d+[ *]\s+{re.escape(domain)}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", out.getvalue(), re.M
         )
         assert m, (domain, out.getvalue())
-        assert tuple(map(int, m.groups())) == (active, open_now[latest_host(domain)], delivered, soft, hard_n), domain
+        assert tuple(map(int, m.groups())) == (active, open_by_domain[domain], delivered, soft, hard_n), domain
 
     # --- hosts page: recipients delivered and not delivered by each host ------------------------------
     host_truth = {  # peer: (delivered, not delivered, failed connections in a row)

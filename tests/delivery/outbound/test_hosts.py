@@ -127,9 +127,10 @@ def test_open_connections_are_counted_for_the_hosts_page(peers, settings):
     the_runner = runner.get_runner()
     the_runner._call(the_runner._publish(force=True)).result(5)
     assert hosts.open_connections() == {(good.host, good.port): 1}
+    assert hosts.open_connections_by_domain() == {"dest.test": 1}  # the domain it was opened for (tophosts)
     tasks.sweep()
     assert HostStatus.objects.get(port=good.port).connections_out == 1
     runner.shutdown_runner()  # QUITs it, and says so
-    assert hosts.open_connections() == {}
+    assert hosts.open_connections() == {} and hosts.open_connections_by_domain() == {}
     tasks.sweep()
     assert HostStatus.objects.get(port=good.port).connections_out == 0
