@@ -562,6 +562,16 @@ def recipients_allowed(limit: int, in_window: int, wanted: int) -> int:
     return max(0, min(wanted, limit - in_window))
 
 
+def counts_at_peer(stage: Stage, code: int | None, verdict: Verdict) -> bool:
+    """Whether a recipient, once its transaction is over, stays counted against its destination's recipient
+    limit: the peer took its RCPT (its outcome was decided at DATA, after the RCPTs), or may have (the connection
+    broke during the RCPTs, with no reply). One refused at RCPT, or never sent (a refused MAIL, a local refusal
+    such as a bad address), gives its charge back."""
+    if stage is Stage.DATA:
+        return True
+    return stage is Stage.RCPT and code is None and verdict is not Verdict.BOUNCE
+
+
 def window_frees_at(charges: Sequence[tuple[datetime, int]], *, limit: int, minutes: int, now: datetime) -> datetime:
     """When at least one more recipient may go: the moment enough of the window's oldest recipients (`charges`:
     (when, how many) in any order) have slid out of it. `now` when there is room already."""

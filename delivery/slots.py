@@ -10,7 +10,9 @@ Every worker process on every machine counts against the same figures, per count
   counts the live ones and adds the new one only when `engine.connections_allowed` says there is room;
 * the **recipient window** is a list of (when, how many) charges per key; `reserve` takes at most what
   `engine.recipients_allowed` allows in the last M minutes, atomically, and `window_frees_at` says when
-  the next recipient may go (`engine.window_frees_at`);
+  the next recipient may go (`engine.window_frees_at`). A charge is stamped again when its RCPTs are answered
+  (`settle`, which also gives back the recipients the peer refused or never saw), and while they are on their
+  way (`hold`): it leaves the window M minutes after the peer counted its recipients, never sooner;
 * an **episode** flag per key and kind, so that the `Maximum outbound connections N reached` and `throttled
   by recipient limit` lines are written once when a limit starts holding mail back, not once per recipient.
 
@@ -28,6 +30,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import redis
@@ -161,6 +164,23 @@ def in_use(key: str, *, now: datetime | None = None) -> int:
 
 # --- the recipient window -----------------------------------------------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Recipients counted against the window of `key` by `reserve` (`ref` names the charge in the store).
+
+    The peer counts a recipient when its RCPT arrives, which is after the reserve: so a charge is *pending*
+    until its transaction's RCPTs are answered, and its stamp moves with it, so it never leaves the window
+    before its last RCPT's M minutes have passed at the peer. While pending, the runner's heartbeat re-stamps
+    it every few seconds (`hold`); when the replies are in, `settle` stamps it with that moment and keeps only
+    the recipients the peer took (those refused, or never sent, are given back). A killed worker re-stamps
+    nothing: its pending charges leave the window M minutes after its last heartbeat."""
+
+    key: str
+    ref: str
+    count: int
+
+
 _RESERVE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[6])
 local count = 0
@@ -176,27 +196,72 @@ end
 return 0
 """
 
+# A charge that is still there (not flushed) is stamped anew and keeps ARGV[3] of its ARGV[2] recipients.
+_SETTLE = """
+if redis.call('ZREM', KEYS[1], ARGV[1] .. ':' .. ARGV[2]) == 1 and tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1] .. ':' .. ARGV[3])
+  redis.call('EXPIRE', KEYS[1], 3660)
+end
+return 0
+"""
 
-def reserve(key: str, wanted: int, *, limit: int, minutes: int, now: datetime | None = None) -> int:
-    """Count up to `wanted` recipients against the window of `key` (at most `limit` per `minutes`); returns how
-    many were granted (0 when the window is full)."""
+
+def reserve(key: str, wanted: int, *, limit: int, minutes: int, now: datetime | None = None) -> Charge:
+    """Count up to `wanted` recipients against the window of `key` (at most `limit` per `minutes`); the charge
+    says how many were granted (0 when the window is full). It is pending: `settle` it when its RCPTs are
+    answered, `hold` it meanwhile."""
     if wanted < 1:
-        return 0
+        return Charge(key, "", 0)
     now = now or timezone.now()
     client = _redis()
     if client is not None:
         stamp = now.timestamp()
         since = stamp - minutes * 60
-        member = f"{stamp}:{uuid.uuid4().hex[:12]}"
+        ref = uuid.uuid4().hex[:16]
         keep = stamp - WINDOW_KEEP.total_seconds()
-        return int(client.eval(_RESERVE, 1, _rcpts_key(key), stamp, since, limit, wanted, member, keep))  # type: ignore[no-untyped-call]
+        granted = int(client.eval(_RESERVE, 1, _rcpts_key(key), stamp, since, limit, wanted, ref, keep))  # type: ignore[no-untyped-call]
+        return Charge(key, ref if granted else "", granted)
     with transaction.atomic():
         _locked(key)
         RecipientCharge.objects.filter(key=key, at__lte=now - WINDOW_KEEP).delete()
         granted = engine.recipients_allowed(limit, _db_in_window(key, minutes, now), wanted)
-        if granted:
-            RecipientCharge.objects.create(key=key, at=now, count=granted)
-        return granted
+        if not granted:
+            return Charge(key, "", 0)
+        row = RecipientCharge.objects.create(key=key, at=now, count=granted)
+        return Charge(key, str(row.pk), granted)
+
+
+def settle(charge: Charge, kept: int, *, now: datetime | None = None) -> None:
+    """The charge's RCPTs are answered (at `now`): it counts `kept` recipients from `now` on (0: gone)."""
+    if not charge.count:
+        return
+    kept = max(0, min(kept, charge.count))
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        client.eval(_SETTLE, 1, _rcpts_key(charge.key), charge.ref, charge.count, kept, now.timestamp())  # type: ignore[no-untyped-call]
+        return
+    rows = RecipientCharge.objects.filter(pk=int(charge.ref))
+    if kept:
+        rows.update(at=now, count=kept)
+    else:
+        rows.delete()
+
+
+def hold(pending: Iterable[Charge], *, now: datetime | None = None) -> None:
+    """Re-stamp charges whose RCPTs are still on their way (the runner's heartbeat, with its slots')."""
+    pending = [c for c in pending if c.count]
+    if not pending:
+        return
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        with client.pipeline(transaction=False) as pipe:
+            for c in pending:
+                pipe.zadd(_rcpts_key(c.key), {f"{c.ref}:{c.count}": now.timestamp()}, xx=True)
+            pipe.execute()
+        return
+    RecipientCharge.objects.filter(pk__in=[int(c.ref) for c in pending]).update(at=now)
 
 
 def _db_in_window(key: str, minutes: int, now: datetime) -> int:

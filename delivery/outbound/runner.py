@@ -124,6 +124,8 @@ class Runner:
         self._slots: set[Slot] = set()
         self._slot_names = itertools.count(1)
         self._slots_refreshed = time.monotonic()
+        # The recipient charges whose RCPTs are on their way (slots.Charge): re-stamped with the slots
+        self._charges: set[slots.Charge] = set()
         # Shutting down: no new connection and no new message; group tasks waiting on a connect or a greeting
         # (nothing of theirs on the wire) are cancelled, their messages stay queued for a later retry.
         self._stopping = False
@@ -273,8 +275,9 @@ class Runner:
                 try:
                     while remaining and pooled.session.usable and not self._stopping:
                         job, rcpts = remaining.pop(0)
+                        charge: slots.Charge | None = None
                         if group.limits is not None and group.limits.recipient_limit:
-                            rcpts, throttled = await self._take_recipients(group, pooled, rcpts, carry)
+                            rcpts, throttled, charge = await self._take_recipients(group, pooled, rcpts, carry)
                             if throttled is not None:  # the window is full: this message's rest and what follows
                                 held_back, rest_of_job = throttled
                                 rest = [(job, rest_of_job)] if rest_of_job else []
@@ -284,7 +287,7 @@ class Runner:
                                 self._hold(group, rest, held_back, carry, emit)
                                 if not rcpts:
                                     break
-                        report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host)
+                        report, carried, broke = await self._send(pooled, group, job, rcpts, last, final_host, charge)
                         if final_host:
                             delayed.update((job.mid, r.rid) for r in carried)
                         report.lines[:0] = carry.lines
@@ -364,26 +367,38 @@ class Runner:
 
     async def _take_recipients(
         self, group: outcome.Group, pooled: _Pooled, rcpts: list[outcome.Rcpt], carry: outcome.Report
-    ) -> tuple[list[outcome.Rcpt], tuple[_Throttled, list[outcome.Rcpt]] | None]:
-        """(the recipients of a message the recipient limit lets go now, (when the rest may go, the rest) or None).
-        A `Recipient limit expired` line goes into `carry`, before the message's own lines."""
+    ) -> tuple[list[outcome.Rcpt], tuple[_Throttled, list[outcome.Rcpt]] | None, slots.Charge | None]:
+        """(the recipients of a message the recipient limit lets go now, (when the rest may go, the rest) or None,
+        their pending charge: `_send` settles it). A `Recipient limit expired` line goes into `carry`, before the
+        message's own lines."""
         limits = group.limits
         assert limits is not None and limits.recipient_limit and limits.recipient_minutes
         ip = pooled.session.connection.peer_ip if pooled.session.connection else pooled.session.destination.host.address
         key = self._counting_key(limits, group.domain, ip)
         loop = asyncio.get_running_loop()
         try:
-            granted, until, lines = await loop.run_in_executor(
+            charge, until, lines = await loop.run_in_executor(
                 self._executor, _take_recipients, key, len(rcpts), limits, group.domain, group.interface
             )
         except Exception:  # the shared counters are gone (Redis down): deliver rather than hold mail forever
             logger.warning("recipient limit of %s not applied: the shared counters are unavailable", key, exc_info=True)
-            return rcpts, None
+            return rcpts, None, None
+        if charge.count:
+            self._charges.add(charge)
         resumed = [line for line in lines if line.text.startswith("Recipient limit expired")]
         carry.lines += [_now(line) for line in resumed]
         if until is None:
-            return rcpts, None
-        return rcpts[:granted], (_Throttled(until, [line for line in lines if line not in resumed]), rcpts[granted:])
+            return rcpts, None, charge
+        held = _Throttled(until, [line for line in lines if line not in resumed])
+        return rcpts[: charge.count], (held, rcpts[charge.count :]), charge
+
+    def _settle(self, charge: slots.Charge | None, kept: int, at: datetime) -> None:
+        """A charge's RCPTs are answered (at `at`): it counts `kept` recipients from then on; never waits."""
+        if charge is None or not charge.count:
+            return
+        self._charges.discard(charge)
+        future = self._executor.submit(_settle_charge, charge, kept, at)
+        future.add_done_callback(_log_charge_error)
 
     async def _send(
         self,
@@ -393,6 +408,7 @@ class Runner:
         rcpts: list[outcome.Rcpt],
         last: dict[tuple[int, int], _Last],
         final_host: bool,
+        charge: slots.Charge | None = None,
     ) -> tuple[outcome.Report, list[outcome.Rcpt], bool]:
         """One message over one open connection: (report, recipients for the next host, connection broke).
 
@@ -401,6 +417,7 @@ class Runner:
         bounce, `Possible Delivery:` when the connection was lost after the final dot, `Message done` and
         `Response` for the recipients delivered, and the `Connection Error` of a connection that broke.
         On the `final_host` a temporary failure's attempt says "delayed": no next host, the recipient waits.
+        The recipient limit's `charge` is settled when the replies are in: what the peer took stays counted.
         """
         session, dcid = pooled.session, pooled.dcid
         host = session.destination.host
@@ -410,8 +427,13 @@ class Runner:
         where = {"domain": domains.pop() if len(domains) == 1 else "", "host": host.address}
         envelope = smtp_client.Envelope(job.mid, job.sender, tuple((r.rid, r.address) for r in rcpts), job.body)
         report = outcome.Report(lines=[_now(maillog.lines.delivery_start(dcid, job.mid, by_rid, **where))])
-        result = await session.send(envelope)
+        try:
+            result = await session.send(envelope)
+        except BaseException:  # cut off (a shutdown): whatever was sent may have been counted by the peer
+            self._settle(charge, len(rcpts), timezone.now())
+            raise
         at = timezone.now()
+        self._settle(charge, sum(engine.counts_at_peer(o.stage, o.code, o.verdict) for o in result.outcomes), at)
         carried: list[outcome.Rcpt] = []
         delivered: list[int] = []
         lines: list[maillog.lines.Line] = []
@@ -626,15 +648,16 @@ class Runner:
             await self._refresh_slots()
 
     async def _refresh_slots(self) -> None:
-        """The heartbeat of this process's connection slots: renewed every third of their lease."""
+        """The heartbeat of this process's connection slots (renewed every third of their lease) and of its
+        recipient charges still pending (re-stamped: their RCPTs are still on the way)."""
         if time.monotonic() - self._slots_refreshed < slots.SLOT_TTL / 3:
             return
         self._slots_refreshed = time.monotonic()
-        held = list(self._slots)
-        if not held:
+        held, pending = list(self._slots), list(self._charges)
+        if not held and not pending:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, _refresh_slots, held)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _refresh_slots, held, pending)
         except Exception:
             logger.warning("could not renew this worker's connection slots", exc_info=True)
 
@@ -720,9 +743,20 @@ def _free_slot(slot: Slot) -> None:
     slots.release(*slot)
 
 
-def _refresh_slots(held: list[Slot]) -> None:
+def _refresh_slots(held: list[Slot], pending: list[slots.Charge]) -> None:
     close_old_connections()
     slots.refresh(held)
+    slots.hold(pending)
+
+
+def _settle_charge(charge: slots.Charge, kept: int, at: datetime) -> None:
+    close_old_connections()
+    slots.settle(charge, kept, now=at)
+
+
+def _log_charge_error(future: concurrent.futures.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("could not settle a recipient charge; it counts as reserved", exc_info=future.exception())
 
 
 def _log_slot_error(future: concurrent.futures.Future[None]) -> None:
@@ -732,19 +766,19 @@ def _log_slot_error(future: concurrent.futures.Future[None]) -> None:
 
 def _take_recipients(
     key: str, wanted: int, limits: destinations.DestinationLimits, domain: str, interface: str
-) -> tuple[int, datetime | None, list[maillog.lines.Line]]:
-    """(recipients granted, when the rest may go or None when all may, the episode's log lines)."""
+) -> tuple[slots.Charge, datetime | None, list[maillog.lines.Line]]:
+    """(the recipients granted, when the rest may go or None when all may, the episode's log lines)."""
     close_old_connections()
     limit, minutes = limits.recipient_limit or 0, limits.recipient_minutes or 1
-    granted = slots.reserve(key, wanted, limit=limit, minutes=minutes)
+    charge = slots.reserve(key, wanted, limit=limit, minutes=minutes)
     lines: list[maillog.lines.Line] = []
-    if granted and slots.end_episode(key, slots.RECIPIENTS):
+    if charge.count and slots.end_episode(key, slots.RECIPIENTS):
         lines.append(maillog.lines.recipient_limit_expired(domain, interface))
-    if granted == wanted:
-        return granted, None, lines
+    if charge.count == wanted:
+        return charge, None, lines
     if slots.start_episode(key, slots.RECIPIENTS):
         lines.append(maillog.lines.recipient_limit_throttled(domain, interface))
-    return granted, slots.window_frees_at(key, limit=limit, minutes=minutes), lines
+    return charge, slots.window_frees_at(key, limit=limit, minutes=minutes), lines
 
 
 def _write_lines(lines: list[maillog.lines.Line]) -> None:

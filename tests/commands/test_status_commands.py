@@ -180,7 +180,7 @@ def test_hoststatus_shows_the_destination_control_and_its_counts_now(run, dest):
         actor="test",
     )
     assert slots.acquire("dest.test", "w1:1", 7) and slots.acquire("dest.test", "w1:2", 7)
-    assert slots.reserve("dest.test", 4, limit=30, minutes=1) == 4
+    assert slots.reserve("dest.test", 4, limit=30, minutes=1).count == 4
     out = run("hoststatus", "dest.test").out
     assert "Destination control: dest.test" in out
     assert value(out, "Concurrent Connections (max)") == "7"

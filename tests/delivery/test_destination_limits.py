@@ -158,11 +158,6 @@ def _max_in_any_window(times: list[float], window: float) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 14 stays open): the window counts recipients when the runner reserves them, and the "
-    "peer's clock when their RCPT arrives; on PostgreSQL + Redis under load the peer once saw 35 in one minute",
-)
 def test_a_recipient_limit_of_30_per_minute_delays_the_rest_without_bouncing(peers):
     seen: list[float] = []
     peer = peers.start(rcpt=_recipient_clock(seen))

@@ -84,16 +84,50 @@ def test_a_dead_holders_slot_expires_within_the_ttl_and_a_refreshed_one_does_not
 @pytest.mark.usefixtures("clean_slots")
 def test_the_recipient_window_grants_up_to_the_limit_and_says_when_it_frees() -> None:
     now = datetime.now(UTC)
-    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now) == 20
-    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now + timedelta(seconds=10)) == 10
-    assert slots.reserve("example.test", 5, limit=30, minutes=1, now=now + timedelta(seconds=20)) == 0
+    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now).count == 20
+    assert slots.reserve("example.test", 20, limit=30, minutes=1, now=now + timedelta(seconds=10)).count == 10
+    assert slots.reserve("example.test", 5, limit=30, minutes=1, now=now + timedelta(seconds=20)).count == 0
     assert slots.recipients_in_window("example.test", 1, now=now + timedelta(seconds=20)) == 30
     frees = slots.window_frees_at("example.test", limit=30, minutes=1, now=now + timedelta(seconds=20))
     assert abs((frees - (now + timedelta(seconds=60))).total_seconds()) < 0.01
     later = now + timedelta(seconds=61)
     assert slots.recipients_in_window("example.test", 1, now=later) == 10
-    assert slots.reserve("example.test", 25, limit=30, minutes=1, now=later) == 20
+    assert slots.reserve("example.test", 25, limit=30, minutes=1, now=later).count == 20
     assert slots.recipients_in_window("other.test", 1, now=later) == 0
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_a_charge_counts_from_when_its_rcpts_were_answered_and_gives_back_the_refused() -> None:
+    now = datetime.now(UTC)
+    charge = slots.reserve("example.test", 30, limit=30, minutes=1, now=now)
+    # the RCPTs took 20 seconds to reach the peer (a slow peer, a busy worker): still counted meanwhile
+    slots.hold([charge], now=now + timedelta(seconds=10))
+    slots.settle(charge, 25, now=now + timedelta(seconds=20))  # 5 refused: given back
+    assert slots.recipients_in_window("example.test", 1, now=now + timedelta(seconds=70)) == 25
+    assert slots.reserve("example.test", 10, limit=30, minutes=1, now=now + timedelta(seconds=70)).count == 5
+    frees = slots.window_frees_at("example.test", limit=30, minutes=1, now=now + timedelta(seconds=70))
+    assert abs((frees - (now + timedelta(seconds=80))).total_seconds()) < 0.01  # 60 s after the replies
+    assert slots.recipients_in_window("example.test", 1, now=now + timedelta(seconds=81)) == 5
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "verdict", "counts"),
+    [
+        (engine.Stage.DATA, 250, engine.Verdict.DELIVERED, True),  # delivered
+        (engine.Stage.DATA, 452, engine.Verdict.NEXT_HOST, True),  # its RCPT was taken, the DATA was not
+        (engine.Stage.DATA, None, engine.Verdict.NEXT_HOST, True),  # lost after the dot
+        (engine.Stage.RCPT, 550, engine.Verdict.BOUNCE, False),  # refused at RCPT
+        (engine.Stage.RCPT, 452, engine.Verdict.NEXT_HOST, False),
+        (engine.Stage.RCPT, None, engine.Verdict.NEXT_HOST, True),  # the connection broke: it may have arrived
+        (engine.Stage.RCPT, None, engine.Verdict.BOUNCE, False),  # a bad address, never sent
+        (engine.Stage.MAIL, 451, engine.Verdict.NEXT_HOST, False),  # MAIL refused: no RCPT taken
+        (engine.Stage.MAIL, None, engine.Verdict.BOUNCE, False),  # refused here (SMTPUTF8 not offered)
+    ],
+)
+def test_a_recipient_counts_at_the_peer_when_its_rcpt_was_taken(
+    stage: engine.Stage, code: int | None, verdict: engine.Verdict, counts: bool
+) -> None:
+    assert engine.counts_at_peer(stage, code, verdict) is counts
 
 
 @pytest.mark.usefixtures("clean_slots")
