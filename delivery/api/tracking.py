@@ -1,19 +1,22 @@
-"""`GET /api/v1/messages/{mid}/` (what the tracking page shows of a message) and `.../raw` (administrators)."""
+"""Message tracking: `GET /api/v1/messages/` (the tracking page's search: the same form, filters and validation,
+keyset by MID, newest first), `GET /api/v1/messages/{mid}/` (what the page shows of a message) and `.../raw`
+(administrators)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
-from delivery.monitor import selectors
-from esaroutes.api import views
+from delivery.monitor import forms, selectors
+from esaroutes.api import errors, schema, views
 
 
 class _Recipient(serializers.ModelSerializer[Recipient]):
@@ -32,6 +35,41 @@ class _Line(serializers.ModelSerializer[MailLogLine]):
     class Meta:
         model = MailLogLine
         fields = ["id", "at", "level", "text"]
+
+
+class _RecipientState(serializers.ModelSerializer[Recipient]):
+    class Meta:
+        model = Recipient
+        fields = ["id", "rid", "address", "domain", "state", "attempts", "last_code"]
+
+
+class MessageRowSerializer(serializers.Serializer[Any]):
+    """One row of the tracking page: the message and its recipients' states."""
+
+    mid = serializers.IntegerField(source="message.pk")
+    received_at = serializers.DateTimeField(source="message.received_at")
+    sender = serializers.CharField(source="message.sender", help_text='Envelope sender; "" is <>')
+    subject = serializers.CharField(source="message.subject")
+    message_id = serializers.CharField(source="message.message_id")
+    size = serializers.IntegerField(source="message.size")
+    state = serializers.CharField(source="message.state")
+    recipients = _RecipientState(many=True)
+
+
+class MessageSearch(views.ApiView):
+    """The tracking page's search (`delivery.monitor.forms.TrackingForm`): without a time filter, the last week
+    (any time with `mid`); a bad filter is a 400 naming its field."""
+
+    read_capability = "tracking.view"
+    keyset_descending = True
+
+    @extend_schema(parameters=schema.form_parameters(forms.TrackingForm), responses=MessageRowSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        form = forms.TrackingForm(request.query_params)
+        if not form.is_valid():
+            raise errors.from_form(form)
+        page = self.paginate_queryset(selectors.tracking_queryset(**form.search_kwargs(timezone.now()))) or []
+        return self.get_paginated_response(MessageRowSerializer(selectors.tracking_rows(page), many=True).data)
 
 
 class MessageDetailSerializer(serializers.Serializer[Any]):
@@ -62,11 +100,7 @@ class MessageRaw(views.ApiView):
 
     @extend_schema(responses={(200, "message/rfc822"): bytes})
     def get(self, request: Request, mid: int) -> HttpResponse:
-        message = get_object_or_404(Message.objects.select_related("body"), pk=mid)
-        try:
-            data = bytes(message.body.data)
-        except Message.body.RelatedObjectDoesNotExist:
-            raise Http404("the message body is gone") from None
+        mid, data = selectors.raw_message(mid)
         response = HttpResponse(data, content_type="message/rfc822")
-        response["Content-Disposition"] = f'attachment; filename="mid-{message.pk}.eml"'
+        response["Content-Disposition"] = f'attachment; filename="mid-{mid}.eml"'
         return response

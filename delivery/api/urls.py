@@ -11,6 +11,7 @@ urlpatterns = [
     path("queue/destinations/", queue.QueueDestinations.as_view(), name="queue-destinations"),
     path("queue/recipients/", queue.QueueRecipients.as_view(), name="queue-recipients"),
     path("queue/actions/", queue.QueueActions.as_view(), name="queue-actions"),
+    path("messages/", tracking.MessageSearch.as_view(), name="message-list"),
     path("messages/<int:mid>/", tracking.MessageDetail.as_view(), name="message-detail"),
     path("messages/<int:mid>/raw", tracking.MessageRaw.as_view(), name="message-raw"),
     path("log/", views.MailLog.as_view(), name="maillog"),

@@ -13,14 +13,15 @@ from delivery.models import MailLogLine
 from delivery.monitor import selectors
 from routes import matching
 
+MAX_ID = 2**63 - 1  # the id columns' range: a larger MID is a bad filter (400), not a database error
 TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), ("empty", "is empty"))
 RECIPIENT_HOW = TEXT_HOW[:3]
 
 
 class LogFilterForm(forms.Form):
-    mid = forms.IntegerField(required=False, min_value=0, label="MID")
-    icid = forms.IntegerField(required=False, min_value=0, label="ICID")
-    dcid = forms.IntegerField(required=False, min_value=0, label="DCID")
+    mid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="MID")
+    icid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="ICID")
+    dcid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="DCID")
     domain = forms.CharField(required=False, max_length=255)
     host = forms.CharField(required=False, max_length=255)
     level = forms.ChoiceField(required=False, choices=[("", "any"), *MailLogLine.Level.choices])
@@ -85,7 +86,7 @@ class TrackingForm(forms.Form):
     subject_how = _how("Subject", TEXT_HOW)
     subject = forms.CharField(required=False, max_length=500)
     message_id = forms.CharField(required=False, max_length=998, label="Message-ID")
-    mid = forms.IntegerField(required=False, min_value=0, label="MID")
+    mid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="MID")
     domain = forms.CharField(required=False, max_length=255, label="Recipient domain")
     received = forms.ChoiceField(required=False, choices=RECEIVED, label="Received")
     since = forms.DateTimeField(required=False, label="From (UTC)")

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import BooleanField, Count, Exists, F, Func, Max, Min, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import TruncMinute
+from django.http import Http404
+from django.shortcuts import get_object_or_404
 
 from delivery import engine
 from delivery.models import DeliveryAttempt, DeliverySuspension, HostStatus, MailLogLine, Message, Recipient
@@ -525,6 +527,16 @@ def message_story(message: Message, *, max_lines: int = 2000) -> MessageStory:
     return MessageStory(
         message, headers, recipients, attempts, lines[:max_lines], bounces, lines_capped=len(lines) > max_lines
     )
+
+
+def raw_message(mid: int) -> tuple[int, bytes]:
+    """The stored message as received, for the page's and the API's raw download (administrators): its MID and
+    bytes. Http404 when there is no such message or its body is gone."""
+    message = get_object_or_404(Message.objects.select_related("body"), pk=mid)
+    try:
+        return message.pk, bytes(message.body.data)
+    except Message.body.RelatedObjectDoesNotExist:
+        raise Http404("the message body is gone") from None
 
 
 def parse_headers(message: Message, max_bytes: int = 256 * 1024) -> list[tuple[str, str]]:

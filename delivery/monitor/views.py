@@ -214,13 +214,9 @@ def message_detail(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
 @permissions.require("tracking.view", "message.raw")
 def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
     """The stored message as received (administrators only), as a download, never rendered by the browser."""
-    message = get_object_or_404(Message.objects.select_related("body"), pk=mid)
-    try:
-        data = bytes(message.body.data)
-    except Message.body.RelatedObjectDoesNotExist:
-        raise Http404("the message body is gone") from None
+    mid, data = selectors.raw_message(mid)
     response = HttpResponse(data, content_type="application/octet-stream")
-    response["Content-Disposition"] = f'attachment; filename="mid-{message.pk}.eml"'
+    response["Content-Disposition"] = f'attachment; filename="mid-{mid}.eml"'
     return response
 
 

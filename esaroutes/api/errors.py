@@ -98,3 +98,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     for name, value in headers.items():
         response[name] = value
     return response
+
+
+def from_form(form: Any) -> exceptions.ValidationError:
+    """A Django form's errors (a page's filter form reused by the API) as a validation error at each field."""
+    return exceptions.ValidationError(
+        {("non_field_errors" if name == "__all__" else name): list(messages) for name, messages in form.errors.items()}
+    )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
+from drf_spectacular.utils import OpenApiParameter
+
 PROBLEM = {
     "type": "object",
     "description": "RFC 9457 problem details (esaroutes/api/errors.py)",
@@ -56,3 +59,31 @@ def add_problem_responses(result: dict[str, Any], generator: Any, request: Any, 
                 if code.startswith("4") and "content" not in response:  # a view's own error status (409 ...)
                     response.update(ref)
     return result
+
+
+def form_parameters(form_class: type[forms.Form], *, exclude: tuple[str, ...] = ()) -> list[OpenApiParameter]:
+    """The query parameters of a page's filter form, for `@extend_schema(parameters=...)`: one per field, typed
+    and bounded as the form validates it (the API and the page then take the same filters)."""
+    out = []
+    for name, field in form_class.base_fields.items():
+        if name in exclude:
+            continue
+        schema: dict[str, Any] = {"type": "string"}
+        if isinstance(field, forms.IntegerField):
+            schema = {"type": "integer"}
+            if field.min_value is not None:
+                schema["minimum"] = field.min_value
+            if field.max_value is not None:
+                schema["maximum"] = field.max_value
+        elif isinstance(field, forms.DateTimeField):
+            schema = {"type": "string", "format": "date-time"}
+        elif isinstance(field, forms.ChoiceField):
+            choices: Any = field.choices
+            schema = {"type": "string", "enum": [str(value) for value, _ in choices]}
+        elif isinstance(field, forms.CharField) and field.max_length is not None:
+            schema["maxLength"] = field.max_length
+        if isinstance(field, forms.MultipleChoiceField):
+            schema = {"type": "array", "items": schema}  # repeated: ?outcome=a&outcome=b
+        description = str(field.label or name) + (f": {field.help_text}" if field.help_text else "")
+        out.append(OpenApiParameter(name, schema, OpenApiParameter.QUERY, description=description))
+    return out
