@@ -3,7 +3,7 @@ works; a bad parameter is a 400, never a 500."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -18,6 +18,20 @@ TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), (
 RECIPIENT_HOW = TEXT_HOW[:3]
 
 
+class UtcDateTimeField(forms.DateTimeField):
+    """A date filter in UTC: an offset typed with it is converted (PostgreSQL refuses offsets past 15:59, and
+    the filters compare with UTC columns anyway); one that leaves years 1 to 9999 once converted is refused."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        result = super().to_python(value)
+        if result is None:
+            return None
+        try:
+            return result.astimezone(UTC)
+        except OverflowError:
+            raise forms.ValidationError("Enter a date between the years 1 and 9999.", code="invalid") from None
+
+
 class LogFilterForm(forms.Form):
     mid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="MID")
     icid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="ICID")
@@ -25,8 +39,8 @@ class LogFilterForm(forms.Form):
     domain = forms.CharField(required=False, max_length=255)
     host = forms.CharField(required=False, max_length=255)
     level = forms.ChoiceField(required=False, choices=[("", "any"), *MailLogLine.Level.choices])
-    since = forms.DateTimeField(required=False, label="From (UTC)")
-    until = forms.DateTimeField(required=False, label="To (UTC)")
+    since = UtcDateTimeField(required=False, label="From (UTC)")
+    until = UtcDateTimeField(required=False, label="To (UTC)")
     q = forms.CharField(required=False, max_length=200, label="Text", strip=True)
     after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
@@ -89,8 +103,8 @@ class TrackingForm(forms.Form):
     mid = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, label="MID")
     domain = forms.CharField(required=False, max_length=255, label="Recipient domain")
     received = forms.ChoiceField(required=False, choices=RECEIVED, label="Received")
-    since = forms.DateTimeField(required=False, label="From (UTC)")
-    until = forms.DateTimeField(required=False, label="To (UTC)")
+    since = UtcDateTimeField(required=False, label="From (UTC)")
+    until = UtcDateTimeField(required=False, label="To (UTC)")
     outcome = forms.MultipleChoiceField(
         required=False, choices=selectors.TrackingOutcome.CHOICES, widget=forms.CheckboxSelectMultiple
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from django.utils import timezone
@@ -111,3 +112,12 @@ def test_every_role_may_search_but_not_anonymously(api_client, alice, bob, carol
     for user in (alice, bob, carol, dave):
         assert api_client(user, read_only=True).get("/api/v1/messages/").status_code == 200
     is_problem(APIClient().get("/api/v1/messages/"), 401)
+
+
+def test_a_date_with_any_offset_is_searched_in_utc(api_client, dave):
+    """PostgreSQL refuses offsets past 15:59: the form converts the dates to UTC first (the fuzzer found it)."""
+    mid = make_message().pk
+    since = (timezone.now() - timedelta(hours=1)).astimezone(timezone.get_fixed_timezone(-(18 * 60 + 36)))
+    query = {"since": since.isoformat(), "until": "5602-05-16T10:47:44Z"}
+    assert _api_mids(api_client(dave), urlencode(query)) == [mid]
+    is_problem(api_client(dave).get("/api/v1/messages/?until=9999-12-31T23:00:00-05:00"), 400, "until")
