@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.api import queue, tracking, views
+from delivery.api import hosts, queue, tracking, views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
@@ -14,6 +14,8 @@ urlpatterns = [
     path("messages/", tracking.MessageSearch.as_view(), name="message-list"),
     path("messages/<int:mid>/", tracking.MessageDetail.as_view(), name="message-detail"),
     path("messages/<int:mid>/raw", tracking.MessageRaw.as_view(), name="message-raw"),
+    path("hosts/", hosts.HostList.as_view(), name="host-list"),
+    path("domains/<str:domain>/", hosts.DomainStatus.as_view(), name="domain-status"),
     path("log/", views.MailLog.as_view(), name="maillog"),
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),

@@ -720,8 +720,20 @@ def active_recipient_count(*, mid: int | None = None, domain: str | None = None)
     return qs.count()
 
 
-def host_list() -> QuerySet[HostStatus]:
-    return HostStatus.objects.order_by("host", "port")
+def host_list(*, q: str = "", down_at: datetime | None = None) -> QuerySet[HostStatus]:
+    """The hosts page's rows (and the API's): `q` in the host name or its last error; `down_at`: only the hosts
+    down at that time. Their `connections_out` is the stored column: `with_live_connections` makes it live."""
+    qs = HostStatus.objects.order_by("host", "port")
+    if q:
+        qs = qs.filter(Q(host__icontains=q) | Q(last_error__icontains=q))
+    if down_at is not None:
+        qs = qs.filter(down_until__gt=down_at)
+    return qs
+
+
+def host_down(status: HostStatus, now: datetime) -> bool:
+    """Whether the host is marked down now (the pages' up/down column)."""
+    return bool(status.down_until and status.down_until > now)
 
 
 @dataclass(frozen=True)

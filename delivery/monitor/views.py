@@ -229,11 +229,7 @@ def message_raw(request: AuthedHtmxRequest, mid: int) -> HttpResponse:
 @htmx.without_empty_params
 def host_list(request: AuthedHtmxRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:255]
-    qs = selectors.host_list()
-    if q:
-        qs = qs.filter(Q(host__icontains=q) | Q(last_error__icontains=q))
-    if request.GET.get("down") == "1":
-        qs = qs.filter(down_until__gt=timezone.now())
+    qs = selectors.host_list(q=q, down_at=timezone.now() if request.GET.get("down") == "1" else None)
     page = Paginator(qs, PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
