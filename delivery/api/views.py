@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -25,7 +24,7 @@ from delivery.listener import inject
 from delivery.models import MailLogLine
 from delivery.webhooks import services as webhook_services
 from delivery.webhooks.models import Webhook, WebhookAttempt
-from esaroutes.api import conditional, errors, views
+from esaroutes.api import errors, views
 from esaroutes.models import ApiToken
 
 
@@ -166,38 +165,19 @@ class WebhookList(views.ApiView):
         return Response(WebhookCreatedSerializer(hook).data, status=201)
 
 
-class WebhookDetail(views.ApiView):
+class WebhookDetail(views.ObjectView):
     read_capability = "webhooks.view"
     write_capability = "webhooks.change"
+    serializer_class = WebhookSerializer
 
-    @extend_schema(responses=WebhookSerializer)
-    def get(self, request: Request, pk: int) -> Response:
-        return Response(WebhookSerializer(get_object_or_404(Webhook, pk=pk)).data)
+    def read(self, pk: int, *, lock: bool = False) -> Webhook:
+        return get_object_or_404(Webhook.objects.select_for_update() if lock else Webhook.objects, pk=pk)
 
-    def _change(self, request: Request, pk: int, *, partial: bool) -> Response:
-        data = WebhookSerializer(data=request.data, partial=partial)
-        data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            hook = get_object_or_404(Webhook.objects.select_for_update(), pk=pk)
-            conditional.require_match(request, WebhookSerializer(hook).data)
-            hook = _save(webhook_services.update, hook=hook, actor=views.actor(request), **data.validated_data)
-        return Response(WebhookSerializer(hook).data)
+    def change(self, request: Request, obj: Webhook, data: dict[str, Any], *, partial: bool) -> None:
+        _save(webhook_services.update, hook=obj, actor=views.actor(request), **data)
 
-    @extend_schema(request=WebhookSerializer, responses=WebhookSerializer)
-    def put(self, request: Request, pk: int) -> Response:
-        return self._change(request, pk, partial=False)
-
-    @extend_schema(request=WebhookSerializer, responses=WebhookSerializer)
-    def patch(self, request: Request, pk: int) -> Response:
-        return self._change(request, pk, partial=True)
-
-    @extend_schema(responses={204: None})
-    def delete(self, request: Request, pk: int) -> Response:
-        with transaction.atomic():
-            hook = get_object_or_404(Webhook.objects.select_for_update(), pk=pk)
-            conditional.require_match(request, WebhookSerializer(hook).data)
-            webhook_services.delete(hook, actor=views.actor(request))
-        return Response(status=204)
+    def remove(self, request: Request, obj: Webhook) -> None:
+        webhook_services.delete(obj, actor=views.actor(request))
 
 
 class WebhookAttempts(views.ApiView):

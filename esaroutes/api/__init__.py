@@ -24,8 +24,10 @@ How to add an endpoint (say, in delivery):
    responses=...)` so the schema is exact), and each write calling the app's service with
    `actor=views.actor(request)` (the token, audited as `api:<user>/<token>`, or the session's user).
    A list: `self.paginate_queryset(qs)` then `self.get_paginated_response(data)` (keyset by id; set
-   `keyset_descending = True` for newest first). A write to an existing object: inside `transaction.atomic()`,
-   lock the row, then `conditional.require_match(request, Serializer(obj).data)` before the service call.
+   `keyset_descending = True` for newest first); a create answers `views.created(request, data, pk)`. One
+   object at `<pk>/`: a subclass of `views.ObjectView` with `read`, `change` and `remove` (it locks the row and
+   checks If-Match, `conditional.require_match`, in the transaction of the change); another write to an
+   existing object does the same itself.
    Bad input: `raise errors.invalid("field", "message")` or a serializer's `is_valid(raise_exception=True)`.
 2. `delivery/api/urls.py`: `urlpatterns = [path("queue/recipients/", views.X.as_view(), name="queue-recipients")]`
    (no `app_name`), and one line in `esaroutes/api_urls.py`: `path("", include("delivery.api.urls"))`.

@@ -7,6 +7,9 @@ project's rules on top (authentication, capabilities, throttling and problem+jso
   undeclared means refused to everyone;
 - the request body is bounded: `max_body_bytes` (default `ESAROUTES_API_MAX_BODY`) against Content-Length, 413 over;
 - a successful GET answers `ETag` (esaroutes/api/conditional.py), unless the view set one itself.
+
+`ObjectView` is the one object at `<pk>/` (GET, PUT, PATCH, DELETE) with the If-Match write step written once;
+`created` is the 201 answer of a POST to a collection.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import transaction
 from drf_spectacular import views as spectacular
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions
+from drf_spectacular.utils import extend_schema, extend_schema_view
+from rest_framework import exceptions, serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -72,6 +76,83 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
         ):
             response["ETag"] = conditional.etag(response.data)
         return response
+
+
+# One object at `<pk>/`: GET reads it, PUT and PATCH change it, DELETE removes it.
+#
+# Each write validates the body first (a bad body is a 400 whatever its If-Match), then, in one transaction,
+# locks the row, checks If-Match against the object's representation (`conditional.require_match`: 428
+# without, 412 when stale) and calls the subclass's `change` or `remove`, which call the app's service. A
+# change answers the object as it now is, with its ETag (the If-Match of the next write).
+#
+# A subclass sets `serializer_class` (what the object reads as: the GET answer and the ETag's source) and,
+# when the body differs from it, `input_class`; it defines `read`, `change` and `remove`. The schema of PUT
+# and PATCH follows from those two classes; DELETE answers 204. (A comment, not a docstring: the schema would
+# show a docstring as every subclass's description.)
+class ObjectView(ApiView):
+    input_class: type[serializers.BaseSerializer[Any]] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.serializer_class is not None:
+            body, answer = cls.input_class or cls.serializer_class, cls.serializer_class
+            write = {method: extend_schema(request=body, responses=answer) for method in ("put", "patch")}
+            extend_schema_view(**write)(cls)
+
+    def read(self, pk: int, *, lock: bool = False) -> Any:
+        """The object (`select_for_update` with `lock`), or Http404."""
+        raise NotImplementedError
+
+    def change(self, request: Request, obj: Any, data: dict[str, Any], *, partial: bool) -> None:
+        """Write `data` (the validated body; with `partial`, only the fields the request gave) to `obj`."""
+        raise NotImplementedError
+
+    def remove(self, request: Request, obj: Any) -> None:
+        raise NotImplementedError
+
+    def represent(self, obj: Any) -> Any:
+        return self.get_serializer_class()(obj).data
+
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(self.represent(self.read(pk)))
+
+    def put(self, request: Request, pk: int) -> Response:
+        return self._write(request, pk, partial=False)
+
+    def patch(self, request: Request, pk: int) -> Response:
+        return self._write(request, pk, partial=True)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, pk: int) -> Response:
+        with transaction.atomic():
+            self.remove(request, self._locked(request, pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _locked(self, request: Request, pk: int) -> Any:
+        obj = self.read(pk, lock=True)
+        conditional.require_match(request, self.represent(obj))
+        return obj
+
+    def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
+        body = (self.input_class or self.get_serializer_class())(data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        if partial:
+            data = {k: v for k, v in data.items() if k in request.data}
+        with transaction.atomic():
+            self.change(request, self._locked(request, pk), data, partial=partial)
+        answer = self.represent(self.read(pk))
+        response = Response(answer)
+        response["ETag"] = conditional.etag(answer)
+        return response
+
+
+def created(request: Request, representation: Any, pk: int) -> Response:
+    """The 201 of a POST to a collection: the new object as GET reads it, its ETag, and `Location: <pk>/`."""
+    response = Response(representation, status=status.HTTP_201_CREATED)
+    response["ETag"] = conditional.etag(representation)
+    response["Location"] = request.build_absolute_uri(f"{pk}/")
+    return response
 
 
 @extend_schema(exclude=True)

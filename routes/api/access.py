@@ -11,11 +11,11 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models, transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_view
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from esaroutes.api import conditional, views
+from esaroutes.api import views
 from routes.access import services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
@@ -78,11 +78,7 @@ class _List(views.ApiView):
                 row = self.table.save(request, body.validated_data, None)
             except services.AccessInvalid as exc:
                 raise invalid(exc) from None
-        data = self.table.serializer(row).data
-        response = Response(data, status=status.HTTP_201_CREATED)
-        response["ETag"] = conditional.etag(data)
-        response["Location"] = request.build_absolute_uri(f"{row.pk}/")
-        return response
+        return views.created(request, self.table.serializer(row).data, row.pk)
 
     def _refuse_duplicate(self, data: dict[str, Any]) -> None:
         """A POST creates: the services' save by natural key would change the existing row instead."""
@@ -95,45 +91,24 @@ class _List(views.ApiView):
                 raise services.AccessInvalid({key: ["This domain already has a rule: change that one."]})
 
 
-class _Detail(views.ApiView):
+class _Detail(views.ObjectView):
     read_capability = "access.view"
     write_capability = "access.change"
     table: _Table
 
-    def get(self, request: Request, pk: int) -> Response:
-        return Response(self.table.serializer(get_object_or_404(self.table.model, pk=pk)).data)
+    def read(self, pk: int, *, lock: bool = False) -> models.Model:
+        rows = self.table.model._default_manager.all()
+        return get_object_or_404(rows.select_for_update() if lock else rows, pk=pk)
 
-    def put(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=False)
+    def change(self, request: Request, obj: models.Model, data: dict[str, Any], *, partial: bool) -> None:
+        merged = {**self.represent(obj), **data} if partial else data
+        try:
+            self.table.save(request, merged, obj.pk)
+        except services.AccessInvalid as exc:
+            raise invalid(exc) from None
 
-    def patch(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=True)
-
-    @extend_schema(responses={204: None})
-    def delete(self, request: Request, pk: int) -> Response:
-        with transaction.atomic():
-            row = get_object_or_404(self.table.model._default_manager.select_for_update(), pk=pk)
-            conditional.require_match(request, self.table.serializer(row).data)
-            self.table.delete(request, row.pk)
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
-        body = self.table.serializer(data=request.data, partial=partial)
-        body.is_valid(raise_exception=True)
-        with transaction.atomic():
-            row = get_object_or_404(self.table.model._default_manager.select_for_update(), pk=pk)
-            current = self.table.serializer(row).data
-            conditional.require_match(request, current)
-            given = {k: v for k, v in body.validated_data.items() if k in request.data} if partial else {}
-            merged = {**current, **given} if partial else body.validated_data
-            try:
-                saved = self.table.save(request, merged, row.pk)
-            except services.AccessInvalid as exc:
-                raise invalid(exc) from None
-        answer = self.table.serializer(saved).data
-        response = Response(answer)
-        response["ETag"] = conditional.etag(answer)
-        return response
+    def remove(self, request: Request, obj: models.Model) -> None:
+        self.table.delete(request, obj.pk)
 
 
 class _Rats(_Table):
@@ -181,8 +156,6 @@ class RatList(_List):
     serializer_class = RatSerializer
 
 
-@extend_schema(request=RatSerializer, responses=RatSerializer)
-@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class RatDetail(_Detail):
     table = _Rats()
     serializer_class = RatSerializer
@@ -197,8 +170,6 @@ class RelayList(_List):
     serializer_class = RelaySerializer
 
 
-@extend_schema(request=RelaySerializer, responses=RelaySerializer)
-@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class RelayDetail(_Detail):
     table = _Relays()
     serializer_class = RelaySerializer
@@ -213,8 +184,6 @@ class UserList(_List):
     serializer_class = SmtpUserSerializer
 
 
-@extend_schema(request=SmtpUserSerializer, responses=SmtpUserSerializer)
-@extend_schema_view(delete=extend_schema(request=None, responses={204: None}))
 class UserDetail(_Detail):
     table = _Users()
     serializer_class = SmtpUserSerializer

@@ -9,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
-from django.db import transaction
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from delivery.models import BounceProfile
-from esaroutes.api import conditional, views
+from esaroutes.api import views
 from routes import destinations, services
 from routes.models import DefaultDestinationProtected, DestinationControl
 
@@ -109,58 +108,35 @@ class DestinationList(views.ApiView):
             )
         except services.DestinationInvalid as exc:
             raise serializers.ValidationError(exc.problems) from None
-        data = DestinationControlSerializer(read_destination(control.pk)).data
-        response = Response(data, status=status.HTTP_201_CREATED)
-        response["ETag"] = conditional.etag(data)
-        response["Location"] = request.build_absolute_uri(f"{control.pk}/")
-        return response
+        return views.created(request, DestinationControlSerializer(read_destination(control.pk)).data, control.pk)
 
 
-class DestinationDetail(views.ApiView):
+@extend_schema_view(
+    delete=extend_schema(responses={204: None, 409: OpenApiResponse(description="The Default entry cannot be deleted")})
+)
+class DestinationDetail(views.ObjectView):
     read_capability = "destinations.view"
     write_capability = "destinations.change"
     serializer_class = DestinationControlSerializer
+    input_class = DestinationControlInputSerializer
 
-    def get(self, request: Request, pk: int) -> Response:
-        return Response(DestinationControlSerializer(read_destination(pk)).data)
+    def read(self, pk: int, *, lock: bool = False) -> DestinationControl:
+        return read_destination(pk, lock=lock)
 
-    @extend_schema(request=DestinationControlInputSerializer, responses=DestinationControlSerializer)
-    def put(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=False)
+    def change(self, request: Request, obj: DestinationControl, data: dict[str, Any], *, partial: bool) -> None:
+        if partial:
+            if "bounce_profile" in data:
+                data["bounce_profile_id"] = getattr(data.pop("bounce_profile"), "pk", None)
+            changed = dataclasses.replace(services.DestinationData.of(obj), **data)
+        else:
+            changed = destination_data(data)
+        try:
+            services.update_destination(destination_id=obj.pk, data=changed, actor=views.actor(request))
+        except services.DestinationInvalid as exc:
+            raise serializers.ValidationError(exc.problems) from None
 
-    @extend_schema(request=DestinationControlInputSerializer, responses=DestinationControlSerializer)
-    def patch(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=True)
-
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="The Default entry cannot be deleted")})
-    def delete(self, request: Request, pk: int) -> Response:
-        with transaction.atomic():
-            control = read_destination(pk, lock=True)
-            conditional.require_match(request, DestinationControlSerializer(control).data)
-            try:
-                services.delete_destination(destination_id=control.pk, actor=views.actor(request))
-            except DefaultDestinationProtected as exc:
-                raise DestinationConflict(str(exc)) from None
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
-        body = DestinationControlInputSerializer(data=request.data, partial=partial)
-        body.is_valid(raise_exception=True)
-        with transaction.atomic():
-            control = read_destination(pk, lock=True)
-            conditional.require_match(request, DestinationControlSerializer(control).data)
-            if partial:
-                given = {k: v for k, v in body.validated_data.items() if k in request.data}
-                if "bounce_profile" in given:
-                    given["bounce_profile_id"] = getattr(given.pop("bounce_profile"), "pk", None)
-                data = dataclasses.replace(services.DestinationData.of(control), **given)
-            else:
-                data = destination_data(body.validated_data)
-            try:
-                services.update_destination(destination_id=control.pk, data=data, actor=views.actor(request))
-            except services.DestinationInvalid as exc:
-                raise serializers.ValidationError(exc.problems) from None
-        answer = DestinationControlSerializer(read_destination(pk)).data
-        response = Response(answer)
-        response["ETag"] = conditional.etag(answer)  # the If-Match of the next write
-        return response
+    def remove(self, request: Request, obj: DestinationControl) -> None:
+        try:
+            services.delete_destination(destination_id=obj.pk, actor=views.actor(request))
+        except DefaultDestinationProtected as exc:
+            raise DestinationConflict(str(exc)) from None

@@ -19,7 +19,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import exceptions, parsers, serializers, status
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -177,62 +177,40 @@ class RouteList(views.ApiView):
             route = services.route_create(data=route_data(body.validated_data), actor=views.actor(request))
         except services.RouteInvalid as exc:
             raise invalid_route(exc) from None
-        data = RouteSerializer(read_route(route.pk)).data
-        response = Response(data, status=status.HTTP_201_CREATED)
-        response["ETag"] = conditional.etag(data)
-        response["Location"] = request.build_absolute_uri(f"{route.pk}/")
-        return response
+        return views.created(request, RouteSerializer(read_route(route.pk)).data, route.pk)
 
 
-class RouteDetail(views.ApiView):
+class RouteDetail(views.ObjectView):
     read_capability = "routes.view"
     write_capability = "routes.change"
     serializer_class = RouteSerializer
+    input_class = RouteInputSerializer
 
-    def get(self, request: Request, pk: int) -> Response:
-        return Response(RouteSerializer(read_route(pk)).data)
+    def read(self, pk: int, *, lock: bool = False) -> Route:
+        return read_route(pk, lock=lock)
 
-    @extend_schema(request=RouteInputSerializer, responses=RouteSerializer)
-    def put(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=False)
-
-    @extend_schema(request=RouteInputSerializer, responses=RouteSerializer)
-    def patch(self, request: Request, pk: int) -> Response:
-        return self._write(request, pk, partial=True)
-
-    @extend_schema(responses={204: None})
-    def delete(self, request: Request, pk: int) -> Response:
-        with transaction.atomic():
-            route = read_route(pk, lock=True)
-            conditional.require_match(request, RouteSerializer(route).data)
-            services.routes_delete(route_ids=[route.pk], actor=views.actor(request))
-        return Response(status=status.HTTP_204_NO_CONTENT)
-
-    def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
-        body = RouteInputSerializer(data=request.data, partial=partial)
-        body.is_valid(raise_exception=True)
-        with transaction.atomic():
-            route = read_route(pk, lock=True)
-            conditional.require_match(request, RouteSerializer(route).data)
+    def change(self, request: Request, obj: Route, data: dict[str, Any], *, partial: bool) -> None:
+        if partial:
             current = {
-                "domain": route.domain,
-                "destination": destination_of(route),
-                "auth_profile": route.auth_profile,
-                "bounce_profile": route.bounce_profile,
-                "tls": route.tls,
-                "defer_on_4xx": route.defer_on_4xx,
-                "fallback_relay": route.fallback_relay,
-                "sender": route.sender,
-                "source_address": route.source_address,
-                "ehlo_name": route.ehlo_name,
+                "domain": obj.domain,
+                "destination": destination_of(obj),
+                "auth_profile": obj.auth_profile,
+                "bounce_profile": obj.bounce_profile,
+                "tls": obj.tls,
+                "defer_on_4xx": obj.defer_on_4xx,
+                "fallback_relay": obj.fallback_relay,
+                "sender": obj.sender,
+                "source_address": obj.source_address,
+                "ehlo_name": obj.ehlo_name,
             }
-            given = {k: v for k, v in body.validated_data.items() if k in request.data} if partial else {}
-            merged = {**current, **given} if partial else body.validated_data
-            try:
-                services.route_update(route_id=route.pk, data=route_data(merged), actor=views.actor(request))
-            except services.RouteInvalid as exc:
-                raise invalid_route(exc) from None
-        return Response(RouteSerializer(read_route(pk)).data)
+            data = {**current, **data}
+        try:
+            services.route_update(route_id=obj.pk, data=route_data(data), actor=views.actor(request))
+        except services.RouteInvalid as exc:
+            raise invalid_route(exc) from None
+
+    def remove(self, request: Request, obj: Route) -> None:
+        services.routes_delete(route_ids=[obj.pk], actor=views.actor(request))
 
 
 class RouteTestInput(serializers.Serializer[Any]):
