@@ -1,4 +1,8 @@
-"""The project's own table: API tokens (the REST API's `Authorization: Bearer` credentials, esaroutes/api/auth.py).
+"""The project's own table, and the abstract base the apps' models share.
+
+`Timestamped`: `created_at` and `updated_at`, which Django sets on insert and on every save.
+
+API tokens (the REST API's `Authorization: Bearer` credentials, esaroutes/api/auth.py).
 
 A token belongs to a user and acts with that user's role, exactly as the pages do; it may be read-only (GET only)
 and may expire. Only a SHA-256 digest of the secret is stored: the secret is shown once, when it is made
@@ -12,6 +16,17 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import models
+from django_stubs_ext.db.models import TypedModelMeta
+
+
+class Timestamped(models.Model):
+    """When a row was made and last saved (`Model.save` sets both; a queryset `update()` must set `updated_at`)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta(TypedModelMeta):
+        abstract = True
 
 
 class ApiToken(models.Model):

@@ -19,19 +19,18 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
 
+from esaroutes.models import Timestamped
 from routes import destinations, domains
 
 OPEN_RELAY_MESSAGE = "Accepting ALL domains makes this an open relay for every client. Refused."
 
 
-class AuthProfile(models.Model):
+class AuthProfile(Timestamped):
     """Credentials for SMTP AUTH towards a route's hosts. The password is encrypted at rest, never shown back."""
 
     name = models.CharField(max_length=64, unique=True)
     username = models.CharField(max_length=255)
     password_encrypted = models.TextField(blank=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TypedModelMeta):
         ordering = ["name"]
@@ -40,7 +39,7 @@ class AuthProfile(models.Model):
         return self.name
 
 
-class Route(models.Model):
+class Route(Timestamped):
     class Special(models.TextChoices):
         NONE = "", "Destination hosts"
         USEDNS = "usedns", "USEDNS (deliver by MX records)"
@@ -95,8 +94,6 @@ class Route(models.Model):
         default="",
         help_text="The EHLO name this route's connections say. Empty: ESAROUTES_DELIVERY_EHLO.",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TypedModelMeta):
         ordering = ["domain", "sender"]
@@ -156,7 +153,7 @@ class DestinationControlQuerySet(models.QuerySet["DestinationControl"]):
         return super().delete()
 
 
-class DestinationControl(models.Model):
+class DestinationControl(Timestamped):
     """The ESA's Destination Controls: delivery limits per destination, plus the Default entry.
 
     The rules are `routes.destinations`' (the model's `clean()`, the services, the form, the admin and the
@@ -208,8 +205,6 @@ class DestinationControl(models.Model):
         on_delete=models.SET_NULL,
         related_name="destination_controls",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     objects = DestinationControlQuerySet.as_manager()
 
@@ -295,7 +290,7 @@ def destination_problems(stored: str, pk: int | None) -> dict[str, list[str]]:
     return {}
 
 
-class RecipientAccessRule(models.Model):
+class RecipientAccessRule(Timestamped):
     """Recipient Access Table: which receiving domains the listener accepts from any client."""
 
     class Action(models.TextChoices):
@@ -305,8 +300,6 @@ class RecipientAccessRule(models.Model):
     domain = models.CharField(max_length=255, unique=True, help_text="example.com, .example.com or ALL")
     action = models.CharField(max_length=8, choices=Action.choices, default=Action.ACCEPT)
     comment = models.CharField(max_length=255, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TypedModelMeta):
         ordering = ["domain"]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from django.db import models
 from django_stubs_ext.db.models import TypedModelMeta
 
+from esaroutes.models import Timestamped
 
-class Webhook(models.Model):
+
+class Webhook(Timestamped):
     class Event(models.TextChoices):
         DELIVERED = "delivered", "Delivered"
         DELAYED = "delayed", "Delayed (a temporary failure, retried later)"
@@ -19,8 +21,6 @@ class Webhook(models.Model):
     events = models.JSONField(default=list, help_text="Event names this webhook receives")
     secret = models.CharField(max_length=200, help_text="Key of the HMAC-SHA256 signature")
     enabled = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta(TypedModelMeta):
         ordering = ["name"]
