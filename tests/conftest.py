@@ -55,10 +55,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_dns_off_the_machine(settings: Any) -> None:
-    """MX lookups go to a loopback port where nothing answers (a quick temporary failure), never to the
-    machine's resolver: tests that need DNS use the `dns_server` fixture, which points this at itself."""
-    settings.ESAROUTES_DNS_SERVERS = ["127.0.0.1:9"]
+def _no_dns_off_the_machine(settings: Any, refusing_dns_server: Any) -> None:
+    """MX lookups go to a loopback server that refuses every query (a temporary failure at once; a port where
+    nothing answers cost each lookup its whole timeout), never to the machine's resolver: tests that need DNS use
+    the `dns_server` fixture, which points this at itself."""
+    settings.ESAROUTES_DNS_SERVERS = [refusing_dns_server.address]
     settings.ESAROUTES_DNS_TIMEOUT = 1.0
 
 

@@ -21,6 +21,7 @@ What it answers (the server is authoritative for every name, like one big zone u
   resolver caches them as a real server's would;
 * :meth:`DnsServer.servfail`, :meth:`DnsServer.nxdomain`, :meth:`DnsServer.refused` force that rcode for every
   type of one name; :meth:`DnsServer.stall` never answers it (the resolver's timeout must fire);
+* with ``otherwise="refused"`` (or another rcode), every name not forced gets that rcode instead;
 * over UDP, an answer bigger than the query's EDNS payload (512 bytes without EDNS) comes back empty with TC
   set, so the client must retry over TCP.
 
@@ -68,8 +69,9 @@ def _key(name: str | dns.name.Name) -> dns.name.Name:
 class DnsServer:
     """See the module docstring. Thread-safe: the test thread scripts, the server thread answers."""
 
-    def __init__(self, negative_ttl: int = 60) -> None:
+    def __init__(self, negative_ttl: int = 60, *, otherwise: str | None = None) -> None:
         self.negative_ttl = negative_ttl
+        self.otherwise = otherwise  # an rcode ("refused", ...) for every name not forced: a server that knows nothing
         self.queries: list[Query] = []
         self._records: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], tuple[int, list[str]]] = {}
         self._forced: dict[dns.name.Name, str] = {}  # name → "servfail" | "nxdomain" | "refused" | "stall"
@@ -132,7 +134,7 @@ class DnsServer:
         qname, qtype = question.name.canonicalize(), question.rdtype
         with self._lock:
             self.queries.append(Query(qname.to_text(omit_final_dot=True), dns.rdatatype.to_text(qtype), transport))
-            forced = self._forced.get(qname)
+            forced = self._forced.get(qname, self.otherwise)
             found = self._records.get((qname, qtype))
             exists = any(owner.is_subdomain(qname) for owner, _ in self._records)
         if forced == "stall":
@@ -270,3 +272,11 @@ def dns_server(settings: Any) -> Iterator[DnsServer]:
             yield server
         finally:
             delivery_dns.clear_cache()
+
+
+@pytest.fixture(scope="session")
+def refusing_dns_server() -> Iterator[DnsServer]:
+    """One server for the whole run that answers REFUSED to every query: tests/conftest.py points every test's
+    MX lookups at it, so a lookup nobody scripted is a temporary failure at once, not after a timeout."""
+    with running_dns_server(otherwise="refused") as server:
+        yield server
