@@ -31,7 +31,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from delivery import resolve
 from delivery.listener import sendtest
-from esaroutes import htmx
+from esaroutes import htmx, numbers
 from esaroutes.types import AuthedHtmxRequest
 from routes import destinations as destination_controls
 from routes import domains, forms, importexport, matching, probe, services, snapshot
@@ -222,7 +222,7 @@ def host_row(request: AuthedHtmxRequest) -> HttpResponse:
 @can_delete
 def route_delete(request: AuthedHtmxRequest) -> HttpResponse:
     source = request.POST if request.method == "POST" else request.GET
-    ids = [int(i) for i in source.getlist("ids") if i.isdigit()][: PER_PAGE * 20]
+    ids = [i for i in map(numbers.whole, source.getlist("ids")) if i is not None][: PER_PAGE * 20]
     routes = list(Route.objects.filter(pk__in=ids).order_by("domain"))
     if request.method == "POST" and routes:
         deleted = services.routes_delete(route_ids=[r.pk for r in routes], actor=request.user)

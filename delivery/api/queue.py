@@ -20,7 +20,8 @@ from delivery import engine, resolve
 from delivery.models import Recipient
 from delivery.monitor import selectors
 from delivery.spool import actions
-from esaroutes.api import errors, pagination, views
+from esaroutes import numbers
+from esaroutes.api import errors, views
 from routes import matching
 
 SAMPLE = 50  # recipients a dry run lists
@@ -92,7 +93,7 @@ class QueueRecipients(views.ApiView):
 class QueueActionSerializer(serializers.Serializer[Any]):
     action = serializers.ChoiceField(choices=ACTIONS)
     mids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=pagination.MAX_ID), required=False, max_length=1000
+        child=serializers.IntegerField(min_value=1, max_value=numbers.MAX_ID), required=False, max_length=1000
     )
     domain = serializers.CharField(required=False, max_length=255)
     sender = serializers.CharField(required=False, allow_blank=True, max_length=998, help_text='"" is <>')

@@ -24,6 +24,7 @@ from delivery.listener import inject
 from delivery.models import MailLogLine
 from delivery.webhooks import services as webhook_services
 from delivery.webhooks.models import Webhook, WebhookAttempt
+from esaroutes import numbers
 from esaroutes.api import errors, views
 from esaroutes.models import ApiToken
 
@@ -217,8 +218,9 @@ class MailLog(views.ApiView):
         for name in _IDS:
             value = request.query_params.get(name)
             if value is not None:
-                if not value.isdigit():
-                    raise errors.invalid(name, "Use a whole number.")
-                rows = rows.filter(**{name: int(value)})
+                number = numbers.whole(value)
+                if number is None:
+                    raise errors.invalid(name, f"Use a whole number from 0 to {numbers.MAX_ID}.")
+                rows = rows.filter(**{name: number})
         page = self.paginate_queryset(rows)
         return self.get_paginated_response(MailLogLineSerializer(page, many=True).data)

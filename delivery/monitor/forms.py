@@ -11,9 +11,10 @@ from django import forms
 from delivery import engine
 from delivery.models import MailLogLine
 from delivery.monitor import selectors
+from esaroutes import numbers
+from esaroutes.numbers import MAX_ID  # the id columns' range: a larger MID is a bad filter (400), not a 500
 from routes import matching
 
-MAX_ID = 2**63 - 1  # the id columns' range: a larger MID is a bad filter (400), not a database error
 TEXT_HOW = (("contains", "contains"), ("begins", "begins with"), ("is", "is"), ("empty", "is empty"))
 RECIPIENT_HOW = TEXT_HOW[:3]
 
@@ -42,8 +43,8 @@ class LogFilterForm(forms.Form):
     since = UtcDateTimeField(required=False, label="From (UTC)")
     until = UtcDateTimeField(required=False, label="To (UTC)")
     q = forms.CharField(required=False, max_length=200, label="Text", strip=True)
-    after = forms.IntegerField(required=False, min_value=0, widget=forms.HiddenInput)
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    after = forms.IntegerField(required=False, min_value=0, max_value=MAX_ID, widget=forms.HiddenInput)
+    before = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID, widget=forms.HiddenInput)
 
     def filters(self, now: datetime, search_hours: int) -> tuple[selectors.LogFilters, bool]:
         """The filters, and whether a text search was bounded to the last `search_hours` hours by default."""
@@ -149,7 +150,7 @@ class QueueActionForm(forms.Form):
     SCOPES = (("message", "one message"), ("domain", "one domain"), ("recipients", "chosen recipients"), ("all", "all"))
 
     scope = forms.ChoiceField(choices=SCOPES)
-    mid = forms.IntegerField(required=False, min_value=1)
+    mid = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
     domain = forms.CharField(required=False, max_length=255)
     recipient = forms.TypedMultipleChoiceField(required=False, coerce=int, choices=())
     confirm = forms.BooleanField(required=False, widget=forms.HiddenInput)
@@ -161,7 +162,7 @@ class QueueActionForm(forms.Form):
         # Any positive id is acceptable here; the queue functions skip ids that are gone or no longer active.
         field = self.fields["recipient"]
         assert isinstance(field, forms.TypedMultipleChoiceField)
-        field.valid_value = lambda value: str(value).isdigit() and int(value) > 0  # type: ignore[method-assign]
+        field.valid_value = lambda value: numbers.whole(str(value), minimum=1) is not None  # type: ignore[method-assign]
 
     def clean(self) -> dict[str, Any]:
         d = super().clean() or {}

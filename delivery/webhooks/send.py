@@ -40,7 +40,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from delivery.webhooks.models import Webhook, WebhookAttempt, WebhookEvent
-from esaroutes import egress
+from esaroutes import egress, numbers
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
 
 def verify(secret: str, timestamp: str, body: bytes, signed: str) -> bool:
     """What a receiver does (constant-time compare); the README shows the same in a few lines."""
-    return timestamp.isdigit() and hmac.compare_digest(signature(secret, int(timestamp), body), signed)
+    when = numbers.whole(timestamp)
+    return when is not None and hmac.compare_digest(signature(secret, when, body), signed)
 
 
 @dataclass(frozen=True, slots=True)

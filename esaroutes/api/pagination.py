@@ -16,19 +16,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
+from esaroutes import numbers
 from esaroutes.api import errors
-
-MAX_ID = 2**63 - 1  # the largest id a BigAutoField holds; a larger one is a client error, not a database one
+from esaroutes.numbers import MAX_ID
 
 
 def _int_param(request: Request, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < minimum or (maximum is not None and int(raw) > maximum):
+    value = numbers.whole(raw, minimum=minimum, maximum=MAX_ID if maximum is None else maximum)
+    if value is None:
         limit = f" and at most {maximum}" if maximum is not None else ""
         raise errors.invalid(name, f"{raw[:40]!r} is not a whole number of at least {minimum}{limit}")
-    return int(raw)
+    return value
 
 
 class KeysetPagination(BasePagination):

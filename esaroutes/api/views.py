@@ -28,6 +28,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from esaroutes import numbers
 from esaroutes.api import auth, conditional, errors, permissions
 from esaroutes.models import ApiToken
 
@@ -59,11 +60,11 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication, capabilities, throttle: in that order
         limit = self.max_body_bytes or settings.ESAROUTES_API_MAX_BODY
-        raw = request.META.get("CONTENT_LENGTH") or "0"
-        if not raw.isdigit():
+        length = numbers.whole(request.META.get("CONTENT_LENGTH") or "0")
+        if length is None:
             raise exceptions.ParseError("Content-Length is not a number")
-        if int(raw) > limit:
-            raise errors.PayloadTooLarge(f"the body has {int(raw)} bytes; this endpoint takes at most {limit}")
+        if length > limit:
+            raise errors.PayloadTooLarge(f"the body has {length} bytes; this endpoint takes at most {limit}")
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from delivery.models import MailLogLine
 from tests.api.conftest import is_problem
 from tests.delivery.conftest import queue_message
@@ -27,3 +29,14 @@ def test_the_log_pages_by_id_and_narrows_by_mid(api_client, dave):
 
 def test_a_bad_filter_is_a_problem_at_its_field(api_client, dave):
     is_problem(api_client(dave).get(URL, {"mid": "x"}), 400, "mid")
+
+
+@pytest.mark.parametrize("name", ["mid", "icid", "dcid"])
+@pytest.mark.parametrize("value", [str(2**63), "9" * 40, "²", "-1"])
+def test_an_id_past_the_columns_range_is_a_problem_not_a_500(api_client, dave, name, value):
+    is_problem(api_client(dave).get(URL, {name: value}), 400, name)
+
+
+def test_the_largest_id_is_a_fine_filter(api_client, dave):
+    response = api_client(dave).get(URL, {"mid": str(2**63 - 1)})
+    assert response.status_code == 200 and response.json()["results"] == []

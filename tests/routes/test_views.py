@@ -175,6 +175,14 @@ def test_bulk_delete_confirms_then_deletes(client_alice):
     assert AuditEntry.objects.filter(action="delete").count() == 2
 
 
+def test_bulk_delete_skips_ids_that_are_no_ids(client_alice):
+    a, b = make_route("a.example"), make_route("b.example")
+    junk = [str(2**63), "9" * 40, "²", "-1", "x"]  # past a bigint, or not ASCII digits: skipped, never a 500
+    response = client_alice.post(reverse("routes:route-delete"), {"ids": [*junk, a.pk]})
+    assert response.status_code == 302
+    assert list(Route.objects.values_list("domain", flat=True)) == [b.domain]
+
+
 def test_clear_asks_then_clears(client_alice):
     make_route("a.example")
     make_route("ALL", "smart.example.net")

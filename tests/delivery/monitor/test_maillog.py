@@ -181,3 +181,12 @@ def test_a_domain_or_host_filter_keeps_each_message_story_whole(as_user):
 
 def grep_message_done(texts: list[str], mid: int) -> bool:
     return any(re.match(rf"Message done DCID \d+ MID {mid} ", t) for t in texts)
+
+
+@pytest.mark.parametrize("name", ["after", "before"])
+def test_a_cursor_past_the_id_range_is_a_bad_filter_not_a_500(as_user, name):
+    make_message()
+    client = as_user("dave")
+    assert client.get(f"/log/?{name}={2**63}").status_code == 400
+    assert client.get(f"/log/?{name}={2**63}", headers={"HX-Request": "true"}).status_code == 422
+    assert client.get(f"/log/?{name}={2**63 - 1}").status_code == 200
