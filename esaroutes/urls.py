@@ -12,6 +12,11 @@ admin.site.site_header = "esaroutes administration"
 admin.site.site_title = "esaroutes"
 admin.site.index_title = "Routes, queue and mail log"
 
+handler400 = views.bad_request
+handler403 = views.permission_denied
+handler404 = views.page_not_found
+handler500 = views.server_error
+
 urlpatterns = [
     path("", include("delivery.monitor.urls")),
     path("routes/", include("routes.urls")),

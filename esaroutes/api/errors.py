@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import (
+    DisallowedHost,
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -71,7 +78,21 @@ def problem(status_code: int, detail: str, **extra: Any) -> Response:
     return Response({**body, **extra}, status=status_code, content_type=CONTENT_TYPE)
 
 
+def suspicious_detail(exc: Exception) -> str:
+    """What was wrong with a request Django refused as suspicious, in words for its client (never the setting
+    to change: that is for the operator's log, where Django writes it)."""
+    if isinstance(exc, DisallowedHost):
+        return "the Host header does not name this server (ALLOWED_HOSTS)"
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return "the request has too many form fields or files"
+    if isinstance(exc, SuspiciousOperation):
+        return "the request was refused as malformed"
+    return "bad request"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, SuspiciousOperation):
+        return problem(status.HTTP_400_BAD_REQUEST, suspicious_detail(exc))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, PermissionDenied):
