@@ -260,19 +260,23 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
     hosts in the order the next connection tries them, as delivery resolves them (`delivery.resolve`; the MX
     exchanges of a route's host names included), with their state. USEDNS or unrouted domains are not looked up
     in DNS here: the hosts tried for them are listed above."""
+    try:
+        domain = domains.to_ascii_name(domain.strip())  # Unicode or IDNA, as the queue stores it
+    except ValueError:
+        domain = domain.strip().lower()  # an address literal ([192.0.2.1]) or no domain: "No record of host"
     now = timezone.now()
     status = selectors.domain_status(domain, now)
-    route = resolve.preview(domain.lower(), domain_mx=False, now=now)
+    route = resolve.preview(domain, domain_mx=False, now=now)
     return render(
         request,
         "delivery/domain_detail.html",
         {
             "status": status,
-            "domain": domain.lower(),
+            "domain": domain,
             "route": route,
             "where": route.resolution,
             "now": now,
-            "suspension": selectors.suspension_of(domain.lower()),
+            "suspension": selectors.suspension_of(domain),
         },
         status=200 if status else 404,
     )

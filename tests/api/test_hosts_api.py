@@ -168,3 +168,13 @@ def test_the_domain_is_for_the_roles_that_see_the_domain_page(api_client, alice,
         assert api_client(user, read_only=True).get("/api/v1/domains/dest.test/").status_code == 200
     is_problem(api_client(dave).get("/api/v1/domains/dest.test/"), 403)
     is_problem(APIClient().get("/api/v1/domains/dest.test/"), 401)
+
+
+def test_a_unicode_domain_is_found_by_its_idna_name(api_client, bob):
+    make_message(recipients=("a@xn--bcher-kva.test",))  # the queue stores IDNA
+    client = api_client(bob)
+    for typed in ("bücher.test", "BÜCHER.test", "xn--bcher-kva.test"):
+        response = client.get(f"/api/v1/domains/{typed}/")
+        assert response.status_code == 200, typed
+        assert response.json()["domain"] == "xn--bcher-kva.test"
+    is_problem(client.get("/api/v1/domains/a_b!.test/"), 400, "domain")

@@ -40,6 +40,14 @@ def test_domain_page_mirrors_hoststatus(as_user):
     assert "550 5.1.1 no such user" in body and "mx1.dest.test:25" in body
 
 
+def test_domain_page_finds_a_unicode_domain_by_its_idna_name(as_user):
+    make_message(recipients=("a@xn--bcher-kva.test",))  # the queue stores IDNA
+    for typed in ("bücher.test", "BÜCHER.test", "xn--bcher-kva.test", "bücher.test."):
+        response = as_user("bob").get(f"/hosts/domain/{typed}/")
+        assert response.status_code == 200, typed
+        assert "Host mail status for: xn--bcher-kva.test" in response.content.decode()
+
+
 def test_unknown_domain_has_no_record(as_user):
     response = as_user("bob").get("/hosts/domain/never.test/")
     assert response.status_code == 404 and b"No record of host: never.test" in response.content
