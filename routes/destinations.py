@@ -141,18 +141,10 @@ class DestinationTable:
         key = destination_key(domain_or_address)
         if key is None:
             return self.default
-        entry = self.exact.get(key)
-        if entry is not None:
-            return entry
-        if _ip(key) is not None:
-            return self.default  # an address matches no partial domain
-        dot = key.find(".")
-        while dot != -1:
-            entry = self.partial.get(key[dot + 1 :])
-            if entry is not None:
-                return entry
-            dot = key.find(".", dot + 1)
-        return self.default
+        if _ip(key) is not None:  # an address matches no partial domain
+            return self.exact.get(key, self.default)
+        found = domains.closest_domain(self.exact, self.partial, key)
+        return self.default if found is None else found
 
 
 def counting_key(limits: DestinationLimits, domain: str, ip: str | None = None) -> str:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from encodings import idna
+from typing import TypeVar
 
 DEFAULT_ROUTE = "ALL"
 DEFAULT_PORT = 25
@@ -154,6 +155,25 @@ def normalize_receiving_domain(text: str) -> str:
     except ValueError as exc:
         raise DomainError(f"{_quote(stripped)} is not a valid domain: {exc}") from None
     return f".{ascii_name}" if partial else ascii_name
+
+
+_Entry = TypeVar("_Entry")
+
+
+def closest_domain(exact: Mapping[str, _Entry], partial: Mapping[str, _Entry], key: str) -> _Entry | None:
+    """The entry for `key` (a normalized domain): exact first, then the longest partial domain (keyed without
+    its leading dot) that `key` ends in; None where neither holds one. The route and destination tables both
+    look up this way."""
+    entry = exact.get(key)
+    if entry is not None:
+        return entry
+    dot = key.find(".")
+    while dot != -1:
+        entry = partial.get(key[dot + 1 :])
+        if entry is not None:
+            return entry
+        dot = key.find(".", dot + 1)
+    return None
 
 
 def display_domain(stored: str) -> str:

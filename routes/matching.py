@@ -153,16 +153,8 @@ class _DomainIndex:
     def find(self, domain: str | None) -> RouteEntry | None:
         if domain is None:
             return self.default
-        entry = self.exact.get(domain)
-        if entry is not None:
-            return entry
-        dot = domain.find(".")
-        while dot != -1:
-            entry = self.partial.get(domain[dot + 1 :])
-            if entry is not None:
-                return entry
-            dot = domain.find(".", dot + 1)
-        return self.default
+        found = domains.closest_domain(self.exact, self.partial, domain)
+        return self.default if found is None else found
 
 
 class RouteTable:
