@@ -13,6 +13,9 @@ Every worker process on every machine counts against the same figures, per count
   the next recipient may go (`engine.window_frees_at`). A charge is stamped again when its RCPTs are answered
   (`settle`, which also gives back the recipients the peer refused or never saw), and while they are on their
   way (`hold`): it leaves the window M minutes after the peer counted its recipients, never sooner;
+* a **wanted** mark per key (`want`), left by a runner refused a slot and expiring by itself after WANT_TTL
+  seconds: every runner's reaper closes its idle pooled connections of a wanted key at once (`wanted`), so a
+  slot held by a connection sending nothing goes to the one with mail waiting;
 * an **episode** flag per key and kind, so that the `Maximum outbound connections N reached` and `throttled
   by recipient limit` lines are written once when a limit starts holding mail back, not once per recipient.
 
@@ -48,6 +51,9 @@ SLOT_TTL = 10.0
 #: Charges older than the longest window (60 minutes) are dropped.
 WINDOW_KEEP = timedelta(minutes=60)
 
+#: Seconds a wanted mark lasts unless a slot of its key is taken first (it is renewed at each refusal).
+WANT_TTL = 10.0
+
 CONNECTIONS = "connections"  # episode kinds
 RECIPIENTS = "recipients"
 
@@ -72,6 +78,14 @@ def _slots_key(key: str) -> str:
 
 def _rcpts_key(key: str) -> str:
     return f"esaroutes:rcpts:{key}"
+
+
+def _wanted_key(key: str) -> str:
+    return f"esaroutes:wanted:{key}"
+
+
+#: On the database, a wanted mark is a ConnectionSlot row under this prefix (a counting key never starts so).
+_WANTED_PREFIX = "wanted:"
 
 
 def _episode_key(key: str, kind: str) -> str:
@@ -160,6 +174,41 @@ def in_use(key: str, *, now: datetime | None = None) -> int:
     if client is not None:
         return int(client.zcount(_slots_key(key), f"({now.timestamp()}", "+inf"))
     return ConnectionSlot.objects.filter(key=key, expires_at__gt=now).count()
+
+
+def want(key: str, *, now: datetime | None = None) -> None:
+    """Mark that a runner waits for a slot of `key` (for WANT_TTL seconds): idle connections of it should close."""
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        client.set(_wanted_key(key), str(now.timestamp()), ex=int(WANT_TTL))
+        return
+    ConnectionSlot.objects.update_or_create(
+        key=_WANTED_PREFIX + key, holder="", defaults={"expires_at": now + timedelta(seconds=WANT_TTL)}
+    )
+
+
+def unwant(key: str) -> None:
+    """A slot of `key` was taken: nobody waits for one any more (a waiter still refused marks it again)."""
+    client = _redis()
+    if client is not None:
+        client.delete(_wanted_key(key))
+        return
+    ConnectionSlot.objects.filter(key=_WANTED_PREFIX + key).delete()
+
+
+def wanted(keys: Iterable[str], *, now: datetime | None = None) -> set[str]:
+    """Those of `keys` some runner waits for a slot of now."""
+    keys = sorted(set(keys))
+    if not keys:
+        return set()
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        found = client.mget([_wanted_key(k) for k in keys])
+        return {k for k, v in zip(keys, found, strict=True) if v is not None}
+    rows = ConnectionSlot.objects.filter(key__in=[_WANTED_PREFIX + k for k in keys], expires_at__gt=now)
+    return {k.removeprefix(_WANTED_PREFIX) for k in rows.values_list("key", flat=True)}
 
 
 # --- the recipient window -----------------------------------------------------------------------------------
@@ -316,10 +365,10 @@ def end_episode(key: str, kind: str) -> bool:
 
 
 def flush() -> None:
-    """Forget every slot, charge and episode (tests; an operator's reset)."""
+    """Forget every slot, wanted mark, charge and episode (tests; an operator's reset)."""
     client = _redis()
     if client is not None:
-        for pattern in ("esaroutes:slots:*", "esaroutes:rcpts:*", "esaroutes:episode:*"):
+        for pattern in ("esaroutes:slots:*", "esaroutes:rcpts:*", "esaroutes:episode:*", "esaroutes:wanted:*"):
             names = list(client.scan_iter(pattern))
             if names:
                 client.delete(*names)

@@ -18,7 +18,8 @@ What happens on the wire follows `delivery.engine` (the decisions) and `delivery
   route's TLS policy and no AUTH (``engine.with_fallback``);
 * when no host is left, what is still pending is ``Delayed`` with the last reply, for its retry;
 * a connection carries at most ``max_messages`` messages, then a new one is opened to the same host; an idle
-  connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs. The pool
+  connection stays in the pool for ``ESAROUTES_DELIVERY_IDLE`` seconds for the next batch, then QUITs (at once
+  when another runner was refused a slot of its destination: ``slots.wanted``). The pool
   is keyed by the whole `Destination`, its recipient domain included: a connection opened under one domain's
   destination control (its slot, TLS, messages per connection) never carries another domain's mail.
 
@@ -644,8 +645,30 @@ class Runner:
                         await self._close(pooled)
                     except Exception:
                         logger.exception("closing idle DCID %s", pooled.dcid)
+            await self._give_back_wanted()
             await self._publish()
             await self._refresh_slots()
+
+    async def _give_back_wanted(self) -> None:
+        """Close at once the idle pooled connections whose slot another runner waits for (`slots.wanted`)."""
+        keys = {p.slot[0] for idle in self._pool.values() for p in idle if p.slot is not None}
+        if not keys:
+            return
+        try:
+            wanted = await asyncio.get_running_loop().run_in_executor(self._executor, _wanted, keys)
+        except Exception:
+            logger.warning("could not read which connection slots are wanted", exc_info=True)
+            return
+        if not wanted:
+            return
+        for destination, idle in list(self._pool.items()):
+            give = [p for p in idle if p.slot is not None and p.slot[0] in wanted]
+            self._pool[destination] = [p for p in idle if p not in give]
+            for pooled in give:
+                try:
+                    await self._close(pooled)
+                except Exception:
+                    logger.exception("closing idle DCID %s", pooled.dcid)
 
     async def _refresh_slots(self) -> None:
         """The heartbeat of this process's connection slots (renewed every third of their lease) and of its
@@ -730,12 +753,19 @@ def _take_slot(slot: Slot, limit: int, domain: str) -> tuple[bool, list[maillog.
     key, name = slot
     held = slots.acquire(key, name, limit)
     if held:
+        slots.unwant(key)
         if held < limit:  # room left: the destination is no longer at its limit, a new episode may start
             slots.end_episode(key, slots.CONNECTIONS)
         return True, []
+    slots.want(key)  # the other runners' idle connections of the key close and give their slots back
     if slots.start_episode(key, slots.CONNECTIONS):
         return False, [maillog.lines.max_connections_reached(limit, domain)]
     return False, []
+
+
+def _wanted(keys: set[str]) -> set[str]:
+    close_old_connections()
+    return slots.wanted(keys)
 
 
 def _free_slot(slot: Slot) -> None:

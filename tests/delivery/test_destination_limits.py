@@ -175,3 +175,27 @@ def test_a_recipient_limit_of_30_per_minute_delays_the_rest_without_bouncing(pee
     assert grep(r"^Delivery to dest\.test Data 1 throttled by recipient limit$", lines)
     assert grep(r"^Recipient limit expired; resume delivery to dest\.test Data 1$", lines)
     assert len(grep(r"throttled by recipient limit", lines)) <= 3  # once per window, not per recipient
+
+
+def test_an_idle_pooled_connection_gives_its_slot_to_another_runner_that_waits(peers, settings):
+    """Runner A keeps an idle pooled connection (idle 10 minutes) holding dest.test's only slot; runner B, another
+    worker process's, is refused and marks the slot wanted: A's reaper closes the idle connection at once and B's
+    mail goes, long before A's idle time would have closed it."""
+    settings.ESAROUTES_DELIVERY_IDLE = 600.0
+    peer = peers.start()
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", max_connections=1)
+    queue_message("first@dest.test")
+    deliver_everything(workers=1, timeout=30)
+    first = runner._runner
+    assert first is not None and slots.in_use("dest.test") == 1  # idle in A's pool, its slot held
+    runner._runner = None  # the next batch is another process's runner
+    try:
+        queue_message("second@dest.test")
+        deliver_everything(workers=1, timeout=30)
+    finally:
+        first.close()
+    assert len(peer.messages) == 2
+    assert peer.peak_sessions <= 1
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert grep(r"^DCID \d+ close$", log())

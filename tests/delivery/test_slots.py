@@ -137,3 +137,14 @@ def test_an_episode_is_started_once_and_ended_once() -> None:
     assert slots.start_episode("example.test", slots.RECIPIENTS)  # a kind of its own
     assert slots.end_episode("example.test", slots.CONNECTIONS)
     assert not slots.end_episode("example.test", slots.CONNECTIONS)
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_a_wanted_mark_is_seen_until_a_slot_of_its_key_is_taken() -> None:
+    now = datetime.now(UTC)
+    assert slots.wanted(["w.test", "x.test"]) == set()
+    slots.want("w.test", now=now)
+    assert slots.wanted(["w.test", "x.test"]) == {"w.test"}
+    assert slots.in_use("w.test") == 0  # a mark is no slot
+    slots.unwant("w.test")
+    assert slots.wanted(["w.test"]) == set()
