@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from delivery import worker
-from delivery.models import Recipient
+from delivery.models import Message, Recipient
 from delivery.spool import actions
 from delivery.webhooks import send, services
 from delivery.webhooks.models import Webhook, WebhookAttempt, WebhookEvent
@@ -97,6 +97,28 @@ def test_a_receiver_outside_the_allowed_networks_is_not_connected(peers, receive
     assert attempt.status is None
     assert attempt.error == "127.0.0.2 is outside ESAROUTES_DELIVERY_ALLOWED_NETWORKS: not connected"
     assert outside.requests == []
+
+
+def test_an_expiry_is_its_own_event_not_a_bounce(peers, receivers):  # noqa: F811
+    receiver = start(receivers)
+    _hook(receiver.url, events=["expired", "bounced"])
+    make_route("dest.test", hosts_text((peers.refused(), 0)))
+    make_route("origin.test", "/dev/null")
+    mid = queue_message("a@dest.test")
+    worker.deliver_batch([mid])  # refused: delayed, still queued
+    now = timezone.now()
+    Message.objects.filter(pk=mid).update(received_at=now - timedelta(hours=73), next_attempt_at=now)
+    Recipient.objects.filter(message_id=mid).update(next_attempt_at=now)
+    worker.deliver_batch([mid])  # past the queue lifetime: 5.4.7
+    assert recipients(mid) == [(0, "bounced")]
+    (row,) = WebhookEvent.objects.all()
+    assert row.event == "expired"
+    assert send.send_due() == 1
+    (got,) = receiver.requests
+    assert got.headers["X-Esaroutes-Event"] == "expired"
+    body = json.loads(got.body)
+    assert (body["event"], body["mid"], body["recipient"]) == ("expired", mid, "a@dest.test")
+    assert body["dsn_status"] == "5.4.7" and body["response"].startswith("5.4.7 Delivery expired")
 
 
 def test_suspending_a_domain_is_an_event(receivers):  # noqa: F811
