@@ -184,12 +184,7 @@ def _human_part(
         status = _status(r.status)
         lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}"]
         lines += textwrap.wrap(_explain(status), 72, initial_indent="    ", subsequent_indent="    ")
-        detail = f"Technical details: {status} {engine.status_phrase(status)}"
-        if r.remote_mta:
-            detail += f"; the server {_one_line(r.remote_mta, ascii_only=False)} answered"
-        if r.diagnostic:
-            detail += f": {_one_line(r.diagnostic, ascii_only=False)}"
-        lines += textwrap.wrap(detail, 72, initial_indent="    ", subsequent_indent="    ", break_long_words=True)
+        lines += _technical_details(r, status)
         blocks.append("\r\n".join(lines))
     attached = "Your original message is" if whole else "The headers of your original message are"
     advice = f"Check the address for typing mistakes, or contact the recipient another way. {attached} attached."
@@ -199,6 +194,16 @@ def _human_part(
     part.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")  # 7-bit safe
     del part["MIME-Version"]  # a top-level header only
     return part.as_bytes()
+
+
+def _technical_details(r: BouncedRecipient, status: str) -> list[str]:
+    """The indented "Technical details" lines of one recipient in a human-readable DSN part."""
+    detail = f"Technical details: {status} {engine.status_phrase(status)}"
+    if r.remote_mta:
+        detail += f"; the server {_one_line(r.remote_mta, ascii_only=False)} answered"
+    if r.diagnostic:
+        detail += f": {_one_line(r.diagnostic, ascii_only=False)}"
+    return textwrap.wrap(detail, 72, initial_indent="    ", subsequent_indent="    ", break_long_words=True)
 
 
 def _delay_part(
@@ -218,12 +223,7 @@ def _delay_part(
     for r in recipients:
         status = _delay_status(r.status)
         lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}"]
-        detail = f"Technical details: {status} {engine.status_phrase(status)}"
-        if r.remote_mta:
-            detail += f"; the server {_one_line(r.remote_mta, ascii_only=False)} answered"
-        if r.diagnostic:
-            detail += f": {_one_line(r.diagnostic, ascii_only=False)}"
-        lines += textwrap.wrap(detail, 72, initial_indent="    ", subsequent_indent="    ", break_long_words=True)
+        lines += _technical_details(r, status)
         blocks.append("\r\n".join(lines))
     blocks.append("The headers of your original message are attached.")
     text = "\r\n\r\n".join(blocks) + "\r\n"
