@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from django import template
 
 from routes import audit, domains, importexport, matching
-from routes.models import AuditEntry, DestinationHost
+from routes.models import DestinationHost
 
 if TYPE_CHECKING:
     from routes.services import ImportSummary
 
 register = template.Library()
 
-
-@register.filter
-def unicode_domain(stored: str) -> str:
-    """`.xn--bcher-kva.example` → `.bücher.example`; `ALL` and IP addresses unchanged."""
-    return domains.display_domain(stored)
-
-
-@register.filter
-def unicode_sender(stored: str) -> str:
-    """A stored sender pattern (`alerts@xn--bcher-kva.example`, `.app.example`, `<>`) as people read it."""
-    return matching.display_sender(stored)
+# The filters that only show a stored value the way routes.domains, routes.matching and routes.audit already do.
+_SHOWN: dict[str, Callable[..., object]] = {
+    "unicode_domain": domains.display_domain,  # `.xn--bcher-kva.example` → `.bücher.example`; `ALL` unchanged
+    "unicode_sender": matching.display_sender,  # `alerts@xn--bcher-kva.example`, `.app.example`, `<>`
+    "audit_action": audit.action_label,
+    "audit_object": audit.object_label,
+    "audit_changes": audit.changes,
+}
+for _name, _show in _SHOWN.items():
+    register.filter(_name, _show)
 
 
 @register.filter
@@ -50,18 +50,3 @@ def host_label(host: DestinationHost | domains.HostSpec) -> str:
 def host_changes(preview: ImportSummary, domain: str) -> list[importexport.HostChange]:
     """The import preview's host-by-host changes of one route."""
     return list(preview.hosts.get(domain, []))
-
-
-@register.filter
-def audit_action(entry: AuditEntry) -> str:
-    return audit.action_label(entry)
-
-
-@register.filter
-def audit_object(entry: AuditEntry) -> str:
-    return audit.object_label(entry)
-
-
-@register.filter
-def audit_changes(entry: AuditEntry) -> list[audit.FieldChange]:
-    return audit.changes(entry)
