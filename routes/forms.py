@@ -37,22 +37,31 @@ def route_problem_field(message: str) -> tuple[str, str]:
     return "", message
 
 
+def _name_field(*, label: str, max_length: int, help_text: str, required: bool = True) -> forms.CharField:
+    """A domain, address or host name typed as text: no autocompletion, no spelling marks."""
+    return forms.CharField(
+        label=label,
+        required=required,
+        max_length=max_length,
+        help_text=help_text,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
+    )
+
+
 class RouteForm(forms.Form):
-    domain = forms.CharField(
+    domain = _name_field(
         label="Receiving domain",
         max_length=300,
         help_text="example.com (that domain only), .example.com (its subdomains) or ALL (all other domains). "
         "Unicode names are fine.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
-    sender = forms.CharField(
+    sender = _name_field(
         label="Sender",
         required=False,
         max_length=320,
         help_text="Optional: this route applies only to mail from this envelope sender. An address "
         "(alerts@app.example), a domain (app.example), its subdomains (.app.example) or <> (the null sender, "
         "bounces). Empty: every sender.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
     auth_profile = forms.ModelChoiceField(
         AuthProfile.objects.all(),
@@ -69,29 +78,26 @@ class RouteForm(forms.Form):
         label="Keep recipients queued on a 4xx after MAIL FROM",
         help_text="Instead of trying the next host at once.",
     )
-    fallback_relay = forms.CharField(
+    fallback_relay = _name_field(
         required=False,
         max_length=300,
         label="Fallback relay",
         help_text="HOST[:PORT], tried when every host of the route failed a recipient (refused, timed out, 4xx) "
         "before it waits for its retry. A 5xx still bounces. Empty: none.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
 
-    source_address = forms.CharField(
+    source_address = _name_field(
         required=False,
         max_length=64,
         label="Source address",
         help_text="The local IP address this route's connections come from: one of this machine's. Empty: the "
         "global setting (ESAROUTES_DELIVERY_SOURCE_ADDRESS, or the system's choice).",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
-    ehlo_name = forms.CharField(
+    ehlo_name = _name_field(
         required=False,
         max_length=255,
         label="EHLO name",
         help_text="The name this route's connections give in EHLO. Empty: the global ESAROUTES_DELIVERY_EHLO.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
 
     def clean_source_address(self) -> str:
@@ -132,13 +138,18 @@ class RouteForm(forms.Form):
             raise forms.ValidationError(str(exc)) from None
 
 
-class HostRowForm(forms.Form):
-    priority = forms.CharField(
+def _number_cell(*, initial: str, size: int, label: str) -> forms.CharField:
+    """A number cell of the host table, read by `parse_cell` so that a bad one says which number is wrong."""
+    return forms.CharField(
         required=False,
-        initial="0",
+        initial=initial,
         max_length=20,
-        widget=forms.TextInput(attrs={"size": 6, "inputmode": "numeric", "aria-label": "Priority"}),
+        widget=forms.TextInput(attrs={"size": size, "inputmode": "numeric", "aria-label": label}),
     )
+
+
+class HostRowForm(forms.Form):
+    priority = _number_cell(initial="0", size=6, label="Priority")
     destination = forms.CharField(
         required=False,
         max_length=300,
@@ -146,18 +157,8 @@ class HostRowForm(forms.Form):
             attrs={"size": 36, "autocomplete": "off", "spellcheck": "false", "aria-label": "Destination"}
         ),
     )
-    port = forms.CharField(
-        required=False,
-        initial="25",
-        max_length=20,
-        widget=forms.TextInput(attrs={"size": 6, "inputmode": "numeric", "aria-label": "Port"}),
-    )
-    weight = forms.CharField(
-        required=False,
-        initial="1",
-        max_length=20,
-        widget=forms.TextInput(attrs={"size": 4, "inputmode": "numeric", "aria-label": "Weight"}),
-    )
+    port = _number_cell(initial="25", size=6, label="Port")
+    weight = _number_cell(initial="1", size=4, label="Weight")
 
     def clean_priority(self) -> int:
         return parse_cell(domains.parse_priority, self.cleaned_data["priority"])
@@ -390,11 +391,10 @@ class DestinationForm(forms.Form):
     """A destination control entry; the rules are `routes.destinations`' through `services.check_destination`,
     so the page says what the admin, the model and `destconfig` say, each message at its field."""
 
-    destination = forms.CharField(
+    destination = _name_field(
         label="Destination",
         max_length=300,
         help_text="example.com (that domain), .example.com (its subdomains) or an IP address. Unicode names are fine.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
     )
     max_connections = forms.IntegerField(
         label="Concurrent connections", help_text="1 to 1,000.", widget=_number_input()
