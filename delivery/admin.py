@@ -9,6 +9,7 @@ delete ask for confirmation first. Bounce profiles are plain configuration and e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -77,23 +78,31 @@ class QueueActionAdmin(ReadOnlyAdmin):
         raise NotImplementedError
 
     def bounce(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
-        recipients = self.recipients_of(queryset)
-        page = self.confirm(request, recipients, "Bounce these recipients?", BOUNCE_EXPLAIN)
-        if page is None:
-            n = actions.bounce_recipients(recipients, actor=request.user)
-            self.message_user(
-                request, f"{n} recipient{'' if n == 1 else 's'} bounced." if n else "No messages bounced."
-            )
-        return page
+        return self._on_recipients(
+            request, queryset, "Bounce", BOUNCE_EXPLAIN, actions.bounce_recipients, "bounced", "No messages bounced."
+        )
 
     def delete(self, request: HttpRequest, queryset: QuerySet[Any]) -> TemplateResponse | None:
+        return self._on_recipients(
+            request, queryset, "Delete", DELETE_EXPLAIN, actions.delete_recipients, "deleted", "No recipients deleted."
+        )
+
+    def _on_recipients(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        verb: str,
+        explain: str,
+        act: Callable[..., int],
+        done: str,
+        none: str,
+    ) -> TemplateResponse | None:
+        """Confirm, then run `act` on the active recipients of these rows and say how many it touched."""
         recipients = self.recipients_of(queryset)
-        page = self.confirm(request, recipients, "Delete these recipients?", DELETE_EXPLAIN)
+        page = self.confirm(request, recipients, f"{verb} these recipients?", explain)
         if page is None:
-            n = actions.delete_recipients(recipients, actor=request.user)
-            self.message_user(
-                request, f"{n} recipient{'' if n == 1 else 's'} deleted." if n else "No recipients deleted."
-            )
+            n = act(recipients, actor=request.user)
+            self.message_user(request, f"{n} recipient{'' if n == 1 else 's'} {done}." if n else none)
         return page
 
 
