@@ -30,6 +30,7 @@ from django.contrib.auth.hashers import check_password, make_password
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Max
 
+from esaroutes import egress
 from routes import domains, matching, snapshot
 from routes.models import (
     OPEN_RELAY_MESSAGE,
@@ -148,12 +149,9 @@ def _rat_rows() -> Iterable[tuple[str, str]]:
 
 def relay_match(snap: AccessSnapshot, address: str) -> Network | None:
     """The relay network that holds the client address (IPv4-mapped IPv6 counts as IPv4), or None."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = egress.as_ip(address)
+    if ip is None:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     for net in snap.relay_networks:
         if ip.version == net.version and ip in net:
             return net

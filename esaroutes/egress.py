@@ -41,6 +41,18 @@ def parse(raw: str | Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def as_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a peer's address names (an IPv6 zone ``%eth0`` dropped, ``::ffff:10.0.0.1`` as
+    ``10.0.0.1``), or None when it is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def allowed(address: str, networks: Sequence[Network] | None) -> bool:
     """Whether `address` (an IP, as getaddrinfo gives it: an IPv6 zone ``%eth0`` is ignored) may be connected to.
 
@@ -48,12 +60,9 @@ def allowed(address: str, networks: Sequence[Network] | None) -> bool:
     address it reaches. Anything that is not an IP address is refused (a name must be resolved first)."""
     if networks is None:
         return True
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    ip = as_ip(address)
+    if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     return any(ip.version == net.version and ip in net for net in networks)
 
 
