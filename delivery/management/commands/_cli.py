@@ -1,6 +1,7 @@
 """What the queue commands share: argument types (a destination domain, a MID), the terminal confirmation, a
 plural, and `SelectionCommand`, the recipient selection of `bouncerecipients`, `deleterecipients`,
-`holdrecipients` and `releaserecipients`. (Django loads no command from a module whose name starts with "_".)"""
+`holdrecipients` and `releaserecipients` (these two through
+`HeldCommand`). (Django loads no command from a module whose name starts with "_".)"""
 
 from __future__ import annotations
 
@@ -109,3 +110,22 @@ class SelectionCommand(BaseCommand):
             return
         count = self.act(chosen)
         self.stdout.write(f"{plural(count, 'recipient')} {self.done}." if count else self.nothing)
+
+
+class HeldCommand(SelectionCommand):
+    """`holdrecipients` (`hold = True`) and `releaserecipients` (`hold = False`): of the chosen recipients, those
+    not in that state yet change their held flag."""
+
+    hold = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.verb, self.done = ("hold", "held") if self.hold else ("release", "released")
+        self.nothing = f"No recipients {self.done}."
+
+    def narrow(self, recipients: QuerySet[Recipient]) -> QuerySet[Recipient]:
+        return recipients.filter(held=not self.hold)
+
+    def act(self, recipients: QuerySet[Recipient]) -> int:
+        apply = actions.hold_recipients if self.hold else actions.release_recipients
+        return apply(recipients, actor=audit.cli_actor())

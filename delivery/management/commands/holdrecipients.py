@@ -9,25 +9,12 @@ action as `cli:<unix user>`. `--dry-run` only counts.
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from delivery.management.commands import _cli
-from delivery.models import Recipient
-from delivery.spool import actions
-from routes import audit
 
 
-class Command(_cli.SelectionCommand):
+class Command(_cli.HeldCommand):
     help = (
         "Put queued recipients on hold (kept queued, never tried nor expired, until releaserecipients), chosen "
         "by --mid, --domain, --sender, or --all; like Postfix's postsuper -h."
     )
-    verb = "hold"
-    done = "held"
-    nothing = "No recipients held."
-
-    def narrow(self, recipients: QuerySet[Recipient]) -> QuerySet[Recipient]:
-        return recipients.filter(held=False)
-
-    def act(self, recipients: QuerySet[Recipient]) -> int:
-        return actions.hold_recipients(recipients, actor=audit.cli_actor())
+    hold = True

@@ -10,22 +10,9 @@ lifetime ran out while held bounces (5.4.7) at that pass. Each message concerned
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from delivery.management.commands import _cli
-from delivery.models import Recipient
-from delivery.spool import actions
-from routes import audit
 
 
-class Command(_cli.SelectionCommand):
+class Command(_cli.HeldCommand):
     help = "Release held recipients (due now), chosen by --mid, --domain, --sender, or --all; like postsuper -H."
-    verb = "release"
-    done = "released"
-    nothing = "No recipients released."
-
-    def narrow(self, recipients: QuerySet[Recipient]) -> QuerySet[Recipient]:
-        return recipients.filter(held=True)
-
-    def act(self, recipients: QuerySet[Recipient]) -> int:
-        return actions.release_recipients(recipients, actor=audit.cli_actor())
+    hold = False
