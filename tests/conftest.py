@@ -64,6 +64,16 @@ def _no_dns_off_the_machine(settings: Any, refusing_dns_server: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_route_table() -> None:
+    """Each test reads its own route table: the process keeps the last one for ESAROUTES_ROUTE_REFRESH seconds
+    without asking the database, so a test that writes routes through the ORM (no version bump) could otherwise
+    see the table of the test before it (the route tester then found no host for carol's probe: 200, not 403)."""
+    from routes import snapshot
+
+    snapshot.invalidate()
+
+
+@pytest.fixture(autouse=True)
 def _connect_to_loopback_only(settings: Any) -> None:
     """Every outgoing connection (delivery, the route probe, webhooks) may go to loopback only."""
     from esaroutes import egress
