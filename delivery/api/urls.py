@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.api import hosts, queue, tracking, views
+from delivery.api import audit, hosts, queue, tracking, views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
@@ -17,6 +17,7 @@ urlpatterns = [
     path("hosts/", hosts.HostList.as_view(), name="host-list"),
     path("domains/<str:domain>/", hosts.DomainStatus.as_view(), name="domain-status"),
     path("log/", views.MailLog.as_view(), name="maillog"),
+    path("audit/", audit.AuditLog.as_view(), name="audit-list"),
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
     path("webhooks/<int:pk>/attempts/", views.WebhookAttempts.as_view(), name="webhook-attempts"),

@@ -142,6 +142,11 @@ class AuditFilterForm(forms.Form):
     action = forms.CharField(required=False, max_length=16)
     object_type = forms.CharField(required=False, max_length=64)
 
+    def search_kwargs(self) -> dict[str, str]:
+        """`selectors.audit_entries`' arguments, for the page and the API alike."""
+        d = self.cleaned_data
+        return {"q": d.get("q") or "", "action": d.get("action") or "", "object_type": d.get("object_type") or ""}
+
 
 class QueueActionForm(forms.Form):
     """What a queue action (deliver now, bounce, delete) applies to: one message, one destination domain, the

@@ -28,8 +28,8 @@ from delivery import engine
 from delivery.models import DeliveryAttempt, DeliverySuspension, HostStatus, MailLogLine, Message, Recipient
 from delivery.monitor import counters as count
 from delivery.outbound import hosts
-from routes import matching
-from routes.models import Route
+from routes import audit, domains, matching
+from routes.models import AuditEntry, Route
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -750,3 +750,27 @@ class FirstSteps:
 
 def first_steps() -> FirstSteps:
     return FirstSteps(has_route=Route.objects.exists(), has_message=Message.objects.exists())
+
+
+# --- the audit log ----------------------------------------------------------------------------------------------
+
+
+def audit_entries(*, q: str = "", action: str = "", object_type: str = "") -> QuerySet[AuditEntry]:
+    """The audit page's rows and the API's (unordered: the page sorts by time, the API pages by id).
+
+    `q` matches the object or the user; a Unicode domain (`bücher.example`) also matches its stored IDNA form.
+    `object_type` "route" is the route changes: a route's and the whole table's (import, clear)."""
+    rows = AuditEntry.objects.all()
+    if q:
+        match = Q(object_repr__icontains=q) | Q(actor_name__icontains=q)
+        if not q.isascii():
+            with contextlib.suppress(ValueError, UnicodeError):
+                match |= Q(object_repr__icontains=domains.to_ascii_name(q.lower().strip(".")))
+        rows = rows.filter(match)
+    if action:
+        rows = rows.filter(action=action)
+    if object_type == "route":
+        rows = rows.filter(object_type__in=audit.ROUTE_OBJECTS)
+    elif object_type:
+        rows = rows.filter(object_type=object_type)
+    return rows

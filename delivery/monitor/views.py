@@ -8,7 +8,6 @@ Regions htmx refreshes are partials named like their root element's id.
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.cache import cache
 from django.core.paginator import Paginator
-from django.db.models import Q
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -33,7 +31,7 @@ from delivery.monitor import forms, selectors
 from delivery.spool import actions
 from esaroutes import htmx, permissions, tasks
 from esaroutes.types import AuthedHtmxRequest
-from routes import audit, domains
+from routes import domains
 from routes.models import AuditEntry
 
 PER_PAGE = 50
@@ -298,20 +296,7 @@ def audit_list(request: AuthedHtmxRequest) -> HttpResponse:
     if not form.is_valid():
         ctx = {"form": form, "actions": AuditEntry.Action.choices, "object_types": _audit_object_types()}
         return _refused(request, "audit/audit_list.html", "audit-table", ctx)
-    qs = AuditEntry.objects.all()
-    q = form.cleaned_data.get("q") or ""
-    if q:
-        match = Q(object_repr__icontains=q) | Q(actor_name__icontains=q)
-        if not q.isascii():
-            with contextlib.suppress(ValueError, UnicodeError):
-                match |= Q(object_repr__icontains=domains.to_ascii_name(q.lower().strip(".")))
-        qs = qs.filter(match)
-    if form.cleaned_data.get("action"):
-        qs = qs.filter(action=form.cleaned_data["action"])
-    if form.cleaned_data.get("object_type") == "route":  # the route changes: a route's and the whole table's
-        qs = qs.filter(object_type__in=audit.ROUTE_OBJECTS)
-    elif form.cleaned_data.get("object_type"):
-        qs = qs.filter(object_type=form.cleaned_data["object_type"])
+    qs = selectors.audit_entries(**form.search_kwargs())
     page = Paginator(qs.order_by("-at", "-id"), PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)

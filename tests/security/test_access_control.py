@@ -171,6 +171,7 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
         CHANGERS,
     ),
     ("api:maillog", "GET", None, EVERYONE),
+    ("api:audit-list", "GET", None, VIEWERS),
     ("api:message-list", "GET", None, EVERYONE),
     ("api:message-detail", "GET", None, EVERYONE),
     ("api:message-raw", "GET", None, {A}),
