@@ -182,13 +182,23 @@ def _human_part(
     blocks = ["\r\n".join(textwrap.wrap(p, 76)) for p in para]
     for r in recipients:
         status = _status(r.status)
-        lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}"]
-        lines += textwrap.wrap(_explain(status), 72, initial_indent="    ", subsequent_indent="    ")
-        lines += _technical_details(r, status)
-        blocks.append("\r\n".join(lines))
+        explained = textwrap.wrap(_explain(status), 72, initial_indent="    ", subsequent_indent="    ")
+        blocks.append(_recipient_block(r, status, explained))
     attached = "Your original message is" if whole else "The headers of your original message are"
     advice = f"Check the address for typing mistakes, or contact the recipient another way. {attached} attached."
     blocks.append("\r\n".join(textwrap.wrap(advice, 76)))
+    return _text_part(blocks)
+
+
+def _recipient_block(r: BouncedRecipient, status: str, explained: Sequence[str] = ()) -> str:
+    """One recipient in a human-readable DSN part: the address, `explained`, then the technical details."""
+    lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}", *explained]
+    lines += _technical_details(r, status)
+    return "\r\n".join(lines)
+
+
+def _text_part(blocks: Sequence[str]) -> bytes:
+    """The human-readable MIME part of a DSN: the blocks as paragraphs, 7-bit safe."""
     text = "\r\n\r\n".join(blocks) + "\r\n"
     part = EmailMessage(policy=email.policy.SMTP)
     part.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")  # 7-bit safe
@@ -220,17 +230,9 @@ def _delay_part(
         ),
     ]
     blocks = ["\r\n".join(textwrap.wrap(p, 76)) for p in para]
-    for r in recipients:
-        status = _delay_status(r.status)
-        lines = [f"  {_one_line(r.address, ascii_only=False) or '(no address)'}"]
-        lines += _technical_details(r, status)
-        blocks.append("\r\n".join(lines))
+    blocks += [_recipient_block(r, _delay_status(r.status)) for r in recipients]
     blocks.append("The headers of your original message are attached.")
-    text = "\r\n\r\n".join(blocks) + "\r\n"
-    part = EmailMessage(policy=email.policy.SMTP)
-    part.set_content(text, charset="utf-8", cte=None if text.isascii() else "quoted-printable")
-    del part["MIME-Version"]
-    return part.as_bytes()
+    return _text_part(blocks)
 
 
 def _report_part(
