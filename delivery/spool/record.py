@@ -341,6 +341,29 @@ def _reported(pairs: list[tuple[Recipient, outcome.Final]], now: datetime) -> li
     ]
 
 
+def _notice(
+    message: Message,
+    original: bytes,
+    pairs: list[tuple[Recipient, outcome.Final]],
+    now: datetime,
+    subject: str,
+    will_retry_until: datetime | None = None,
+) -> intake.Incoming:
+    """The DSN (a bounce, or with `will_retry_until` a delay warning) to `message`'s envelope sender, from `<>`."""
+    data = dsn.build_dsn(
+        original=original,
+        sender=message.sender,
+        recipients=_reported(pairs, now),
+        reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
+        arrival=message.received_at,
+        now=now,
+        mid=message.pk,
+        will_retry_until=will_retry_until,
+    )
+    sender_domain = matching.recipient_domain(message.sender) or ""
+    return intake.Incoming(icid=0, sender="", recipients=((message.sender, sender_domain),), data=data, subject=subject)
+
+
 def _generate_bounces(
     bounced: dict[int, list[tuple[Recipient, outcome.Final]]],
     profiles: dict[int | None, BounceProfile],
@@ -360,25 +383,8 @@ def _generate_bounces(
             continue
         if not any(plan.profile_of(table, r.domain, profiles, message.sender).send_bounces for r, _ in pairs):
             continue
-        sender_domain = matching.recipient_domain(message.sender) or ""
-        data = dsn.build_dsn(
-            original=bytes(bodies.get(mid, b"")),
-            sender=message.sender,
-            recipients=_reported(pairs, now),
-            reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
-            arrival=message.received_at,
-            now=now,
-            mid=mid,
-        )
-        incoming.append(
-            intake.Incoming(
-                icid=0,
-                sender="",
-                recipients=((message.sender, sender_domain),),
-                data=data,
-                subject="Delivery Status Notification (Failure)",
-            )
-        )
+        original = bytes(bodies.get(mid, b""))
+        incoming.append(_notice(message, original, pairs, now, "Delivery Status Notification (Failure)"))
         origins.append(mid)
     if not incoming:
         return []
@@ -426,22 +432,8 @@ def _generate_delay_warnings(
         ):
             continue
         body = MessageBody.objects.filter(message_id=mid).values_list("data", flat=True).first()
-        data = dsn.build_dsn(
-            original=bytes(body or b""),
-            sender=message.sender,
-            recipients=_reported(pairs, now),
-            reporting_mta=settings.ESAROUTES_DELIVERY_EHLO,
-            arrival=message.received_at,
-            now=now,
-            mid=mid,
-            will_retry_until=message.received_at + timedelta(seconds=profile.max_queue_lifetime),
-        )
-        sender_domain = matching.recipient_domain(message.sender) or ""
-        incoming.append(
-            intake.Incoming(
-                icid=0, sender="", recipients=((message.sender, sender_domain),), data=data, subject=dsn.DELAY_SUBJECT
-            )
-        )
+        until = message.received_at + timedelta(seconds=profile.max_queue_lifetime)
+        incoming.append(_notice(message, bytes(body or b""), pairs, now, dsn.DELAY_SUBJECT, will_retry_until=until))
         origins.append(mid)
     if not incoming:
         return []
