@@ -119,6 +119,8 @@ class Final:
     dsn_status: str = ""
     attempt: bool = True  # counts as a delivery attempt (False for a local decision: expiry, /dev/null, admin)
     until: datetime | None = None  # THROTTLED: when the recipient is due again
+    # THROTTLED for a connection slot: (its counting key, the key's limit); a slot of it freed wakes it sooner
+    slot_wait: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ Every worker process on every machine counts against the same figures, per count
 * a **wanted** mark per key (`want`), left by a runner refused a slot and expiring by itself after WANT_TTL
   seconds: every runner's reaper closes its idle pooled connections of a wanted key at once (`wanted`), so a
   slot held by a connection sending nothing goes to the one with mail waiting;
+* a **waiting** list per key (`wait`): the MIDs whose recipients were held back for a slot of it; the runner
+  that gives a slot of the key back takes them (`take_waiting`) and has them made due at once;
 * an **episode** flag per key and kind, so that the `Maximum outbound connections N reached` and `throttled
   by recipient limit` lines are written once when a limit starts holding mail back, not once per recipient.
 
@@ -84,8 +86,16 @@ def _wanted_key(key: str) -> str:
     return f"esaroutes:wanted:{key}"
 
 
+def _waiting_key(key: str) -> str:
+    return f"esaroutes:waiting:{key}"
+
+
 #: On the database, a wanted mark is a ConnectionSlot row under this prefix (a counting key never starts so).
 _WANTED_PREFIX = "wanted:"
+#: ... and a waiting MID one under this prefix, its holder the MID.
+_WAITING_PREFIX = "waiting:"
+#: Seconds a waiting MID is remembered (its recipients' SLOT_RETRY makes them due anyway).
+WAITING_TTL = 3600
 
 
 def _episode_key(key: str, kind: str) -> str:
@@ -209,6 +219,43 @@ def wanted(keys: Iterable[str], *, now: datetime | None = None) -> set[str]:
         return {k for k, v in zip(keys, found, strict=True) if v is not None}
     rows = ConnectionSlot.objects.filter(key__in=[_WANTED_PREFIX + k for k in keys], expires_at__gt=now)
     return {k.removeprefix(_WANTED_PREFIX) for k in rows.values_list("key", flat=True)}
+
+
+def wait(key: str, mids: Iterable[int], *, now: datetime | None = None) -> None:
+    """Remember that recipients of `mids` wait for a connection slot of `key` (`take_waiting` wakes them)."""
+    mids = sorted(set(mids))
+    if not mids:
+        return
+    now = now or timezone.now()
+    client = _redis()
+    if client is not None:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.sadd(_waiting_key(key), *mids)
+            pipe.expire(_waiting_key(key), WAITING_TTL)
+            pipe.execute()
+        return
+    until = now + timedelta(seconds=WAITING_TTL)
+    rows = [ConnectionSlot(key=_WAITING_PREFIX + key, holder=str(mid), expires_at=until) for mid in mids]
+    ConnectionSlot.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["key", "holder"], update_fields=["expires_at"]
+    )
+
+
+def take_waiting(key: str, *, now: datetime | None = None) -> list[int]:
+    """The MIDs waiting for a slot of `key` (a slot of it was just given back), forgotten as they are taken."""
+    client = _redis()
+    if client is not None:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.smembers(_waiting_key(key))
+            pipe.delete(_waiting_key(key))
+            members, _ = pipe.execute()
+        return sorted(int(m) for m in members)
+    now = now or timezone.now()
+    with transaction.atomic():
+        rows = ConnectionSlot.objects.select_for_update().filter(key=_WAITING_PREFIX + key)
+        found = [(pk, holder, at) for pk, holder, at in rows.values_list("pk", "holder", "expires_at")]
+        ConnectionSlot.objects.filter(pk__in=[pk for pk, _, _ in found]).delete()
+    return sorted(int(holder) for _, holder, at in found if at > now)
 
 
 # --- the recipient window -----------------------------------------------------------------------------------
@@ -365,10 +412,11 @@ def end_episode(key: str, kind: str) -> bool:
 
 
 def flush() -> None:
-    """Forget every slot, wanted mark, charge and episode (tests; an operator's reset)."""
+    """Forget every slot, wanted mark, waiting MID, charge and episode (tests; an operator's reset)."""
     client = _redis()
     if client is not None:
-        for pattern in ("esaroutes:slots:*", "esaroutes:rcpts:*", "esaroutes:episode:*", "esaroutes:wanted:*"):
+        kinds = ("slots", "rcpts", "episode", "wanted", "waiting")
+        for pattern in (f"esaroutes:{kind}:*" for kind in kinds):
             names = list(client.scan_iter(pattern))
             if names:
                 client.delete(*names)

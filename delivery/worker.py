@@ -30,9 +30,10 @@ from django.conf import settings
 from django.db import OperationalError, connections
 from django.utils import timezone
 
-from delivery import outcome
+from delivery import engine, outcome, slots
+from delivery.models import Recipient
 from delivery.outbound import hosts, runner
-from delivery.spool import journal, lease, plan, record
+from delivery.spool import doorbell, journal, lease, plan, record
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +301,10 @@ class Recorder:
                 lease.release(f.token, now=timezone.now(), mids=mids)
             except Exception:
                 logger.warning("releasing messages of batch %s failed; the batch's end does it", f.token, exc_info=True)
+        try:
+            wait_for_slots([final for _, r in reports for final in r.finals])
+        except Exception:  # they are due again after runner.SLOT_RETRY anyway
+            logger.warning("could not note the recipients waiting for a connection slot", exc_info=True)
 
     def _finish(self, flight: _Flight) -> None:
         """The runner is through with the batch: after a failure of its own, postpone what is unfinished; then
@@ -406,3 +411,35 @@ def _record(reports: list[outcome.Report], attempts: int = 5) -> list[int]:
             )
             return record.record_apart(reports)
     raise AssertionError("unreachable")
+
+
+# --- waking what waits for a connection slot ----------------------------------------------------------------
+
+
+def wait_for_slots(finals: Sequence[outcome.Final]) -> None:
+    """Recorded and given back: the recipients held back for a connection slot wait in `slots` for the next
+    slot of their key given back (`wake`). One given back before they were noted wakes them now."""
+    waiting: dict[tuple[str, int], set[int]] = {}
+    for final in finals:
+        if final.slot_wait is not None:
+            waiting.setdefault(final.slot_wait, set()).add(final.mid)
+    for (key, limit), mids in waiting.items():
+        slots.wait(key, mids)
+        if engine.connections_allowed(limit, slots.in_use(key)) > 0:
+            wake(key, slots.take_waiting(key))
+
+
+def wake(key: str, mids: Sequence[int]) -> None:
+    """A connection slot of `key` was given back: the recipients of `mids` held back for one are due now, and
+    the doorbell rings for them (their SLOT_RETRY is only the safety net)."""
+    if not mids:
+        return
+    domain = key.partition("|")[0]
+    now = timezone.now()
+    rows = Recipient.objects.filter(
+        message_id__in=list(mids), domain__in=[domain, f"[{domain}]"], held=False, next_attempt_at__gt=now
+    )
+    doorbell.ring_many(lease.make_due(rows, now))
+
+
+runner.on_slot_freed(wake)

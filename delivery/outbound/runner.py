@@ -95,6 +95,7 @@ class _Throttled:
 
     until: datetime
     lines: list[maillog.lines.Line] = field(default_factory=list)
+    slot_wait: tuple[str, int] | None = None  # refused a connection slot: (counting key, limit)
 
 
 @dataclass(slots=True)
@@ -354,7 +355,16 @@ class Runner:
         for job, rcpts in held:
             for r in rcpts:
                 report.finals.append(
-                    outcome.Final(job.mid, r.rid, outcome.THROTTLED, None, "", attempt=False, until=throttled.until)
+                    outcome.Final(
+                        job.mid,
+                        r.rid,
+                        outcome.THROTTLED,
+                        None,
+                        "",
+                        attempt=False,
+                        until=throttled.until,
+                        slot_wait=throttled.slot_wait,
+                    )
                 )
         report.lines[:0] = carry.lines
         report.attempts[:0] = carry.attempts
@@ -533,7 +543,8 @@ class Runner:
                 logger.warning("connection limit of %s not applied: the counters are unavailable", key, exc_info=True)
                 taken, lines, slot = True, [], None
             if not taken:
-                return _Throttled(timezone.now() + timedelta(seconds=SLOT_RETRY), lines)
+                until = timezone.now() + timedelta(seconds=SLOT_RETRY)
+                return _Throttled(until, lines, (key, group.limits.max_connections))
             if slot is not None:
                 self._slots.add(slot)
         try:
@@ -768,9 +779,24 @@ def _wanted(keys: set[str]) -> set[str]:
     return slots.wanted(keys)
 
 
+#: Called (on the runner's executor thread) with the counting key of every connection slot given back, when
+#: recipients were held back for a slot of it (`slots.take_waiting`): the worker makes them due and rings.
+_slot_freed: Callable[[str, list[int]], None] | None = None
+
+
+def on_slot_freed(callback: Callable[[str, list[int]], None]) -> None:
+    """Register what wakes the recipients held back for a slot of a key when one is given back."""
+    global _slot_freed
+    _slot_freed = callback
+
+
 def _free_slot(slot: Slot) -> None:
     close_old_connections()
     slots.release(*slot)
+    if _slot_freed is not None:
+        mids = slots.take_waiting(slot[0])
+        if mids:
+            _slot_freed(slot[0], mids)
 
 
 def _refresh_slots(held: list[Slot], pending: list[slots.Charge]) -> None:

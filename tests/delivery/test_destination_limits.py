@@ -82,6 +82,21 @@ def test_max_connections_2_is_never_passed_by_several_workers(peers):
     assert len(reached) < 40  # once per episode, not once per recipient
 
 
+def test_a_slot_given_back_wakes_the_mail_held_back_for_it_without_waiting_for_the_retry(peers, monkeypatch):
+    """SLOT_RETRY far beyond the test's deadline: only the wake-up on release can send the backlog."""
+    monkeypatch.setattr(runner, "SLOT_RETRY", 300.0)
+    peer = peers.start(data_delay=0.2)  # the workers' sessions overlap: most of them are refused the slot
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", max_connections=1, max_messages_per_connection=1)
+    mids = [queue_message(f"u{i}@dest.test") for i in range(12)]
+    deliver_everything(workers=3, timeout=120)
+    assert len(peer.messages) == 12
+    assert peer.peak_sessions <= 1
+    assert Recipient.objects.filter(message_id__in=mids, state=Recipient.State.DELIVERED).count() == 12
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert grep(r"^Maximum outbound connections 1 reached for dest\.test$", log()), "nothing was held back"
+
+
 def test_the_slots_of_a_dead_worker_come_back_and_the_backlog_completes(peers):
     peer = peers.start()
     make_route("dest.test", f"{peer.host}:{peer.port}")

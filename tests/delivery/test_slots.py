@@ -148,3 +148,14 @@ def test_a_wanted_mark_is_seen_until_a_slot_of_its_key_is_taken() -> None:
     assert slots.in_use("w.test") == 0  # a mark is no slot
     slots.unwant("w.test")
     assert slots.wanted(["w.test"]) == set()
+
+
+@pytest.mark.usefixtures("clean_slots")
+def test_waiting_mids_are_taken_once_by_the_next_release_of_their_key() -> None:
+    slots.wait("w.test", [3, 1, 3])
+    slots.wait("w.test", [2])
+    slots.wait("x.test", [9])
+    assert slots.in_use("w.test") == 0  # waiting is no slot
+    assert slots.take_waiting("w.test") == [1, 2, 3]
+    assert slots.take_waiting("w.test") == []  # taken: the next release finds nobody waiting
+    assert slots.take_waiting("x.test") == [9]
