@@ -10,8 +10,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.http import HttpResponse, HttpResponseRedirect, QueryDict
+from django.shortcuts import redirect
 from django.shortcuts import render as django_render
+from django.urls import reverse
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from esaroutes.types import HtmxRequest
 
@@ -31,6 +34,12 @@ def render(
 ) -> HttpResponse:
     """Render the partial or the page (see `partial_or_page`)."""
     return django_render(request, partial_or_page(request, page, partial), context, status=status)
+
+
+def go_to(request: HtmxRequest, url_name: str) -> HttpResponse:
+    """After a save, the page `url_name`: htmx is told to load it whole (HX-Redirect), a plain form post redirected."""
+    url = reverse(url_name)
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 def without_empty_params(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

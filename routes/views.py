@@ -27,7 +27,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect
 
 from delivery import resolve
 from delivery.listener import sendtest
@@ -190,8 +189,7 @@ def _save(request: AuthedHtmxRequest, editor: forms.RouteEditor, route: Route | 
         except services.RouteInvalid as exc:
             editor.apply_problems(exc.problems)
         else:
-            url = reverse("routes:route-list")
-            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+            return htmx.go_to(request, "routes:route-list")
     return render(request, template, context, status=422)
 
 
@@ -418,8 +416,7 @@ def routes_import(request: AuthedHtmxRequest) -> HttpResponse:
             f"Imported ({mode}): {len(summary.added)} added, {len(summary.changed)} changed, "
             f"{len(summary.removed)} removed, {summary.unchanged} unchanged.",
         )
-        url = reverse("routes:route-list")
-        return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+        return htmx.go_to(request, "routes:route-list")
     upload = request.FILES.get("file")
     if upload is None:
         return render(request, template, {"mode": mode, "errors": ["Choose a routes file to upload."]}, status=422)
@@ -545,8 +542,7 @@ def _save_destination(request: AuthedHtmxRequest, form: forms.DestinationForm) -
         except services.DestinationInvalid as exc:
             form.apply_problems(exc.problems)
         else:
-            url = reverse("routes:destination-list")
-            return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+            return htmx.go_to(request, "routes:destination-list")
     return render(request, template, context, status=422)
 
 
