@@ -4,7 +4,8 @@ The queue's state is changed only by `delivery.spool` (one transaction, state + 
 admin shows messages, recipients, attempts, hosts and log lines read-only, and its actions call the same
 functions as the operator pages and commands (`delivery.spool.actions`: deliver now, bounce, delete, mark host
 up, suspend and resume delivery), for those who hold the capability (`queue.change`, `hosts.change`); bounce and
-delete ask for confirmation first. Bounce profiles are plain configuration and editable.
+delete ask for confirmation first. Bounce profiles are editable, through `delivery.bounce_profiles` (audited, as
+the API's changes are).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from delivery import bounce_profiles
 from delivery.models import (
     BounceProfile,
     DeliveryAttempt,
@@ -145,6 +147,23 @@ class BounceProfileAdmin(admin.ModelAdmin[BounceProfile]):
         if obj is not None and obj.name == BounceProfile.DEFAULT_NAME:
             return False
         return super().has_delete_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: BounceProfile, form: Any, change: bool) -> None:
+        values = {name: getattr(obj, name) for name in bounce_profiles.FIELDS}  # the form's, already checked
+        if change:
+            saved = bounce_profiles.update(profile_id=obj.pk, changes=values, actor=request.user)
+        else:
+            saved = bounce_profiles.create(values=values, actor=request.user)
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: BounceProfile) -> None:
+        bounce_profiles.delete(profile_id=obj.pk, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[BounceProfile]) -> None:
+        if queryset.filter(name=BounceProfile.DEFAULT_NAME).exists():
+            self.message_user(request, bounce_profiles.DEFAULT_PROTECTED, messages.WARNING)
+        for pk in queryset.exclude(name=BounceProfile.DEFAULT_NAME).values_list("pk", flat=True):
+            bounce_profiles.delete(profile_id=pk, actor=request.user)
 
 
 class RecipientInline(ReadOnlyInline):

@@ -37,6 +37,8 @@ In a template (the context processor `esaroutes.permissions.capabilities` is ins
 | destinations.change | Administrator, Operator                      | routes.change_destinationcontrol    |
 | access.view      | Administrator, Operator, Read-only             | routes.view_recipientaccessrule     |
 | access.change    | Administrator, Operator                        | routes.change_recipientaccessrule   |
+| bounceprofiles.view | Administrator, Operator, Read-only          | delivery.view_bounceprofile         |
+| bounceprofiles.change | Administrator, Operator                   | delivery.change_bounceprofile       |
 | audit.view       | Administrator, Operator, Read-only             | routes.view_auditentry              |
 | users.change     | Administrator                                  | auth.change_user                    |
 | webhooks.view    | Administrator                                  | webhooks.view_webhook               |
@@ -68,6 +70,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "destinations.change": ("routes.change_destinationcontrol",),
     "access.view": ("routes.view_recipientaccessrule",),
     "access.change": ("routes.change_recipientaccessrule",),
+    "bounceprofiles.view": ("delivery.view_bounceprofile",),
+    "bounceprofiles.change": ("delivery.change_bounceprofile",),
     "audit.view": ("routes.view_auditentry",),
     "users.change": ("auth.change_user",),
     "webhooks.view": ("webhooks.view_webhook",),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from delivery.api import audit, hosts, queue, tracking, views
+from delivery.api import audit, bounce_profiles, hosts, queue, tracking, views
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
@@ -21,4 +21,6 @@ urlpatterns = [
     path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
     path("webhooks/<int:pk>/attempts/", views.WebhookAttempts.as_view(), name="webhook-attempts"),
+    path("bounce-profiles/", bounce_profiles.BounceProfileList.as_view(), name="bounce-profile-list"),
+    path("bounce-profiles/<int:pk>/", bounce_profiles.BounceProfileDetail.as_view(), name="bounce-profile-detail"),
 ]

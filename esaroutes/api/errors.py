@@ -7,13 +7,14 @@
 `errors` is there for validation failures only: one entry per message, `field` a dotted path into the request
 body (`hosts.1.port`) or a query parameter's name, `null` for a problem of the request as a whole. Raise DRF's
 `ValidationError({"field": ["message"]})` (or `invalid(field, message)`) from a view and this handler shapes it.
-Statuses of our own: 412 (If-Match names another version), 413 (body over the endpoint's limit) and 428 (a write
-without If-Match); 401 carries `WWW-Authenticate: Bearer`, 429 carries `Retry-After`.
+Statuses of our own: 409 (`Conflict`: the Default entry kept, a profile still in use), 412 (If-Match names
+another version), 413 (body over the endpoint's limit) and 428 (a write without If-Match); 401 carries
+`WWW-Authenticate: Bearer`, 429 carries `Retry-After`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
 
@@ -44,6 +45,14 @@ class PreconditionRequired(exceptions.APIException):
     default_code = "precondition_required"
 
 
+class Conflict(exceptions.APIException):
+    """409: the object cannot be changed that way as things stand (the Default entry, a profile routes use)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "this conflicts with the current state"
+    default_code = "conflict"
+
+
 class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "the request body is too large"
@@ -53,6 +62,14 @@ class PayloadTooLarge(exceptions.APIException):
 def invalid(field: str | None, message: str) -> exceptions.ValidationError:
     """A validation error at one field (None: the request as a whole), to raise."""
     return exceptions.ValidationError({field or "non_field_errors": [message]})
+
+
+def in_use(what: str, users: Iterable[object], *, shown: int = 10) -> Conflict:
+    """The 409 of deleting what others still use (`ProtectedError.protected_objects`), naming the first of them."""
+    names = sorted(str(user) for user in users)
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    routes = "route uses" if len(names) == 1 else "routes use"
+    return Conflict(f"{len(names)} {routes} this {what} ({listed}): give them another one first")
 
 
 def field_errors(detail: Any, path: str = "") -> Iterator[dict[str, Any]]:

@@ -11,22 +11,16 @@ from typing import Any, cast
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import exceptions, serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from delivery.models import BounceProfile
-from esaroutes.api import views
+from esaroutes.api import errors, views
 from routes import destinations, services
 from routes.models import DefaultDestinationProtected, DestinationControl
 
 INT_MAX = 2**31 - 1  # what the database's integer columns hold; the range rules are the services'
-
-
-class DestinationConflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = destinations.DEFAULT_PROTECTED
-    default_code = "conflict"
 
 
 class DestinationControlSerializer(serializers.Serializer[DestinationControl]):
@@ -139,4 +133,4 @@ class DestinationDetail(views.ObjectView):
         try:
             services.delete_destination(destination_id=obj.pk, actor=views.actor(request))
         except DefaultDestinationProtected as exc:
-            raise DestinationConflict(str(exc)) from None
+            raise errors.Conflict(str(exc)) from None

@@ -17,7 +17,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
 from delivery.listener import sendtest
-from delivery.models import HostStatus, MailLogLine, Message, Recipient
+from delivery.models import BounceProfile, HostStatus, MailLogLine, Message, Recipient
 from delivery.webhooks.models import Webhook
 from esaroutes import apitokens
 from esaroutes.models import ApiToken
@@ -186,6 +186,11 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:webhook-detail", "PATCH", _post(enabled=False), {A}),
     ("api:webhook-detail", "DELETE", None, {A}),
     ("api:webhook-attempts", "GET", None, {A}),
+    ("api:bounce-profile-list", "GET", None, VIEWERS),
+    ("api:bounce-profile-list", "POST", _post(name="api-made"), CHANGERS),
+    ("api:bounce-profile-detail", "GET", None, VIEWERS),
+    ("api:bounce-profile-detail", "PATCH", _post(max_retries=3), CHANGERS),
+    ("api:bounce-profile-detail", "DELETE", None, CHANGERS),
 ]
 POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
 
@@ -221,6 +226,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
         "smtpuser": SmtpUser.objects.create(username="app", password=make_password("x" * 20)).pk,
         "token": apitokens.create(user=alice, name="alices", read_only=False, expires_days=None, actor="test").token.pk,
         "webhook": Webhook.objects.create(name="siem", url="http://127.0.0.1:9/x", events=["delivered"], secret="s").pk,
+        "bounceprofile": BounceProfile.objects.create(name="Short").pk,
     }
 
 
@@ -250,6 +256,7 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "api:access-rat-detail": {"pk": world["rat"]},
         "api:access-relay-detail": {"pk": world["relay"]},
         "api:access-user-detail": {"pk": world["smtpuser"]},
+        "api:bounce-profile-detail": {"pk": world["bounceprofile"]},
     }.get(name, {})
 
 
@@ -269,6 +276,7 @@ def state() -> tuple[Any, ...]:
         RelayNetwork.objects.count(),
         SmtpUser.objects.count(),
         list(Webhook.objects.order_by("pk").values_list("name", "url", "updated_at")),
+        list(BounceProfile.objects.order_by("pk").values_list("name", "max_retries")),
         Message.objects.count(),
         MailLogLine.objects.count(),
         ApiToken.objects.count(),

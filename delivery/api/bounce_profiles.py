@@ -1,0 +1,123 @@
+"""`/api/v1/bounce-profiles/`: retries, queue lifetime, DSNs and delay warnings, as Admin > Bounce profiles edits
+them, through `delivery.bounce_profiles` (the model's checks, the audit). `bounceprofiles.view` reads,
+`bounceprofiles.change` writes. The "Default" profile cannot be deleted (409) nor renamed (400 at `name`); a
+profile routes name cannot be deleted (409, naming them); destination controls naming a deleted one lose it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import ProtectedError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from delivery import bounce_profiles
+from delivery.models import BounceProfile
+from esaroutes.api import errors, views
+
+INT_MAX = 2**31 - 1  # what the integer columns hold; the rules within it are the model's
+
+
+def _model_field(name: str) -> Any:
+    return BounceProfile._meta.get_field(name)
+
+
+def _described(field: models.Field[Any, Any]) -> str:
+    label = str(field.verbose_name)
+    return f"{label[:1].upper()}{label[1:]}" + (f": {field.help_text}" if field.help_text else "")
+
+
+def _number(name: str) -> serializers.IntegerField:
+    field = _model_field(name)
+    return serializers.IntegerField(
+        min_value=0, max_value=INT_MAX, default=field.get_default(), help_text=_described(field)
+    )
+
+
+def _switch(name: str) -> serializers.BooleanField:
+    field = _model_field(name)
+    return serializers.BooleanField(default=field.get_default(), help_text=_described(field))
+
+
+class BounceProfileSerializer(serializers.Serializer[BounceProfile]):
+    """A bounce profile as it reads and as it is written (PUT: the model's defaults for the fields left out)."""
+
+    id = serializers.IntegerField(read_only=True)
+    is_default = serializers.SerializerMethodField()
+    name = serializers.CharField(max_length=64, help_text='Unique; "Default" is the profile of every route without one')
+    max_retries = _number("max_retries")
+    max_queue_lifetime = _number("max_queue_lifetime")
+    initial_retry = _number("initial_retry")
+    max_retry_timeout = _number("max_retry_timeout")
+    send_bounces = _switch("send_bounces")
+    send_warnings = _switch("send_warnings")
+    warning_interval = _number("warning_interval")
+    warning_max = _number("warning_max")
+    after_possible_delivery = serializers.ChoiceField(
+        choices=BounceProfile.AfterPossibleDelivery.choices,
+        default=BounceProfile.AfterPossibleDelivery.RESEND,
+        help_text=_described(_model_field("after_possible_delivery")),
+    )
+
+    def get_is_default(self, profile: BounceProfile) -> bool:
+        return profile.name == BounceProfile.DEFAULT_NAME
+
+
+def _saved(call: Callable[..., BounceProfile], **kwargs: Any) -> BounceProfile:
+    try:
+        return call(**kwargs)
+    except ValidationError as exc:
+        raise serializers.ValidationError(exc.message_dict) from None
+
+
+class BounceProfileList(views.ApiView):
+    read_capability = "bounceprofiles.view"
+    write_capability = "bounceprofiles.change"
+    serializer_class = BounceProfileSerializer
+
+    @extend_schema(responses=BounceProfileSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        rows = self.paginate_queryset(BounceProfile.objects.all())
+        return self.get_paginated_response(BounceProfileSerializer(cast(Any, rows), many=True).data)
+
+    @extend_schema(request=BounceProfileSerializer, responses={201: BounceProfileSerializer})
+    def post(self, request: Request) -> Response:
+        body = BounceProfileSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        profile = _saved(bounce_profiles.create, values=body.validated_data, actor=views.actor(request))
+        return views.created(request, BounceProfileSerializer(profile).data, profile.pk)
+
+
+@extend_schema_view(
+    delete=extend_schema(
+        responses={
+            204: None,
+            409: OpenApiResponse(description="The Default profile, or one that routes use, cannot be deleted"),
+        }
+    )
+)
+class BounceProfileDetail(views.ObjectView):
+    read_capability = "bounceprofiles.view"
+    write_capability = "bounceprofiles.change"
+    serializer_class = BounceProfileSerializer
+
+    def read(self, pk: int, *, lock: bool = False) -> BounceProfile:
+        return get_object_or_404(BounceProfile.objects.select_for_update() if lock else BounceProfile.objects, pk=pk)
+
+    def change(self, request: Request, obj: BounceProfile, data: dict[str, Any], *, partial: bool) -> None:
+        _saved(bounce_profiles.update, profile_id=obj.pk, changes=data, actor=views.actor(request))
+
+    def remove(self, request: Request, obj: BounceProfile) -> None:
+        try:
+            bounce_profiles.delete(profile_id=obj.pk, actor=views.actor(request))
+        except bounce_profiles.DefaultProfileProtected as exc:
+            raise errors.Conflict(str(exc)) from None
+        except ProtectedError as exc:
+            raise errors.in_use("bounce profile", exc.protected_objects) from None
