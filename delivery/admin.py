@@ -129,18 +129,7 @@ class ReadOnlyInline(admin.TabularInline[Any, Any]):
 class BounceProfileAdmin(admin.ModelAdmin[BounceProfile]):
     """The rules are `BounceProfile.clean()`'s (run by the admin's form); the "Default" profile cannot be deleted."""
 
-    list_display = (
-        "name",
-        "max_retries",
-        "max_queue_lifetime",
-        "initial_retry",
-        "max_retry_timeout",
-        "send_bounces",
-        "send_warnings",
-        "warning_interval",
-        "warning_max",
-        "after_possible_delivery",
-    )
+    list_display = bounce_profiles.FIELDS  # every setting, as the API answers them
     search_fields = ("name",)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
