@@ -35,17 +35,7 @@ from delivery.models import (
 from delivery.outbound import hosts
 from delivery.spool import actions
 from esaroutes import permissions
-
-
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+from esaroutes.admin import ReadOnlyAdmin, ViewOnly
 
 
 class QueueActionAdmin(ReadOnlyAdmin):
@@ -113,16 +103,10 @@ DELETE_EXPLAIN = "The active recipients leave the queue without a bounce: their 
 MAX_KICKS = 1000
 
 
-class ReadOnlyInline(admin.TabularInline[Any, Any]):
+class ReadOnlyInline(ViewOnly, admin.TabularInline[Any, Any]):
     extra = 0
     can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(BounceProfile)

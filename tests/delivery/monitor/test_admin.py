@@ -42,6 +42,9 @@ def test_message_admin_shows_log_lines_as_text_and_is_read_only(admin_client, me
     body = admin_client.get(f"/admin/delivery/message/{message.pk}/change/").content.decode()
     assert "<script>alert(1)</script>" not in body
     assert f"Start MID {message.pk}" in body
+    assert 'name="_save"' not in body  # the recipients and attempts inlines: shown, not editable nor deletable
+    assert 'name="recipients-0-address"' not in body and 'name="recipients-0-DELETE"' not in body
+    assert 'name="attempts-0-host"' not in body and 'name="attempts-0-DELETE"' not in body
     assert admin_client.post(f"/admin/delivery/message/{message.pk}/delete/").status_code == 403
     assert admin_client.get("/admin/delivery/maillogline/add/").status_code == 403
     assert MailLogLine.objects.exists()
