@@ -275,13 +275,17 @@ def recorded_without_details(mid: int, error: str) -> Line:
     )
 
 
-def generated_bounce(new_mid: int, mid: int) -> Line:
-    return Line(f"MID {new_mid} was generated for bounce of MID {mid}", mid=new_mid)
+#: The two notices generated here to a message's sender: its bounce, and a delay warning (its bounce profile's).
+BOUNCE = "bounce"
+DELAY_WARNING = "delay warning"
 
 
-def generated_delay_warning(new_mid: int, mid: int) -> Line:
-    """A delay warning to the sender of `mid` (its bounce profile sends them): shaped like the bounce's line."""
-    return Line(f"MID {new_mid} was generated for delay warning of MID {mid}", mid=new_mid)
+def generated(kind: str, new_mid: int, mid: int) -> Line:
+    """`MID 12 was generated for bounce of MID 9`, or `... for delay warning of MID 9` (`kind` is BOUNCE or
+    DELAY_WARNING): MID `new_mid` is that notice to the sender of MID `mid`."""
+    if kind not in (BOUNCE, DELAY_WARNING):
+        raise ValueError(f"not a generated notice: {kind!r}")
+    return Line(f"MID {new_mid} was generated for {kind} of MID {mid}", mid=new_mid)
 
 
 def deleted(mid: int, rids: Iterable[int]) -> Line:

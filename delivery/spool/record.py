@@ -386,12 +386,9 @@ def _generate_bounces(
         original = bytes(bodies.get(mid, b""))
         incoming.append(_notice(message, original, pairs, now, "Delivery Status Notification (Failure)"))
         origins.append(mid)
-    if not incoming:
-        return []
-    new_mids = intake.accept_many(incoming, now=now)
+    new_mids = _queue_notices(maillog.lines.BOUNCE, incoming, origins, now)
     for new_mid, mid in zip(new_mids, origins, strict=True):
         Message.objects.filter(pk=new_mid).update(bounce_of_id=mid)
-    maillog.writer.write([maillog.lines.generated_bounce(n, m) for n, m in zip(new_mids, origins, strict=True)], at=now)
     return new_mids
 
 
@@ -435,9 +432,14 @@ def _generate_delay_warnings(
         until = message.received_at + timedelta(seconds=profile.max_queue_lifetime)
         incoming.append(_notice(message, bytes(body or b""), pairs, now, dsn.DELAY_SUBJECT, will_retry_until=until))
         origins.append(mid)
-    if not incoming:
+    return _queue_notices(maillog.lines.DELAY_WARNING, incoming, origins, now)
+
+
+def _queue_notices(kind: str, notices: list[intake.Incoming], origins: list[int], now: datetime) -> list[int]:
+    """Queue the DSNs (`kind`: BOUNCE or DELAY_WARNING, `maillog.lines`) to the senders of the MIDs `origins`, each
+    logged as `MID n was generated for ... of MID m`; return their MIDs."""
+    if not notices:
         return []
-    new_mids = intake.accept_many(incoming, now=now)
-    lines = [maillog.lines.generated_delay_warning(n, m) for n, m in zip(new_mids, origins, strict=True)]
-    maillog.writer.write(lines, at=now)
+    new_mids = intake.accept_many(notices, now=now)
+    maillog.writer.write([maillog.lines.generated(kind, n, m) for n, m in zip(new_mids, origins, strict=True)], at=now)
     return new_mids

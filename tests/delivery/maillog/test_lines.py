@@ -152,7 +152,12 @@ def test_possible_delivery_and_close_lines():
 
 
 def test_operator_lines():
-    assert lines.generated_bounce(12, 9) == lines.Line("MID 12 was generated for bounce of MID 9", mid=12)
+    assert lines.generated(lines.BOUNCE, 12, 9) == lines.Line("MID 12 was generated for bounce of MID 9", mid=12)
+    assert lines.generated(lines.DELAY_WARNING, 13, 9) == lines.Line(
+        "MID 13 was generated for delay warning of MID 9", mid=13
+    )
+    with pytest.raises(ValueError, match="not a generated notice"):
+        lines.generated("Bounced", 12, 9)
     assert lines.deleted(9, [0, 2]).text == "Deleted: MID 9 to [0, 2]"
     assert lines.kicking("d.test") == lines.Line("Kicking destination d.test", domain="d.test")
     assert lines.recorded_without_details(9, "DataError").level == lines.WARNING
