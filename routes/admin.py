@@ -13,7 +13,7 @@ from typing import Any
 
 from django import forms as djforms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Field, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -33,13 +33,17 @@ def _actor(request: HttpRequest) -> audit.Actor:
 
 
 class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
-    priority = djforms.CharField(required=False, initial="0", max_length=20)
+    priority = forms.ParsedField(parse=domains.parse_priority, required=False, initial="0", max_length=20)
     destination = djforms.CharField(
         required=False, max_length=300, help_text="Host name, [host name] (A/AAAA only), IPv4 or IPv6"
     )
-    port = djforms.CharField(required=False, initial="25", max_length=20)
-    weight = djforms.CharField(
-        required=False, initial="1", max_length=20, help_text="1-100: its share of its priority's connections"
+    port = forms.ParsedField(parse=domains.parse_port, required=False, initial="25", max_length=20)
+    weight = forms.ParsedField(
+        parse=domains.parse_weight,
+        required=False,
+        initial="1",
+        max_length=20,
+        help_text="1-100: its share of its priority's connections",
     )
 
     class Meta:
@@ -51,15 +55,6 @@ class DestinationHostAdminForm(djforms.ModelForm[DestinationHost]):
         if self.instance.pk:
             spec = domains.HostSpec(self.instance.host, a_only=self.instance.a_only)
             self.initial["destination"] = f"[{spec.host}]" if spec.a_only else spec.host
-
-    def clean_priority(self) -> int:
-        return forms.parse_cell(domains.parse_priority, self.cleaned_data["priority"])
-
-    def clean_port(self) -> int:
-        return forms.parse_cell(domains.parse_port, self.cleaned_data["port"])
-
-    def clean_weight(self) -> int:
-        return forms.parse_cell(domains.parse_weight, self.cleaned_data["weight"])
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]
@@ -108,6 +103,8 @@ class DestinationHostInline(admin.TabularInline[DestinationHost, Route]):
 
 
 class RouteAdminForm(djforms.ModelForm[Route]):
+    """The route editor's rules at their fields: the text columns are `forms.ParsedField`s (`RouteAdmin.parsers`)."""
+
     class Meta:
         model = Route
         fields = (
@@ -130,33 +127,6 @@ class RouteAdminForm(djforms.ModelForm[Route]):
             text = problems[0].removeprefix(sources.SOURCE_PREFIX)
             raise djforms.ValidationError(text[:1].upper() + text[1:])
         return sources.normalize_source_address(self.cleaned_data["source_address"])
-
-    def clean_ehlo_name(self) -> str:
-        try:
-            return sources.normalize_ehlo_name(self.cleaned_data["ehlo_name"])
-        except ValueError as exc:
-            text = str(exc)
-            raise djforms.ValidationError(text[:1].upper() + text[1:]) from None
-
-    def clean_fallback_relay(self) -> str:
-        try:
-            return domains.fallback_relay_text(self.cleaned_data["fallback_relay"])
-        except ValueError as exc:
-            text = str(exc)
-            raise djforms.ValidationError(text[:1].upper() + text[1:]) from None
-
-    def clean_domain(self) -> str:
-        try:
-            return domains.normalize_receiving_domain(self.cleaned_data["domain"])
-        except domains.DomainError as exc:
-            raise djforms.ValidationError(str(exc)) from None
-
-    def clean_sender(self) -> str:
-        try:
-            return matching.normalize_sender_pattern(self.cleaned_data["sender"])
-        except matching.SenderPatternError as exc:
-            text = str(exc)
-            raise djforms.ValidationError(text[:1].upper() + text[1:]) from None
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -193,6 +163,19 @@ class KindFilter(admin.SimpleListFilter):
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin[Route]):
     form = RouteAdminForm
+    parsers = {  # the columns typed as text that the route editor's parsers read (`forms.ParsedField`)
+        "domain": domains.normalize_receiving_domain,
+        "sender": matching.normalize_sender_pattern,
+        "fallback_relay": domains.fallback_relay_text,
+        "ehlo_name": sources.normalize_ehlo_name,
+    }
+
+    def formfield_for_dbfield(self, db_field: Field[Any, Any], request: HttpRequest, **kwargs: Any) -> Any:
+        parse = self.parsers.get(db_field.name)
+        if parse is not None:
+            kwargs.update(form_class=forms.ParsedField, parse=parse)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
     inlines = [DestinationHostInline]
     list_display = ("shown_domain", "shown_sender", "destinations", "auth_profile", "tls", "updated_at")
     list_filter = (KindFilter, "special", "tls", "auth_profile", "bounce_profile", "defer_on_4xx")

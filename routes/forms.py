@@ -37,27 +37,52 @@ def route_problem_field(message: str) -> tuple[str, str]:
     return "", message
 
 
-def _name_field(*, label: str, max_length: int, help_text: str, required: bool = True) -> forms.CharField:
-    """A domain, address or host name typed as text: no autocompletion, no spelling marks."""
-    return forms.CharField(
-        label=label,
-        required=required,
-        max_length=max_length,
-        help_text=help_text,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40}),
-    )
+class ParsedField(forms.CharField):
+    """Text read by its `routes` parser (a domain, a sender pattern, a Priority cell, ...): the cleaned value is
+    what `parse` returns, and its ValueError, as a sentence, is the field's error. The route editor's fields and
+    the admin's are these, so a typo gets the same message in both."""
+
+    def __init__(self, *, parse: Callable[[str], object], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.parse = parse
+
+    def clean(self, value: Any) -> Any:
+        text = super().clean(value)
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise forms.ValidationError(_sentence(str(exc))) from None
+
+
+def _name_field(
+    *,
+    label: str,
+    max_length: int,
+    help_text: str,
+    required: bool = False,
+    parse: Callable[[str], str] | None = None,
+) -> forms.CharField:
+    """A domain, address or host name typed as text: no autocompletion, no spelling marks; optional unless
+    `required`; read by `parse` if given (else the form's `clean` judges it)."""
+    widget = forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 40})
+    options: dict[str, Any] = {"label": label, "required": required, "max_length": max_length, "help_text": help_text}
+    if parse is None:
+        return forms.CharField(widget=widget, **options)
+    return ParsedField(parse=parse, widget=widget, **options)
 
 
 class RouteForm(forms.Form):
     domain = _name_field(
+        parse=domains.normalize_receiving_domain,
+        required=True,
         label="Receiving domain",
         max_length=300,
         help_text="example.com (that domain only), .example.com (its subdomains) or ALL (all other domains). "
         "Unicode names are fine.",
     )
     sender = _name_field(
+        parse=matching.normalize_sender_pattern,
         label="Sender",
-        required=False,
         max_length=320,
         help_text="Optional: this route applies only to mail from this envelope sender. An address "
         "(alerts@app.example), a domain (app.example), its subdomains (.app.example) or <> (the null sender, "
@@ -79,7 +104,7 @@ class RouteForm(forms.Form):
         help_text="Instead of trying the next host at once.",
     )
     fallback_relay = _name_field(
-        required=False,
+        parse=domains.fallback_relay_text,
         max_length=300,
         label="Fallback relay",
         help_text="HOST[:PORT], tried when every host of the route failed a recipient (refused, timed out, 4xx) "
@@ -87,60 +112,31 @@ class RouteForm(forms.Form):
     )
 
     source_address = _name_field(
-        required=False,
+        parse=sources.normalize_source_address,
         max_length=64,
         label="Source address",
         help_text="The local IP address this route's connections come from: one of this machine's. Empty: the "
         "global setting (ESAROUTES_DELIVERY_SOURCE_ADDRESS, or the system's choice).",
     )
     ehlo_name = _name_field(
-        required=False,
+        parse=sources.normalize_ehlo_name,
         max_length=255,
         label="EHLO name",
         help_text="The name this route's connections give in EHLO. Empty: the global ESAROUTES_DELIVERY_EHLO.",
     )
 
     def clean_source_address(self) -> str:
-        try:
-            address = sources.normalize_source_address(self.cleaned_data["source_address"])
-        except ValueError as exc:
-            raise forms.ValidationError(_sentence(str(exc))) from None
+        address: str = self.cleaned_data["source_address"]  # normalized by its field
         problem = sources.local_address_problem(address) if address else None
         if problem:
             raise forms.ValidationError(_sentence(problem))
         return address
 
-    def clean_ehlo_name(self) -> str:
-        try:
-            return sources.normalize_ehlo_name(self.cleaned_data["ehlo_name"])
-        except ValueError as exc:
-            raise forms.ValidationError(_sentence(str(exc))) from None
 
-    def clean_fallback_relay(self) -> str:
-        text: str = self.cleaned_data["fallback_relay"]
-        try:
-            return domains.fallback_relay_text(text)
-        except ValueError as exc:
-            raise forms.ValidationError(_sentence(str(exc))) from None
-
-    def clean_sender(self) -> str:
-        text: str = self.cleaned_data["sender"]
-        try:
-            return matching.normalize_sender_pattern(text)
-        except matching.SenderPatternError as exc:
-            raise forms.ValidationError(_sentence(str(exc))) from None
-
-    def clean_domain(self) -> str:
-        text: str = self.cleaned_data["domain"]
-        try:
-            return domains.normalize_receiving_domain(text)
-        except domains.DomainError as exc:
-            raise forms.ValidationError(str(exc)) from None
-
-
-def _number_cell(*, initial: str, size: int, label: str) -> forms.CharField:
-    """A number cell of the host table, read by `parse_cell` so that a bad one says which number is wrong."""
-    return forms.CharField(
+def _number_cell(*, parse: Callable[[str], int], initial: str, size: int, label: str) -> ParsedField:
+    """A number cell of the host table, read by its `domains` parser so that a bad one says which number is wrong."""
+    return ParsedField(
+        parse=parse,
         required=False,
         initial=initial,
         max_length=20,
@@ -149,7 +145,7 @@ def _number_cell(*, initial: str, size: int, label: str) -> forms.CharField:
 
 
 class HostRowForm(forms.Form):
-    priority = _number_cell(initial="0", size=6, label="Priority")
+    priority = _number_cell(parse=domains.parse_priority, initial="0", size=6, label="Priority")
     destination = forms.CharField(
         required=False,
         max_length=300,
@@ -157,17 +153,8 @@ class HostRowForm(forms.Form):
             attrs={"size": 36, "autocomplete": "off", "spellcheck": "false", "aria-label": "Destination"}
         ),
     )
-    port = _number_cell(initial="25", size=6, label="Port")
-    weight = _number_cell(initial="1", size=4, label="Weight")
-
-    def clean_priority(self) -> int:
-        return parse_cell(domains.parse_priority, self.cleaned_data["priority"])
-
-    def clean_port(self) -> int:
-        return parse_cell(domains.parse_port, self.cleaned_data["port"])
-
-    def clean_weight(self) -> int:
-        return parse_cell(domains.parse_weight, self.cleaned_data["weight"])
+    port = _number_cell(parse=domains.parse_port, initial="25", size=6, label="Port")
+    weight = _number_cell(parse=domains.parse_weight, initial="1", size=4, label="Weight")
 
     def clean_destination(self) -> str:
         value: str = self.cleaned_data["destination"]
@@ -181,15 +168,6 @@ class HostRowForm(forms.Form):
     @property
     def is_removed(self) -> bool:
         return bool(self.data.get(self.add_prefix("DELETE")))
-
-
-def parse_cell(parse: Callable[[str], int], text: str) -> int:
-    """A Priority, Port or Weight cell through its `domains` parser; the parser's message becomes the field error."""
-    try:
-        value: int = parse(text)
-    except ValueError as exc:
-        raise forms.ValidationError(str(exc)[:1].upper() + str(exc)[1:]) from None
-    return value
 
 
 class BaseHostFormSet(BaseFormSet[HostRowForm]):
@@ -392,6 +370,7 @@ class DestinationForm(forms.Form):
     so the page says what the admin, the model and `destconfig` say, each message at its field."""
 
     destination = _name_field(
+        required=True,
         label="Destination",
         max_length=300,
         help_text="example.com (that domain), .example.com (its subdomains) or an IP address. Unicode names are fine.",
