@@ -15,7 +15,11 @@ Postfix's `smtp-source` (the client of the Postfix figure; `--injector python` f
 only). The CPU columns are each process tree's user + system time over the run, per message delivered.
 
 Modes: ``normal``; ``failover``, where the second equal host refuses every RCPT with a 4xx (smtp-sink ``-r RCPT``:
-"450 4.3.0 Error: command failed"), so half of the connections fail over at once to the first host.
+"450 4.3.0 Error: command failed"), so half of the connections fail over at once to the first host;
+``blackhole``, where the second equal host accepts TCP and never greets: the connections that go to it wait for
+the greeting timeout (`--greeting-timeout`, default 5 s: the bench sets ESAROUTES_DELIVERY_COMMAND_TIMEOUT to it
+when this mode runs, RFC 5321's 300 s otherwise), the host is marked down, and the rest of the run skips it.
+Compare its p99 latency and rate with normal mode's.
 
 `--against-postfix` (root) also relays the same load, with the same injector, through a private Postfix
 (bench/postfix.py: Debian's package with its durable queue, in its own directory, relaying dest.test to the same
@@ -125,19 +129,53 @@ class Sink:
         self.proc.wait(10)
 
 
-def start_sinks(mode: str, folder: Path) -> tuple[list[Sink], int, int]:
+class BlackHole:
+    """A host that accepts TCP connections and never says a word (no greeting): `blackhole` mode's second host.
+
+    The connections are accepted (the kernel's backlog would hold them anyway) and kept open until `stop()`, so
+    the relay waits for its greeting timeout on each, as on a host whose SMTP server hangs."""
+
+    accepting = False  # it delivers nothing
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_server((host, port), backlog=512)
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed by stop()
+            self.held.append(conn)
+
+    def delivered(self) -> int:
+        return 0
+
+    def stop(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+        for conn in self.held:
+            conn.close()
+
+
+def start_sinks(mode: str, folder: Path) -> tuple[list[Sink | BlackHole], int, int]:
     """The two equal sinks (one port, two addresses) and the backup; `failover` makes the second refuse RCPT."""
     port = free_port(SINKS[0], SINKS[1])
     backup = free_port(SINKS[2])
-    sinks = [
+    sinks: list[Sink | BlackHole] = [
         Sink(SINKS[0], port, False, folder / "sink-a.out"),
-        Sink(SINKS[1], port, mode == "failover", folder / "sink-b.out"),
+        BlackHole(SINKS[1], port)
+        if mode == "blackhole"
+        else Sink(SINKS[1], port, mode == "failover", folder / "sink-b.out"),
         Sink(SINKS[2], backup, False, folder / "sink-backup.out"),
     ]
     return sinks, port, backup
 
 
-def wait_delivered(sinks: list[Sink], count: int, timeout: float) -> float:
+def wait_delivered(sinks: list[Sink | BlackHole], count: int, timeout: float) -> float:
     """Wait until the accepting sinks have counted `count` more messages; returns the monotonic time then."""
     deadline = time.monotonic() + timeout
     while sum(s.delivered() for s in sinks if s.accepting) < count:
@@ -382,6 +420,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--route-refresh", type=float, default=3.0)
     parser.add_argument(
+        "--greeting-timeout",
+        type=float,
+        default=5.0,
+        help="with blackhole mode: the relay's reply timeout (ESAROUTES_DELIVERY_COMMAND_TIMEOUT), greeting included",
+    )
+    parser.add_argument(
         "--against-postfix",
         action="store_true",
         help="also relay the same load through a private Postfix (needs root), alternating, and print the ratios",
@@ -402,6 +446,8 @@ def main() -> None:
             for model in models:
                 model.objects.all()._raw_delete(model.objects.db)
     env = {**os.environ, "ESAROUTES_LOG_LEVEL": "WARNING"}
+    if "blackhole" in args.modes.split(","):
+        env["ESAROUTES_DELIVERY_COMMAND_TIMEOUT"] = str(args.greeting_timeout)
     listener = subprocess.Popen(
         [sys.executable, "manage.py", "smtpd", "--listen", "127.0.0.1:0"],
         cwd=ROOT,
@@ -477,11 +523,27 @@ def report(args: argparse.Namespace, results: list[Run], memory: int) -> None:
             f"total {sum(run.cpu.values()):.2f}: {cpu}"
         )
     print(f"esaroutes worker RSS at the end: {memory / 1024:.0f} MiB")
+    modes = args.modes.split(",")
+    normal = [run for run in results if run.relay == "esaroutes" and run.mode == "normal"]
+    if normal and len(modes) > 1:
+        base = statistics.median(run.rate for run in normal)
+        base_p99 = statistics.median(pct(run.latencies, 0.99) for run in normal)
+        print("\nagainst normal mode in this run (medians)")
+        for mode in modes:
+            mine = [run for run in results if run.relay == "esaroutes" and run.mode == mode]
+            if mode == "normal" or not mine:
+                continue
+            rate = statistics.median(run.rate for run in mine)
+            p99 = statistics.median(pct(run.latencies, 0.99) for run in mine)
+            print(
+                f"esaroutes {mode:<10} {rate:.0f} msg/s = {rate / base:.2f}x normal; "
+                f"p99 {p99:.0f} ms against {base_p99:.0f} ms"
+            )
     anchor = [run.rate for run in results if run.relay == "postfix"]
     if not anchor:
         return
     print(f"\nagainst Postfix in this run (median of {len(anchor)}: {statistics.median(anchor):.0f} msg/s)")
-    for mode in args.modes.split(","):
+    for mode in modes:
         rates = [run.rate for run in results if run.relay == "esaroutes" and run.mode == mode]
         ratios = sorted(rate / p for rate, p in zip(rates, anchor, strict=False))
         print(
