@@ -557,6 +557,14 @@ def connections_allowed(limit: int, in_use: int) -> int:
     return max(0, limit - in_use)
 
 
+def held_for_slots(full: int, *, connected: bool) -> bool:
+    """A host whose addresses were tried in turn, with the limit scope "per destination IP": `full` of them had
+    every connection slot held, the others failed or were not allowed. Its recipients are held back for a slot
+    (not failed: no host marked down, no attempt counted) when none connected and at least one was full; such
+    an address works as far as we know, once one of its slots is given back. No full address: the host failed."""
+    return not connected and full > 0
+
+
 def recipients_allowed(limit: int, in_window: int, wanted: int) -> int:
     """How many of `wanted` recipients may go now when `in_window` went in the current window (limit N per M)."""
     return max(0, min(wanted, limit - in_window))

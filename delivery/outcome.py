@@ -119,8 +119,9 @@ class Final:
     dsn_status: str = ""
     attempt: bool = True  # counts as a delivery attempt (False for a local decision: expiry, /dev/null, admin)
     until: datetime | None = None  # THROTTLED: when the recipient is due again
-    # THROTTLED for a connection slot: (its counting key, the key's limit); a slot of it freed wakes it sooner
-    slot_wait: tuple[str, int] | None = None
+    # THROTTLED for a connection slot: (the counting keys refused, their limit); a slot of one given back wakes it
+    # sooner. (A journal of before 2026-12-03 holds one key as a str: `delivery.worker.wait_for_slots` reads it.)
+    slot_wait: tuple[tuple[str, ...], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,8 +300,21 @@ class DestinationStatus:
     key: str  # what connections and recipients are counted by (`destinations.counting_key`)
     tls: str  # the policy that applies (TLS_WORDS), the route's and the destination's combined
     bounce_profile: str  # the name of the profile that applies
-    connections: int  # connection slots held now, by every worker
+    connections: int  # connection slots held now, by every worker (per destination IP: of every address)
     recipients: int | None  # recipients in the current window; None when the entry has no recipient limit
+    # The scope "per destination IP": the slots held and the recipients in the window, per connected address
+    connections_by_ip: tuple[tuple[str, int], ...] = ()
+    recipients_by_ip: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def per_ip(self) -> bool:
+        return self.limits.limit_scope == destinations.SCOPE_IP
+
+    @property
+    def ip_preference(self) -> str:
+        """The IP address preference in words (`IPv6 required`)."""
+        preference = self.limits.ip_preference
+        return destinations.IP_PREFERENCES.get(preference, preference)
 
     @property
     def matched(self) -> str:
@@ -316,16 +329,29 @@ class DestinationStatus:
 
 
 def destination_status(domain: str, resolution: Resolution, table: matching.RouteTable) -> DestinationStatus:
+    """The destination control of `domain` and its shared counts now: the one source of the route test page,
+    the domain page, `hoststatus` and the API's host status."""
     limits = table.destinations.lookup(domain)
     key = destinations.counting_key(limits, domain)
     names = dict(BounceProfile.objects.filter(pk__in=profile_ids(resolution.entry, limits)).values_list("pk", "name"))
     profile = next((names[pid] for pid in profile_ids(resolution.entry, limits) if pid in names), "")
-    minutes = limits.recipient_minutes
+    minutes = limits.recipient_minutes if limits.recipient_limit else None
+    by_ip: dict[str, int] = {}
+    rcpts_by_ip: dict[str, int] = {}
+    if limits.limit_scope == destinations.SCOPE_IP:  # counted per connected address (`domain|ip`)
+        by_ip = slots.in_use_by_address(key)
+        rcpts_by_ip = slots.recipients_by_address(key, minutes) if minutes else {}
+        connections, recipients = sum(by_ip.values()), sum(rcpts_by_ip.values()) if minutes else None
+    else:
+        connections = slots.in_use(key)
+        recipients = slots.recipients_in_window(key, minutes) if minutes else None
     return DestinationStatus(
         limits=limits,
         key=key,
         tls=TLS_WORDS.get(resolution.tls_policy(limits), resolution.tls_policy(limits)),
         bounce_profile=profile or BounceProfile.DEFAULT_NAME,
-        connections=slots.in_use(key),
-        recipients=slots.recipients_in_window(key, minutes) if limits.recipient_limit and minutes else None,
+        connections=connections,
+        recipients=recipients,
+        connections_by_ip=tuple(by_ip.items()),
+        recipients_by_ip=tuple(rcpts_by_ip.items()),
     )

@@ -186,6 +186,33 @@ def in_use(key: str, *, now: datetime | None = None) -> int:
     return ConnectionSlot.objects.filter(key=key, expires_at__gt=now).count()
 
 
+def in_use_by_address(key: str, *, now: datetime | None = None) -> dict[str, int]:
+    """The connection slots held now per destination IP under the scope "per destination IP": those of the
+    keys `key|ip` (`routes.destinations.counting_key`), by address; an address with none held is left out."""
+    now = now or timezone.now()
+    prefix = f"{key}|"
+    client = _redis()
+    if client is not None:
+        names = sorted(client.scan_iter(match=_slots_key(_glob(prefix)) + "*"))
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(name, f"({now.timestamp()}", "+inf")
+            counts = pipe.execute()
+        found = {name.decode().removeprefix(_slots_key(prefix)): int(n) for name, n in zip(names, counts, strict=True)}
+    else:
+        rows = ConnectionSlot.objects.filter(key__startswith=prefix, expires_at__gt=now)
+        found = {}
+        for row_key in rows.values_list("key", flat=True):
+            address = row_key.removeprefix(prefix)
+            found[address] = found.get(address, 0) + 1
+    return {address: n for address, n in sorted(found.items()) if n}
+
+
+def _glob(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 def want(key: str, *, now: datetime | None = None) -> None:
     """Mark that a runner waits for a slot of `key` (for WANT_TTL seconds): idle connections of it should close."""
     now = now or timezone.now()
@@ -377,6 +404,24 @@ def charges(key: str, minutes: int, *, now: datetime | None = None) -> list[tupl
         return out
     rows = RecipientCharge.objects.filter(key=key, at__gt=now - timedelta(minutes=minutes)).order_by("at")
     return list(rows.values_list("at", "count"))
+
+
+def recipients_by_address(key: str, minutes: int, *, now: datetime | None = None) -> dict[str, int]:
+    """Recipients counted in the last `minutes` minutes per destination IP (the keys `key|ip`), by address."""
+    now = now or timezone.now()
+    prefix = f"{key}|"
+    client = _redis()
+    found: dict[str, int] = {}
+    if client is not None:
+        for name in client.scan_iter(match=_rcpts_key(_glob(prefix)) + "*"):
+            address = name.decode().removeprefix(_rcpts_key(prefix))
+            found[address] = recipients_in_window(prefix + address, minutes, now=now)
+    else:
+        rows = RecipientCharge.objects.filter(key__startswith=prefix, at__gt=now - timedelta(minutes=minutes))
+        for row_key, count in rows.values_list("key", "count"):
+            address = row_key.removeprefix(prefix)
+            found[address] = found.get(address, 0) + count
+    return {address: n for address, n in sorted(found.items()) if n}
 
 
 def recipients_in_window(key: str, minutes: int, *, now: datetime | None = None) -> int:

@@ -418,11 +418,15 @@ def _record(reports: list[outcome.Report], attempts: int = 5) -> list[int]:
 
 def wait_for_slots(finals: Sequence[outcome.Final]) -> None:
     """Recorded and given back: the recipients held back for a connection slot wait in `slots` for the next
-    slot of their key given back (`wake`). One given back before they were noted wakes them now."""
+    slot of their keys given back (`wake`; with the scope per destination IP, a slot of any address that was
+    full). One given back before they were noted wakes them now."""
     waiting: dict[tuple[str, int], set[int]] = {}
     for final in finals:
         if final.slot_wait is not None:
-            waiting.setdefault(final.slot_wait, set()).add(final.mid)
+            keys: tuple[str, ...] | str = final.slot_wait[0]  # a str: one key, in a journal of before
+            limit = final.slot_wait[1]
+            for key in (keys,) if isinstance(keys, str) else keys:
+                waiting.setdefault((key, limit), set()).add(final.mid)
     for (key, limit), mids in waiting.items():
         slots.wait(key, mids)
         if engine.connections_allowed(limit, slots.in_use(key)) > 0:

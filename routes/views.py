@@ -312,8 +312,6 @@ def _plan(address: str, sender: str | None = None) -> dict[str, Any]:
     if domain:  # the destination control that applies, with the shared counts now (delivery.slots)
         where = resolve.Resolver(table, dns=False).resolve(domain, sender)
         plan["destination"] = resolve.destination_status(domain, where, table)
-        preference = plan["destination"].limits.ip_preference
-        plan["ip_preference"] = destination_controls.IP_PREFERENCES.get(preference, preference)
     if entry is None:
         return plan
     plan["display"] = (

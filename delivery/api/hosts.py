@@ -97,11 +97,18 @@ class _Destination(serializers.Serializer[Any]):
     matched = serializers.CharField(help_text="the destination control entry that applies (Default when none)")
     max_connections = serializers.IntegerField()
     connections = serializers.IntegerField(help_text="connection slots in use now, by every worker")
+    connections_by_ip = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text='limit scope "ip": the slots in use per connected address (empty in the domain scope)',
+    )
     max_messages_per_connection = serializers.IntegerField()
     recipient_limit = serializers.IntegerField(allow_null=True)
     recipient_minutes = serializers.IntegerField(allow_null=True)
     limit_scope = serializers.CharField()
     recipients_in_window = serializers.IntegerField(allow_null=True, help_text="null: no recipient limit")
+    recipients_in_window_by_ip = serializers.DictField(
+        child=serializers.IntegerField(), help_text='limit scope "ip": the recipients in the window per address'
+    )
     tls = serializers.CharField()
     ip_preference = serializers.CharField()
     bounce_profile = serializers.CharField()
@@ -167,11 +174,13 @@ def _destination(dest: resolve.DestinationStatus) -> dict[str, Any]:
         "matched": dest.matched,
         "max_connections": limits.max_connections,
         "connections": dest.connections,
+        "connections_by_ip": dict(dest.connections_by_ip),
         "max_messages_per_connection": limits.max_messages_per_connection,
         "recipient_limit": limits.recipient_limit,
         "recipient_minutes": limits.recipient_minutes,
         "limit_scope": limits.limit_scope,
         "recipients_in_window": dest.recipients,
+        "recipients_in_window_by_ip": dict(dest.recipients_by_ip),
         "tls": dest.tls,
         "ip_preference": limits.ip_preference,
         "bounce_profile": dest.bounce_profile,

@@ -273,6 +273,7 @@ def domain_detail(request: AuthedHtmxRequest, domain: str) -> HttpResponse:
             "domain": domain,
             "route": route,
             "where": route.resolution,
+            "destination": route.destination(),  # its limits and the slots in use now, as hoststatus shows them
             "now": now,
             "suspension": selectors.suspension_of(domain),
         },

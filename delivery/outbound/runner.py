@@ -95,7 +95,57 @@ class _Throttled:
 
     until: datetime
     lines: list[maillog.lines.Line] = field(default_factory=list)
-    slot_wait: tuple[str, int] | None = None  # refused a connection slot: (counting key, limit)
+    # refused a connection slot: (the counting keys refused, their limit); a slot of any given back wakes them
+    slot_wait: tuple[tuple[str, ...], int] | None = None
+
+
+class _AddressSlots:
+    """The gate of a new connection under the limit scope "per destination IP" (`smtp_client.Gate`).
+
+    Asked with each address the session is about to connect to (resolved, in the IP preference's order), it
+    takes a connection slot of `domain|address`: the ESA counts per MX IP, so the slot is the connected
+    address's, not the host name's. An address whose slots are all held is refused and the session tries the
+    next; the slot of an address that then failed to connect is given back before the next is asked. Once the
+    session is open, `slot` is its connection's; when no address connected and one was full, `held_back`."""
+
+    def __init__(self, runner: Runner, group: outcome.Group) -> None:
+        assert group.limits is not None
+        self._runner = runner
+        self._group = group
+        self._limits = group.limits
+        self.slot: Slot | None = None
+        self.full: list[str] = []  # the counting keys whose slots were all held
+
+    async def __call__(self, address: str) -> bool:
+        runner = self._runner
+        runner._free_slot(self.slot)  # the previous address did not connect
+        self.slot = None
+        key = destinations.counting_key(self._limits, self._group.domain, address)
+        slot = (key, slots.holder(runner._token, next(runner._slot_names)))
+        loop = asyncio.get_running_loop()
+        try:
+            taken = await loop.run_in_executor(runner._executor, _try_slot, slot, self._limits.max_connections)
+        except Exception:  # the shared counters are gone (Redis down): deliver rather than hold mail forever
+            logger.warning("connection limit of %s not applied: the counters are unavailable", key, exc_info=True)
+            return True
+        if not taken:
+            self.full.append(key)
+            return False
+        self.slot = slot
+        runner._slots.add(slot)
+        return True
+
+    async def held_back(self) -> _Throttled:
+        """Every address that could be tried had its slots held: the mail waits for a slot of any of them."""
+        limit, domain = self._limits.max_connections, self._group.domain
+        loop = asyncio.get_running_loop()
+        try:
+            lines = await loop.run_in_executor(self._runner._executor, _slots_full, self.full, limit, domain)
+        except Exception:
+            logger.warning("could not mark the connection slots of %s wanted", domain, exc_info=True)
+            lines = []
+        until = timezone.now() + timedelta(seconds=SLOT_RETRY)
+        return _Throttled(until, lines, (tuple(self.full), limit))
 
 
 @dataclass(slots=True)
@@ -531,9 +581,12 @@ class Runner:
         if self._stopping:
             raise _Stopped
         slot: Slot | None = None
+        gate: _AddressSlots | None = None
         loop = asyncio.get_running_loop()
-        if group.limits is not None:
-            key = self._counting_key(group.limits, group.domain, destination.host.address)
+        if group.limits is not None and group.limits.limit_scope == destinations.SCOPE_IP:
+            gate = _AddressSlots(self, group)  # per destination IP: the slot of the address about to be connected
+        elif group.limits is not None:
+            key = destinations.counting_key(group.limits, group.domain)
             slot = (key, slots.holder(self._token, next(self._slot_names)))
             try:
                 taken, lines = await loop.run_in_executor(
@@ -544,27 +597,45 @@ class Runner:
                 taken, lines, slot = True, [], None
             if not taken:
                 until = timezone.now() + timedelta(seconds=SLOT_RETRY)
-                return _Throttled(until, lines, (key, group.limits.max_connections))
+                return _Throttled(until, lines, ((key,), group.limits.max_connections))
             if slot is not None:
                 self._slots.add(slot)
         try:
-            return await self._open_new(destination, group, carry, slot)
+            return await self._open_new(destination, group, carry, slot, gate)
         except BaseException:
-            self._free_slot(slot)
+            self._free_slot(gate.slot if gate is not None else slot)
             raise
 
     async def _open_new(
-        self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report, slot: Slot | None
-    ) -> _Pooled | _Last:
+        self,
+        destination: outcome.Destination,
+        group: outcome.Group,
+        carry: outcome.Report,
+        slot: Slot | None,
+        gate: _AddressSlots | None = None,
+    ) -> _Pooled | _Last | _Throttled:
+        """A new connection holding `slot`, the destination's connection slot. With a `gate` (the limit scope per
+        destination IP), the slot is taken per address as the session connects, and `_Throttled` says that the
+        addresses had their slots held and none connected: nothing was opened, no DCID spent."""
         task = asyncio.current_task()
         assert task is not None
         with self._opening_lock:  # nothing of this group is on the wire: a shutdown may cancel it here
             self._opening[task] = (destination.host.key, time.monotonic())
         try:
             loop = asyncio.get_running_loop()
-            dcid = await loop.run_in_executor(self._executor, _next_dcid)
-            session = smtp_client.HostSession(destination, lookup=dns.host_addresses)
+            session = smtp_client.HostSession(destination, lookup=dns.host_addresses, gate=gate)
             opened = await session.open()
+            if gate is not None:
+                slot = gate.slot
+            if isinstance(opened, smtp_client.Failure) and opened.slots_full:
+                assert gate is not None
+                self._free_slot(slot)
+                return await gate.held_back()
+            try:  # once the connection is made or has failed (a host held back for a slot spends none)
+                dcid = await loop.run_in_executor(self._executor, _next_dcid)
+            except BaseException:
+                session.abort()
+                raise
         finally:
             with self._opening_lock:
                 self._opening.pop(task, None)
@@ -760,18 +831,33 @@ def _next_dcid() -> int:
 
 def _take_slot(slot: Slot, limit: int, domain: str) -> tuple[bool, list[maillog.lines.Line]]:
     """(a connection slot was taken, the log line of a limit that starts holding `domain` back)."""
+    if _try_slot(slot, limit):
+        return True, []
+    return False, _slots_full([slot[0]], limit, domain)
+
+
+def _try_slot(slot: Slot, limit: int) -> bool:
+    """Take a connection slot of the key if one is free."""
     close_old_connections()
     key, name = slot
     held = slots.acquire(key, name, limit)
-    if held:
-        slots.unwant(key)
-        if held < limit:  # room left: the destination is no longer at its limit, a new episode may start
-            slots.end_episode(key, slots.CONNECTIONS)
-        return True, []
-    slots.want(key)  # the other runners' idle connections of the key close and give their slots back
-    if slots.start_episode(key, slots.CONNECTIONS):
-        return False, [maillog.lines.max_connections_reached(limit, domain)]
-    return False, []
+    if not held:
+        return False
+    slots.unwant(key)
+    if held < limit:  # room left: the destination is no longer at its limit, a new episode may start
+        slots.end_episode(key, slots.CONNECTIONS)
+    return True
+
+
+def _slots_full(keys: Sequence[str], limit: int, domain: str) -> list[maillog.lines.Line]:
+    """Mail of `domain` waits for a slot of `keys` (each with every slot held): the `Maximum outbound connections`
+    line when this starts an episode of one of them (once, whatever the number of keys)."""
+    close_old_connections()
+    started = False
+    for key in keys:
+        slots.want(key)  # the other runners' idle connections of the key close and give their slots back
+        started = slots.start_episode(key, slots.CONNECTIONS) or started
+    return [maillog.lines.max_connections_reached(limit, domain)] if started else []
 
 
 def _wanted(keys: set[str]) -> set[str]:

@@ -49,7 +49,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
@@ -84,6 +84,7 @@ class Failure:
     tls_handshake: bool = False  # STARTTLS was accepted and the handshake then failed (or timed out)
     reused: bool = False  # the connection had already carried a message
     refused: bool = False  # our policy left no address to try (allowed networks, IP preference): nothing sent
+    slots_full: bool = False  # the gate refused an address (its connection slots all held): held back, not failed
 
     def __post_init__(self) -> None:  # replies are read whole (aiosmtplib parses EHLO's): cut where they come out
         if len(self.text) > TEXT_LIMIT:
@@ -474,6 +475,18 @@ class NoAddressError(OSError):
     """The host has no address the destination's IP preference allows (``ipv6-required``, only A records)."""
 
 
+#: Asked with each address just before a connection to it is made (after name resolution, the IP preference
+#: and the allowed networks): True lets it go on, False skips the address as if it were not there. The runner's
+#: connection slots per destination IP (`delivery.outbound.runner`, limit scope "ip") are taken here, by the
+#: connected address rather than by the host's name.
+Gate = Callable[[str], Awaitable[bool]]
+
+
+class SlotsFullError(OSError):
+    """No address of the host connected and the gate refused at least one (`engine.held_for_slots`): the
+    host's mail waits for a connection slot; nothing was sent and it says nothing of the host's health."""
+
+
 class SourceAddressError(egress.Refused):
     """The route's (or the global) source address cannot be bound: it is not, or no longer, an address of this
     machine, or not of the destination address's family. Nothing was sent, and it says nothing of the host."""
@@ -500,9 +513,12 @@ class HostSession:
     Create, use and close a session inside one event loop.
     """
 
-    def __init__(self, destination: outcome.Destination, *, lookup: Lookup | None = None) -> None:
+    def __init__(
+        self, destination: outcome.Destination, *, lookup: Lookup | None = None, gate: Gate | None = None
+    ) -> None:
         self.destination = destination
         self._lookup = lookup  # name -> addresses (blocking, run in a thread); None: getaddrinfo
+        self._gate = gate  # may a connection to this address be made now (see Gate); None: always
         self.connection: Connection | None = None
         self.failure: Failure | None = None
         self.messages_sent = 0
@@ -596,7 +612,8 @@ class HostSession:
         """TCP connect to each address of the host in turn; raises the last error.
 
         An address outside the allowed networks is skipped unconnected (:class:`egress.Refused`, whose text
-        becomes the ``Connection Error`` line's details)."""
+        becomes the ``Connection Error`` line's details), and so is one the gate refuses; when none connected
+        and the gate refused one, :class:`SlotsFullError` (`engine.held_for_slots`)."""
         host = self.destination.host
         loop = asyncio.get_running_loop()
         if self._lookup is not None:
@@ -610,11 +627,15 @@ class HostSession:
             raise NoAddressError(engine.no_address_text(host.address, preference, found))
         last: BaseException = OSError(f"no address for {host.address}")
         tried = False
+        full: list[str] = []  # the addresses the gate refused
         for address in addresses:
             if not egress.allowed(address, self.destination.allowed_networks):
                 if not tried:  # a real connection failure says more than a refusal
                     self._peer_ip = address
                     last = egress.Refused(egress.refusal(address))  # on the resolved address: MX hosts too
+                continue
+            if self._gate is not None and not await self._gate(address):
+                full.append(address)
                 continue
             tried = True
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -641,6 +662,9 @@ class HostSession:
             self._local_ip = str(sock.getsockname()[0])
             self._sock = sock
             return sock
+        if engine.held_for_slots(len(full), connected=False):
+            self._peer_ip = full[0]
+            raise SlotsFullError(f"every connection slot of {', '.join(full)} is in use")
         raise last
 
     async def _ehlo(self) -> None:
@@ -706,7 +730,10 @@ class HostSession:
             self.failure = self._failure(stage, translated, tls_required=exc.tls_required, tls_handshake=handshake)
         else:
             self.failure = self._failure(
-                stage, _translate(exc, self._peer()), refused=isinstance(exc, egress.Refused | NoAddressError)
+                stage,
+                _translate(exc, self._peer()),
+                refused=isinstance(exc, egress.Refused | NoAddressError | SlotsFullError),
+                slots_full=isinstance(exc, SlotsFullError),
             )
         self._drop()
         return self.failure
@@ -724,6 +751,7 @@ class HostSession:
         tls_handshake: bool = False,
         reused: bool = False,
         refused: bool = False,
+        slots_full: bool = False,
     ) -> Failure:
         """The failure of this connection at `stage`, from a `_translate`d exception (code, text, timed out)."""
         code, text, timed_out = translated
@@ -738,6 +766,7 @@ class HostSession:
             tls_handshake=tls_handshake,
             reused=reused,
             refused=refused,
+            slots_full=slots_full,
         )
 
     # --- sending ------------------------------------------------------------------------------------------

@@ -147,6 +147,28 @@ def test_a_domain_has_the_numbers_the_domain_page_shows(client, api_client, bob,
     assert destination["max_connections"] > 0
 
 
+def test_the_domain_page_and_its_api_show_the_slots_of_each_destination_ip(client, api_client, bob):
+    from delivery import slots
+    from routes import services
+
+    slots.flush()
+    make_message(recipients=("a@dest.test",))
+    services.create_destination(
+        data=services.DestinationData(destination="dest.test", max_connections=4, limit_scope="ip"), actor="test"
+    )
+    assert slots.acquire("dest.test|127.0.0.2", "w:1", 4) and slots.acquire("dest.test|127.0.0.3", "w:2", 4)
+    assert slots.acquire("dest.test|127.0.0.3", "w:3", 4)
+    client.force_login(bob)
+    page = client.get("/hosts/domain/dest.test/").content.decode()
+    table = page[page.index('id="destination-control"') :]
+    assert "3 in use now, of at most 4 per destination IP" in table and "127.0.0.2: 1, 127.0.0.3: 2" in table
+    destination = api_client(bob, read_only=True).get("/api/v1/domains/dest.test/").json()["destination"]
+    assert destination["connections"] == 3
+    assert destination["connections_by_ip"] == {"127.0.0.2": 1, "127.0.0.3": 2}
+    assert destination["limit_scope"] == "ip"
+    slots.flush()
+
+
 def test_a_suspended_domain_says_so(api_client, bob):
     make_message(recipients=("a@dest.test",))
     actions.suspend_delivery(["dest.test"], actor=bob)

@@ -87,3 +87,23 @@ def test_edit_the_default_and_delete_with_confirmation(logged_in, live_server):
     page.goto(live_server.url + f"/routes/destinations/{default.pk}/delete/")
     assert "it cannot be deleted" in page.content()
     assert DestinationControl.objects.filter(pk=default.pk).exists()
+
+
+def test_the_domain_page_shows_the_slots_in_use_per_destination_ip(logged_in, live_server):
+    from delivery import slots
+    from tests.support.messages import make_message
+
+    slots.flush()
+    make_message(recipients=("a@dest.test",))
+    services.create_destination(
+        data=services.DestinationData(destination="dest.test", max_connections=2, limit_scope="ip"), actor="test"
+    )
+    assert slots.acquire("dest.test|127.0.0.2", "w:1", 2) and slots.acquire("dest.test|::1", "w:2", 2)
+    try:
+        page = logged_in
+        page.goto(live_server.url + "/hosts/domain/dest.test/")
+        row = page.locator("#destination-control tr", has_text="Connections").first
+        assert row.inner_text().split("\t")[-1].startswith("2 in use now, of at most 2 per destination IP")
+        assert page.inner_text("#connections-by-ip") == "· 127.0.0.2: 1, ::1: 1"
+    finally:
+        slots.flush()

@@ -209,3 +209,29 @@ def test_tophosts_marks_suspended_domains(run, dest):
     rows = {line.split()[-6]: line for line in out.splitlines() if re.match(r"^\s+\d", line)}
     assert rows["busy.test"].startswith("  1 S busy.test")
     assert rows["dest.test"].startswith("  2   dest.test")
+
+
+def test_hoststatus_shows_the_slots_of_each_destination_ip_in_the_per_ip_scope(run, dest):
+    from delivery import slots
+    from routes import services
+
+    slots.flush()
+    services.create_destination(
+        data=services.DestinationData(
+            destination="dest.test", max_connections=2, recipient_limit=30, recipient_minutes=1, limit_scope="ip"
+        ),
+        actor="test",
+    )
+    assert slots.acquire("dest.test|127.0.0.2", "w1:1", 2) and slots.acquire("dest.test|127.0.0.2", "w1:2", 2)
+    assert slots.acquire("dest.test|127.0.0.3", "w2:1", 2)
+    assert slots.reserve("dest.test|127.0.0.3", 5, limit=30, minutes=1).count == 5
+    out = run("hoststatus", "dest.test").out
+    assert value(out, "Concurrent Connections (max)") == "2 per destination IP"
+    assert value(out, "Current Connections (all workers)") == "3"  # every address's
+    assert value(out, "Recipient Limit") == "30 per 1 min, for each destination IP"
+    assert value(out, "Recipients In Current Window") == "5"
+    block = out[out.index("Current Connections") : out.index("Messages Per Connection")]
+    assert value(block, "127.0.0.2") == "2" and value(block, "127.0.0.3") == "1"
+    window = out[out.index("Recipients In Current Window") : out.index("TLS")]
+    assert value(window, "127.0.0.3") == "5" and "127.0.0.2" not in window
+    slots.flush()

@@ -214,3 +214,46 @@ def test_an_idle_pooled_connection_gives_its_slot_to_another_runner_that_waits(p
     assert peer.peak_sessions <= 1
     assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
     assert grep(r"^DCID \d+ close$", log())
+
+
+def test_per_ip_scope_counts_the_connected_address_and_moves_on_to_the_next(peers, dns_server, monkeypatch):
+    """`pair.test` resolves to two addresses, a peer on each; 1 connection per destination IP: a full address
+    sends the connection on to the next one, and when both are full the mail waits for a slot given back (woken
+    then: SLOT_RETRY is beyond the test's deadline)."""
+    monkeypatch.setattr(runner, "SLOT_RETRY", 300.0)
+    two = peers.start_at("127.0.0.2", 0, data_delay=0.2)
+    three = peers.start_at("127.0.0.3", two.port, data_delay=0.2)
+    dns_server.add("pair.test", "A", "127.0.0.2")
+    dns_server.add("pair.test", "A", "127.0.0.3")
+    make_route("dest.test", f"[pair.test]:{two.port}")
+    limit("dest.test", max_connections=1, max_messages_per_connection=1, limit_scope="ip")
+    mids = [queue_message(f"u{i}@dest.test") for i in range(12)]
+    deliver_everything(workers=3, timeout=120)
+    assert len(two.messages) + len(three.messages) == 12
+    assert two.messages and three.messages  # both addresses were used
+    assert two.peak_sessions <= 1 and three.peak_sessions <= 1  # each address's own limit
+    assert Recipient.objects.filter(message_id__in=mids, state=Recipient.State.DELIVERED).count() == 12
+    # held back is not a failure: one attempt each, no host marked down, no connection error
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert set(DeliveryAttempt.objects.values_list("outcome", flat=True)) == {DeliveryAttempt.Outcome.DELIVERED}
+    assert not HostStatus.objects.filter(consecutive_failures__gt=0).exists()
+    lines = log()
+    assert not grep(r"Connection Error", lines)
+    assert grep(r"^Maximum outbound connections 1 reached for dest\.test$", lines), "nothing was held back"
+    assert slots.in_use("dest.test|127.0.0.2") == 0 and slots.in_use("dest.test|127.0.0.3") == 0
+    assert slots.in_use("dest.test") == 0  # nothing counted by the domain (nor by the host's name)
+
+
+def test_per_ip_scope_tries_the_next_address_when_the_first_is_full(peers, dns_server):
+    """The first address's only slot is held elsewhere: the connection goes to the second address at once."""
+    two = peers.start_at("127.0.0.2", 0)
+    three = peers.start_at("127.0.0.3", two.port)
+    dns_server.add("pair.test", "A", "127.0.0.2")
+    dns_server.add("pair.test", "A", "127.0.0.3")
+    make_route("dest.test", f"[pair.test]:{two.port}")
+    limit("dest.test", max_connections=1, limit_scope="ip")
+    assert slots.acquire("dest.test|127.0.0.2", "other-machine:1:1", 1)
+    worker.deliver_batch([queue_message("u@dest.test")], fill=False)
+    assert [m.rcpt_tos for m in three.wait_for_messages(1)] == [("u@dest.test",)]
+    assert two.connections == 0
+    assert not grep(r"Maximum outbound connections", log())  # an address had room: nothing was held back

@@ -21,6 +21,21 @@ def test_connections_allowed_is_the_room_left(limit: int, in_use: int, expected:
 
 
 @pytest.mark.parametrize(
+    ("full", "connected", "held"),
+    [
+        (0, False, False),  # every address failed (or none was allowed): the host failed
+        (1, False, True),  # the only address had its slots held: wait for one
+        (2, False, True),  # both full
+        (1, False, True),  # one full, the other failed to connect: wait for the full one's slot
+        (1, True, False),  # one full, the next connected: nothing held back
+        (0, True, False),
+    ],
+)
+def test_held_for_slots_when_no_address_connected_and_one_was_full(full: int, connected: bool, held: bool) -> None:
+    assert engine.held_for_slots(full, connected=connected) is held
+
+
+@pytest.mark.parametrize(
     ("limit", "in_window", "wanted", "expected"),
     [(30, 0, 10, 10), (30, 25, 10, 5), (30, 30, 1, 0), (30, 40, 1, 0), (30, 0, 100, 30), (1, 0, 0, 0)],
 )

@@ -472,3 +472,22 @@ def test_route_test_shows_the_destination_control_that_applies(client_alice):
     mx = client_alice.get(reverse("routes:route-test"), {"address": "u@other.test"}, **HTMX).content.decode()
     assert "delivered by its MX records" in mx and 'id="destination-control"' in mx and "<td>Default</td>" in mx
     slots.flush()
+
+
+def test_route_test_shows_the_slots_of_each_destination_ip_in_the_per_ip_scope(client_alice):
+    from delivery import slots
+    from routes import services
+
+    slots.flush()
+    make_route("dest.example", "mx1.example.net")
+    services.create_destination(
+        data=services.DestinationData(destination="dest.example", max_connections=3, limit_scope="ip"), actor="test"
+    )
+    assert slots.acquire("dest.example|192.0.2.1", "w:1", 3) and slots.acquire("dest.example|192.0.2.1", "w:2", 3)
+    assert slots.acquire("dest.example|2001:db8::1", "w:3", 3)
+    assert slots.acquire("other.example", "w:4", 3)  # another domain's: not counted here
+    body = client_alice.get(reverse("routes:route-test"), {"address": "u@dest.example"}, **HTMX).content.decode()
+    table = body[body.index('id="destination-control"') :]
+    assert "3 in use now, of at most 3 per destination IP" in table
+    assert "192.0.2.1: 2, 2001:db8::1: 1" in table
+    slots.flush()

@@ -20,7 +20,6 @@ from delivery import maillog, resolve
 from delivery.management.commands import _cli
 from delivery.models import DeliverySuspension, HostStatus
 from delivery.monitor import selectors
-from routes import destinations
 
 WIDTH = 48  # values end in this column, right-aligned, as the ESA prints them
 
@@ -50,21 +49,24 @@ def host_state(status: HostStatus | None, now: datetime) -> str:
 
 
 def destination_lines(dest: resolve.DestinationStatus) -> list[str]:
-    """The destination control that applies (Mail Policies > Destination Controls) and its counts now."""
+    """The destination control that applies (Mail Policies > Destination Controls) and its counts now; with
+    the scope per destination IP, the counts of each connected address under their total."""
     limits = dest.limits
-    window = "" if dest.recipients is None else f"{dest.recipients}"
+    per = " per destination IP" if dest.per_ip else ""
     lines = [
         f"Destination control: {dest.matched}",
-        row(2, "Concurrent Connections (max)", limits.max_connections),
+        row(2, "Concurrent Connections (max)", f"{limits.max_connections}{per}"),
         row(2, "Current Connections (all workers)", dest.connections),
+        *(row(4, ip, n) for ip, n in dest.connections_by_ip),
         row(2, "Messages Per Connection (max)", limits.max_messages_per_connection),
         row(2, "Recipient Limit", dest.recipient_limit),
     ]
-    if window:
-        lines.append(row(2, "Recipients In Current Window", window))
+    if dest.recipients is not None:
+        lines.append(row(2, "Recipients In Current Window", dest.recipients))
+        lines += [row(4, ip, n) for ip, n in dest.recipients_by_ip]
     lines += [
         row(2, "TLS", dest.tls),
-        row(2, "IP Address Preference", destinations.IP_PREFERENCES.get(limits.ip_preference, limits.ip_preference)),
+        row(2, "IP Address Preference", dest.ip_preference),
         row(2, "Bounce Profile", dest.bounce_profile),
     ]
     return lines

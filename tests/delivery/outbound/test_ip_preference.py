@@ -7,7 +7,7 @@ import pytest
 
 from delivery.engine import Host, Stage
 from delivery.outbound import dns
-from delivery.outbound.smtp_client import Envelope, HostSession, TransactionResult
+from delivery.outbound.smtp_client import Envelope, Gate, HostSession, TransactionResult
 from delivery.outcome import Destination, Timeouts, TlsPolicy
 from esaroutes import eventloop
 from tests.support.dnsserver import DnsServer
@@ -26,13 +26,13 @@ def dual(peers: PeerFactory, dns_server: DnsServer, *, v4: bool = True, v6: bool
     return four, six
 
 
-def send(port: int, preference: str) -> tuple[HostSession, list[TransactionResult]]:
+def send(port: int, preference: str, gate: Gate | None = None) -> tuple[HostSession, list[TransactionResult]]:
     destination = Destination(
         Host("dual.test", port), helo="relay.test", tls=TlsPolicy.OFF, timeouts=FAST, ip_preference=preference
     )
 
     async def go() -> tuple[HostSession, list[TransactionResult]]:
-        async with HostSession(destination, lookup=dns.host_addresses) as session:
+        async with HostSession(destination, lookup=dns.host_addresses, gate=gate) as session:
             if session.failure is not None:
                 return session, []
             return session, [await session.send(Envelope(1, "s@example.test", ((0, "a@dual.test"),), BODY))]
@@ -61,6 +61,38 @@ def test_preferred_falls_back_to_the_other_family_when_the_preferred_fails(
     four, _ = dual(peers, dns_server, v6=False)  # nothing listens on [::1]:port
     session, [result] = send(four.port, "ipv6-preferred")
     assert result.delivered and session.connection is not None and session.connection.peer_ip == "127.0.0.1"
+
+
+def refusing(*full: str) -> tuple[Gate, list[str]]:
+    """A gate (the runner's per-IP connection slots) that refuses `full` and records every address asked."""
+    asked: list[str] = []
+
+    async def gate(address: str) -> bool:
+        asked.append(address)
+        return address not in full
+
+    return gate, asked
+
+
+def test_an_address_the_gate_refuses_is_skipped_for_the_next(peers: PeerFactory, dns_server: DnsServer) -> None:
+    four, six = dual(peers, dns_server)
+    assert six is not None
+    gate, asked = refusing("127.0.0.1")
+    session, [result] = send(four.port, "ipv4-preferred", gate)
+    assert result.delivered and session.connection is not None and session.connection.peer_ip == "::1"
+    assert asked == ["127.0.0.1", "::1"]  # asked with the resolved addresses, in the preference's order
+    assert four.connections == 0
+
+
+def test_every_address_refused_by_the_gate_is_held_back_not_failed(peers: PeerFactory, dns_server: DnsServer) -> None:
+    four, six = dual(peers, dns_server)
+    assert six is not None
+    gate, asked = refusing("127.0.0.1", "::1")
+    session, results = send(four.port, "ipv6-preferred", gate)
+    assert results == [] and session.failure is not None
+    assert session.failure.slots_full and not session.failure.marks_host_down
+    assert asked == ["::1", "127.0.0.1"]
+    assert four.connections == 0 and six.connections == 0
 
 
 def test_required_never_touches_the_other_family(peers: PeerFactory, dns_server: DnsServer) -> None:
