@@ -258,17 +258,7 @@ class RouteAdmin(admin.ModelAdmin[Route]):
 
 @admin.register(DestinationControl)
 class DestinationControlAdmin(admin.ModelAdmin[DestinationControl]):
-    list_display = (
-        "shown_destination",
-        "max_connections",
-        "max_messages_per_connection",
-        "recipient_limit",
-        "recipient_minutes",
-        "limit_scope",
-        "ip_preference",
-        "tls",
-        "bounce_profile",
-    )
+    list_display = ("shown_destination", *destinations.LIMIT_FIELDS, "bounce_profile")
     list_filter = ("limit_scope", "ip_preference", "tls", "bounce_profile")
     search_fields = ("destination",)
     list_select_related = ("bounce_profile",)

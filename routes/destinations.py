@@ -269,6 +269,24 @@ def limits_problems(
     return found
 
 
+# What `limits_problems` judges: an entry's fields but its name and bounce profile
+LIMIT_FIELDS = (
+    "max_connections",
+    "max_messages_per_connection",
+    "recipient_limit",
+    "recipient_minutes",
+    "limit_scope",
+    "ip_preference",
+    "tls",
+)
+
+
+def entry_limits_problems(entry: object) -> dict[str, list[str]]:
+    """`limits_problems` of an entry's LIMIT_FIELDS attributes: a model row's (its `clean()`) or the services'
+    data (their check), the one rule for both."""
+    return limits_problems(**{name: getattr(entry, name) for name in LIMIT_FIELDS})
+
+
 def _either(choices: Mapping[str, str]) -> str:
     values = list(choices)
     return ", ".join(values[:-1]) + " or " + values[-1]

@@ -251,19 +251,7 @@ class DestinationControl(Timestamped):
                 errors["destination"] = [str(exc)]
             else:
                 errors.update(destination_problems(self.destination, self.pk))
-        errors.update(
-            (name, messages)
-            for name, messages in destinations.limits_problems(
-                max_connections=self.max_connections,
-                max_messages_per_connection=self.max_messages_per_connection,
-                recipient_limit=self.recipient_limit,
-                recipient_minutes=self.recipient_minutes,
-                limit_scope=self.limit_scope,
-                ip_preference=self.ip_preference,
-                tls=self.tls,
-            ).items()
-            if name not in errors
-        )
+        errors.update(destinations.entry_limits_problems(self))  # never about the destination
         if errors:
             raise ValidationError(errors)
 

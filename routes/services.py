@@ -326,16 +326,7 @@ def check_destination(data: DestinationData, *, destination_id: int | None = Non
     else:
         if against_table:
             problems.update(destination_problems(stored, destination_id))
-    for name, messages in destinations.limits_problems(
-        max_connections=data.max_connections,
-        max_messages_per_connection=data.max_messages_per_connection,
-        recipient_limit=data.recipient_limit,
-        recipient_minutes=data.recipient_minutes,
-        limit_scope=data.limit_scope,
-        ip_preference=data.ip_preference,
-        tls=data.tls,
-    ).items():
-        problems.setdefault(name, []).extend(messages)
+    problems.update(destinations.entry_limits_problems(data))  # never about the destination
     if problems:
         raise DestinationInvalid(problems)
     return stored
