@@ -7,16 +7,14 @@ profile routes name cannot be deleted (409, naming them); destination controls n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import ProtectedError
-from django.shortcuts import get_object_or_404
+from django.db.models import ProtectedError, QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.request import Request
-from rest_framework.response import Response
 
 from delivery import bounce_profiles
 from delivery.models import BounceProfile
@@ -77,22 +75,18 @@ def _saved(call: Callable[..., BounceProfile], **kwargs: Any) -> BounceProfile:
         raise serializers.ValidationError(exc.message_dict) from None
 
 
-class BounceProfileList(views.ApiView):
+class _Profiles(views.RowsView):
     read_capability = "bounceprofiles.view"
     write_capability = "bounceprofiles.change"
     serializer_class = BounceProfileSerializer
 
-    @extend_schema(responses=BounceProfileSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        rows = self.paginate_queryset(BounceProfile.objects.all())
-        return self.get_paginated_response(BounceProfileSerializer(cast(Any, rows), many=True).data)
+    def rows(self) -> QuerySet[BounceProfile]:
+        return BounceProfile.objects.all()
 
-    @extend_schema(request=BounceProfileSerializer, responses={201: BounceProfileSerializer})
-    def post(self, request: Request) -> Response:
-        body = BounceProfileSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        profile = _saved(bounce_profiles.create, values=body.validated_data, actor=views.actor(request))
-        return views.created(request, BounceProfileSerializer(profile).data, profile.pk)
+
+class BounceProfileList(_Profiles, views.CollectionView):
+    def create(self, request: Request, data: dict[str, Any]) -> BounceProfile:
+        return _saved(bounce_profiles.create, values=data, actor=views.actor(request))
 
 
 @extend_schema_view(
@@ -103,14 +97,7 @@ class BounceProfileList(views.ApiView):
         }
     )
 )
-class BounceProfileDetail(views.ObjectView):
-    read_capability = "bounceprofiles.view"
-    write_capability = "bounceprofiles.change"
-    serializer_class = BounceProfileSerializer
-
-    def read(self, pk: int, *, lock: bool = False) -> BounceProfile:
-        return get_object_or_404(BounceProfile.objects.select_for_update() if lock else BounceProfile.objects, pk=pk)
-
+class BounceProfileDetail(_Profiles, views.ObjectView):
     def change(self, request: Request, obj: BounceProfile, data: dict[str, Any], *, partial: bool) -> None:
         _saved(bounce_profiles.update, profile_id=obj.pk, changes=data, actor=views.actor(request))
 

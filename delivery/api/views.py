@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -149,31 +150,23 @@ def _save(call: Any, **kwargs: Any) -> Webhook:
     return hook
 
 
-class WebhookList(views.ApiView):
-    read_capability = "webhooks.view"
-    write_capability = "webhooks.change"
-
-    @extend_schema(responses=WebhookSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        rows = self.paginate_queryset(Webhook.objects.all())
-        return self.get_paginated_response(WebhookSerializer(rows, many=True).data)
-
-    @extend_schema(request=WebhookSerializer, responses={201: WebhookCreatedSerializer})
-    def post(self, request: Request) -> Response:
-        data = WebhookSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        hook = _save(webhook_services.create, actor=views.actor(request), **data.validated_data)
-        return Response(WebhookCreatedSerializer(hook).data, status=201)
-
-
-class WebhookDetail(views.ObjectView):
+class _Webhooks(views.RowsView):
     read_capability = "webhooks.view"
     write_capability = "webhooks.change"
     serializer_class = WebhookSerializer
 
-    def read(self, pk: int, *, lock: bool = False) -> Webhook:
-        return get_object_or_404(Webhook.objects.select_for_update() if lock else Webhook.objects, pk=pk)
+    def rows(self) -> QuerySet[Webhook]:
+        return Webhook.objects.all()
 
+
+class WebhookList(_Webhooks, views.CollectionView):
+    @extend_schema(request=WebhookSerializer, responses={201: WebhookCreatedSerializer})
+    def post(self, request: Request) -> Response:  # the answer shows the secret, once: no ETag, no Location
+        hook = _save(webhook_services.create, actor=views.actor(request), **self.validated(request))
+        return Response(WebhookCreatedSerializer(hook).data, status=201)
+
+
+class WebhookDetail(_Webhooks, views.ObjectView):
     def change(self, request: Request, obj: Webhook, data: dict[str, Any], *, partial: bool) -> None:
         _save(webhook_services.update, hook=obj, actor=views.actor(request), **data)
 

@@ -23,11 +23,14 @@ How to add an endpoint (say, in delivery):
    `read_capability`/`write_capability`, DRF serializers for input and output (`@extend_schema(request=...,
    responses=...)` so the schema is exact), and each write calling the app's service with
    `actor=views.actor(request)` (the token, audited as `api:<user>/<token>`, or the session's user).
-   A list: `self.paginate_queryset(qs)` then `self.get_paginated_response(data)` (keyset by id; set
-   `keyset_descending = True` for newest first); a create answers `views.created(request, data, pk)`. One
-   object at `<pk>/`: a subclass of `views.ObjectView` with `read`, `change` and `remove` (it locks the row and
-   checks If-Match, `conditional.require_match`, in the transaction of the change); another write to an
-   existing object does the same itself.
+   A model's rows: `views.CollectionView` at `<noun>/` (GET lists `rows()` in keyset pages, POST validates
+   the body and calls `create`) and `views.ObjectView` at `<noun>/<pk>/` (`change` and `remove`; it locks the
+   row and checks If-Match, `conditional.require_match`, in the transaction of the change), both setting
+   `serializer_class` (and `input_class` when the body differs) and `rows()`, usually in one shared base
+   (`class _Profiles(views.RowsView)`, as `delivery/api/bounce_profiles.py` does); the schema follows from them.
+   Another list: `self.paginate_queryset(qs)` then `self.get_paginated_response(data)` (keyset by id; set
+   `keyset_descending = True` for newest first); another write to an existing object locks it and calls
+   `conditional.require_match` itself.
    Bad input: `raise errors.invalid("field", "message")` or a serializer's `is_valid(raise_exception=True)`.
 2. `delivery/api/urls.py`: `urlpatterns = [path("queue/recipients/", views.X.as_view(), name="queue-recipients")]`
    (no `app_name`), and one line in `esaroutes/api_urls.py`: `path("", include("delivery.api.urls"))`.

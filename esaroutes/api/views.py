@@ -8,8 +8,9 @@ project's rules on top (authentication, capabilities, throttling and problem+jso
 - the request body is bounded: `max_body_bytes` (default `ESAROUTES_API_MAX_BODY`) against Content-Length, 413 over;
 - a successful GET answers `ETag` (esaroutes/api/conditional.py), unless the view set one itself.
 
-`ObjectView` is the one object at `<pk>/` (GET, PUT, PATCH, DELETE) with the If-Match write step written once;
-`created` is the 201 answer of a POST to a collection.
+`CollectionView` is a model's rows at `<noun>/` (GET lists, POST creates) and `ObjectView` one of them at `<pk>/`
+(GET, PUT, PATCH, DELETE) with the If-Match write step written once; `created` is the 201 answer of a POST to a
+collection.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
 from drf_spectacular import views as spectacular
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -79,30 +82,82 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
         return response
 
 
-# One object at `<pk>/`: GET reads it, PUT and PATCH change it, DELETE removes it.
+# The rows of one model at `<noun>/` (`CollectionView`: GET lists them, POST creates one) and at `<noun>/<pk>/`
+# (`ObjectView`: GET reads one, PUT and PATCH change it, DELETE removes it), each write through the app's service.
 #
+# A subclass sets `serializer_class` (what an object reads as: the answers and the ETag's source) and, when a
+# body differs from it, `input_class`; it defines `rows` (every object, with what its representation reads).
+# The schema of GET, POST, PUT and PATCH follows from those two classes (a method the subclass writes itself
+# keeps its own); DELETE answers 204. (Comments, not docstrings: the schema would show a docstring as every
+# subclass's description.)
+class RowsView(ApiView):
+    input_class: type[serializers.BaseSerializer[Any]] | None = None
+
+    def rows(self) -> QuerySet[Any]:
+        """Every object, with what its representation reads (`select_related`, `prefetch_related`)."""
+        raise NotImplementedError
+
+    def read(self, pk: int, *, lock: bool = False) -> Any:
+        """The object (its own row locked with `lock`), or Http404."""
+        rows = self.rows()
+        return get_object_or_404(rows.select_for_update(of=("self",)) if lock else rows, pk=pk)
+
+    def represent(self, obj: Any) -> Any:
+        return self.get_serializer_class()(obj).data
+
+    def validated(self, request: Request, *, partial: bool = False) -> dict[str, Any]:
+        """The request body, validated by `input_class` (or `serializer_class`): a 400 at each wrong field."""
+        body = (self.input_class or self.get_serializer_class())(data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        return dict(body.validated_data)
+
+
+def _schema_from_classes(cls: type[RowsView], **methods: Any) -> None:
+    """Annotate the methods `cls` inherits (not those it writes itself) with their request and response."""
+    if cls.serializer_class is not None:
+        inherited = {name: schema for name, schema in methods.items() if name not in cls.__dict__}
+        extend_schema_view(**inherited)(cls)
+
+
+# GET: the objects `listed` (`rows` unless a subclass filters them), keyset pages by id. POST: the body
+# validated, then `create` (the app's service) makes the object; the answer is the 201 of `created`.
+class CollectionView(RowsView):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        answer = cls.serializer_class
+        if answer is not None:
+            body = cls.input_class or answer
+            post = extend_schema(request=body, responses={201: answer})
+            _schema_from_classes(cls, get=extend_schema(responses=answer(many=True)), post=post)
+
+    def listed(self) -> QuerySet[Any]:
+        """What GET lists (`self.request` holds the query's filters)."""
+        return self.rows()
+
+    def create(self, request: Request, data: dict[str, Any]) -> Any:
+        """Make the object from `data` (the validated body) through the app's service; return it."""
+        raise NotImplementedError
+
+    def get(self, request: Request) -> Response:
+        rows = self.paginate_queryset(self.listed())
+        return self.get_paginated_response(self.get_serializer_class()(rows, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        made = self.create(request, self.validated(request))
+        return created(request, self.represent(self.read(made.pk)), made.pk)
+
+
 # Each write validates the body first (a bad body is a 400 whatever its If-Match), then, in one transaction,
 # locks the row, checks If-Match against the object's representation (`conditional.require_match`: 428
 # without, 412 when stale) and calls the subclass's `change` or `remove`, which call the app's service. A
 # change answers the object as it now is, with its ETag (the If-Match of the next write).
-#
-# A subclass sets `serializer_class` (what the object reads as: the GET answer and the ETag's source) and,
-# when the body differs from it, `input_class`; it defines `read`, `change` and `remove`. The schema of PUT
-# and PATCH follows from those two classes; DELETE answers 204. (A comment, not a docstring: the schema would
-# show a docstring as every subclass's description.)
-class ObjectView(ApiView):
-    input_class: type[serializers.BaseSerializer[Any]] | None = None
-
+class ObjectView(RowsView):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.serializer_class is not None:
-            body, answer = cls.input_class or cls.serializer_class, cls.serializer_class
-            write = {method: extend_schema(request=body, responses=answer) for method in ("put", "patch")}
-            extend_schema_view(**write)(cls)
-
-    def read(self, pk: int, *, lock: bool = False) -> Any:
-        """The object (`select_for_update` with `lock`), or Http404."""
-        raise NotImplementedError
+        answer = cls.serializer_class
+        if answer is not None:
+            write = extend_schema(request=cls.input_class or answer, responses=answer)
+            _schema_from_classes(cls, put=write, patch=write)
 
     def change(self, request: Request, obj: Any, data: dict[str, Any], *, partial: bool) -> None:
         """Write `data` (the validated body; with `partial`, only the fields the request gave) to `obj`."""
@@ -110,9 +165,6 @@ class ObjectView(ApiView):
 
     def remove(self, request: Request, obj: Any) -> None:
         raise NotImplementedError
-
-    def represent(self, obj: Any) -> Any:
-        return self.get_serializer_class()(obj).data
 
     def get(self, request: Request, pk: int) -> Response:
         return Response(self.represent(self.read(pk)))
@@ -135,9 +187,7 @@ class ObjectView(ApiView):
         return obj
 
     def _write(self, request: Request, pk: int, *, partial: bool) -> Response:
-        body = (self.input_class or self.get_serializer_class())(data=request.data, partial=partial)
-        body.is_valid(raise_exception=True)
-        data = dict(body.validated_data)
+        data = self.validated(request, partial=partial)
         if partial:
             data = {k: v for k, v in data.items() if k in request.data}
         with transaction.atomic():

@@ -5,15 +5,13 @@ users, through `routes.access.services` as the pages and the admin do (same chec
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models, transaction
-from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from django.db.models import QuerySet
 from rest_framework import serializers
 from rest_framework.request import Request
-from rest_framework.response import Response
 
 from esaroutes.api import views
 from routes.access import services
@@ -48,41 +46,35 @@ def invalid(exc: services.AccessInvalid) -> serializers.ValidationError:
     )
 
 
-class _Table:
-    model: type[models.Model]
-    serializer: type[serializers.Serializer[Any]]
-    natural_key = ""
-
-    def save(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
-        raise NotImplementedError
-
-    def delete(self, request: Request, pk: int) -> None:
-        raise NotImplementedError
-
-
-class _List(views.ApiView):
+class _Table(views.RowsView):
     read_capability = "access.view"
     write_capability = "access.change"
-    table: _Table
+    model: type[models.Model]
+    natural_key = ""
 
-    def get(self, request: Request) -> Response:
-        rows = self.paginate_queryset(self.table.model._default_manager.order_by("pk"))
-        return self.get_paginated_response(self.table.serializer(cast(Any, rows), many=True).data)
+    def rows(self) -> QuerySet[Any]:
+        return self.model._default_manager.all()
 
-    def post(self, request: Request) -> Response:
-        body = self.table.serializer(data=request.data)
-        body.is_valid(raise_exception=True)
+    def store(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
+        """Save a row through the service (pk None: a new one)."""
+        raise NotImplementedError
+
+    def drop(self, request: Request, pk: int) -> None:
+        raise NotImplementedError
+
+
+class _List(_Table, views.CollectionView):
+    def create(self, request: Request, data: dict[str, Any]) -> models.Model:
         with transaction.atomic():
             try:
-                self._refuse_duplicate(body.validated_data)
-                row = self.table.save(request, body.validated_data, None)
+                self._refuse_duplicate(data)
+                return self.store(request, data, None)
             except services.AccessInvalid as exc:
                 raise invalid(exc) from None
-        return views.created(request, self.table.serializer(row).data, row.pk)
 
     def _refuse_duplicate(self, data: dict[str, Any]) -> None:
         """A POST creates: the services' save by natural key would change the existing row instead."""
-        key = self.table.natural_key
+        key = self.natural_key
         if key == "username" and SmtpUser.objects.filter(username=data[key].strip()).exists():
             raise services.AccessInvalid({key: ["This user already exists: change that one."]})
         if key == "domain":
@@ -91,99 +83,73 @@ class _List(views.ApiView):
                 raise services.AccessInvalid({key: ["This domain already has a rule: change that one."]})
 
 
-class _Detail(views.ObjectView):
-    read_capability = "access.view"
-    write_capability = "access.change"
-    table: _Table
-
-    def read(self, pk: int, *, lock: bool = False) -> models.Model:
-        rows = self.table.model._default_manager.all()
-        return get_object_or_404(rows.select_for_update() if lock else rows, pk=pk)
-
+class _Detail(_Table, views.ObjectView):
     def change(self, request: Request, obj: models.Model, data: dict[str, Any], *, partial: bool) -> None:
         merged = {**self.represent(obj), **data} if partial else data
         try:
-            self.table.save(request, merged, obj.pk)
+            self.store(request, merged, obj.pk)
         except services.AccessInvalid as exc:
             raise invalid(exc) from None
 
     def remove(self, request: Request, obj: models.Model) -> None:
-        self.table.delete(request, obj.pk)
+        self.drop(request, obj.pk)
 
 
 class _Rats(_Table):
     model = RecipientAccessRule
-    serializer = RatSerializer
+    serializer_class = RatSerializer
     natural_key = "domain"
 
-    def save(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
+    def store(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
         return services.rat_save(views.actor(request), data["domain"], data["action"], data["comment"], pk=pk)
 
-    def delete(self, request: Request, pk: int) -> None:
+    def drop(self, request: Request, pk: int) -> None:
         services.rat_delete(views.actor(request), pk)
 
 
 class _Relays(_Table):
     model = RelayNetwork
-    serializer = RelaySerializer
+    serializer_class = RelaySerializer
 
-    def save(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
+    def store(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
         return services.relay_save(views.actor(request), data["network"], data["comment"], pk=pk)
 
-    def delete(self, request: Request, pk: int) -> None:
+    def drop(self, request: Request, pk: int) -> None:
         services.relay_delete(views.actor(request), pk)
 
 
 class _Users(_Table):
     model = SmtpUser
-    serializer = SmtpUserSerializer
+    serializer_class = SmtpUserSerializer
     natural_key = "username"
 
-    def save(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
+    def store(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
         password = data.get("password") or None
         return services.user_save(views.actor(request), data["username"], password, data["is_active"], pk=pk)
 
-    def delete(self, request: Request, pk: int) -> None:
+    def drop(self, request: Request, pk: int) -> None:
         services.user_delete(views.actor(request), pk)
 
 
-@extend_schema(request=RatSerializer, responses=RatSerializer)
-@extend_schema_view(
-    get=extend_schema(responses=RatSerializer(many=True)), post=extend_schema(responses={201: RatSerializer})
-)
-class RatList(_List):
-    table = _Rats()
-    serializer_class = RatSerializer
+class RatList(_Rats, _List):
+    pass
 
 
-class RatDetail(_Detail):
-    table = _Rats()
-    serializer_class = RatSerializer
+class RatDetail(_Rats, _Detail):
+    pass
 
 
-@extend_schema(request=RelaySerializer, responses=RelaySerializer)
-@extend_schema_view(
-    get=extend_schema(responses=RelaySerializer(many=True)), post=extend_schema(responses={201: RelaySerializer})
-)
-class RelayList(_List):
-    table = _Relays()
-    serializer_class = RelaySerializer
+class RelayList(_Relays, _List):
+    pass
 
 
-class RelayDetail(_Detail):
-    table = _Relays()
-    serializer_class = RelaySerializer
+class RelayDetail(_Relays, _Detail):
+    pass
 
 
-@extend_schema(request=SmtpUserSerializer, responses=SmtpUserSerializer)
-@extend_schema_view(
-    get=extend_schema(responses=SmtpUserSerializer(many=True)), post=extend_schema(responses={201: SmtpUserSerializer})
-)
-class UserList(_List):
-    table = _Users()
-    serializer_class = SmtpUserSerializer
+class UserList(_Users, _List):
+    pass
 
 
-class UserDetail(_Detail):
-    table = _Users()
-    serializer_class = SmtpUserSerializer
+class UserDetail(_Users, _Detail):
+    pass

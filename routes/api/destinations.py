@@ -7,13 +7,12 @@ nor renamed (400 at `destination`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, cast
+from typing import Any
 
-from django.shortcuts import get_object_or_404
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.request import Request
-from rest_framework.response import Response
 
 from delivery.models import BounceProfile
 from esaroutes.api import errors, views
@@ -77,46 +76,28 @@ def destination_data(validated: dict[str, Any]) -> services.DestinationData:
     )
 
 
-def read_destination(pk: int, *, lock: bool = False) -> DestinationControl:
-    rows = DestinationControl.objects.select_related("bounce_profile")
-    return get_object_or_404(rows.select_for_update(of=("self",)) if lock else rows, pk=pk)
-
-
-class DestinationList(views.ApiView):
-    read_capability = "destinations.view"
-    write_capability = "destinations.change"
-    serializer_class = DestinationControlSerializer
-
-    @extend_schema(responses=DestinationControlSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        rows = self.paginate_queryset(DestinationControl.objects.all())
-        return self.get_paginated_response(DestinationControlSerializer(cast(Any, rows), many=True).data)
-
-    @extend_schema(request=DestinationControlInputSerializer, responses={201: DestinationControlSerializer})
-    def post(self, request: Request) -> Response:
-        body = DestinationControlInputSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            control = services.create_destination(
-                data=destination_data(body.validated_data), actor=views.actor(request)
-            )
-        except services.DestinationInvalid as exc:
-            raise serializers.ValidationError(exc.problems) from None
-        return views.created(request, DestinationControlSerializer(read_destination(control.pk)).data, control.pk)
-
-
-@extend_schema_view(
-    delete=extend_schema(responses={204: None, 409: OpenApiResponse(description="The Default entry cannot be deleted")})
-)
-class DestinationDetail(views.ObjectView):
+class _Destinations(views.RowsView):
     read_capability = "destinations.view"
     write_capability = "destinations.change"
     serializer_class = DestinationControlSerializer
     input_class = DestinationControlInputSerializer
 
-    def read(self, pk: int, *, lock: bool = False) -> DestinationControl:
-        return read_destination(pk, lock=lock)
+    def rows(self) -> QuerySet[DestinationControl]:
+        return DestinationControl.objects.all()
 
+
+class DestinationList(_Destinations, views.CollectionView):
+    def create(self, request: Request, data: dict[str, Any]) -> DestinationControl:
+        try:
+            return services.create_destination(data=destination_data(data), actor=views.actor(request))
+        except services.DestinationInvalid as exc:
+            raise serializers.ValidationError(exc.problems) from None
+
+
+@extend_schema_view(
+    delete=extend_schema(responses={204: None, 409: OpenApiResponse(description="The Default entry cannot be deleted")})
+)
+class DestinationDetail(_Destinations, views.ObjectView):
     def change(self, request: Request, obj: DestinationControl, data: dict[str, Any], *, partial: bool) -> None:
         if partial:
             if "bounce_profile" in data:

@@ -10,15 +10,15 @@ ESA syntax, `[name]` for A/AAAA only), or `["USEDNS"]` / `["/dev/null"]` alone. 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import exceptions, parsers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -141,54 +141,43 @@ def invalid_route(exc: services.RouteInvalid) -> serializers.ValidationError:
     return serializers.ValidationError(problems or {"non_field_errors": [str(exc)]})
 
 
-def read_route(pk: int, *, lock: bool = False) -> Route:
-    routes = Route.objects.select_related("auth_profile", "bounce_profile").prefetch_related("hosts")
-    return get_object_or_404(routes.select_for_update(of=("self",)) if lock else routes, pk=pk)
-
-
-class RouteList(views.ApiView):
-    read_capability = "routes.view"
-    write_capability = "routes.change"
-    serializer_class = RouteSerializer
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("q", str, description="domain or host contains (Unicode or punycode)"),
-            OpenApiParameter("kind", str, enum=list(pages.KINDS), description="as the page's filter"),
-        ],
-        responses=RouteSerializer(many=True),
-    )
-    def get(self, request: Request) -> Response:
-        kind = request.query_params.get("kind", "all")
-        if kind not in pages.KINDS:
-            raise errors.invalid("kind", f"use one of {', '.join(pages.KINDS)}")
-        routes = Route.objects.filter(pages.KINDS[kind])
-        q = request.query_params.get("q", "").strip()[:300]
-        if q:
-            routes = routes.filter(pages._search(q))
-        rows = self.paginate_queryset(routes.select_related("auth_profile").prefetch_related("hosts"))
-        return self.get_paginated_response(RouteSerializer(cast(Any, rows), many=True).data)
-
-    @extend_schema(request=RouteInputSerializer, responses={201: RouteSerializer})
-    def post(self, request: Request) -> Response:
-        body = RouteInputSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        try:
-            route = services.route_create(data=route_data(body.validated_data), actor=views.actor(request))
-        except services.RouteInvalid as exc:
-            raise invalid_route(exc) from None
-        return views.created(request, RouteSerializer(read_route(route.pk)).data, route.pk)
-
-
-class RouteDetail(views.ObjectView):
+class _Routes(views.RowsView):
     read_capability = "routes.view"
     write_capability = "routes.change"
     serializer_class = RouteSerializer
     input_class = RouteInputSerializer
 
-    def read(self, pk: int, *, lock: bool = False) -> Route:
-        return read_route(pk, lock=lock)
+    def rows(self) -> QuerySet[Route]:
+        return Route.objects.select_related("auth_profile", "bounce_profile").prefetch_related("hosts")
 
+
+@extend_schema_view(
+    get=extend_schema(
+        parameters=[
+            OpenApiParameter("q", str, description="domain or host contains (Unicode or punycode)"),
+            OpenApiParameter("kind", str, enum=list(pages.KINDS), description="as the page's filter"),
+        ]
+    )
+)
+class RouteList(_Routes, views.CollectionView):
+    def listed(self) -> QuerySet[Route]:
+        kind = self.request.query_params.get("kind", "all")
+        if kind not in pages.KINDS:
+            raise errors.invalid("kind", f"use one of {', '.join(pages.KINDS)}")
+        routes = Route.objects.filter(pages.KINDS[kind])
+        q = self.request.query_params.get("q", "").strip()[:300]
+        if q:
+            routes = routes.filter(pages._search(q))
+        return routes.select_related("auth_profile").prefetch_related("hosts")
+
+    def create(self, request: Request, data: dict[str, Any]) -> Route:
+        try:
+            return services.route_create(data=route_data(data), actor=views.actor(request))
+        except services.RouteInvalid as exc:
+            raise invalid_route(exc) from None
+
+
+class RouteDetail(_Routes, views.ObjectView):
     def change(self, request: Request, obj: Route, data: dict[str, Any], *, partial: bool) -> None:
         if partial:
             current = {
