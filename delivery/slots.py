@@ -253,7 +253,6 @@ def wait(key: str, mids: Iterable[int], *, now: datetime | None = None) -> None:
     mids = sorted(set(mids))
     if not mids:
         return
-    now = now or timezone.now()
     client = _redis()
     if client is not None:
         with client.pipeline(transaction=True) as pipe:
@@ -261,6 +260,7 @@ def wait(key: str, mids: Iterable[int], *, now: datetime | None = None) -> None:
             pipe.expire(_waiting_key(key), WAITING_TTL)
             pipe.execute()
         return
+    now = now or timezone.now()
     until = now + timedelta(seconds=WAITING_TTL)
     rows = [ConnectionSlot(key=_WAITING_PREFIX + key, holder=str(mid), expires_at=until) for mid in mids]
     ConnectionSlot.objects.bulk_create(
