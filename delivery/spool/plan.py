@@ -111,6 +111,16 @@ def _template(
     )
 
 
+def connection_limits(where: resolve.Resolution, table: matching.RouteTable) -> destinations.DestinationLimits:
+    """The destination control entry whose messages per connection, IP preference and bounce profile (its
+    after-possible-delivery rule) a group's connections take: its recipient domain's. A redirect goes to the
+    operator's relay in one group whatever its domains: it takes the Default entry's, the same for every domain
+    (the relay is none of them; the first domain of the batch no longer decides)."""
+    if where.kind == resolve.Kind.REDIRECT:
+        return table.destinations.default
+    return table.destinations.lookup(where.domain)
+
+
 def _limits(where: resolve.Resolution, table: matching.RouteTable) -> destinations.DestinationLimits | None:
     """The destination control whose connection and recipient limits the group's connections count against
     (`delivery.slots`, in the runner): its recipient domain's. Mail an operator redirected is not counted."""
@@ -221,7 +231,7 @@ def plan(mids: Sequence[int], *, now: datetime) -> Plan:
     for group_key, by_mid in jobs.items():
         where = routes[group_key]
         key, domain = group_key  # domain: "" for a redirect (not counted, one relay whatever the domain)
-        limits = resolver.table.destinations.lookup(where.domain)
+        limits = connection_limits(where, resolver.table)
         per_connection = limits.max_messages_per_connection
         job_list = [
             outcome.Job(mid, messages[mid]["sender"], bytes(bodies.get(mid, b"")), tuple(rcpts))

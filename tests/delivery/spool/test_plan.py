@@ -83,3 +83,24 @@ def test_redirected_mail_is_one_group_whatever_the_domain_and_not_counted():
     assert [h.key for h in group.hosts] == [("192.0.2.99", 2526)]
     assert group.limits is None and group.template.domain == ""
     assert {r.domain for r in group.jobs[0].recipients} == {"a.test", "b.test"}
+
+
+@pytest.mark.parametrize("first", ["a.test", "b.test"])
+def test_redirected_mail_takes_the_default_entrys_values_whichever_domain_comes_first(first):
+    make_route("ALL", "192.0.2.10")
+    services.update_destination(
+        destination_id=services.default_destination().pk,
+        data=services.DestinationData(
+            destination="default", max_messages_per_connection=3, ip_preference="ipv4-required"
+        ),
+        actor="test",
+    )
+    control("a.test", max_messages_per_connection=1, ip_preference="ipv6-preferred")
+    control("b.test", max_messages_per_connection=7, ip_preference="ipv6-required")
+    second = "b.test" if first == "a.test" else "a.test"
+    mids = [queue_message(f"u{i}@{first}", f"v{i}@{second}") for i in range(4)]
+    Recipient.objects.filter(message_id__in=mids).update(redirect_host="192.0.2.99", redirect_port=2526)
+    groups = plan.plan(mids, now=timezone.now()).groups
+    assert [len(g.jobs) for g in groups] == [3, 1]  # the Default's 3 per connection, not a.test's 1 nor b.test's 7
+    assert {(g.template.max_messages, g.template.ip_preference) for g in groups} == {(3, "ipv4-required")}
+    assert all(g.limits is None for g in groups)  # and still not counted

@@ -7,6 +7,7 @@ import pytest
 from delivery import resolve, worker
 from delivery.models import Recipient
 from delivery.spool import actions
+from routes import services
 from routes.models import AuditEntry
 from tests.delivery.conftest import grep, hosts_text, log, queue_message, recipients
 from tests.routes.helpers import make_route
@@ -43,6 +44,31 @@ def test_redirected_recipients_go_to_the_relay_and_new_mail_follows_its_route(pe
     worker.deliver_batch([three])
     assert recipients(three) == [(0, "delayed")] and len(relay.messages) == 2
     assert AuditEntry.objects.filter(object_repr=f"Redirect 2 recipients to {relay.host}:{relay.port}").exists()
+
+
+def test_redirected_mail_of_several_domains_takes_the_default_entrys_messages_per_connection(peers):
+    """a.test allows 1 message per connection and b.test 5; the redirect takes the Default's 2, whichever domain
+    the batch happens to list first."""
+    relay = peers.start()
+    make_route("ALL", hosts_text((peers.refused(), 0)))
+    services.update_destination(
+        destination_id=services.default_destination().pk,
+        data=services.DestinationData(destination="default", max_messages_per_connection=2),
+        actor="test",
+    )
+    for domain, n in (("a.test", 1), ("b.test", 5)):
+        services.create_destination(
+            data=services.DestinationData(destination=domain, max_messages_per_connection=n), actor="test"
+        )
+    mids = [queue_message(address) for address in ("u1@a.test", "u2@a.test", "u1@b.test", "u2@b.test")]
+    assert (
+        actions.redirect_recipients(actions.select_recipients(everything=True), (relay.host, relay.port), actor="t")
+        == 4
+    )
+    assert worker.deliver_batch(mids, fill=False).claimed == 4
+    assert len(relay.wait_for_messages(4)) == 4
+    assert relay.connections == 2  # 4 messages, 2 per connection (a.test's 1 would make 4, b.test's 5 one)
+    assert all(state == "delivered" for mid in mids for _, state in recipients(mid))
 
 
 def test_cancel_gives_recipients_back_to_their_route(peers):
