@@ -34,6 +34,7 @@ from delivery import engine, outcome, slots
 from delivery.models import Recipient
 from delivery.outbound import hosts, runner
 from delivery.spool import doorbell, journal, lease, plan, record
+from routes import destinations
 
 logger = logging.getLogger(__name__)
 
@@ -435,15 +436,17 @@ def wait_for_slots(finals: Sequence[outcome.Final]) -> None:
 
 def wake(key: str, mids: Sequence[int]) -> None:
     """A connection slot of `key` was given back: the recipients of `mids` held back for one are due now, and
-    the doorbell rings for them (their SLOT_RETRY is only the safety net)."""
+    the doorbell rings for them (their SLOT_RETRY is only the safety net). They are the recipients of the key's
+    domain, found by the function that made the key (`destinations.counting_domain`): an address literal's
+    spelling (`[IPv6:::1]`, stored `[ipv6:::1]`, counted as `::1`) matches as a domain does."""
     if not mids:
         return
     domain = key.partition("|")[0]
     now = timezone.now()
-    rows = Recipient.objects.filter(
-        message_id__in=list(mids), domain__in=[domain, f"[{domain}]"], held=False, next_attempt_at__gt=now
-    )
-    doorbell.ring_many(lease.make_due(rows, now))
+    rows = Recipient.objects.filter(message_id__in=list(mids), held=False, next_attempt_at__gt=now)
+    pks = [pk for pk, d in rows.values_list("pk", "domain") if destinations.counting_domain(d) == domain]
+    if pks:
+        doorbell.ring_many(lease.make_due(Recipient.objects.filter(pk__in=pks), now))
 
 
 runner.on_slot_freed(wake)

@@ -155,13 +155,19 @@ def counting_key(limits: DestinationLimits, domain: str, ip: str | None = None) 
     as the ESA does. With `limit_scope == "ip"` and the destination IP known, the key is `domain|ip`, one
     count per destination address; without an IP (before a host is chosen) it is the domain's.
     """
-    key = destination_key(domain)
-    if key is None:
-        key = domain.rpartition("@")[2].strip().rstrip(">").lower()
+    key = counting_domain(domain)
     if limits.limit_scope == SCOPE_IP and ip:
         address = _ip(ip.strip().strip("[]"))
         return f"{key}|{address.compressed if address is not None else ip.strip().lower()}"
     return key
+
+
+def counting_domain(domain: str) -> str:
+    """The domain part of a counting key (`counting_key`): the recipient domain in stored form, an address
+    literal's canonical address (`[IPv6:0:0::1]` and `[ipv6:::1]` are both `::1`), else the text in lower case.
+    Mail waiting for a slot is found again by it (`delivery.worker.wake`), whatever its literal's spelling."""
+    key = destination_key(domain)
+    return key if key is not None else domain.rpartition("@")[2].strip().rstrip(">").lower()
 
 
 def destination_key(domain_or_address: str) -> str | None:

@@ -257,3 +257,19 @@ def test_per_ip_scope_tries_the_next_address_when_the_first_is_full(peers, dns_s
     assert [m.rcpt_tos for m in three.wait_for_messages(1)] == [("u@dest.test",)]
     assert two.connections == 0
     assert not grep(r"Maximum outbound connections", log())  # an address had room: nothing was held back
+
+
+def test_an_ipv6_literal_recipient_held_back_for_a_slot_is_woken_when_one_is_given_back(peers, monkeypatch):
+    """`user@[IPv6:::1]` is stored as `[ipv6:::1]` and counted as `::1`: the slot given back finds it (SLOT_RETRY
+    beyond the test's deadline: only the wake-up can send the backlog)."""
+    monkeypatch.setattr(runner, "SLOT_RETRY", 300.0)
+    peer = peers.start(data_delay=0.2)
+    make_route("ALL", f"{peer.host}:{peer.port}")
+    limit("::1", max_connections=1, max_messages_per_connection=1)
+    mids = [queue_message(f"u{i}@[IPv6:::1]") for i in range(9)]
+    deliver_everything(workers=3, timeout=60)
+    assert len(peer.messages) == 9
+    assert peer.peak_sessions <= 1
+    assert Recipient.objects.filter(message_id__in=mids, state=Recipient.State.DELIVERED).count() == 9
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert grep(r"^Maximum outbound connections 1 reached for \[ipv6:::1\]$", log()), "nothing was held back"

@@ -192,3 +192,19 @@ def test_the_route_table_carries_the_destinations():
 
     assert matching.RouteTable([]).destinations.lookup("example.com").is_default
     assert matching.RouteTable([], destinations=TABLE).destinations.lookup("a.example.com").max_connections == 3
+
+
+@pytest.mark.parametrize(
+    ("stored", "key"),
+    [
+        ("example.com", "example.com"),
+        ("[192.0.2.1]", "192.0.2.1"),
+        ("[ipv6:::1]", "::1"),  # a recipient's domain as the queue stores `user@[IPv6:::1]`
+        ("[IPv6:0:0::1]", "::1"),
+        ("[ipv6:2001:DB8::1]", "2001:db8::1"),
+        ("[not an address]", "[not an address]"),
+    ],
+)
+def test_counting_domain_is_the_key_a_stored_recipient_domain_counts_under(stored, key):
+    assert destinations.counting_domain(stored) == key
+    assert destinations.counting_key(destinations.BUILTIN_DEFAULT, stored) == key
