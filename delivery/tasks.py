@@ -15,8 +15,9 @@ import signal
 import threading
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import task_postrun, worker_process_init, worker_process_shutdown, worker_shutdown
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 
 from delivery import worker
@@ -57,6 +58,14 @@ def sweep() -> int:
     for i in range(tasks):
         deliver.apply_async((mids[i * batch],))
     return tasks
+
+
+@task_postrun.connect
+def _close_old_connections(**_: object) -> None:
+    """After a task, as after a web request: the connection is kept for the next task unless it is older than
+    ESAROUTES_DB_CONN_MAX_AGE, broke, or fails its health check (CELERY_DB_REUSE_MAX keeps Celery from closing
+    it after every task: a new connection is a new server backend, a fork and a warm-up each time)."""
+    close_old_connections()
 
 
 @worker_process_shutdown.connect

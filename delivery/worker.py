@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import OperationalError, connections
+from django.db import OperationalError, close_old_connections, connections
 from django.utils import timezone
 
 from delivery import engine, outcome, slots
@@ -273,7 +273,7 @@ class Recorder:
         with self._cond:
             idle = not self._flights
         if idle:
-            connections.close_all()  # nothing in flight: no connection held between bursts (or at teardown)
+            close_old_connections()  # nothing in flight: the connection is kept for the next burst unless too old
         for f in ended:
             f.done.set()
 

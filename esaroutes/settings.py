@@ -118,7 +118,19 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------------------------------------
 DATABASE_URL = env.env_url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
 if DATABASE_URL:
-    DATABASES: dict[str, dict[str, Any]] = {"default": dict(dj_database_url.parse(DATABASE_URL, conn_max_age=0))}
+    # Persistent connections: each thread that works with the database (the listener's, the runner's executor,
+    # the recorder, a Celery task's) keeps its own for ESAROUTES_DB_CONN_MAX_AGE seconds, checked before reuse
+    # after a request or task. With 0, every `close_old_connections()` (each task, each DCID or slot step of the
+    # runner) closed it, and the next query started a new server backend: a fork and a warm-up for a query or two.
+    DATABASES: dict[str, dict[str, Any]] = {
+        "default": dict(
+            dj_database_url.parse(
+                DATABASE_URL,
+                conn_max_age=env.env_int("ESAROUTES_DB_CONN_MAX_AGE", 300, minimum=0),
+                conn_health_checks=True,
+            )
+        )
+    }
 else:
     DATABASES = {
         "default": {
@@ -186,6 +198,10 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes a task's database connection after every task unless this is set (then after every
+# 2N). delivery.tasks closes it the way Django closes a request's instead (`close_old_connections`: older than
+# CONN_MAX_AGE, unusable after an error, or failing its health check), so a worker keeps one between tasks.
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_TASK_TIME_LIMIT = env.env_int("ESAROUTES_TASK_TIME_LIMIT", 900, minimum=10)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
