@@ -18,6 +18,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from esaroutes.admin import PasswordField, PasswordForm
 from routes import audit, auth_profiles, destinations, domains, forms, matching, services, sources
 from routes.access import admin as access_admin  # noqa: F401  (registers the access tables' admin)
 from routes.models import AuditEntry, AuthProfile, DestinationControl, DestinationHost, Route
@@ -299,22 +300,15 @@ class DestinationControlAdmin(admin.ModelAdmin[DestinationControl]):
 # Outgoing SMTP AUTH profiles
 
 
-class AuthProfileAdminForm(djforms.ModelForm[AuthProfile]):
-    password = djforms.CharField(
-        required=False,
-        widget=djforms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+class AuthProfileAdminForm(PasswordForm[AuthProfile]):
+    password = PasswordField(
+        auth_profiles.password_errors,
         help_text="Stored encrypted and never shown. Leave empty to keep the current password.",
     )
 
     class Meta:
         model = AuthProfile
         fields = ("name", "username")
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        for message in auth_profiles.password_errors(data.get("password"), new=self.instance.pk is None):
-            self.add_error("password", message)
-        return data
 
 
 @admin.register(AuthProfile)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from django import forms as djforms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from esaroutes.admin import PasswordField, PasswordForm
 from routes.access import services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
@@ -58,22 +58,15 @@ class RelayNetworkAdmin(_AccessAdmin[RelayNetwork]):
         obj.pk = saved.pk
 
 
-class SmtpUserAdminForm(djforms.ModelForm[SmtpUser]):
-    new_password = djforms.CharField(
-        required=False,
-        widget=djforms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+class SmtpUserAdminForm(PasswordForm[SmtpUser]):
+    new_password = PasswordField(
+        services.password_errors,
         help_text=f"At least {services.MIN_PASSWORD_LENGTH} characters; empty keeps the password",
     )
 
     class Meta:
         model = SmtpUser
         fields = ("username", "is_active")
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        for message in services.password_errors(data.get("new_password"), new=self.instance.pk is None):
-            self.add_error("new_password", message)
-        return data
 
 
 @admin.register(SmtpUser)
