@@ -273,3 +273,36 @@ def test_an_ipv6_literal_recipient_held_back_for_a_slot_is_woken_when_one_is_giv
     assert Recipient.objects.filter(message_id__in=mids, state=Recipient.State.DELIVERED).count() == 9
     assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
     assert grep(r"^Maximum outbound connections 1 reached for \[ipv6:::1\]$", log()), "nothing was held back"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_per_ip_recipient_limit_counts_each_connected_address_on_its_own(peers, dns_server):
+    """2 recipients per minute per destination IP, `pair.test` on two addresses: each address sees at most 2 in
+    any minute, the two together more than one address's 2 (the domain scope would allow 2 in all), and the
+    rest goes when the window moves, not bounced."""
+    two_seen: list[float] = []
+    three_seen: list[float] = []
+    two = peers.start_at("127.0.0.2", 0, data_delay=0.3, rcpt=_recipient_clock(two_seen))
+    three = peers.start_at("127.0.0.3", two.port, data_delay=0.3, rcpt=_recipient_clock(three_seen))
+    dns_server.add("pair.test", "A", "127.0.0.2")
+    dns_server.add("pair.test", "A", "127.0.0.3")
+    make_route("dest.test", f"[pair.test]:{two.port}")
+    limit(
+        "dest.test",
+        max_connections=1,
+        max_messages_per_connection=1,
+        recipient_limit=2,
+        recipient_minutes=1,
+        limit_scope="ip",
+    )
+    for i in range(6):
+        queue_message(f"u{i}@dest.test")
+    deliver_everything(workers=3, timeout=200)
+    assert len(two_seen) + len(three_seen) == 6
+    assert _max_in_any_window(two_seen, 60.0) <= 2 and _max_in_any_window(three_seen, 60.0) <= 2
+    assert _max_in_any_window(two_seen + three_seen, 60.0) > 2  # counted per address, not for the domain
+    assert not Recipient.objects.exclude(state=Recipient.State.DELIVERED).exists()
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert grep(r"^Delivery to dest\.test Data 1 throttled by recipient limit$", log())
+    assert two.messages and three.messages
