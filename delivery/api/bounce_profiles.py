@@ -6,12 +6,10 @@ profile routes name cannot be deleted (409, naming them); destination controls n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import ValidationError
 from django.db import models
-from django.db.models import ProtectedError, QuerySet
+from django.db.models import ProtectedError
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -68,25 +66,17 @@ class BounceProfileSerializer(serializers.Serializer[BounceProfile]):
         return profile.name == BounceProfile.DEFAULT_NAME
 
 
-def _saved(call: Callable[..., BounceProfile], **kwargs: Any) -> BounceProfile:
-    try:
-        return call(**kwargs)
-    except ValidationError as exc:
-        raise serializers.ValidationError(exc.message_dict) from None
-
-
 class _Profiles(views.RowsView):
     read_capability = "bounceprofiles.view"
     write_capability = "bounceprofiles.change"
     serializer_class = BounceProfileSerializer
-
-    def rows(self) -> QuerySet[BounceProfile]:
-        return BounceProfile.objects.all()
+    model = BounceProfile
 
 
 class BounceProfileList(_Profiles, views.CollectionView):
     def create(self, request: Request, data: dict[str, Any]) -> BounceProfile:
-        return _saved(bounce_profiles.create, values=data, actor=views.actor(request))
+        with errors.model_checks():
+            return bounce_profiles.create(values=data, actor=views.actor(request))
 
 
 @extend_schema_view(
@@ -99,7 +89,8 @@ class BounceProfileList(_Profiles, views.CollectionView):
 )
 class BounceProfileDetail(_Profiles, views.ObjectView):
     def change(self, request: Request, obj: BounceProfile, data: dict[str, Any], *, partial: bool) -> None:
-        _saved(bounce_profiles.update, profile_id=obj.pk, changes=data, actor=views.actor(request))
+        with errors.model_checks():
+            bounce_profiles.update(profile_id=obj.pk, changes=data, actor=views.actor(request))
 
     def remove(self, request: Request, obj: BounceProfile) -> None:
         try:

@@ -12,8 +12,6 @@ import binascii
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -142,33 +140,25 @@ class WebhookAttemptSerializer(serializers.ModelSerializer[WebhookAttempt]):
         fields = ["id", "event", "event_name", "at", "status", "error", "seconds"]
 
 
-def _save(call: Any, **kwargs: Any) -> Webhook:
-    try:
-        hook: Webhook = call(**kwargs)
-    except ValidationError as exc:
-        raise serializers.ValidationError(exc.message_dict) from None
-    return hook
-
-
 class _Webhooks(views.RowsView):
     read_capability = "webhooks.view"
     write_capability = "webhooks.change"
     serializer_class = WebhookSerializer
-
-    def rows(self) -> QuerySet[Webhook]:
-        return Webhook.objects.all()
+    model = Webhook
 
 
 class WebhookList(_Webhooks, views.CollectionView):
     @extend_schema(request=WebhookSerializer, responses={201: WebhookCreatedSerializer})
     def post(self, request: Request) -> Response:  # the answer shows the secret, once: no ETag, no Location
-        hook = _save(webhook_services.create, actor=views.actor(request), **self.validated(request))
+        with errors.model_checks():
+            hook = webhook_services.create(actor=views.actor(request), **self.validated(request))
         return Response(WebhookCreatedSerializer(hook).data, status=201)
 
 
 class WebhookDetail(_Webhooks, views.ObjectView):
     def change(self, request: Request, obj: Webhook, data: dict[str, Any], *, partial: bool) -> None:
-        _save(webhook_services.update, hook=obj, actor=views.actor(request), **data)
+        with errors.model_checks():
+            webhook_services.update(hook=obj, actor=views.actor(request), **data)
 
     def remove(self, request: Request, obj: Webhook) -> None:
         webhook_services.delete(obj, actor=views.actor(request))

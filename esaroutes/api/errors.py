@@ -14,6 +14,7 @@ another version), 413 (body over the endpoint's limit) and 428 (a write without 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +27,7 @@ from django.core.exceptions import (
     TooManyFieldsSent,
     TooManyFilesSent,
 )
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -62,6 +64,17 @@ class PayloadTooLarge(exceptions.APIException):
 def invalid(field: str | None, message: str) -> exceptions.ValidationError:
     """A validation error at one field (None: the request as a whole), to raise."""
     return exceptions.ValidationError({field or "non_field_errors": [message]})
+
+
+@contextlib.contextmanager
+def model_checks() -> Iterator[None]:
+    """Around a service call: its ValidationError (the model's checks, `full_clean`, by field) as a 400 at the
+    same fields."""
+    try:
+        yield
+    except DjangoValidationError as exc:
+        by_field = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        raise exceptions.ValidationError(by_field) from None
 
 
 def in_use(what: str, users: Iterable[object], *, shown: int = 10) -> Conflict:

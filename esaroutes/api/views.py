@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import transaction
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular import views as spectacular
@@ -86,16 +86,21 @@ class ApiView(ProblemsInJson, GenericAPIView[Any]):
 # (`ObjectView`: GET reads one, PUT and PATCH change it, DELETE removes it), each write through the app's service.
 #
 # A subclass sets `serializer_class` (what an object reads as: the answers and the ETag's source) and, when a
-# body differs from it, `input_class`; it defines `rows` (every object, with what its representation reads).
+# body differs from it, `input_class`; it sets `model` or defines `rows` (every object, with what its
+# representation reads).
 # The schema of GET, POST, PUT and PATCH follows from those two classes (a method the subclass writes itself
 # keeps its own); DELETE answers 204. (Comments, not docstrings: the schema would show a docstring as every
 # subclass's description.)
 class RowsView(ApiView):
     input_class: type[serializers.BaseSerializer[Any]] | None = None
+    model: type[models.Model] | None = None
 
     def rows(self) -> QuerySet[Any]:
-        """Every object, with what its representation reads (`select_related`, `prefetch_related`)."""
-        raise NotImplementedError
+        """Every object, with what its representation reads (`select_related`...): every row of `model` unless
+        a subclass says more."""
+        if self.model is None:
+            raise NotImplementedError(f"{type(self).__name__}: set model or define rows()")
+        return self.model._default_manager.all()
 
     def read(self, pk: int, *, lock: bool = False) -> Any:
         """The object (its own row locked with `lock`), or Http404."""

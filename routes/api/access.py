@@ -9,7 +9,6 @@ from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models, transaction
-from django.db.models import QuerySet
 from rest_framework import serializers
 from rest_framework.request import Request
 
@@ -49,11 +48,7 @@ def invalid(exc: services.AccessInvalid) -> serializers.ValidationError:
 class _Table(views.RowsView):
     read_capability = "access.view"
     write_capability = "access.change"
-    model: type[models.Model]
     natural_key = ""
-
-    def rows(self) -> QuerySet[Any]:
-        return self.model._default_manager.all()
 
     def store(self, request: Request, data: dict[str, Any], pk: int | None) -> models.Model:
         """Save a row through the service (pk None: a new one)."""
