@@ -39,6 +39,8 @@ In a template (the context processor `esaroutes.permissions.capabilities` is ins
 | access.change    | Administrator, Operator                        | routes.change_recipientaccessrule   |
 | bounceprofiles.view | Administrator, Operator, Read-only          | delivery.view_bounceprofile         |
 | bounceprofiles.change | Administrator, Operator                   | delivery.change_bounceprofile       |
+| authprofiles.view | Administrator, Operator, Read-only            | routes.view_authprofile             |
+| authprofiles.change | Administrator, Operator                     | routes.change_authprofile           |
 | audit.view       | Administrator, Operator, Read-only             | routes.view_auditentry              |
 | users.change     | Administrator                                  | auth.change_user                    |
 | webhooks.view    | Administrator                                  | webhooks.view_webhook               |
@@ -72,6 +74,8 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "access.change": ("routes.change_recipientaccessrule",),
     "bounceprofiles.view": ("delivery.view_bounceprofile",),
     "bounceprofiles.change": ("delivery.change_bounceprofile",),
+    "authprofiles.view": ("routes.view_authprofile",),
+    "authprofiles.change": ("routes.change_authprofile",),
     "audit.view": ("routes.view_auditentry",),
     "users.change": ("auth.change_user",),
     "webhooks.view": ("webhooks.view_webhook",),

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routes.api import access, destinations, views
+from routes.api import access, auth_profiles, destinations, views
 
 urlpatterns = [
     path("routes/", views.RouteList.as_view(), name="route-list"),
@@ -12,6 +12,8 @@ urlpatterns = [
     path("routes/import/", views.RouteImport.as_view(), name="route-import"),
     path("destinations/", destinations.DestinationList.as_view(), name="destination-list"),
     path("destinations/<int:pk>/", destinations.DestinationDetail.as_view(), name="destination-detail"),
+    path("auth-profiles/", auth_profiles.AuthProfileList.as_view(), name="auth-profile-list"),
+    path("auth-profiles/<int:pk>/", auth_profiles.AuthProfileDetail.as_view(), name="auth-profile-detail"),
     path("access/rat/", access.RatList.as_view(), name="access-rat-list"),
     path("access/rat/<int:pk>/", access.RatDetail.as_view(), name="access-rat-detail"),
     path("access/relay/", access.RelayList.as_view(), name="access-relay-list"),

@@ -21,7 +21,15 @@ from delivery.models import BounceProfile, HostStatus, MailLogLine, Message, Rec
 from delivery.webhooks.models import Webhook
 from esaroutes import apitokens
 from esaroutes.models import ApiToken
-from routes.models import AuditEntry, DestinationControl, RecipientAccessRule, RelayNetwork, Route, SmtpUser
+from routes.models import (
+    AuditEntry,
+    AuthProfile,
+    DestinationControl,
+    RecipientAccessRule,
+    RelayNetwork,
+    Route,
+    SmtpUser,
+)
 from tests.api.conftest import make_token
 from tests.conftest import PASSWORD
 from tests.routes.helpers import form_data
@@ -191,6 +199,11 @@ API_ACCESS: list[tuple[str, str, dict[str, Any] | None, set[str]]] = [
     ("api:bounce-profile-detail", "GET", None, VIEWERS),
     ("api:bounce-profile-detail", "PATCH", _post(max_retries=3), CHANGERS),
     ("api:bounce-profile-detail", "DELETE", None, CHANGERS),
+    ("api:auth-profile-list", "GET", None, VIEWERS),
+    ("api:auth-profile-list", "POST", _post(name="api-made", username="u", password="pw"), CHANGERS),
+    ("api:auth-profile-detail", "GET", None, VIEWERS),
+    ("api:auth-profile-detail", "PATCH", _post(username="other"), CHANGERS),
+    ("api:auth-profile-detail", "DELETE", None, CHANGERS),
 ]
 POST_URLS = sorted({name for name, method, _, _ in ACCESS if method == "POST"} | {"login"})
 
@@ -227,6 +240,7 @@ def world(alice, bob, carol, dave, tmp_path, settings, monkeypatch) -> dict[str,
         "token": apitokens.create(user=alice, name="alices", read_only=False, expires_days=None, actor="test").token.pk,
         "webhook": Webhook.objects.create(name="siem", url="http://127.0.0.1:9/x", events=["delivered"], secret="s").pk,
         "bounceprofile": BounceProfile.objects.create(name="Short").pk,
+        "authprofile": AuthProfile.objects.create(name="smarthost", username="relay").pk,
     }
 
 
@@ -257,6 +271,7 @@ def url_kwargs(name: str, world: dict[str, Any]) -> dict[str, Any]:
         "api:access-relay-detail": {"pk": world["relay"]},
         "api:access-user-detail": {"pk": world["smtpuser"]},
         "api:bounce-profile-detail": {"pk": world["bounceprofile"]},
+        "api:auth-profile-detail": {"pk": world["authprofile"]},
     }.get(name, {})
 
 
@@ -277,6 +292,7 @@ def state() -> tuple[Any, ...]:
         SmtpUser.objects.count(),
         list(Webhook.objects.order_by("pk").values_list("name", "url", "updated_at")),
         list(BounceProfile.objects.order_by("pk").values_list("name", "max_retries")),
+        list(AuthProfile.objects.order_by("pk").values_list("name", "username", "password_encrypted")),
         Message.objects.count(),
         MailLogLine.objects.count(),
         ApiToken.objects.count(),
