@@ -4,15 +4,11 @@ the audit page's filters (`delivery.monitor.forms.AuditFilterForm`, the same val
 
 from __future__ import annotations
 
-from typing import Any
-
-from drf_spectacular.utils import extend_schema
+from django.db.models import QuerySet
 from rest_framework import serializers
-from rest_framework.request import Request
-from rest_framework.response import Response
 
 from delivery.monitor import forms, selectors
-from esaroutes.api import errors, schema, views
+from esaroutes.api import views
 from routes.models import AuditEntry
 
 
@@ -29,17 +25,14 @@ class AuditEntrySerializer(serializers.ModelSerializer[AuditEntry]):
         fields = ["id", "at", "actor", "action", "object_type", "object_repr", "before", "after"]
 
 
-class AuditLog(views.ApiView):
+class AuditLog(views.SearchView):
     """The audit page's rows, newest first; `object_type=route` gives the route changes (a route's and the whole
     table's). Secrets are never in it: a changed password or webhook secret is `(changed)`."""
 
     read_capability = "audit.view"
     keyset_descending = True
+    serializer_class = AuditEntrySerializer
+    filter_form = forms.AuditFilterForm
 
-    @extend_schema(parameters=schema.form_parameters(forms.AuditFilterForm), responses=AuditEntrySerializer(many=True))
-    def get(self, request: Request) -> Response:
-        form = forms.AuditFilterForm(request.query_params)
-        if not form.is_valid():
-            raise errors.from_form(form)
-        page: list[Any] = self.paginate_queryset(selectors.audit_entries(**form.search_kwargs())) or []
-        return self.get_paginated_response(AuditEntrySerializer(page, many=True).data)
+    def search(self, form: forms.AuditFilterForm) -> QuerySet[AuditEntry]:
+        return selectors.audit_entries(**form.search_kwargs())

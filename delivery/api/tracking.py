@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -16,7 +17,7 @@ from rest_framework.response import Response
 
 from delivery.models import DeliveryAttempt, MailLogLine, Message, Recipient
 from delivery.monitor import forms, selectors
-from esaroutes.api import errors, schema, views
+from esaroutes.api import views
 
 
 class _Recipient(serializers.ModelSerializer[Recipient]):
@@ -56,20 +57,20 @@ class MessageRowSerializer(serializers.Serializer[Any]):
     recipients = _RecipientState(many=True)
 
 
-class MessageSearch(views.ApiView):
+class MessageSearch(views.SearchView):
     """The tracking page's search (`delivery.monitor.forms.TrackingForm`): without a time filter, the last week
     (any time with `mid`); a bad filter is a 400 naming its field."""
 
     read_capability = "tracking.view"
     keyset_descending = True
+    serializer_class = MessageRowSerializer
+    filter_form = forms.TrackingForm
 
-    @extend_schema(parameters=schema.form_parameters(forms.TrackingForm), responses=MessageRowSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        form = forms.TrackingForm(request.query_params)
-        if not form.is_valid():
-            raise errors.from_form(form)
-        page = self.paginate_queryset(selectors.tracking_queryset(**form.search_kwargs(timezone.now()))) or []
-        return self.get_paginated_response(MessageRowSerializer(selectors.tracking_rows(page), many=True).data)
+    def search(self, form: forms.TrackingForm) -> QuerySet[Message]:
+        return selectors.tracking_queryset(**form.search_kwargs(timezone.now()))
+
+    def shown(self, page: list[Message]) -> Any:
+        return selectors.tracking_rows(page)
 
 
 class MessageDetailSerializer(serializers.Serializer[Any]):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from django import forms
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
@@ -32,7 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from esaroutes import numbers
-from esaroutes.api import auth, conditional, errors, permissions
+from esaroutes.api import auth, conditional, errors, permissions, schema
 from esaroutes.models import ApiToken
 
 # Swagger UI and Redoc inject their own styles; everything else stays as strict as the pages' policy.
@@ -201,6 +202,34 @@ class ObjectView(RowsView):
         response = Response(answer)
         response["ETag"] = conditional.etag(answer)
         return response
+
+
+# A page's filter form as the query (`filter_form`: the page's fields, validation and query; a bad filter is a
+# 400 at its field) and the rows `search(form)` selects, in keyset pages, each page turned by `shown` into what
+# `serializer_class` reads. The schema's query parameters are the form's fields.
+class SearchView(ApiView):
+    filter_form: type[forms.Form]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        answer = cls.serializer_class
+        if answer is not None and "get" not in cls.__dict__:
+            parameters = schema.form_parameters(cls.filter_form)
+            extend_schema_view(get=extend_schema(parameters=parameters, responses=answer(many=True)))(cls)
+
+    def search(self, form: Any) -> QuerySet[Any]:
+        """The rows the valid `form` selects (the page's selector)."""
+        raise NotImplementedError
+
+    def shown(self, page: list[Any]) -> Any:
+        return page
+
+    def get(self, request: Request) -> Response:
+        form = self.filter_form(request.query_params)
+        if not form.is_valid():
+            raise errors.from_form(form)
+        page = self.paginate_queryset(self.search(form)) or []
+        return self.get_paginated_response(self.get_serializer_class()(self.shown(page), many=True).data)
 
 
 def created(request: Request, representation: Any, pk: int) -> Response:
