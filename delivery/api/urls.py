@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from delivery.api import audit, bounce_profiles, hosts, queue, tracking, views
+from esaroutes.api import views as api
 
 urlpatterns = [
     path("messages", views.MessageInject.as_view(), name="message-inject"),
@@ -18,9 +19,9 @@ urlpatterns = [
     path("domains/<str:domain>/", hosts.DomainStatus.as_view(), name="domain-status"),
     path("log/", views.MailLog.as_view(), name="maillog"),
     path("audit/", audit.AuditLog.as_view(), name="audit-list"),
-    path("webhooks/", views.WebhookList.as_view(), name="webhook-list"),
-    path("webhooks/<int:pk>/", views.WebhookDetail.as_view(), name="webhook-detail"),
+    *api.rows_paths("webhooks", "webhook", views.WebhookList, views.WebhookDetail),
     path("webhooks/<int:pk>/attempts/", views.WebhookAttempts.as_view(), name="webhook-attempts"),
-    path("bounce-profiles/", bounce_profiles.BounceProfileList.as_view(), name="bounce-profile-list"),
-    path("bounce-profiles/<int:pk>/", bounce_profiles.BounceProfileDetail.as_view(), name="bounce-profile-detail"),
+    *api.rows_paths(
+        "bounce-profiles", "bounce-profile", bounce_profiles.BounceProfileList, bounce_profiles.BounceProfileDetail
+    ),
 ]

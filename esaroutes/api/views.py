@@ -23,6 +23,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
+from django.urls import URLPattern, path
 from drf_spectacular import views as spectacular
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiYamlRenderer
 from drf_spectacular.utils import extend_schema, extend_schema_view
@@ -238,6 +239,14 @@ def created(request: Request, representation: Any, pk: int) -> Response:
     response["ETag"] = conditional.etag(representation)
     response["Location"] = request.build_absolute_uri(f"{pk}/")
     return response
+
+
+def rows_paths(prefix: str, name: str, collection: type[CollectionView], one: type[ObjectView]) -> list[URLPattern]:
+    """The URLs of a model's rows: `<prefix>/` (`<name>-list`) and `<prefix>/<pk>/` (`<name>-detail`)."""
+    return [
+        path(f"{prefix}/", collection.as_view(), name=f"{name}-list"),
+        path(f"{prefix}/<int:pk>/", one.as_view(), name=f"{name}-detail"),
+    ]
 
 
 @extend_schema(exclude=True)
