@@ -260,8 +260,13 @@ class RouteTest(views.ApiView):
         return Response(answer)
 
 
+def table_version() -> dict[str, int]:
+    """What the table's ETag digests: its version, which every route write bumps."""
+    return {"route_table_version": services.current_version()}
+
+
 def table_etag() -> str:
-    return conditional.etag({"route_table_version": services.current_version()})
+    return conditional.etag(table_version())
 
 
 class RouteExport(views.ApiView):
@@ -340,11 +345,7 @@ class RouteImport(views.ApiView):
             response["ETag"] = table_etag()
             return response
         with transaction.atomic():
-            header = request.headers.get("If-Match", "").strip()
-            if not header:
-                raise errors.PreconditionRequired()
-            if header != "*" and table_etag() not in [t.strip() for t in header.split(",")]:
-                raise errors.PreconditionFailed()
+            conditional.require_match(request, table_version())
             summary = services.routes_import(incoming=parsed.routes(), mode=mode, actor=views.actor(request))  # type: ignore[arg-type]
         response = Response(
             {
