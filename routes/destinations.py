@@ -141,7 +141,7 @@ class DestinationTable:
         key = destination_key(domain_or_address)
         if key is None:
             return self.default
-        if _ip(key) is not None:  # an address matches no partial domain
+        if domains.parse_ip(key) is not None:  # an address matches no partial domain
             return self.exact.get(key, self.default)
         found = domains.closest_domain(self.exact, self.partial, key)
         return self.default if found is None else found
@@ -157,7 +157,7 @@ def counting_key(limits: DestinationLimits, domain: str, ip: str | None = None) 
     """
     key = counting_domain(domain)
     if limits.limit_scope == SCOPE_IP and ip:
-        address = _ip(ip.strip().strip("[]"))
+        address = domains.parse_ip(ip.strip().strip("[]"))
         return f"{key}|{address.compressed if address is not None else ip.strip().lower()}"
     return key
 
@@ -178,9 +178,9 @@ def destination_key(domain_or_address: str) -> str | None:
         text = text[1:-1]
         if text[:5].lower() == "ipv6:":
             text = text[5:]
-        address = _ip(text)
+        address = domains.parse_ip(text)
         return address.compressed if address is not None else None
-    address = _ip(text)
+    address = domains.parse_ip(text)
     if address is not None:
         return address.compressed
     if not text or text.startswith(".") or ".." in text:
@@ -208,7 +208,7 @@ def normalize_destination(text: str) -> str:
     bare = stripped[1:-1] if stripped.startswith("[") and stripped.endswith("]") else stripped
     if bare[:5].lower() == "ipv6:":
         bare = bare[5:]
-    address = _ip(bare)
+    address = domains.parse_ip(bare)
     if address is not None:
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
             raise DestinationError(f'"{stripped}": an IPv6 zone index (%...) is not allowed')
@@ -296,15 +296,6 @@ def entry_limits_problems(entry: object) -> dict[str, list[str]]:
 def _either(choices: Mapping[str, str]) -> str:
     values = list(choices)
     return ", ".join(values[:-1]) + " or " + values[-1]
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if ":" not in text and not text.replace(".", "").isdigit():
-        return None
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

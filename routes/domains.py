@@ -101,7 +101,7 @@ class HostSpec:
     @property
     def ip(self) -> IPAddress | None:
         """The host as an IP address, or None for a host name."""
-        return _parse_ip(self.host)
+        return parse_ip(self.host)
 
     def format(self) -> str:
         """The canonical `host[:port][/pri=N][/weight=N]` text: `:25`, `/pri=0` and `/weight=1` are left out (so a
@@ -148,7 +148,7 @@ def normalize_receiving_domain(text: str) -> str:
     name = stripped[1:] if partial else stripped
     if not name:
         raise DomainError(f"{_quote(stripped)} is not a valid domain: it is empty")
-    if _parse_ip(name.strip("[]")) is not None:
+    if parse_ip(name.strip("[]")) is not None:
         raise DomainError(f"{_quote(stripped)} is an IP address; a receiving domain must be a domain name")
     try:
         ascii_name = to_ascii_name(name)
@@ -276,7 +276,8 @@ def _quote(text: str) -> str:
     return f'"{text}"' if text.isprintable() else repr(text)
 
 
-def _parse_ip(text: str) -> IPAddress | None:
+def parse_ip(text: str) -> IPAddress | None:
+    """The address `text` is, or None for anything else (a name); the route and destination rules share it."""
     if ":" not in text and not text.replace(".", "").isdigit():
         return None  # neither IPv6 nor dotted digits: a name, no need to ask ipaddress
     try:
@@ -358,7 +359,7 @@ def _parse_host(item: str) -> HostSpec:
     port = DEFAULT_PORT if port_text is None else _number(port_text.strip(), "port", 1, MAX_PORT)
     if not host:
         raise ValueError("no host given")
-    ip = _parse_ip(host)
+    ip = parse_ip(host)
     if ip is not None:
         return HostSpec(host=_check_ip(ip), port=port, priority=priority, a_only=False, weight=weight)
     if ":" in host:
