@@ -6,7 +6,9 @@
 
 `errors` is there for validation failures only: one entry per message, `field` a dotted path into the request
 body (`hosts.1.port`) or a query parameter's name, `null` for a problem of the request as a whole. Raise DRF's
-`ValidationError({"field": ["message"]})` (or `invalid(field, message)`) from a view and this handler shapes it.
+`ValidationError({"field": ["message"]})` (or `invalid(field, message)`) from a view and this handler shapes it;
+around a service call, `refused(kind, problems)` (`model_checks()` for a model's ValidationError) turns the
+service's refusal into that.
 Statuses of our own: 409 (`Conflict`: the Default entry kept, a profile still in use), 412 (If-Match names
 another version), 413 (body over the endpoint's limit) and 428 (a write without If-Match); 401 carries
 `WWW-Authenticate: Bearer`, 429 carries `Retry-After`.
@@ -15,9 +17,9 @@ another version), 413 (body over the endpoint's limit) and 428 (a write without 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import (
     DisallowedHost,
@@ -33,6 +35,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 
 CONTENT_TYPE = "application/problem+json"
+E = TypeVar("E", bound=Exception)
 
 
 class PreconditionFailed(exceptions.APIException):
@@ -67,14 +70,23 @@ def invalid(field: str | None, message: str) -> exceptions.ValidationError:
 
 
 @contextlib.contextmanager
-def model_checks() -> Iterator[None]:
-    """Around a service call: its ValidationError (the model's checks, `full_clean`, by field) as a 400 at the
-    same fields."""
+def refused(kind: type[E], problems: Callable[[E], Mapping[str, Sequence[str]]]) -> Iterator[None]:
+    """Around a service call: its refusal (`kind`) as a 400 at the fields `problems(exc)` names, by field name
+    (a dotted path; `__all__` or `non_field_errors` for the request as a whole)."""
     try:
         yield
-    except DjangoValidationError as exc:
-        by_field = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
-        raise exceptions.ValidationError(by_field) from None
+    except kind as exc:
+        raise exceptions.ValidationError({field: list(messages) for field, messages in problems(exc).items()}) from None
+
+
+def model_checks() -> contextlib.AbstractContextManager[None]:
+    """Around a service call: its ValidationError (the model's checks, `full_clean`, by field) as a 400 at the
+    same fields."""
+    return refused(DjangoValidationError, _by_field)
+
+
+def _by_field(exc: DjangoValidationError) -> dict[str, list[str]]:
+    return exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
 
 
 def in_use(what: str, users: Iterable[object], *, shown: int = 10) -> Conflict:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import models, transaction
 from rest_framework import serializers
 from rest_framework.request import Request
 
-from esaroutes.api import views
+from esaroutes.api import errors, views
 from routes.access import services
 from routes.models import RecipientAccessRule, RelayNetwork, SmtpUser
 
@@ -39,12 +38,6 @@ class SmtpUserSerializer(serializers.Serializer[SmtpUser]):
     is_active = serializers.BooleanField(default=True)
 
 
-def invalid(exc: services.AccessInvalid) -> serializers.ValidationError:
-    return serializers.ValidationError(
-        {("non_field_errors" if k == NON_FIELD_ERRORS else k): v for k, v in exc.errors.items()}
-    )
-
-
 class _Table(views.RowsView):
     read_capability = "access.view"
     write_capability = "access.change"
@@ -60,12 +53,9 @@ class _Table(views.RowsView):
 
 class _List(_Table, views.CollectionView):
     def create(self, request: Request, data: dict[str, Any]) -> models.Model:
-        with transaction.atomic():
-            try:
-                self._refuse_duplicate(data)
-                return self.store(request, data, None)
-            except services.AccessInvalid as exc:
-                raise invalid(exc) from None
+        with transaction.atomic(), errors.refused(services.AccessInvalid, lambda exc: exc.errors):
+            self._refuse_duplicate(data)
+            return self.store(request, data, None)
 
     def _refuse_duplicate(self, data: dict[str, Any]) -> None:
         """A POST creates: the services' save by natural key would change the existing row instead."""
@@ -81,10 +71,8 @@ class _List(_Table, views.CollectionView):
 class _Detail(_Table, views.ObjectView):
     def change(self, request: Request, obj: models.Model, data: dict[str, Any], *, partial: bool) -> None:
         merged = {**self.represent(obj), **data} if partial else data
-        try:
+        with errors.refused(services.AccessInvalid, lambda exc: exc.errors):
             self.store(request, merged, obj.pk)
-        except services.AccessInvalid as exc:
-            raise invalid(exc) from None
 
     def remove(self, request: Request, obj: models.Model) -> None:
         self.drop(request, obj.pk)

@@ -88,10 +88,8 @@ class _Destinations(views.RowsView):
 
 class DestinationList(_Destinations, views.CollectionView):
     def create(self, request: Request, data: dict[str, Any]) -> DestinationControl:
-        try:
+        with errors.refused(services.DestinationInvalid, lambda exc: exc.problems):
             return services.create_destination(data=destination_data(data), actor=views.actor(request))
-        except services.DestinationInvalid as exc:
-            raise serializers.ValidationError(exc.problems) from None
 
 
 @extend_schema_view(
@@ -105,10 +103,8 @@ class DestinationDetail(_Destinations, views.ObjectView):
             changed = dataclasses.replace(services.DestinationData.of(obj), **data)
         else:
             changed = destination_data(data)
-        try:
+        with errors.refused(services.DestinationInvalid, lambda exc: exc.problems):
             services.update_destination(destination_id=obj.pk, data=changed, actor=views.actor(request))
-        except services.DestinationInvalid as exc:
-            raise serializers.ValidationError(exc.problems) from None
 
     def remove(self, request: Request, obj: DestinationControl) -> None:
         try:

@@ -127,9 +127,10 @@ def route_data(validated: dict[str, Any]) -> services.RouteData:
     )
 
 
-def invalid_route(exc: services.RouteInvalid) -> serializers.ValidationError:
+def route_problems(exc: services.RouteInvalid) -> dict[str, list[str]]:
+    """Where a refused route is wrong, by field: `destination.N` for the Nth host."""
     if isinstance(exc, services.SenderInvalid):
-        return serializers.ValidationError({"sender": [exc.message]})
+        return {"sender": [exc.message]}
     problems: dict[str, list[str]] = {}
     if exc.problems.domain:
         problems["domain"] = exc.problems.domain
@@ -138,7 +139,7 @@ def invalid_route(exc: services.RouteInvalid) -> serializers.ValidationError:
         problems.setdefault(field or "destination", []).append(text)
     for index, messages in exc.problems.hosts.items():
         problems[f"destination.{index}"] = messages
-    return serializers.ValidationError(problems or {"non_field_errors": [str(exc)]})
+    return problems or {"non_field_errors": [str(exc)]}
 
 
 class _Routes(views.RowsView):
@@ -171,10 +172,8 @@ class RouteList(_Routes, views.CollectionView):
         return routes.select_related("auth_profile").prefetch_related("hosts")
 
     def create(self, request: Request, data: dict[str, Any]) -> Route:
-        try:
+        with errors.refused(services.RouteInvalid, route_problems):
             return services.route_create(data=route_data(data), actor=views.actor(request))
-        except services.RouteInvalid as exc:
-            raise invalid_route(exc) from None
 
 
 class RouteDetail(_Routes, views.ObjectView):
@@ -193,10 +192,8 @@ class RouteDetail(_Routes, views.ObjectView):
                 "ehlo_name": obj.ehlo_name,
             }
             data = {**current, **data}
-        try:
+        with errors.refused(services.RouteInvalid, route_problems):
             services.route_update(route_id=obj.pk, data=route_data(data), actor=views.actor(request))
-        except services.RouteInvalid as exc:
-            raise invalid_route(exc) from None
 
     def remove(self, request: Request, obj: Route) -> None:
         services.routes_delete(route_ids=[obj.pk], actor=views.actor(request))
