@@ -187,9 +187,20 @@ def test_a_recipient_limit_of_30_per_minute_delays_the_rest_without_bouncing(pee
     assert not Recipient.objects.exclude(state=Recipient.State.DELIVERED).exists()  # delayed, never bounced
     assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
     lines = log()
-    assert grep(r"^Delivery to dest\.test Data 1 throttled by recipient limit$", lines)
-    assert grep(r"^Recipient limit expired; resume delivery to dest\.test Data 1$", lines)
-    assert len(grep(r"throttled by recipient limit", lines)) <= 3  # once per window, not per recipient
+    throttled = grep(r"^Delivery to dest\.test Data 1 throttled by recipient limit$", lines)
+    resumed = grep(r"^Recipient limit expired; resume delivery to dest\.test Data 1$", lines)
+    assert throttled
+    # Once per episode, not per recipient. An episode runs from a refusal to the next grant, and each one ends
+    # with its resume line (all the mail went in the end): as many of one as of the other.
+    assert len(resumed) == len(throttled)
+    # Not once per window: the window slides charge by charge (each message's 5 recipients leave it 60 s after
+    # their RCPTs), and mail held back is due the moment the oldest charge has left. A slow runner spreads a
+    # window's charges over seconds; a retry quicker than that finds one charge gone, takes its room (resume)
+    # and the window is full again for the next message (throttled): a new episode, rightly, within the minute.
+    # So the bound is the rule's, for any timing: the window takes whole messages (5 recipients, limit 30), the
+    # first refusal comes with 6 of the 15 in, each further episode starts with a refusal after one of the other
+    # 9 was granted, and none follows the last of them: at most 1 + 8.
+    assert len(throttled) <= 9
 
 
 def test_an_idle_pooled_connection_gives_its_slot_to_another_runner_that_waits(peers, settings):
