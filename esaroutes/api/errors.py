@@ -38,30 +38,35 @@ CONTENT_TYPE = "application/problem+json"
 E = TypeVar("E", bound=Exception)
 
 
-class PreconditionFailed(exceptions.APIException):
+class OwnStatus(exceptions.APIException):
+    """A status DRF has no exception for: a subclass sets `status_code` and `default_detail`; its code is the
+    status's name (`precondition_failed`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.default_code = HTTPStatus(cls.status_code).name.lower()
+
+
+class PreconditionFailed(OwnStatus):
     status_code = status.HTTP_412_PRECONDITION_FAILED
     default_detail = "If-Match does not name the current version: read it again (its ETag) and retry"
-    default_code = "precondition_failed"
 
 
-class PreconditionRequired(exceptions.APIException):
+class PreconditionRequired(OwnStatus):
     status_code = status.HTTP_428_PRECONDITION_REQUIRED
     default_detail = "send If-Match with the ETag of what you read (or If-Match: * to overwrite whatever is there)"
-    default_code = "precondition_required"
 
 
-class Conflict(exceptions.APIException):
+class Conflict(OwnStatus):
     """409: the object cannot be changed that way as things stand (the Default entry, a profile routes use)."""
 
     status_code = status.HTTP_409_CONFLICT
     default_detail = "this conflicts with the current state"
-    default_code = "conflict"
 
 
-class PayloadTooLarge(exceptions.APIException):
+class PayloadTooLarge(OwnStatus):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "the request body is too large"
-    default_code = "payload_too_large"
 
 
 def invalid(field: str | None, message: str) -> exceptions.ValidationError:
