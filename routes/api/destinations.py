@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -81,9 +80,7 @@ class _Destinations(views.RowsView):
     write_capability = "destinations.change"
     serializer_class = DestinationControlSerializer
     input_class = DestinationControlInputSerializer
-
-    def rows(self) -> QuerySet[DestinationControl]:
-        return DestinationControl.objects.all()
+    model = DestinationControl
 
 
 class DestinationList(_Destinations, views.CollectionView):
