@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
 from delivery.models import BounceProfile
+from esaroutes.unique import taken_meanwhile
 from routes import audit, services
 from routes.models import AuditEntry
 
@@ -96,8 +97,5 @@ def _known(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _save(profile: BounceProfile) -> None:
     profile.full_clean()
-    try:
-        with transaction.atomic():  # another writer may take the same name between the check and here
-            profile.save()
-    except IntegrityError:
-        raise ValidationError({"name": ["Bounce profile with this Name already exists."]}) from None
+    with taken_meanwhile(lambda: ValidationError({"name": ["Bounce profile with this Name already exists."]})):
+        profile.save()

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import transaction
 
+from esaroutes.unique import taken_meanwhile
 from routes import audit, services
 from routes.models import AuditEntry, AuthProfile
 
@@ -42,7 +43,8 @@ def save(*, profile_id: int | None, name: str, username: str, password: str | No
         if password:
             profile.password_encrypted = encrypt_password(password)
         profile.full_clean()
-        profile.save()
+        with taken_meanwhile(lambda: ValidationError({"name": ["Auth profile with this Name already exists."]})):
+            profile.save()
         after = _profile_state(profile)
         if before is None or after != before or password:
             if password and before is not None:

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from esaroutes import bulk
+from esaroutes.unique import taken_meanwhile
 from routes import audit, destinations, domains, importexport, matching, sources
 from routes.models import (
     AuditEntry,
@@ -96,22 +97,19 @@ def route_create(*, data: RouteData, actor: audit.Actor) -> Route:
     with transaction.atomic():
         if domain_in_use(domain, sender=sender):
             raise RouteInvalid(_exists(domain, sender))
-        try:
-            with transaction.atomic():  # another writer may add the same domain between the check and here
-                route = Route.objects.create(
-                    domain=domain,
-                    sender=sender,
-                    special=_special_code(data.destination),
-                    auth_profile_id=data.auth_profile_id,
-                    bounce_profile_id=data.bounce_profile_id,
-                    tls=data.tls,
-                    defer_on_4xx=data.defer_on_4xx,
-                    fallback_relay=_fallback_relay(data),
-                    source_address=sources.normalize_source_address(data.source_address),
-                    ehlo_name=sources.normalize_ehlo_name(data.ehlo_name),
-                )
-        except IntegrityError:
-            raise RouteInvalid(_exists(domain, sender)) from None
+        with taken_meanwhile(lambda: RouteInvalid(_exists(domain, sender))):
+            route = Route.objects.create(
+                domain=domain,
+                sender=sender,
+                special=_special_code(data.destination),
+                auth_profile_id=data.auth_profile_id,
+                bounce_profile_id=data.bounce_profile_id,
+                tls=data.tls,
+                defer_on_4xx=data.defer_on_4xx,
+                fallback_relay=_fallback_relay(data),
+                source_address=sources.normalize_source_address(data.source_address),
+                ehlo_name=sources.normalize_ehlo_name(data.ehlo_name),
+            )
         _write_hosts(route.pk, data.destination)
         after = route_state(route)
         audit.record_audit(actor, AuditEntry.Action.CREATE, "route", str(route), after=after)
@@ -137,11 +135,8 @@ def route_update(*, route_id: int, data: RouteData, actor: audit.Actor) -> Route
         route.fallback_relay = _fallback_relay(data)
         route.source_address = sources.normalize_source_address(data.source_address)  # _validated has checked
         route.ehlo_name = sources.normalize_ehlo_name(data.ehlo_name)
-        try:
-            with transaction.atomic():
-                route.save()
-        except IntegrityError:
-            raise RouteInvalid(_exists(domain, sender)) from None
+        with taken_meanwhile(lambda: RouteInvalid(_exists(domain, sender))):
+            route.save()
         DestinationHost.objects.filter(route_id=route.pk).delete()
         _write_hosts(route.pk, data.destination)
         route = _locked_route(route_id)  # the hosts as written, not the prefetched ones
@@ -335,11 +330,8 @@ def check_destination(data: DestinationData, *, destination_id: int | None = Non
 def create_destination(*, data: DestinationData, actor: audit.Actor) -> DestinationControl:
     with transaction.atomic():
         stored = check_destination(data)
-        try:
-            with transaction.atomic():  # another writer may add the same destination between the check and here
-                control = DestinationControl.objects.create(**_destination_values(data, stored))
-        except IntegrityError:
-            raise DestinationInvalid(destination_problems(stored, None) or _taken(stored)) from None
+        with taken_meanwhile(lambda: DestinationInvalid(destination_problems(stored, None) or _taken(stored))):
+            control = DestinationControl.objects.create(**_destination_values(data, stored))
         control = _locked_destination(control.pk)
         audit.record_audit(
             actor, AuditEntry.Action.CREATE, DESTINATION_OBJECT, stored, after=destination_state(control)
@@ -356,11 +348,8 @@ def update_destination(*, destination_id: int, data: DestinationData, actor: aud
         stored = check_destination(data, destination_id=control.pk)
         for name, value in _destination_values(data, stored).items():
             setattr(control, name, value)
-        try:
-            with transaction.atomic():
-                control.save()
-        except IntegrityError:
-            raise DestinationInvalid(destination_problems(stored, control.pk) or _taken(stored)) from None
+        with taken_meanwhile(lambda: DestinationInvalid(destination_problems(stored, control.pk) or _taken(stored))):
+            control.save()
         control = _locked_destination(destination_id)
         after = destination_state(control)
         if after != before:

@@ -18,8 +18,9 @@ from typing import TypeVar
 from django import forms
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 
+from esaroutes.unique import taken_meanwhile
 from routes import audit, domains
 from routes.models import AuditEntry, RecipientAccessRule, RelayNetwork, SmtpUser
 
@@ -154,8 +155,5 @@ def _save(obj: models.Model, extra: Mapping[str, Sequence[str]] | None = None) -
             errors.setdefault(name, []).extend(messages)
     if errors:
         raise AccessInvalid(errors)
-    try:
-        with transaction.atomic():  # another writer may have added the same row since the check
-            obj.save()
-    except IntegrityError:
-        raise AccessInvalid(f"{obj} was added by someone else meanwhile: reload and try again.") from None
+    with taken_meanwhile(lambda: AccessInvalid(f"{obj} was added by someone else meanwhile: reload and try again.")):
+        obj.save()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db.models import ProtectedError
 
 from routes import auth_profiles
@@ -36,3 +36,17 @@ def test_auth_profile_in_use_cannot_be_deleted():
     make_route("a.example", auth_profile_id=profile.pk)
     with pytest.raises(ProtectedError):
         auth_profiles.delete(profile_id=profile.pk, actor="t")
+
+
+def test_a_name_taken_between_the_check_and_the_save_is_the_fields_error(monkeypatch):
+    """Another writer takes the name after full_clean's check: the unique constraint's refusal is the same
+    ValidationError on `name` as the check's (it was an IntegrityError, a 500 from the API), and nothing is
+    written, audit included."""
+    auth_profiles.save(profile_id=None, name="o365", username="relay", password="pw-123", actor="t")
+    audits = AuditEntry.objects.count()
+    monkeypatch.setattr(AuthProfile, "validate_unique", lambda self, exclude=None: None)  # the check saw it free
+    with pytest.raises(ValidationError) as refused:
+        auth_profiles.save(profile_id=None, name="o365", username="other", password="pw-456", actor="t")
+    assert refused.value.message_dict == {"name": ["Auth profile with this Name already exists."]}
+    assert list(AuthProfile.objects.values_list("username", flat=True)) == ["relay"]
+    assert AuditEntry.objects.count() == audits
