@@ -565,6 +565,27 @@ def held_for_slots(full: int, *, connected: bool) -> bool:
     return not connected and full > 0
 
 
+class SlotChange(enum.Enum):
+    """What just happened to one of a destination's connection slots (`connection_episode_ends`)."""
+
+    TAKEN = "taken"  # a new connection got a slot
+    GIVEN_BACK = "given_back"  # a connection closed (or never opened) and gave its slot back
+
+
+def connection_episode_ends(change: SlotChange, *, limit: int = 0, held: int = 0, waiting: bool = False) -> bool:
+    """Whether a destination's connection episode (its mail held back because all `limit` of its slots were held:
+    one `Maximum outbound connections` line) is over, seen as a slot is taken or given back.
+
+    Taken, with `held` slots held with it: over when one is still to spare (the limit holds nothing back now).
+    The taker cannot tell whether others wait: the wanted mark it clears may be its own. Given back, `waiting`
+    whether mail still waits for a slot (a wanted mark left by a refused runner, or MIDs noted as waiting):
+    over when none does (the backlog is through). With a limit of 1 a slot is never to spare, so only the
+    second ends it; a slot given back while mail waits is no end: that mail takes it, at the limit again."""
+    if change is SlotChange.TAKEN:
+        return held < limit
+    return not waiting
+
+
 def recipients_allowed(limit: int, in_window: int, wanted: int) -> int:
     """How many of `wanted` recipients may go now when `in_window` went in the current window (limit N per M)."""
     return max(0, min(wanted, limit - in_window))

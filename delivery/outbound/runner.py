@@ -844,8 +844,8 @@ def _try_slot(slot: Slot, limit: int) -> bool:
     if not held:
         return False
     slots.unwant(key)
-    if held < limit:  # room left: the destination is no longer at its limit, a new episode may start
-        slots.end_episode(key, slots.CONNECTIONS)
+    if engine.connection_episode_ends(engine.SlotChange.TAKEN, limit=limit, held=held):
+        slots.end_episode(key, slots.CONNECTIONS)  # room left: a new episode may start
     return True
 
 
@@ -877,12 +877,18 @@ def on_slot_freed(callback: Callable[[str, list[int]], None]) -> None:
 
 
 def _free_slot(slot: Slot) -> None:
+    """Give a slot back, wake what waits for one of its key, and end the key's episode when nothing waits."""
     close_old_connections()
+    key = slot[0]
     slots.release(*slot)
+    mids: list[int] = []
     if _slot_freed is not None:
-        mids = slots.take_waiting(slot[0])
+        mids = slots.take_waiting(key)
         if mids:
-            _slot_freed(slot[0], mids)
+            _slot_freed(key, mids)
+    waiting = bool(mids) or bool(slots.wanted([key]))
+    if engine.connection_episode_ends(engine.SlotChange.GIVEN_BACK, waiting=waiting):
+        slots.end_episode(key, slots.CONNECTIONS)
 
 
 def _refresh_slots(held: list[Slot], pending: list[slots.Charge]) -> None:

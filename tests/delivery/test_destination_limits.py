@@ -97,6 +97,28 @@ def test_a_slot_given_back_wakes_the_mail_held_back_for_it_without_waiting_for_t
     assert grep(r"^Maximum outbound connections 1 reached for dest\.test$", log()), "nothing was held back"
 
 
+def test_with_a_limit_of_1_each_burst_of_mail_held_back_is_logged_again(peers):
+    """A slot taken never leaves one to spare with a limit of 1: the episode ends when a slot is given back and no
+    mail waits for one (the burst is through), so a later burst held back says so again, not hidden by the
+    first's line."""
+    peer = peers.start(data_delay=0.2)  # the two workers' sessions overlap: one is refused the slot
+    make_route("dest.test", f"{peer.host}:{peer.port}")
+    limit("dest.test", max_connections=1, max_messages_per_connection=1)
+    reached: list[int] = []
+    for burst in range(2):
+        for i in range(12):
+            queue_message(f"b{burst}-{i}@dest.test")
+        deliver_everything(workers=2, timeout=90)
+        worker.shutdown()  # the burst's last connection closed and its slot given back before the next burst
+        reached.append(len(grep(r"^Maximum outbound connections 1 reached for dest\.test$", log())))
+    assert len(peer.messages) == 24
+    assert peer.peak_sessions <= 1
+    assert set(Recipient.objects.values_list("attempts", flat=True)) == {1}
+    assert reached[0] >= 1, "the first burst held nothing back: the test proves nothing"
+    assert reached[1] > reached[0], "the second burst was held back without a line"
+    assert reached[1] < 24  # once per episode, not once per recipient
+
+
 def test_the_slots_of_a_dead_worker_come_back_and_the_backlog_completes(peers):
     peer = peers.start()
     make_route("dest.test", f"{peer.host}:{peer.port}")

@@ -35,6 +35,28 @@ def test_held_for_slots_when_no_address_connected_and_one_was_full(full: int, co
     assert engine.held_for_slots(full, connected=connected) is held
 
 
+TAKEN, GIVEN_BACK = engine.SlotChange.TAKEN, engine.SlotChange.GIVEN_BACK
+
+
+@pytest.mark.parametrize(
+    ("change", "limit", "held", "waiting", "ends"),
+    [
+        (TAKEN, 2, 1, True, True),  # a slot to spare: the limit holds nothing back, whoever waited
+        (TAKEN, 2, 2, False, False),  # the last slot: at the limit still (the taker cannot see who else waits)
+        (TAKEN, 1, 1, False, False),  # a limit of 1 never has a slot to spare when one is taken
+        (TAKEN, 500, 499, False, True),
+        (GIVEN_BACK, 1, 0, False, True),  # given back and nothing waits: the backlog is through
+        (GIVEN_BACK, 1, 0, True, False),  # given back to mail waiting: it takes it, at the limit again
+        (GIVEN_BACK, 2, 1, True, False),
+        (GIVEN_BACK, 2, 1, False, True),
+    ],
+)
+def test_a_connection_episode_ends_with_a_slot_to_spare_or_a_slot_given_back_to_nobody(
+    change: engine.SlotChange, limit: int, held: int, waiting: bool, ends: bool
+) -> None:
+    assert engine.connection_episode_ends(change, limit=limit, held=held, waiting=waiting) is ends
+
+
 @pytest.mark.parametrize(
     ("limit", "in_window", "wanted", "expected"),
     [(30, 0, 10, 10), (30, 25, 10, 5), (30, 30, 1, 0), (30, 40, 1, 0), (30, 0, 100, 30), (1, 0, 0, 0)],
