@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import ipaddress
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from django.conf import settings
@@ -40,7 +42,11 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
+def self_signed(
+    hostname: str, *, addresses: Sequence[str] = (), days: int = 3650, ca: bool = False
+) -> tuple[bytes, bytes]:
+    """A self-signed certificate for `hostname` (and the IP `addresses`), valid for `days`, and its key: PEM
+    (cert, key). `ca` marks it a CA, so that a client may trust it as its own root (the test peers do)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,24 +54,34 @@ def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64] or "localhost")])
+    sans: list[x509.GeneralName] = [x509.DNSName(hostname or "localhost")]
+    sans += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname or "localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
     )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _make_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
+    cert, key = self_signed(hostname)
     tmp = key_path.with_suffix(".tmp")
     tmp.touch(mode=0o600)
-    tmp.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    tmp.write_bytes(key)
     tmp.replace(key_path)
     tmp_cert = cert_path.with_suffix(".tmp")
-    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tmp_cert.write_bytes(cert)
     tmp_cert.replace(cert_path)

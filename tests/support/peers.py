@@ -24,7 +24,6 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
-import ipaddress
 import os
 import shutil
 import socket
@@ -41,6 +40,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from delivery.engine import Host, Stage
+from delivery.listener import tls
 
 LOOPBACK = "127.0.0.1"
 
@@ -425,42 +425,12 @@ def _tls_files() -> tuple[str, str]:
     global _tls_paths
     with _tls_lock:
         if _tls_paths is None:
-            from cryptography import x509
-            from cryptography.hazmat.primitives import hashes, serialization
-            from cryptography.hazmat.primitives.asymmetric import ec
-            from cryptography.x509.oid import NameOID
-
-            key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-            now = dt.datetime.now(dt.UTC)
-            sans = [
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("::1")),
-            ]
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(name)
-                .issuer_name(name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=1))
-                .not_valid_after(now + dt.timedelta(days=30))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256())
-            )
+            cert, key = tls.self_signed("localhost", addresses=("127.0.0.1", "::1"), days=30, ca=True)
             directory = Path(tempfile.mkdtemp(prefix="esaroutes-peers-"))
             atexit.register(shutil.rmtree, directory, ignore_errors=True)
             cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            key_path.write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
+            cert_path.write_bytes(cert)
+            key_path.write_bytes(key)
             _tls_paths = (str(cert_path), str(key_path))
         return _tls_paths
 
