@@ -71,6 +71,12 @@ class RouteData:
     source_address: str = ""  # an address of this machine its connections come from, "" for the global setting
     ehlo_name: str = ""  # the EHLO name its connections say, "" for the global setting
 
+    @classmethod
+    def of(cls, route: Route) -> RouteData:
+        """An existing route's data (its hosts prefetched or not), to change a few fields with `dataclasses.replace`."""
+        columns = {f.name: getattr(route, f.name) for f in dataclasses.fields(cls) if f.name != "destination"}
+        return cls(destination=route_destination(route), **columns)
+
 
 @dataclass(frozen=True)
 class ImportSummary:

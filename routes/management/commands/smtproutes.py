@@ -22,6 +22,7 @@ Changes are recorded in the audit log as "cli:<unix user>". Errors go to stderr 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,17 +122,17 @@ class Command(BaseCommand):
         destination = self._hosts(options["hosts"])
         new_domain = self._domain(options["rename"]) if options["rename"] else route.domain
         new_sender = route.sender if options["set_sender"] is None else self._sender(options["set_sender"])
-        data = services.RouteData(
+        given = {
+            "fallback_relay": options["fallback_relay"],
+            "source_address": options["source_address"],
+            "ehlo_name": options["ehlo"],
+        }
+        data = dataclasses.replace(
+            services.RouteData.of(route),
             domain=new_domain,
             destination=destination,
-            auth_profile_id=route.auth_profile_id,
-            bounce_profile_id=route.bounce_profile_id,
-            tls=route.tls,
-            defer_on_4xx=route.defer_on_4xx,
-            fallback_relay=route.fallback_relay if options["fallback_relay"] is None else options["fallback_relay"],
             sender=new_sender,
-            source_address=route.source_address if options["source_address"] is None else options["source_address"],
-            ehlo_name=route.ehlo_name if options["ehlo"] is None else options["ehlo"],
+            **{name: value for name, value in given.items() if value is not None},  # the options given change
         )
         try:
             saved = services.route_update(route_id=route.pk, data=data, actor=audit.cli_actor())
