@@ -233,6 +233,16 @@ class SearchView(ApiView):
         return self.get_paginated_response(self.get_serializer_class()(self.shown(page), many=True).data)
 
 
+def with_ids(data: dict[str, Any], *related: str) -> dict[str, Any]:
+    """`data` (a validated body) by the services' names: each `related` object given (a PrimaryKeyRelatedField's
+    model instance, or None) as its `<name>_id`."""
+    named = dict(data)
+    for name in related:
+        if name in named:
+            named[f"{name}_id"] = getattr(named.pop(name), "pk", None)
+    return named
+
+
 def created(request: Request, representation: Any, pk: int) -> Response:
     """The 201 of a POST to a collection: the new object as GET reads it, its ETag, and `Location: <pk>/`."""
     response = Response(representation, status=status.HTTP_201_CREATED)

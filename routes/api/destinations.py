@@ -60,21 +60,6 @@ class DestinationControlInputSerializer(serializers.Serializer[Any]):
     )
 
 
-def destination_data(validated: dict[str, Any]) -> services.DestinationData:
-    bounce = validated["bounce_profile"]
-    return services.DestinationData(
-        destination=validated["destination"],
-        max_connections=validated["max_connections"],
-        max_messages_per_connection=validated["max_messages_per_connection"],
-        recipient_limit=validated["recipient_limit"],
-        recipient_minutes=validated["recipient_minutes"],
-        limit_scope=validated["limit_scope"],
-        ip_preference=validated["ip_preference"],
-        tls=validated["tls"],
-        bounce_profile_id=bounce.pk if bounce is not None else None,
-    )
-
-
 class _Destinations(views.RowsView):
     read_capability = "destinations.view"
     write_capability = "destinations.change"
@@ -86,7 +71,8 @@ class _Destinations(views.RowsView):
 class DestinationList(_Destinations, views.CollectionView):
     def create(self, request: Request, data: dict[str, Any]) -> DestinationControl:
         with errors.refused(services.DestinationInvalid, lambda exc: exc.problems):
-            return services.create_destination(data=destination_data(data), actor=views.actor(request))
+            new = services.DestinationData(**views.with_ids(data, "bounce_profile"))
+            return services.create_destination(data=new, actor=views.actor(request))
 
 
 @extend_schema_view(
@@ -94,12 +80,8 @@ class DestinationList(_Destinations, views.CollectionView):
 )
 class DestinationDetail(_Destinations, views.ObjectView):
     def change(self, request: Request, obj: DestinationControl, data: dict[str, Any], *, partial: bool) -> None:
-        if partial:
-            if "bounce_profile" in data:
-                data["bounce_profile_id"] = getattr(data.pop("bounce_profile"), "pk", None)
-            changed = dataclasses.replace(services.DestinationData.of(obj), **data)
-        else:
-            changed = destination_data(data)
+        # A PUT's body has every field (the defaults fill in); a PATCH's only those it changes.
+        changed = dataclasses.replace(services.DestinationData.of(obj), **views.with_ids(data, "bounce_profile"))
         with errors.refused(services.DestinationInvalid, lambda exc: exc.problems):
             services.update_destination(destination_id=obj.pk, data=changed, actor=views.actor(request))
 

@@ -10,6 +10,7 @@ ESA syntax, `[name]` for A/AAAA only), or `["USEDNS"]` / `["/dev/null"]` alone. 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from django.conf import settings
@@ -111,20 +112,12 @@ def parse_destination(items: list[str]) -> domains.Destination:
     return specs
 
 
-def route_data(validated: dict[str, Any]) -> services.RouteData:
-    auth, bounce = validated["auth_profile"], validated["bounce_profile"]
-    return services.RouteData(
-        domain=validated["domain"],
-        destination=parse_destination(validated["destination"]),
-        auth_profile_id=auth.pk if auth else None,
-        bounce_profile_id=bounce.pk if bounce else None,
-        tls=validated["tls"],
-        defer_on_4xx=validated["defer_on_4xx"],
-        fallback_relay=validated["fallback_relay"],
-        sender=validated["sender"],
-        source_address=validated["source_address"],
-        ehlo_name=validated["ehlo_name"],
-    )
+def route_fields(validated: dict[str, Any]) -> dict[str, Any]:
+    """The body's fields (those given) by `services.RouteData`'s names: the destination parsed, the profiles as ids."""
+    fields = views.with_ids(validated, "auth_profile", "bounce_profile")
+    if "destination" in fields:
+        fields["destination"] = parse_destination(fields["destination"])
+    return fields
 
 
 def route_problems(exc: services.RouteInvalid) -> dict[str, list[str]]:
@@ -173,27 +166,15 @@ class RouteList(_Routes, views.CollectionView):
 
     def create(self, request: Request, data: dict[str, Any]) -> Route:
         with errors.refused(services.RouteInvalid, route_problems):
-            return services.route_create(data=route_data(data), actor=views.actor(request))
+            return services.route_create(data=services.RouteData(**route_fields(data)), actor=views.actor(request))
 
 
 class RouteDetail(_Routes, views.ObjectView):
     def change(self, request: Request, obj: Route, data: dict[str, Any], *, partial: bool) -> None:
-        if partial:
-            current = {
-                "domain": obj.domain,
-                "destination": destination_of(obj),
-                "auth_profile": obj.auth_profile,
-                "bounce_profile": obj.bounce_profile,
-                "tls": obj.tls,
-                "defer_on_4xx": obj.defer_on_4xx,
-                "fallback_relay": obj.fallback_relay,
-                "sender": obj.sender,
-                "source_address": obj.source_address,
-                "ehlo_name": obj.ehlo_name,
-            }
-            data = {**current, **data}
+        # A PUT's body has every field (the defaults fill in); a PATCH's only those it changes.
+        changed = dataclasses.replace(services.RouteData.of(obj), **route_fields(data))
         with errors.refused(services.RouteInvalid, route_problems):
-            services.route_update(route_id=obj.pk, data=route_data(data), actor=views.actor(request))
+            services.route_update(route_id=obj.pk, data=changed, actor=views.actor(request))
 
     def remove(self, request: Request, obj: Route) -> None:
         services.routes_delete(route_ids=[obj.pk], actor=views.actor(request))
