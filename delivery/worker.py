@@ -255,14 +255,15 @@ class Recorder:
         reports = [(f, r) for f, r in items if r is not None]
         finished = [f for f, r in items if r is None]
         if reports:
+            back = self._through(reports)
             try:
-                generated = _record([r for _, r in reports])
+                generated = _record([r for _, r in reports], release=back)
             except Exception as exc:
                 self._fail({id(f.journal): f.journal for f, _ in reports}, exc)
                 return
             for f, r in reports:
                 f.journal.recorded([r])
-            self._through(reports, generated)
+            self._recorded(reports, generated)
         ended: list[_Flight] = []
         for f in finished:
             with self._cond:
@@ -277,11 +278,11 @@ class Recorder:
         for f in ended:
             f.done.set()
 
-    def _through(self, reports: list[tuple[_Flight, outcome.Report]], generated: list[int]) -> None:
-        """Recorded: a message whose recipients all have their final goes back now, not at the end of the batch
-        (its slowest group's end); bounces generated ring the doorbell as they commit."""
+    def _through(self, reports: list[tuple[_Flight, outcome.Report]]) -> dict[str, list[int]]:
+        """The messages of `reports` whose recipients all have their final now (lease token -> MIDs): they go
+        back in the recording transaction, not at the end of the batch (its slowest group's end)."""
         now = time.monotonic()
-        back: dict[_Flight, list[int]] = {}
+        back: dict[str, list[int]] = {}
         with self._cond:
             for f, r in reports:
                 f.progress = now
@@ -292,16 +293,17 @@ class Recorder:
                     rids.discard(final.rid)
                     if not rids:
                         del f.outstanding[final.mid]
-                        back.setdefault(f, []).append(final.mid)
+                        back.setdefault(f.token, []).append(final.mid)
+        return back
+
+    def _recorded(self, reports: list[tuple[_Flight, outcome.Report]], generated: list[int]) -> None:
+        """Committed: the bounces generated ring the doorbell as they commit; the recipients waiting for a
+        connection slot are noted."""
+        with self._cond:
             flights = {f for f, _ in reports if self._flights.get(f.token) is f}
             for f in flights:
                 f.generated += generated
             self._cond.notify_all()
-        for f, mids in back.items():
-            try:  # a message already done is not leased any more: this touches only those still queued
-                lease.release(f.token, now=timezone.now(), mids=mids)
-            except Exception:
-                logger.warning("releasing messages of batch %s failed; the batch's end does it", f.token, exc_info=True)
         try:
             wait_for_slots([final for _, r in reports for final in r.finals])
         except Exception:  # they are due again after runner.SLOT_RETRY anyway
@@ -317,7 +319,9 @@ class Recorder:
                 logger.error("delivery batch %s failed; its messages are retried later", flight.token, exc_info=error)
                 flight.error = error
                 lease.postpone_unfinished(flight.token, now=timezone.now())
-            lease.release(flight.token, now=timezone.now())
+            if error is not None or flight.outstanding:
+                # otherwise every message went back (or finished) as its recording committed: nothing is left
+                lease.release(flight.token, now=timezone.now())
         except Exception as exc:
             logger.exception("releasing batch %s failed; its lease runs out", flight.token)
             flight.error = flight.error or exc
@@ -388,17 +392,19 @@ def shutdown() -> None:
         rec.stop()
 
 
-def _record(reports: list[outcome.Report], attempts: int = 5) -> list[int]:
+def _record(reports: list[outcome.Report], attempts: int = 5, release: dict[str, list[int]] | None = None) -> list[int]:
     """record.record(), again after a deadlock or a serialization failure (the transaction was rolled back and
-    the reports are still in hand): the mail went out, so losing its outcome would send it twice.
+    the reports are still in hand): the mail went out, so losing its outcome would send it twice. `release`:
+    the leases given back in the same transaction (`record.record`).
 
     Any other failure is the reports' own (a text the database refuses, a bug on one report's path), which no
     retry cures and which must not stop the batch: they are recorded one by one, a report that fails alone
-    with safe texts, then reduced to its facts (record.record_apart), so what a peer accepted is never sent again.
+    with safe texts, then reduced to its facts (record.record_apart), so what a peer accepted is never sent again;
+    the messages of `release` go back after that.
     """
     for attempt in range(1, attempts + 1):
         try:
-            return record.record(reports)
+            return record.record(reports, release=release)
         except OperationalError:
             if attempt == attempts:
                 raise
@@ -410,7 +416,13 @@ def _record(reports: list[outcome.Report], attempts: int = 5) -> list[int]:
             logger.warning(
                 "recording %s delivery reports failed; recording them one by one", len(reports), exc_info=True
             )
-            return record.record_apart(reports)
+            generated = record.record_apart(reports)
+            for token, mids in (release or {}).items():  # a message already done is not leased any more
+                try:
+                    lease.release(token, now=timezone.now(), mids=mids)
+                except Exception:  # recorded: a short delay at worst, never a second delivery
+                    logger.warning("releasing messages of batch %s failed; their lease runs out", token, exc_info=True)
+            return generated
     raise AssertionError("unreachable")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -48,11 +48,20 @@ def _retry_at(
     return now + wait
 
 
-def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) -> list[int]:
+def record(
+    reports: Sequence[outcome.Report],
+    *,
+    now: datetime | None = None,
+    release: Mapping[str, Collection[int]] | None = None,
+) -> list[int]:
     """Apply reports in one transaction. Returns the MIDs of bounce messages generated (to ring for delivery).
 
     A final for a recipient that is no longer active (an operator bounced or deleted it meanwhile) is ignored;
     its attempt and log lines are kept, since they happened.
+
+    `release` (lease token -> MIDs): messages whose recipients are all through, given back in the same
+    transaction (`lease.release`). A message this recording finished has no lease left: only the others are
+    released, so a batch whose messages all finish pays no statement for it.
     """
     now = now or timezone.now()
     finals = [f for r in reports for f in r.finals]
@@ -130,7 +139,12 @@ def record(reports: Sequence[outcome.Report], *, now: datetime | None = None) ->
         if healthy:
             transaction.on_commit(functools.partial(_count_healthy, healthy, now), robust=True)
         still_active = {mid for (mid, _), r in by_key.items() if r.state in lease.ACTIVE}
-        lines = _after_their_story(lines, finish_messages(mids - still_active, now))
+        finished = finish_messages(mids - still_active, now)
+        for token, back in (release or {}).items():
+            rest = set(back) - {line.mid for line in finished}
+            if rest:
+                lease.release(token, now=now, mids=rest)
+        lines = _after_their_story(lines, finished)
         maillog.writer.write(lines, at=now)
         generated = _generate_bounces(bounced, profiles, table, now)
         generated += _generate_delay_warnings(delayed, profiles, table, now)
