@@ -684,16 +684,8 @@ def _special_code(destination: domains.Destination) -> str:
 def _host_rows(route_id: int, destination: domains.Destination) -> list[DestinationHost]:
     if isinstance(destination, domains.Special):
         return []
-    return [
-        DestinationHost(
-            route_id=route_id,
-            host=h.host,
-            a_only=h.a_only,
-            port=h.port,
-            priority=h.priority,
-            weight=h.weight,
-            position=position,
-        )
+    return [  # a host row is its spec, the route's and its place in the list
+        DestinationHost(route_id=route_id, position=position, **dataclasses.asdict(h))
         for position, h in enumerate(destination)
     ]
 
