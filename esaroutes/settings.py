@@ -131,6 +131,12 @@ if DATABASE_URL:
             )
         )
     }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # psycopg prepares a statement run with `prepare=True` (or, past this many runs, any statement) on
+        # server-side binding cursors only: those of esaroutes.bulk, whose texts do not change with the number of
+        # rows (Django's own cursors bind on the client side and are never prepared). Django leaves it None,
+        # which disables preparing altogether, for connection poolers older than PgBouncer 1.21.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
 else:
     DATABASES = {
         "default": {

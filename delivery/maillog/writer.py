@@ -39,31 +39,41 @@ def write(batch: Sequence[lines.Line], *, at: datetime) -> None:
     """Store lines in the database (inside the caller's transaction) and append them to mail.current on commit."""
     if not batch:
         return
+    line_insert().run(line_rows(batch, at=at))
+    append_on_commit(batch, at=at)
+
+
+def line_rows(batch: Sequence[lines.Line], *, at: datetime) -> list[tuple[object, ...]]:
+    """The database rows of these lines (for `line_insert()`); `at` for those without a time of their own."""
     adapt = connection.ops.adapt_datetimefield_value
     default_at = adapt(at)
-    _line_insert().run(
-        [
-            (
-                adapt(line.at) if line.at is not None else default_at,
-                line.level,
-                line.text,
-                line.mid,
-                line.icid,
-                line.dcid,
-                line.domain[:255],
-                line.host[:255],
-            )
-            for line in batch
-        ]
-    )
-    rendered = [lines.format_line(line, at) for line in batch]
-    transaction.on_commit(lambda: _append(rendered))
+    return [
+        (
+            adapt(line.at) if line.at is not None else default_at,
+            line.level,
+            line.text,
+            line.mid,
+            line.icid,
+            line.dcid,
+            line.domain[:255],
+            line.host[:255],
+        )
+        for line in batch
+    ]
+
+
+def append_on_commit(batch: Sequence[lines.Line], *, at: datetime) -> None:
+    """Append the lines to mail.current once the transaction that stored them commits (at once outside one)."""
+    if batch:
+        rendered = [lines.format_line(line, at) for line in batch]
+        transaction.on_commit(lambda: _append(rendered))
 
 
 _line_insert_cache: bulk.BulkInsert | None = None
 
 
-def _line_insert() -> bulk.BulkInsert:
+def line_insert() -> bulk.BulkInsert:
+    """The insert of `line_rows()` into the mail log table."""
     global _line_insert_cache
     if _line_insert_cache is None:
         from delivery.models import MailLogLine  # the models import this module's builders' callers

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
+from django import db
+from django.db import connection, transaction
 from django.utils import timezone
 
 from esaroutes import bulk
@@ -48,3 +49,32 @@ def test_texts_that_need_quoting_are_parameters_not_sql():
         [(tricky, "", now, now)]
     )
     assert Route.objects.get().domain == tricky
+
+
+def test_inserts_together_are_all_or_nothing():
+    now = _now()
+    [route_id] = bulk.BulkInsert(Route, ("domain", "created_at", "updated_at"), returning=True).run(
+        [("r.test", now, now)]
+    )
+    routes = bulk.BulkInsert(Route, ("domain", "created_at", "updated_at"))
+    hosts = bulk.BulkInsert(DestinationHost, ("route_id", "host"), fixed={"port": 2525})
+    bulk.insert_together(
+        (routes, [("a.test", now, now), ("b.test", now, now)]), (hosts, []), (hosts, [(route_id, "h")])
+    )
+    assert sorted(Route.objects.values_list("domain", flat=True)) == ["a.test", "b.test", "r.test"]
+    assert list(DestinationHost.objects.values_list("route_id", "host", "port")) == [(route_id, "h", 2525)]
+    with pytest.raises(db.IntegrityError), transaction.atomic():
+        bulk.insert_together((routes, [("c.test", now, now)]), (routes, [(None, now, now)]))
+    assert not Route.objects.filter(domain="c.test").exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="ids from the sequence: PostgreSQL only")
+def test_new_ids_come_from_the_sequence_in_order():
+    now = _now()
+    routes = bulk.BulkInsert(Route, ("id", "domain", "created_at", "updated_at"))
+    ids = routes.new_ids(3)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    bulk.insert_together((routes, [(i, f"d{i}.test", now, now) for i in ids]))
+    [after] = bulk.BulkInsert(Route, ("domain", "created_at", "updated_at"), returning=True).run([("z.test", now, now)])
+    assert dict(Route.objects.values_list("pk", "domain")) == {**{i: f"d{i}.test" for i in ids}, after: "z.test"}
+    assert after > max(ids)
