@@ -49,6 +49,11 @@ logger = logging.getLogger(__name__)
 TTL = 5.0  # seconds a listener process's counts live in Redis without a heartbeat
 HEARTBEAT = 1.0  # seconds between heartbeats (each also rewrites the process's counts)
 REDIS_TIMEOUT = 2.0  # seconds a Redis call may take before the process counts alone
+#: Releases wait this long before they go to Redis, together: a connection from the same client that comes
+#: meanwhile takes the slot over without a call to Redis at all (a client sending one message per connection
+#: reconnects within a millisecond). Meanwhile the slot counts as taken for the other processes: a connection
+#: refused that could have been admitted, for this long at most, never one admitted over the limits.
+RELEASE_DELAY = 0.005
 TOTAL = "*"  # the field of the total in the count hashes (never a client address)
 
 
@@ -332,8 +337,9 @@ async def _connect(url: str) -> _Connection:
 class RedisCounter(Counter):
     """The counts of every listener process of the installation, in Redis (see the module's docstring).
 
-    One connection, commands in order: a take's script is sent and awaited; releases are sent without waiting
-    (several in one call when they come together) and counted here at once. The heartbeat's rewrite waits until
+    One connection, commands in order: a take's script is sent and awaited; releases are counted here at once
+    and sent `RELEASE_DELAY` later without waiting (several in one call), unless a take from the same client
+    takes the slot over first. The heartbeat's rewrite waits until
     no take is unanswered, and sends the releases still waiting first, so what it writes is exactly what Redis
     has of this process at that point of the connection's order.
     """
@@ -379,6 +385,10 @@ class RedisCounter(Counter):
     async def take(self, ip: str) -> bool:
         conn = self._conn
         if conn is not None and conn.error is None:
+            if ip in self._releasing:  # a connection from this client just ended: its slot, still held, passes on
+                self._releasing.remove(ip)
+                self._count(ip, 1)
+                return True
             self._taking += 1
             self._settled.clear()
             try:
@@ -399,7 +409,7 @@ class RedisCounter(Counter):
         self._count(ip, -1)
         if self._conn is not None and self._conn.error is None:
             if not self._releasing:
-                asyncio.get_running_loop().call_soon(self._send_releases)
+                asyncio.get_running_loop().call_later(RELEASE_DELAY, self._send_releases)
             self._releasing.append(ip)
 
     async def sync(self) -> None:

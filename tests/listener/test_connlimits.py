@@ -233,6 +233,40 @@ def test_processes_taking_at_once_in_redis_never_take_more_than_the_limits(redis
 
 
 @needs_redis
+def test_a_slot_let_go_of_passes_to_the_same_clients_next_connection_without_asking_redis(redis_key):
+    limits = Limits(total=2, per_client=2)
+
+    async def run() -> None:
+        mine, other = _redis_counter(redis_key, limits), _redis_counter(redis_key, limits)
+        await mine.start()
+        await other.start()
+        try:
+            assert [await mine.take("10.0.0.1"), await mine.take("10.0.0.2")] == [True, True]
+            sent = []
+            conn = mine._conn
+            assert conn is not None
+            real_send = conn.send
+            conn.send = lambda *args: sent.append(args) or real_send(*args)  # type: ignore[method-assign]
+            mine.release("10.0.0.1")
+            assert await mine.take("10.0.0.1") is True  # the slot just let go of, not yet given back in Redis
+            assert sent == []
+            assert await other.take("10.0.0.3") is False  # still both taken for everyone else
+            mine.release("10.0.0.2")
+            assert await mine.take("10.0.0.1") is False  # another client's slot is not taken over
+            started = time.monotonic()
+            while not await other.take("10.0.0.3"):  # given back to everyone within RELEASE_DELAY
+                assert time.monotonic() - started < 10
+                await asyncio.sleep(0.02)
+            totals = redis.Redis.from_url(settings.REDIS_URL or "").hgetall(f"{redis_key}:totals")
+            assert {k: int(v) for k, v in totals.items()} == {b"*": 2, b"10.0.0.1": 1, b"10.0.0.3": 1}
+        finally:
+            await mine.stop()
+            await other.stop()
+
+    asyncio.run(run())
+
+
+@needs_redis
 def test_a_process_that_stops_beating_in_redis_gives_its_slots_back_after_its_ttl(redis_key):
     limits = Limits(total=4, per_client=4)
 
