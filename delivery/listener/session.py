@@ -163,7 +163,7 @@ class Session(SMTP):
                 lines = [*self.conn.pending, intake.stamp(end(self.conn.icid))]
                 self.conn.pending = []
                 if self.listener.committer is not None:
-                    self.listener.committer.log(lines)
+                    self.listener.committer.log(lines, linger=True)
         super().connection_lost(error)
 
     def _uncount(self) -> None:

@@ -7,8 +7,8 @@ doorbell is rung (`delivery.tasks.deliver` with the MIDs) from a background thre
 broker delays a `250`: the beat sweep sends whatever is due, so a lost doorbell costs a delay, never a message.
 
 Connection lines (`New SMTP ICID`, the `RELAY`/`ACCEPT` policy line, TLS, `Rejected by RAT`) are buffered by the
-listener and written in the transaction of the connection's next message, or with `ICID n close` in the
-listener's next group commit when the connection ends: no transaction of their own.
+listener and written in the transaction of the connection's next message, or with `ICID n close` in one of the
+listener's next group commits when the connection ends (within its `commit.LINGER`): no transaction of their own.
 """
 
 from __future__ import annotations
