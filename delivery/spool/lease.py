@@ -7,15 +7,17 @@ out only when the worker died, and then the next sweep hands the message to anot
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
-from django.db.models import Min, OuterRef, Q, QuerySet, Subquery
+from django.db import InterfaceError, OperationalError, connection
+from django.db.models import Q, QuerySet
 
 from delivery import engine
 from delivery.models import DeliverySuspension, Message, Recipient
@@ -35,28 +37,53 @@ def new_token() -> str:
     return f"{settings.ESAROUTES_HOSTNAME}:{os.getpid()}:{uuid.uuid4().hex[:10]}"
 
 
-def _lease_free(now: datetime) -> Q:
-    return Q(leased_until__isnull=True) | Q(leased_until__lte=now)
+def among(column: str, ids: Sequence[int]) -> tuple[str, list[int] | str]:
+    """SQL for `column` among `ids`, and its one parameter whatever their number, so the statement's text is the
+    same on every call (the driver parses it once): an array on PostgreSQL, a JSON list on SQLite."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", list(ids)
+    return f"{column} IN (SELECT value FROM json_each(%s))", json.dumps(list(ids))
+
+
+#: A message's lease is free: nobody holds it, or its holder's time ran out.
+_LEASE_FREE = "(leased_until IS NULL OR leased_until <= %s)"
 
 
 def claim(mids: Iterable[int], *, token: str, now: datetime) -> list[int]:
-    """Take the lease of the given queued messages that nobody holds; returns the ones taken."""
+    """Take the lease of the given queued messages that nobody holds; returns the ones taken.
+
+    One conditional UPDATE ... RETURNING (PostgreSQL; SQLite since 3.35): the compare-and-set and the answer.
+    """
     mids = list(mids)
     if not mids:
         return []
     until = now + timedelta(seconds=settings.ESAROUTES_LEASE_SECONDS)
-    Message.objects.filter(pk__in=mids, state=Message.State.QUEUED).filter(_lease_free(now)).update(
-        leased_by=token, leased_until=until
-    )
-    return list(Message.objects.filter(pk__in=mids, leased_by=token).values_list("pk", flat=True))
+    adapt = connection.ops.adapt_datetimefield_value
+    chosen, ids = among("id", mids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE delivery_message SET leased_by = %s, leased_until = %s "
+            f"WHERE {chosen} AND state = %s AND {_LEASE_FREE} RETURNING id",
+            [token, adapt(until), ids, Message.State.QUEUED.value, adapt(now)],
+        )
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def due(*, now: datetime, limit: int, exclude: Sequence[int] = ()) -> list[int]:
     """Queued messages whose time has come and whose lease is free, oldest due first."""
-    qs = Message.objects.filter(state=Message.State.QUEUED, next_attempt_at__lte=now).filter(_lease_free(now))
+    at = connection.ops.adapt_datetimefield_value(now)
+    params: list[Any] = [Message.State.QUEUED.value, at, at]
+    left_out = ""
     if exclude:
-        qs = qs.exclude(pk__in=exclude)
-    return list(qs.order_by("next_attempt_at", "pk").values_list("pk", flat=True)[:limit])
+        left_out, ids = among("id", exclude)
+        params.append(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM delivery_message WHERE state = %s AND next_attempt_at <= %s AND {_LEASE_FREE} "
+            f"{f'AND NOT ({left_out}) ' if left_out else ''}ORDER BY next_attempt_at, id LIMIT %s",
+            [*params, limit],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def suspended_domains() -> frozenset[str]:
@@ -69,21 +96,29 @@ def renew(token: str, *, now: datetime) -> None:
     Message.objects.filter(leased_by=token).update(leased_until=until)
 
 
+#: A message's new due time as it goes back: its earliest active recipient not on hold and whose domain is not
+#: suspended ("ALL": none is); NULL when there is none.
+_RELEASE = (
+    "UPDATE delivery_message SET leased_by = '', leased_until = NULL, next_attempt_at = ("
+    "SELECT MIN(r.next_attempt_at) FROM delivery_recipient r WHERE r.message_id = delivery_message.id "
+    "AND r.state IN (%s, %s) AND NOT r.held AND NOT EXISTS ("
+    "SELECT 1 FROM delivery_deliverysuspension s WHERE s.domain = r.domain OR s.domain = %s)) "
+    "WHERE leased_by = %s"
+)
+
+
 def release(token: str, *, now: datetime, mids: Iterable[int] | None = None) -> None:
     """Give the batch's messages back (or only `mids` of them): each waits for its earliest active recipient
     not on hold and whose domain is not suspended (none: no due time, so no sweep claims it until
-    `releaserecipients` or `resumedel` makes it due)."""
-    suspended = suspended_domains()
-    due_rows = Recipient.objects.filter(message=OuterRef("pk"), state__in=ACTIVE, held=False)
-    if suspended:
-        due_rows = due_rows.exclude(domain__in=suspended)  # they wait for resumedel, not for a time
-    earliest = due_rows.order_by().values("message").annotate(m=Min("next_attempt_at")).values("m")[:1]
-    held = Message.objects.filter(leased_by=token)
+    `releaserecipients` or `resumedel` makes it due). One statement, the suspensions read in it."""
+    params: list[Any] = [*(s.value for s in ACTIVE), engine.SUSPEND_ALL, token]
+    sql = _RELEASE
     if mids is not None:
-        held = held.filter(pk__in=list(mids))
-    # (an empty queryset in the subquery would make Django skip the whole UPDATE: ALL is spelled out)
-    due_at = None if engine.SUSPEND_ALL in suspended else Subquery(earliest)
-    held.update(leased_by="", leased_until=None, next_attempt_at=due_at)
+        chosen, ids = among("id", list(mids))
+        sql += f" AND {chosen}"
+        params.append(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def postpone_recipients(pairs: Iterable[tuple[int, int]], *, until: datetime) -> None:

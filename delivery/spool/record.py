@@ -332,12 +332,19 @@ def finish_messages(mids: Iterable[int], now: datetime, *, checked: bool = True)
         )
     if not mids:
         return []
-    done = sorted(Message.objects.filter(pk__in=mids, state=Message.State.QUEUED).values_list("pk", flat=True))
-    if not done:
-        return []
-    Message.objects.filter(pk__in=done).update(
-        state=Message.State.DONE, finished_at=now, next_attempt_at=None, leased_by="", leased_until=None
-    )
+    chosen, ids = lease.among("id", sorted(mids))
+    with connection.cursor() as cursor:  # one UPDATE ... RETURNING: which were still queued, and done now
+        cursor.execute(
+            "UPDATE delivery_message SET state = %s, finished_at = %s, next_attempt_at = NULL, leased_by = '', "
+            f"leased_until = NULL WHERE {chosen} AND state = %s RETURNING id",
+            [
+                Message.State.DONE.value,
+                connection.ops.adapt_datetimefield_value(now),
+                ids,
+                Message.State.QUEUED.value,
+            ],
+        )
+        done = sorted(row[0] for row in cursor.fetchall())
     return [maillog.lines.message_finished(mid) for mid in done]
 
 
