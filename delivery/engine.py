@@ -5,6 +5,8 @@ tests/delivery/test_engine.py. The semantics follow Cisco ESA "SMTP Routes" (see
 
 * hosts: lowest priority number first; equal priorities round-robin per *connection*, shared in proportion to
   the hosts' weights (smooth weighted round-robin); down hosts skipped unless all are down;
+* while the first connection to a host not seen greeting lately waits for its banner, further messages pass that
+  host over for the next one (:func:`before_connecting`): a host that never greets costs one timeout, once;
 * a failure of the host itself (no connection, no reply, TLS, a 4xx/5xx to the greeting, EHLO or AUTH) moves
   the same recipients to the next host at once;
 * after MAIL FROM, a 4xx moves the recipients concerned to the next host (or, with ``defer_on_4xx``, keeps
@@ -127,6 +129,73 @@ def _swrr_sequence(weights: tuple[int, ...]) -> tuple[int, ...]:
         current[best] -= total
         picks.append(best)
     return tuple(picks)
+
+
+class Opening(enum.Enum):
+    """What a message does at a host it would open a new connection to (`before_connecting`)."""
+
+    OPEN = "open"  # open a connection of its own now
+    PASS = "pass"  # go on to the next host now, as if this one had failed it (no Connection Error, not marked down)
+    WAIT = "wait"  # wait for the next connect or greeting outcome among these hosts, then decide again
+
+
+#: A host seen greeting this long ago (seconds) or less is known to greet: new connections to it open in parallel.
+GREETED_RECENTLY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    """What this worker knows of a host's greeting, as a message is about to open a new connection to it."""
+
+    opening: int = 0  # connections of ours to it still waiting for their connect or greeting
+    greeted_ago: float | None = None  # seconds since one of ours last saw it greet; None: never, or it failed since
+
+    def unknown_and_opening(self, recent: float = GREETED_RECENTLY) -> bool:
+        """A connection to it is on its way and nothing says it greets: another would only queue up behind it."""
+        return self.opening > 0 and (self.greeted_ago is None or self.greeted_ago > recent)
+
+
+def before_connecting(host: Greeting, later: Sequence[Greeting], *, recent: float = GREETED_RECENTLY) -> Opening:
+    """Whether a message opens a new connection to `host`, passes it over for the route's next hosts (`later`, in
+    the order it would try them), or waits.
+
+    ====================================================================  ======
+    no connection of ours is waiting for its greeting, or it greeted      OPEN: as always (round-robin untouched)
+      within `recent` seconds
+    one is waiting and nothing is known of it; a later host is free       PASS: to that host, at once
+      (nothing of ours waiting on it, or it greets)
+    one is waiting, nothing known; every later host is the same           WAIT: for the first greeting (or failure)
+    one is waiting, nothing known; no later host of the route             OPEN: the last host is always tried
+    ====================================================================  ======
+
+    Why pass rather than wait: a host that accepts TCP and never greets holds every connection to it for the
+    greeting timeout, and each message behind one of them waits as long. The ESA's rule is that when a host does
+    not respond the mail goes to one that does (reference/esa.md §2.1); so while the first connection to an unknown
+    host is still waiting for its banner, the next messages go to the next host of the order, exactly as if that
+    host had failed them (equal priority: the other of the round-robin; otherwise the next priority), but without
+    a failure: no Connection Error, no host-down mark, no attempt, because nothing was tried. Waiting for the first
+    connection's outcome would cost each of them up to one timeout, which is what is being avoided. Only that one
+    connection decides about the host: if it greets, the host is known and takes its turns again, connections in
+    parallel as before (so a host that greets after a pause, as Postfix's postscreen does, gets its share once it
+    has greeted); if it times out, the host is marked down as before.
+
+    WAIT covers the start-up instant when every host of the route has its first connection on the way (all
+    unknown): passing would only move the message to another unknown host; the first greeting, a few ms later,
+    decides. The last host of the route (only the fallback relay after it, or nothing) is opened as today: with
+    nowhere else to go, waiting for another connection's outcome saves nothing when that outcome is a timeout,
+    and the worker's `hold_back` keeps later batches off a host whose connections have stalled.
+    """
+    if not host.unknown_and_opening(recent):
+        return Opening.OPEN
+    if any(not h.unknown_and_opening(recent) for h in later):
+        return Opening.PASS
+    return Opening.WAIT if later else Opening.OPEN
+
+
+def greeted(stage: Stage, code: int | None) -> bool:
+    """Whether a connection that ended at `stage` (with reply `code`, None: none) saw the host greet: any reply to
+    the greeting, or anything after it. A refused or timed-out connect, or a greeting that never came, says no."""
+    return stage not in (Stage.CONNECT, Stage.GREETING) or code is not None
 
 
 def expand_exchanges(

@@ -343,6 +343,19 @@ def fallback_relay(mid: int, rids: Iterable[int], host: str, port: int, *, domai
     )
 
 
+def skipped_host(mid: int, rids: Iterable[int], host: str, port: int, *, domain: str) -> Line:
+    """The recipients passed `host` over for the route's next host: a connection to it is still waiting for its
+    first greeting and this worker has not seen it greet lately (`engine.before_connecting`). Nothing was tried
+    there: no Connection Error, the host is not marked down."""
+    return Line(
+        f"MID {mid} RID {rid_list(rids)} skipped host {clean(host)}:{port} for {clean(domain)}: "
+        "its first connection has not greeted yet",
+        mid=mid,
+        domain=domain,
+        host=host,
+    )
+
+
 def max_connections_reached(limit: int, domain: str) -> Line:
     """Mail for `domain` waits: its destination control's concurrent connections are all open (once per episode)."""
     return Line(f"Maximum outbound connections {limit} reached for {clean(domain)}", domain=domain)

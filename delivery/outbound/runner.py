@@ -11,6 +11,10 @@ What happens on the wire follows `delivery.engine` (the decisions) and `delivery
 
 * the group's hosts are tried in order; a host that fails to connect, greet, EHLO or STARTTLS gets a
   ``Connection Error`` line and its recipients go on at once to the next host;
+* a host that this process has not seen greeting lately, with a connection of ours already waiting for its
+  connect or greeting, is passed over for the route's next host (``engine.before_connecting``: one ``skipped
+  host`` line per message, no Connection Error, not marked down): a host that accepts TCP and never greets holds
+  one connection for its timeout, not one per message; once it greets it takes its turns again;
 * on a connection, each message is one transaction for all its recipients of this route; a 4xx after MAIL
   FROM sends the recipients concerned to the next host (or, with defer_on_4xx, to their retry); a 5xx bounces;
 * when every host of the route failed a recipient and the group has a fallback relay (the route's, or the one in
@@ -148,6 +152,21 @@ class _AddressSlots:
         return _Throttled(until, lines, (tuple(self.full), limit))
 
 
+class _PassedOver:
+    """`_acquire` opened nothing: a connection to the host is waiting for its first greeting (`engine.Opening.PASS`)."""
+
+
+_PASSED = _PassedOver()
+
+
+@dataclass(slots=True)
+class _Connecting:
+    """One new connection counted in `Runner._connecting` until its greeting (or failure) is known."""
+
+    key: hosts.HostKey
+    counted: bool = True
+
+
 @dataclass(slots=True)
 class _Last:
     """The last failure a recipient met, for its Delayed line when no host is left."""
@@ -184,6 +203,13 @@ class Runner:
         # The group tasks opening a connection: the host, and since when (read by other threads: the lock)
         self._opening: dict[asyncio.Task[Any], tuple[hosts.HostKey, float]] = {}
         self._opening_lock = threading.Lock()
+        # What this process knows of each host's greeting (loop thread only, engine.before_connecting): its
+        # connections on their way (counted from the decision to open, so that two groups deciding in the same
+        # instant see each other), when one last saw it greet (time.monotonic(); gone when one failed to), and
+        # the event set by the next outcome of any of them (for the messages that wait: engine.Opening.WAIT)
+        self._connecting: collections.Counter[hosts.HostKey] = collections.Counter()
+        self._greeted: dict[hosts.HostKey, float] = {}
+        self._greeting_news = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
         self._loop = eventloop.new_loop()
         self._thread = threading.Thread(target=self._main, name="esaroutes-runner", daemon=True)
@@ -291,8 +317,22 @@ class Runner:
                     for job, rcpts in pending
                 ]
             remaining, pending = pending, []
+            # The route's hosts after this one that this run may still try (the fallback relay is no alternative)
+            alternatives = [h for h in chain[index + 1 : len(group.hosts)] if h.key not in failed_now]
             while remaining:
-                pooled = await self._acquire(destination, group, carry)
+                pooled = await self._acquire(destination, group, carry, alternatives)
+                if isinstance(pooled, _PassedOver):  # its first connection has not greeted: the next host, now
+                    carry.lines += [
+                        _now(
+                            maillog.lines.skipped_host(
+                                job.mid, [r.rid for r in rcpts], host.address, host.port, domain=group.domain
+                            )
+                        )
+                        for job, rcpts in remaining
+                    ]
+                    pending += remaining
+                    remaining = []
+                    break
                 if isinstance(pooled, _Throttled):  # every slot of the destination taken: all of it waits
                     self._hold(group, remaining + pending, pooled, carry, emit)
                     return
@@ -564,22 +604,71 @@ class Runner:
     # --- the pool --------------------------------------------------------------------------------------------
 
     async def _acquire(
-        self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report
-    ) -> _Pooled | _Last | _Throttled:
+        self,
+        destination: outcome.Destination,
+        group: outcome.Group,
+        carry: outcome.Report,
+        alternatives: Sequence[engine.Host] = (),
+    ) -> _Pooled | _Last | _Throttled | _PassedOver:
         """An idle pooled connection to the destination, else a new one (its lines go into `carry`).
 
         When the connection failed: the Connection Error line and the host event are in `carry`, and the
         returned `_Last` describes the failure for the recipients' attempts and their Delayed lines. `_Throttled`:
         every connection slot of the group's destination is taken (`delivery.slots`), nothing was opened.
+        `_PassedOver`: a connection to the host is waiting for its first greeting, and one of the `alternatives`
+        (the route's next hosts) is free (`engine.before_connecting`): nothing was opened.
         """
-        idle = self._pool.get(destination)
-        while idle:
-            pooled = idle.pop()
-            if pooled.session.usable:
-                return pooled
-            await self._close(pooled)
-        if self._stopping:
-            raise _Stopped
+        key = destination.host.key
+        while True:
+            idle = self._pool.get(destination)
+            while idle:
+                pooled = idle.pop()
+                if pooled.session.usable:
+                    return pooled
+                await self._close(pooled)
+            if self._stopping:
+                raise _Stopped
+            now = time.monotonic()
+            choice = engine.before_connecting(
+                self._greeting(key, now), [self._greeting(h.key, now) for h in alternatives]
+            )
+            if choice is engine.Opening.PASS:
+                return _PASSED
+            if choice is engine.Opening.OPEN:
+                break
+            await self._greeting_news.wait()  # WAIT: the first greeting (or failure) among them decides
+        ticket = _Connecting(key)
+        self._connecting[key] += 1
+        try:
+            return await self._connect(destination, group, carry, ticket)
+        finally:
+            self._settle_greeting(ticket, None)
+
+    def _greeting(self, key: hosts.HostKey, now: float) -> engine.Greeting:
+        seen = self._greeted.get(key)
+        return engine.Greeting(self._connecting[key], None if seen is None else now - seen)
+
+    def _settle_greeting(self, ticket: _Connecting, greeted: bool | None) -> None:
+        """A connection counted in `_connecting` greeted or failed to (`greeted`, `engine.greeted`), or ended
+        before either (None: every slot held, or cancelled): it counts out, the first time only, and whoever waits
+        for news of a greeting decides again."""
+        if greeted:
+            self._greeted[ticket.key] = time.monotonic()
+        elif greeted is not None:
+            self._greeted.pop(ticket.key, None)
+        if not ticket.counted:
+            return
+        ticket.counted = False
+        self._connecting[ticket.key] -= 1
+        if self._connecting[ticket.key] <= 0:
+            del self._connecting[ticket.key]
+        news, self._greeting_news = self._greeting_news, asyncio.Event()
+        news.set()
+
+    async def _connect(
+        self, destination: outcome.Destination, group: outcome.Group, carry: outcome.Report, ticket: _Connecting
+    ) -> _Pooled | _Last | _Throttled:
+        """A new connection to the destination, under its destination control's connection slots."""
         slot: Slot | None = None
         gate: _AddressSlots | None = None
         loop = asyncio.get_running_loop()
@@ -601,7 +690,7 @@ class Runner:
             if slot is not None:
                 self._slots.add(slot)
         try:
-            return await self._open_new(destination, group, carry, slot, gate)
+            return await self._open_new(destination, group, carry, slot, gate, ticket)
         except BaseException:
             self._free_slot(gate.slot if gate is not None else slot)
             raise
@@ -613,6 +702,7 @@ class Runner:
         carry: outcome.Report,
         slot: Slot | None,
         gate: _AddressSlots | None = None,
+        ticket: _Connecting | None = None,
     ) -> _Pooled | _Last | _Throttled:
         """A new connection holding `slot`, the destination's connection slot. With a `gate` (the limit scope per
         destination IP), the slot is taken per address as the session connects, and `_Throttled` says that the
@@ -625,6 +715,8 @@ class Runner:
             loop = asyncio.get_running_loop()
             session = smtp_client.HostSession(destination, lookup=dns.host_addresses, gate=gate)
             opened = await session.open()
+            if ticket is not None:
+                self._settle_greeting(ticket, _greeted(opened))
             if gate is not None:
                 slot = gate.slot
             if isinstance(opened, smtp_client.Failure) and opened.slots_full:
@@ -727,6 +819,7 @@ class Runner:
                         await self._close(pooled)
                     except Exception:
                         logger.exception("closing idle DCID %s", pooled.dcid)
+            self._greeted = {k: at for k, at in self._greeted.items() if now - at <= engine.GREETED_RECENTLY}
             await self._give_back_wanted()
             await self._publish()
             await self._refresh_slots()
@@ -816,6 +909,16 @@ def _rcpt_line(
 def _gauge_key(destination: outcome.Destination) -> hosts.GaugeKey:
     """What an open connection counts by in the open connections gauge: its host and its recipient domain."""
     return (destination.host.address, destination.host.port, destination.domain)
+
+
+def _greeted(opened: smtp_client.Connection | smtp_client.Failure) -> bool | None:
+    """Whether a new connection saw its host greet; None when it says nothing of the host (our policy refused
+    every address, or their connection slots were all held)."""
+    if not isinstance(opened, smtp_client.Failure):
+        return True
+    if opened.refused or opened.slots_full:
+        return None
+    return engine.greeted(opened.stage, opened.code)
 
 
 def _details(failure: smtp_client.Failure) -> str:

@@ -123,6 +123,62 @@ def test_mx_exchanges_keep_their_route_hosts_weight() -> None:
     assert expanded == [Host("mx1.example", 25, 10, 4)]
 
 
+# --- before_connecting: a host whose first connection has not greeted ------------------------------------
+
+Opening = engine.Opening
+G = engine.Greeting
+FREE = G()  # nothing of ours on the way to it, nothing known
+WAITING = G(opening=1)  # a connection on its way, never seen greeting (or it failed to since)
+KNOWN = G(opening=3, greeted_ago=2.0)  # connections on their way, and it greeted 2 s ago
+KNOWN_IDLE = G(greeted_ago=2.0)
+STALE = G(opening=1, greeted_ago=engine.GREETED_RECENTLY + 1)  # it greeted, but too long ago to count
+
+
+@pytest.mark.parametrize(
+    ("host", "later", "expected"),
+    [
+        # nothing on the way, or a host known to greet: open, in parallel if need be (round-robin untouched)
+        (FREE, [], Opening.OPEN),
+        (FREE, [WAITING], Opening.OPEN),
+        (KNOWN_IDLE, [FREE], Opening.OPEN),
+        (KNOWN, [FREE], Opening.OPEN),
+        (KNOWN, [], Opening.OPEN),
+        (G(opening=1, greeted_ago=engine.GREETED_RECENTLY), [FREE], Opening.OPEN),  # the bound counts as recent
+        # its first connection waiting, nothing known: the next host that is free takes the message at once
+        (WAITING, [FREE], Opening.PASS),
+        (WAITING, [KNOWN], Opening.PASS),
+        (WAITING, [KNOWN_IDLE], Opening.PASS),
+        (WAITING, [WAITING, KNOWN], Opening.PASS),  # any later host will do: it is tried in its turn
+        (G(opening=4), [FREE], Opening.PASS),
+        (STALE, [FREE], Opening.PASS),  # greeted long ago: nothing is known of it now
+        # every later host waiting too (the start-up instant): the first greeting decides
+        (WAITING, [WAITING], Opening.WAIT),
+        (WAITING, [WAITING, STALE], Opening.WAIT),
+        # no later host of the route: the last host is always tried
+        (WAITING, [], Opening.OPEN),
+        (STALE, [], Opening.OPEN),
+    ],
+)
+def test_before_connecting(host: engine.Greeting, later: list[engine.Greeting], expected: engine.Opening) -> None:
+    assert engine.before_connecting(host, later) is expected
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "expected"),
+    [
+        (Stage.CONNECT, None, False),  # refused, timed out, no route
+        (Stage.GREETING, None, False),  # accepted TCP, never greeted (or hung up first)
+        (Stage.GREETING, 421, True),  # it answered, if only to say no
+        (Stage.GREETING, 554, True),
+        (Stage.EHLO, None, True),  # greeted, then went silent
+        (Stage.TLS, None, True),
+        (Stage.AUTH, 535, True),
+    ],
+)
+def test_greeted(stage: Stage, code: int | None, expected: bool) -> None:
+    assert engine.greeted(stage, code) is expected
+
+
 # --- verdict ----------------------------------------------------------------------------------------------
 
 CONNECTION = [Stage.CONNECT, Stage.GREETING, Stage.TLS, Stage.EHLO, Stage.AUTH]

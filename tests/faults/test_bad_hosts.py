@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from delivery import worker
 from delivery.engine import Stage
-from delivery.models import HostStatus, Recipient
+from delivery.models import DeliveryAttempt, HostStatus, MailLogLine, Recipient
 from delivery.outbound import runner
 from tests.delivery.conftest import queue_message
 from tests.faults.conftest import report
@@ -89,3 +89,98 @@ def test_a_bad_host_costs_its_timeout_once_then_is_skipped(peers, name):
     assert skip_cost < TIMEOUT / 2, f"{name}: the second message took {skip_cost:.2f} s with the host down"
     assert bad.messages == []
     report(f"bad host: {name}", f"first message {cost:.2f} s (timeout {TIMEOUT:.1f} s), next {skip_cost:.2f} s")
+
+
+# --- a host that does not greet, among equal hosts: one connection waits, the rest goes to the other ----------
+
+N = 16  # messages delivered at once, each its own batch (a doorbell each, as under load)
+
+
+@pytest.fixture
+def in_flight() -> Iterator[None]:
+    """Batches handed to the recorder without waiting (`wait=False`): recorded and released by the end."""
+    worker.shutdown()
+    yield
+    worker.shutdown()
+
+
+def _deliver_at_once(mids: list[int]) -> None:
+    for mid in mids:
+        worker.deliver_batch([mid], fill=False, wait=False)
+
+
+def _wait_through(mids: list[int], timeout: float = 30.0) -> None:
+    """For the recorder's commits, which have no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while Recipient.objects.filter(message_id__in=mids, state="delivered").count() < len(mids):
+        assert time.monotonic() < deadline, "not delivered in time"
+        time.sleep(0.05)
+
+
+def _waits(mids: list[int]) -> list[float]:
+    """Seconds each message spent between its acceptance and its delivery."""
+    return [
+        (r.finished_at - r.message.received_at).total_seconds()
+        for r in Recipient.objects.filter(message_id__in=mids).select_related("message")
+    ]
+
+
+@pytest.mark.usefixtures("short_timeouts", "in_flight")
+def test_a_silent_equal_host_holds_one_connection_and_the_other_takes_the_rest(peers):
+    silent, good = peers.silent(), peers.start()
+    make_route("dest.test", f"{silent.host}:{silent.port}/pri=0, {good.host}:{good.port}/pri=0")
+    mids = [queue_message(f"u{i}@dest.test") for i in range(N)]
+    _deliver_at_once(mids)
+    _wait_through(mids)
+
+    assert silent.connections == 1  # one connection waited for the banner; every other message passed it over
+    got = sorted(m.rcpt_tos for m in good.messages)
+    assert got == sorted((f"u{i}@dest.test",) for i in range(N))  # each delivered once, all by the other host
+    waits = _waits(mids)
+    assert max(waits) <= TIMEOUT + SLACK, f"the slowest message waited {max(waits):.2f} s (timeout {TIMEOUT} s)"
+    status = HostStatus.objects.get(host=silent.host, port=silent.port)
+    assert status.down_until is not None and status.down_until > timezone.now()  # its one timeout marked it down
+    lines = list(MailLogLine.objects.values_list("text", flat=True))
+    errors = [t for t in lines if t.startswith("Connection Error:") and f"port: {silent.port} " in t]
+    assert len(errors) == 1 and "reason: connection timed out" in errors[0]
+    skipped = [t for t in lines if f"skipped host {silent.host}:{silent.port} for dest.test" in t]
+    assert skipped, "no line says why mail went to the other host"
+    assert all(t.endswith(": its first connection has not greeted yet") for t in skipped)
+    # the messages that passed it over: no attempt there (nothing was tried), one delivered attempt each
+    assert not DeliveryAttempt.objects.filter(port=silent.port).exclude(outcome="connection_error").exists()
+    assert DeliveryAttempt.objects.filter(port=silent.port).count() == 1  # the message that rode the one connection
+
+    later = [queue_message(f"v{i}@dest.test") for i in range(4)]  # marked down: not tried at all
+    _deliver_at_once(later)
+    _wait_through(later)
+    assert silent.connections == 1
+    report("silent equal host", f"{N} messages at once: slowest {max(waits):.2f} s (timeout {TIMEOUT:.1f} s)")
+
+
+@pytest.mark.usefixtures("short_timeouts", "in_flight")
+def test_a_slow_greeter_gets_its_share_once_it_has_greeted(peers, settings):
+    settings.ESAROUTES_DELIVERY_COMMAND_TIMEOUT = 3.0  # the pause is below it: the host does greet
+    slow, good = peers.start(greeting_delay=1.5, data_delay=0.3), peers.start()  # busy: its connections overlap
+    make_route("dest.test", f"{slow.host}:{slow.port}/pri=0, {good.host}:{good.port}/pri=0")
+    first = [queue_message(f"u{i}@dest.test") for i in range(N)]
+    _deliver_at_once(first)
+    _wait_through(first)
+    assert slow.connections >= 1 and len(slow.messages) >= 1  # its first connection waited and was used
+    assert len(slow.messages) + len(good.messages) == N
+    status = HostStatus.objects.get(host=slow.host, port=slow.port)
+    assert status.down_until is None  # passing it over is no failure
+    assert not MailLogLine.objects.filter(text__startswith="Connection Error:").exists()
+
+    before = len(slow.messages)
+    second = [queue_message(f"v{i}@dest.test") for i in range(N)]
+    _deliver_at_once(second)
+    _wait_through(second)
+    share = len(slow.messages) - before
+    assert share >= N // 2 - 1, f"the slow greeter took {share} of {N} once it had greeted"  # its turns, ±1
+    assert slow.peak_sessions >= 2  # known to greet: connections to it open in parallel again
+    skipped_after = MailLogLine.objects.filter(text__contains="skipped host", mid__in=second)
+    assert not skipped_after.exists()
+    assert sorted(m.rcpt_tos for m in [*slow.messages, *good.messages]) == sorted(
+        [(f"u{i}@dest.test",) for i in range(N)] + [(f"v{i}@dest.test",) for i in range(N)]
+    )
+    report("slow greeter (1.5 s)", f"{len(slow.messages)} of {2 * N} messages, {share} of the second {N}")

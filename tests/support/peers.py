@@ -75,6 +75,7 @@ class Script:
     size: int | None = 33_554_432  # advertised SIZE; None: not advertised
     pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads pipelined commands one line at a time)
     data_delay: float = 0.0  # seconds a slow server takes to answer the final dot (the session stays open)
+    greeting_delay: float = 0.0  # seconds before the 220 banner (Postfix's postscreen pauses so; then it greets)
 
 
 @dataclass(frozen=True)
@@ -286,6 +287,11 @@ class _ScriptedSMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         self.peer._read(bytes(data))
         super().data_received(data)
+
+    async def _handle_client(self) -> None:
+        if self.script.greeting_delay:
+            await asyncio.sleep(self.script.greeting_delay)  # a slow greeter: the scenario, not a wait of the test
+        await super()._handle_client()
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         if self.script.starttls_reply is not None:

@@ -86,6 +86,15 @@ def test_delivery_lines():
     assert lines.tls_required_failed(7, "192.0.2.9").level == lines.WARNING
 
 
+def test_skipped_host_says_why_the_mail_went_to_the_next_host():
+    assert lines.skipped_host(9, [0, 1], "192.0.2.9", 2525, domain="d.test") == lines.Line(
+        "MID 9 RID [0, 1] skipped host 192.0.2.9:2525 for d.test: its first connection has not greeted yet",
+        mid=9,
+        domain="d.test",
+        host="192.0.2.9",
+    )
+
+
 def test_connection_error_cleans_the_details():
     line = lines.connection_error(7, "d.test", "192.0.2.9", 25, "421-bye\r\nnow", "Data 1", "Connection Error")
     assert line.text == (
