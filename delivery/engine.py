@@ -5,8 +5,9 @@ tests/delivery/test_engine.py. The semantics follow Cisco ESA "SMTP Routes" (see
 
 * hosts: lowest priority number first; equal priorities round-robin per *connection*, shared in proportion to
   the hosts' weights (smooth weighted round-robin); down hosts skipped unless all are down;
-* while the first connection to a host not seen greeting lately waits for its banner, further messages pass that
-  host over for the next one (:func:`before_connecting`): a host that never greets costs one timeout, once;
+* while the first connection to a host not seen greeting lately waits for its banner, it carries one message and
+  further messages pass that host over for the next one (:func:`probe_alone`, :func:`before_connecting`): a host
+  that never greets costs one message one timeout, once;
 * a failure of the host itself (no connection, no reply, TLS, a 4xx/5xx to the greeting, EHLO or AUTH) moves
   the same recipients to the next host at once;
 * after MAIL FROM, a 4xx moves the recipients concerned to the next host (or, with ``defer_on_4xx``, keeps
@@ -149,24 +150,38 @@ class Greeting:
 
     opening: int = 0  # connections of ours to it still waiting for their connect or greeting
     greeted_ago: float | None = None  # seconds since one of ours last saw it greet; None: never, or it failed since
+    failed_ago: float | None = None  # seconds since one of ours last failed to connect or get a greeting, if none
+    # greeted since
 
-    def unknown_and_opening(self, recent: float = GREETED_RECENTLY) -> bool:
+    def first_on_its_way(self, recent: float = GREETED_RECENTLY) -> bool:
         """A connection to it is on its way and nothing says it greets: another would only queue up behind it."""
-        return self.opening > 0 and (self.greeted_ago is None or self.greeted_ago > recent)
+        return self.opening > 0 and not self.known(recent)
+
+    def known(self, recent: float = GREETED_RECENTLY) -> bool:
+        return self.greeted_ago is not None and self.greeted_ago <= recent
+
+    def held(self, recent: float = GREETED_RECENTLY, down: float = 60.0) -> bool:
+        """No place for a message now: its first connection is on its way, or it failed to greet within `down`
+        seconds (the host-down mark that failure wrote may not be seen yet by what was planned before it)."""
+        failed = self.failed_ago is not None and self.failed_ago <= down
+        return self.first_on_its_way(recent) or (failed and not self.known(recent))
 
 
-def before_connecting(host: Greeting, later: Sequence[Greeting], *, recent: float = GREETED_RECENTLY) -> Opening:
+def before_connecting(
+    host: Greeting, later: Sequence[Greeting], *, recent: float = GREETED_RECENTLY, down: float = 60.0
+) -> Opening:
     """Whether a message opens a new connection to `host`, passes it over for the route's next hosts (`later`, in
-    the order it would try them), or waits.
+    the order it would try them), or waits. `down`: the host-down period of a first failure (seconds).
 
-    ====================================================================  ======
-    no connection of ours is waiting for its greeting, or it greeted      OPEN: as always (round-robin untouched)
-      within `recent` seconds
-    one is waiting and nothing is known of it; a later host is free       PASS: to that host, at once
-      (nothing of ours waiting on it, or it greets)
-    one is waiting, nothing known; every later host is the same           WAIT: for the first greeting (or failure)
-    one is waiting, nothing known; no later host of the route             OPEN: the last host is always tried
-    ====================================================================  ======
+    =======================================================================  =====================================
+    nothing of ours on its way to it and no failure to greet within `down`,  OPEN: as always (round-robin
+      or it greeted within `recent` seconds                                    untouched)
+    its first connection on its way, or it failed to greet lately; a later   PASS: to that host, at once
+      host is neither (it greets, or nothing of ours is waiting on it)
+    its first connection on its way; every later host held, one of them      WAIT: for the first greeting (or
+      with its first connection on its way too                                 failure) among them
+    otherwise (no later host of the route, or every later one failed)        OPEN: the last host is always tried
+    =======================================================================  =====================================
 
     Why pass rather than wait: a host that accepts TCP and never greets holds every connection to it for the
     greeting timeout, and each message behind one of them waits as long. The ESA's rule is that when a host does
@@ -177,7 +192,8 @@ def before_connecting(host: Greeting, later: Sequence[Greeting], *, recent: floa
     connection's outcome would cost each of them up to one timeout, which is what is being avoided. Only that one
     connection decides about the host: if it greets, the host is known and takes its turns again, connections in
     parallel as before (so a host that greets after a pause, as Postfix's postscreen does, gets its share once it
-    has greeted); if it times out, the host is marked down as before.
+    has greeted); if it times out, the host is marked down as before, and the messages planned before that mark
+    was written pass it over too, as they would a down host.
 
     WAIT covers the start-up instant when every host of the route has its first connection on the way (all
     unknown): passing would only move the message to another unknown host; the first greeting, a few ms later,
@@ -185,11 +201,28 @@ def before_connecting(host: Greeting, later: Sequence[Greeting], *, recent: floa
     nowhere else to go, waiting for another connection's outcome saves nothing when that outcome is a timeout,
     and the worker's `hold_back` keeps later batches off a host whose connections have stalled.
     """
-    if not host.unknown_and_opening(recent):
+    if not host.held(recent, down):
         return Opening.OPEN
-    if any(not h.unknown_and_opening(recent) for h in later):
+    if any(not h.held(recent, down) for h in later):
         return Opening.PASS
-    return Opening.WAIT if later else Opening.OPEN
+    if host.first_on_its_way(recent) and any(h.first_on_its_way(recent) for h in later):
+        return Opening.WAIT
+    return Opening.OPEN
+
+
+def probe_alone(
+    host: Greeting, later: Sequence[Greeting], *, recent: float = GREETED_RECENTLY, down: float = 60.0
+) -> bool:
+    """Whether a new connection to `host` should carry a single message until it has greeted, the other messages
+    of its group going past it at once (as `before_connecting` sends them): the first connection to a host nothing
+    is known of (none of ours on its way, not seen greeting within `recent` seconds, no failure within `down`),
+    when a later host of the route is free to take the others. So a host that never greets holds one message
+    for its timeout, not a connection's worth (up to the destination's messages per connection); a host that
+    greets at once loses the rest of one connection's turn, once, and is known from then on.
+    """
+    if host.opening or host.known(recent) or host.held(recent, down):
+        return False
+    return any(not h.held(recent, down) for h in later)
 
 
 def greeted(stage: Stage, code: int | None) -> bool:

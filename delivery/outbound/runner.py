@@ -11,10 +11,12 @@ What happens on the wire follows `delivery.engine` (the decisions) and `delivery
 
 * the group's hosts are tried in order; a host that fails to connect, greet, EHLO or STARTTLS gets a
   ``Connection Error`` line and its recipients go on at once to the next host;
-* a host that this process has not seen greeting lately, with a connection of ours already waiting for its
-  connect or greeting, is passed over for the route's next host (``engine.before_connecting``: one ``skipped
-  host`` line per message, no Connection Error, not marked down): a host that accepts TCP and never greets holds
-  one connection for its timeout, not one per message; once it greets it takes its turns again;
+* the first connection to a host this process has not seen greeting lately carries one message of its group
+  (``engine.probe_alone``: the others go on at once, a group of their own); while it waits for its connect or
+  greeting, or for the first host-down period after a connection failed to greet, the host is passed over for the
+  route's next host (``engine.before_connecting``: one ``skipped host`` line per message, no Connection Error,
+  not marked down, no attempt): a host that accepts TCP and never greets holds one message for its timeout, not
+  one connection per message; once it greets it takes its turns again;
 * on a connection, each message is one transaction for all its recipients of this route; a 4xx after MAIL
   FROM sends the recipients concerned to the next host (or, with defer_on_4xx, to their retry); a 5xx bounces;
 * when every host of the route failed a recipient and the group has a fallback relay (the route's, or the one in
@@ -183,8 +185,9 @@ class _Last:
 class Runner:
     """Owns one event loop thread and its connection pool. One per process: use :func:`get_runner`."""
 
-    def __init__(self, *, idle: float) -> None:
+    def __init__(self, *, idle: float, down: float = 60.0) -> None:
         self.idle = idle
+        self.down = down  # the host-down period of a first failure (ESAROUTES_HOST_DOWN_INITIAL)
         self._pool: dict[outcome.Destination, list[_Pooled]] = {}
         # Open connections per host and recipient domain, published for the hosts page, the dashboard and
         # tophosts (hosts.publish_connections) every few seconds
@@ -205,10 +208,12 @@ class Runner:
         self._opening_lock = threading.Lock()
         # What this process knows of each host's greeting (loop thread only, engine.before_connecting): its
         # connections on their way (counted from the decision to open, so that two groups deciding in the same
-        # instant see each other), when one last saw it greet (time.monotonic(); gone when one failed to), and
-        # the event set by the next outcome of any of them (for the messages that wait: engine.Opening.WAIT)
+        # instant see each other), when one last saw it greet (time.monotonic(); gone when one failed to), when
+        # one last failed to (gone when one greets), and the event set by the next outcome of any of them (for
+        # the messages that wait: engine.Opening.WAIT)
         self._connecting: collections.Counter[hosts.HostKey] = collections.Counter()
         self._greeted: dict[hosts.HostKey, float] = {}
+        self._failed: dict[hosts.HostKey, float] = {}
         self._greeting_news = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="esaroutes-runner-db")
         self._loop = eventloop.new_loop()
@@ -272,10 +277,19 @@ class Runner:
             elif isinstance(result, BaseException):
                 logger.error("delivery of route %s failed", group.route_key, exc_info=result)
 
-    async def _run_group(self, group: outcome.Group, emit: Emit, failed_now: set[hosts.HostKey]) -> None:
+    async def _run_group(
+        self,
+        group: outcome.Group,
+        emit: Emit,
+        failed_now: set[hosts.HostKey],
+        start: int = 0,
+        last: dict[tuple[int, int], _Last] | None = None,
+    ) -> None:
+        """Deliver a group along its chain of hosts, from the `start`-th (`last`: its recipients' failures so far)."""
         carry = outcome.Report()  # connection lines waiting for the next job's report
+        spun_off: list[asyncio.Task[None]] = []  # the rest of the group, while its first message probes a host
         try:
-            await self._run_group_on(group, emit, failed_now, carry)
+            await self._run_group_on(group, emit, failed_now, carry, spun_off, start, last or {})
         except (_Stopped, asyncio.CancelledError) as exc:
             # Shutting down: what has no report stays queued. The connection errors met so far happened.
             if carry:
@@ -283,12 +297,22 @@ class Runner:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             logger.info("delivery of route %s stopped by the shutdown; its messages stay queued", group.route_key)
+        finally:  # the batch is through only when they are (a cancellation of this task cancels them too)
+            for result in await asyncio.gather(*spun_off, return_exceptions=True):
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    logger.error("delivery of route %s failed", group.route_key, exc_info=result)
 
     async def _run_group_on(
-        self, group: outcome.Group, emit: Emit, failed_now: set[hosts.HostKey], carry: outcome.Report
+        self,
+        group: outcome.Group,
+        emit: Emit,
+        failed_now: set[hosts.HostKey],
+        carry: outcome.Report,
+        spun_off: list[asyncio.Task[None]],
+        start: int,
+        last: dict[tuple[int, int], _Last],
     ) -> None:
         pending: list[tuple[outcome.Job, list[outcome.Rcpt]]] = [(job, list(job.recipients)) for job in group.jobs]
-        last: dict[tuple[int, int], _Last] = {}
         # The recipients whose attempt row of this run already says "delayed" (the last host's failure): every
         # recipient put back to wait gets exactly one such row, the delay event the counters count.
         delayed: set[tuple[int, int]] = set()
@@ -296,6 +320,8 @@ class Runner:
         for index, host in enumerate(chain):
             if not pending:
                 break
+            if index < start:
+                continue
             later = chain[index + 1 :]
             final_host = not later  # the last host is never skipped: after it, what is left waits for its retry
             if host.key in failed_now and any(h.key not in failed_now for h in later):
@@ -320,6 +346,15 @@ class Runner:
             # The route's hosts after this one that this run may still try (the fallback relay is no alternative)
             alternatives = [h for h in chain[index + 1 : len(group.hosts)] if h.key not in failed_now]
             while remaining:
+                if len(remaining) > 1 and self._probes(destination, alternatives):
+                    # Its first connection carries one message until it greets; the rest go on from here at once,
+                    # a group of their own (past this host, as other groups' messages go)
+                    rest, remaining = remaining[1:], remaining[:1]
+                    jobs = tuple(replace(job, recipients=tuple(rcpts)) for job, rcpts in rest)
+                    mids = {job.mid for job in jobs}
+                    theirs = {k: v for k, v in last.items() if k[0] in mids}
+                    spun = self._run_group(replace(group, jobs=jobs), emit, failed_now, index, theirs)
+                    spun_off.append(asyncio.create_task(spun))
                 pooled = await self._acquire(destination, group, carry, alternatives)
                 if isinstance(pooled, _PassedOver):  # its first connection has not greeted: the next host, now
                     carry.lines += [
@@ -630,7 +665,7 @@ class Runner:
                 raise _Stopped
             now = time.monotonic()
             choice = engine.before_connecting(
-                self._greeting(key, now), [self._greeting(h.key, now) for h in alternatives]
+                self._greeting(key, now), [self._greeting(h.key, now) for h in alternatives], down=self.down
             )
             if choice is engine.Opening.PASS:
                 return _PASSED
@@ -644,18 +679,28 @@ class Runner:
         finally:
             self._settle_greeting(ticket, None)
 
+    def _probes(self, destination: outcome.Destination, alternatives: Sequence[engine.Host]) -> bool:
+        """Whether the next connection to the destination is the first to a host nothing is known of
+        (`engine.probe_alone`): no idle connection of the pool, none on its way, not seen greeting lately."""
+        if any(p.session.usable for p in self._pool.get(destination, ())):
+            return False
+        now = time.monotonic()
+        later = [self._greeting(h.key, now) for h in alternatives]
+        return engine.probe_alone(self._greeting(destination.host.key, now), later, down=self.down)
+
     def _greeting(self, key: hosts.HostKey, now: float) -> engine.Greeting:
-        seen = self._greeted.get(key)
-        return engine.Greeting(self._connecting[key], None if seen is None else now - seen)
+        seen, failed = self._greeted.get(key), self._failed.get(key)
+        return engine.Greeting(
+            self._connecting[key], None if seen is None else now - seen, None if failed is None else now - failed
+        )
 
     def _settle_greeting(self, ticket: _Connecting, greeted: bool | None) -> None:
         """A connection counted in `_connecting` greeted or failed to (`greeted`, `engine.greeted`), or ended
         before either (None: every slot held, or cancelled): it counts out, the first time only, and whoever waits
         for news of a greeting decides again."""
-        if greeted:
-            self._greeted[ticket.key] = time.monotonic()
-        elif greeted is not None:
-            self._greeted.pop(ticket.key, None)
+        if greeted is not None:
+            (self._greeted if greeted else self._failed)[ticket.key] = time.monotonic()
+            (self._failed if greeted else self._greeted).pop(ticket.key, None)
         if not ticket.counted:
             return
         ticket.counted = False
@@ -820,6 +865,7 @@ class Runner:
                     except Exception:
                         logger.exception("closing idle DCID %s", pooled.dcid)
             self._greeted = {k: at for k, at in self._greeted.items() if now - at <= engine.GREETED_RECENTLY}
+            self._failed = {k: at for k, at in self._failed.items() if now - at <= self.down}
             await self._give_back_wanted()
             await self._publish()
             await self._refresh_slots()
@@ -1049,7 +1095,7 @@ def get_runner() -> Runner:
 
     with _runner_lock:
         if _runner is None or not _runner._thread.is_alive():
-            _runner = Runner(idle=settings.ESAROUTES_DELIVERY_IDLE)
+            _runner = Runner(idle=settings.ESAROUTES_DELIVERY_IDLE, down=settings.ESAROUTES_HOST_DOWN_INITIAL)
         return _runner
 
 

@@ -132,6 +132,7 @@ WAITING = G(opening=1)  # a connection on its way, never seen greeting (or it fa
 KNOWN = G(opening=3, greeted_ago=2.0)  # connections on their way, and it greeted 2 s ago
 KNOWN_IDLE = G(greeted_ago=2.0)
 STALE = G(opening=1, greeted_ago=engine.GREETED_RECENTLY + 1)  # it greeted, but too long ago to count
+FAILED = G(failed_ago=3.0)  # a connection of ours failed to greet 3 s ago (down 60 s), none on its way
 
 
 @pytest.mark.parametrize(
@@ -154,13 +155,40 @@ STALE = G(opening=1, greeted_ago=engine.GREETED_RECENTLY + 1)  # it greeted, but
         # every later host waiting too (the start-up instant): the first greeting decides
         (WAITING, [WAITING], Opening.WAIT),
         (WAITING, [WAITING, STALE], Opening.WAIT),
+        # failed to greet lately (its host-down mark may not be seen yet by what was planned before): as if down
+        (FAILED, [FREE], Opening.PASS),
+        (FAILED, [KNOWN], Opening.PASS),
+        (G(failed_ago=61.0), [FREE], Opening.OPEN),  # the first host-down period is over: tried again
+        (WAITING, [FAILED], Opening.OPEN),  # nowhere better, nothing to wait for: tried (in parallel)
+        (WAITING, [FAILED, WAITING], Opening.WAIT),
         # no later host of the route: the last host is always tried
         (WAITING, [], Opening.OPEN),
         (STALE, [], Opening.OPEN),
+        (FAILED, [], Opening.OPEN),
+        (FAILED, [FAILED], Opening.OPEN),
     ],
 )
 def test_before_connecting(host: engine.Greeting, later: list[engine.Greeting], expected: engine.Opening) -> None:
     assert engine.before_connecting(host, later) is expected
+
+
+@pytest.mark.parametrize(
+    ("host", "later", "expected"),
+    [
+        (FREE, [FREE], True),  # the first connection to a host nothing is known of: one message until it greets
+        (FREE, [KNOWN], True),
+        (FREE, [WAITING, FREE], True),
+        (G(greeted_ago=engine.GREETED_RECENTLY + 1), [FREE], True),  # known once, too long ago
+        (FREE, [], False),  # no later host to take the others: they ride it, as before
+        (FREE, [WAITING], False),  # nor one that is free now
+        (FREE, [FAILED], False),
+        (KNOWN_IDLE, [FREE], False),  # it greets: a connection carries what it can
+        (WAITING, [FREE], False),  # not the first: the others pass it over anyway (before_connecting)
+        (FAILED, [FREE], False),  # passed over altogether
+    ],
+)
+def test_probe_alone(host: engine.Greeting, later: list[engine.Greeting], expected: bool) -> None:
+    assert engine.probe_alone(host, later) is expected
 
 
 @pytest.mark.parametrize(
