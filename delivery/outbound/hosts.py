@@ -37,9 +37,14 @@ def down_hosts(keys: Collection[HostKey], now: datetime) -> set[HostKey]:
     """The hosts among `keys` that are marked down at `now`."""
     if not keys:
         return set()
-    names = {h for h, _ in keys}
-    rows = HostStatus.objects.filter(host__in=names, down_until__gt=now).values_list("host", "port")
-    return {(h, p) for h, p in rows if (h, p) in keys}
+    names = sorted({h for h, _ in keys})
+    with connection.cursor() as cursor:  # read for every batch: a plain statement, no query built each time
+        cursor.execute(
+            f"SELECT host, port FROM delivery_hoststatus WHERE host IN ({', '.join(['%s'] * len(names))}) "
+            "AND down_until > %s",
+            [*names, connection.ops.adapt_datetimefield_value(now)],
+        )
+        return {(h, p) for h, p in cursor.fetchall() if (h, p) in keys}
 
 
 def _down_schedule(failures: int) -> timedelta:
